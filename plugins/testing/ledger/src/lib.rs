@@ -1,0 +1,41 @@
+//! `ledger`: logs at every level and records `inputs.ledger_resources`
+//! resources (default 2) with JSON specs, so tests can read both back from the
+//! saga's ledger. Its compensate logs what it releases.
+
+use serde_json::json;
+use wasaga_step::host::{self, LogLevel};
+use wasaga_step::{Output, SagaState, Step, StepResult, export_step};
+
+struct Ledger;
+
+impl Step for Ledger {
+    fn name() -> String {
+        "ledger".into()
+    }
+
+    fn execute(state: &SagaState) -> StepResult<Output> {
+        let count: u32 = state.input_opt("ledger_resources")?.unwrap_or(2);
+        host::log(LogLevel::Trace, "trace line");
+        host::log(LogLevel::Debug, "debug line");
+        host::log(LogLevel::Info, &format!("recording {count} resources"));
+        host::log(LogLevel::Warn, "warn line");
+        host::log(LogLevel::Error, "error line");
+        let mut ids = Vec::new();
+        for i in 0..count {
+            let id = format!("{}-vm-{i}", state.saga_id);
+            host::record_resource("vm", &id, &json!({"size": "s-1vcpu-1gb", "ordinal": i}))?;
+            ids.push(id);
+        }
+        Output::new().with("vm_ids", ids)
+    }
+
+    fn compensate(state: &SagaState) -> StepResult<()> {
+        let ids: Vec<String> = state.context_value("vm_ids")?.unwrap_or_default();
+        for id in ids {
+            host::info(&format!("released {id}"));
+        }
+        Ok(())
+    }
+}
+
+export_step!(Ledger);

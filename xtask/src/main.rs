@@ -1,0 +1,397 @@
+//! Repository tasks that need more than `cargo build`:
+//!
+//! - `cargo xtask plugins` builds every Rust plugin in `plugins/` for
+//!   `wasm32-unknown-unknown`, turns each core module into a component with
+//!   `wit-component`, and writes them, with a manifest of their digests, to
+//!   `plugins/dist/`, where they are committed: the host's tests need no Wasm
+//!   toolchain.
+//! - `cargo xtask plugins --check` rebuilds them into a scratch directory and
+//!   fails when the result differs from what is committed, so the committed
+//!   components never go stale.
+//! - `cargo xtask polyglot` builds the Python (componentize-py) and
+//!   JavaScript (componentize-js) examples into `target/polyglot/`; they are
+//!   megabytes each, so they are built, not committed.
+//! - `cargo xtask test` builds the polyglot examples when they are missing
+//!   and runs the whole test suite.
+//!
+//! A machine with a rustup wasm target uses it. Without one (as on machines
+//! whose rustup cannot download targets), the Debian route builds `std` from
+//! Debian's `rust-web-src` with `-Zbuild-std`, linking with rustup's rust-lld.
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// Pinned so that a rebuild gives the same component.
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = repo_root();
+    match args.first().map(String::as_str) {
+        Some("plugins") => {
+            let check = args.iter().any(|a| a == "--check");
+            build_plugins(&root, check)
+        }
+        Some("polyglot") => build_polyglot(&root, true),
+        Some("test") => run_tests(&root, &args[1..]),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <task>\n\n\
+                 tasks:\n  \
+                 plugins [--check]  build the Rust plugins into plugins/dist (or check them)\n  \
+                 polyglot           build the Python and JavaScript examples into target/polyglot\n  \
+                 test [ARGS..]      build what the tests need, then cargo test --workspace ARGS"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the repository root")
+        .to_path_buf()
+}
+
+/// How this machine compiles Rust to `wasm32-unknown-unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// `rustup target add wasm32-unknown-unknown` was done: plain cargo.
+    Rustup,
+    /// Debian's rustc-web and rust-web-src: build std from source.
+    DebianBuildStd,
+}
+
+impl Route {
+    fn detect() -> Result<Route> {
+        let installed = Command::new("rustup")
+            .args(["target", "list", "--installed"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(WASM_TARGET))
+            .unwrap_or(false);
+        if installed {
+            return Ok(Route::Rustup);
+        }
+        if Path::new("/usr/bin/cargo").exists() && Path::new(DEBIAN_STD_SRC).exists() {
+            return Ok(Route::DebianBuildStd);
+        }
+        bail!(
+            "no Rust toolchain for {WASM_TARGET} here.\n\
+             Install one with `rustup target add {WASM_TARGET}`, or on Debian with\n\
+             `apt-get install -y rustc-web cargo-web rust-web-src`."
+        )
+    }
+
+    fn cargo(self) -> &'static str {
+        match self {
+            Route::Rustup => "cargo",
+            Route::DebianBuildStd => "/usr/bin/cargo",
+        }
+    }
+
+    fn rustc(self) -> &'static str {
+        match self {
+            Route::Rustup => "rustc",
+            Route::DebianBuildStd => "/usr/bin/rustc",
+        }
+    }
+
+    fn std_src(self) -> Result<PathBuf> {
+        match self {
+            Route::Rustup => Ok(rustup_sysroot()?.join("lib/rustlib/src/rust")),
+            Route::DebianBuildStd => Ok(PathBuf::from(DEBIAN_STD_SRC)),
+        }
+    }
+}
+
+const DEBIAN_STD_SRC: &str = "/usr/lib/rustlib/src/rust";
+
+fn rustup_sysroot() -> Result<PathBuf> {
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .context("running rustc --print sysroot")?;
+    ensure!(out.status.success(), "rustc --print sysroot failed");
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+fn toolchain_id(route: Route) -> Result<String> {
+    let out = Command::new(route.rustc())
+        .arg("--version")
+        .env("PATH", debian_first_path(route))
+        .output()
+        .with_context(|| format!("running {} --version", route.rustc()))?;
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// Debian's cargo must find Debian's rustc, which rustup's shims would shadow.
+fn debian_first_path(route: Route) -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    match route {
+        Route::Rustup => path,
+        Route::DebianBuildStd => format!("/usr/bin:{path}"),
+    }
+}
+
+/// The plugin crates: every package under plugins/examples and plugins/testing.
+fn plugin_crates(root: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for group in ["examples", "testing"] {
+        let dir = root.join("plugins").join(group);
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.join("Cargo.toml").exists() {
+                names.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Manifest {
+    /// The compiler that made these bytes: a rebuild with another compiler
+    /// gives other bytes, so the check then compares worlds instead.
+    toolchain: String,
+    components: BTreeMap<String, ComponentEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct ComponentEntry {
+    sha256: String,
+    bytes: usize,
+    /// The component's imports and exports, as WIT names.
+    world: Vec<String>,
+}
+
+fn build_plugins(root: &Path, check: bool) -> Result<()> {
+    let route = Route::detect()?;
+    let toolchain = toolchain_id(route)?;
+    let plugins_dir = root.join("plugins");
+    eprintln!("building plugins with {toolchain} ({route:?})");
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+    // Paths end up in panic messages; map them to fixed names so the bytes
+    // do not depend on where the repository or the cargo home is.
+    let rustflags = [
+        format!("--remap-path-prefix={}=/wasaga", root.display()),
+        format!("--remap-path-prefix={}=/cargo", home.display()),
+        format!("--remap-path-prefix={}=/rust-src", route.std_src()?.display()),
+    ]
+    .join(" ");
+    let mut cmd = Command::new(route.cargo());
+    cmd.current_dir(&plugins_dir)
+        .env("PATH", debian_first_path(route))
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags.replace(' ', "\x1f"))
+        .env_remove("RUSTFLAGS")
+        .args(["build", "--release", "--locked", "--target", WASM_TARGET]);
+    if route == Route::DebianBuildStd {
+        let lld = rustup_sysroot()?.join("lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld");
+        ensure!(lld.exists(), "rust-lld not found at {}", lld.display());
+        cmd.env("RUSTC_BOOTSTRAP", "1")
+            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", lld)
+            .arg("-Zbuild-std=std,panic_abort");
+    }
+    let status = cmd.status().context("running cargo for the plugins")?;
+    ensure!(status.success(), "building the plugins failed");
+
+    let release = plugins_dir.join("target").join(WASM_TARGET).join("release");
+    let mut manifest = Manifest {
+        toolchain,
+        components: BTreeMap::new(),
+    };
+    let mut built = BTreeMap::new();
+    for name in plugin_crates(root)? {
+        let core_path = release.join(format!("{}.wasm", name.replace('-', "_")));
+        let core = std::fs::read(&core_path).with_context(|| format!("reading {}", core_path.display()))?;
+        let component = wit_component::ComponentEncoder::default()
+            .module(&core)
+            .with_context(|| format!("{name}: reading the component type from the core module"))?
+            .validate(true)
+            .encode()
+            .with_context(|| format!("{name}: encoding the component"))?;
+        let file = format!("{name}.wasm");
+        manifest.components.insert(
+            file.clone(),
+            ComponentEntry {
+                sha256: hex::encode(Sha256::digest(&component)),
+                bytes: component.len(),
+                world: world_of(&component).with_context(|| format!("{name}: decoding its world"))?,
+            },
+        );
+        built.insert(file, component);
+    }
+
+    let dist = plugins_dir.join("dist");
+    if check {
+        return check_against_committed(&dist, &manifest);
+    }
+    std::fs::create_dir_all(&dist)?;
+    for (file, bytes) in &built {
+        std::fs::write(dist.join(file), bytes)?;
+        eprintln!("  {file:<16} {:>7} bytes", bytes.len());
+    }
+    std::fs::write(
+        dist.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)? + "\n",
+    )?;
+    eprintln!("wrote {} components to {}", built.len(), dist.display());
+    Ok(())
+}
+
+fn check_against_committed(dist: &Path, rebuilt: &Manifest) -> Result<()> {
+    let text = std::fs::read_to_string(dist.join("manifest.json")).context("reading plugins/dist/manifest.json")?;
+    let committed: Manifest = serde_json::from_str(&text)?;
+    let mut problems = Vec::new();
+    for (file, entry) in &rebuilt.components {
+        let Some(old) = committed.components.get(file) else {
+            problems.push(format!("{file}: built, but not committed"));
+            continue;
+        };
+        let on_disk = std::fs::read(dist.join(file)).with_context(|| format!("reading dist/{file}"))?;
+        if hex::encode(Sha256::digest(&on_disk)) != old.sha256 {
+            problems.push(format!("{file}: the committed bytes do not match the manifest"));
+        }
+        if committed.toolchain == rebuilt.toolchain {
+            if entry.sha256 != old.sha256 {
+                problems.push(format!(
+                    "{file}: rebuilt bytes differ from the committed ones ({} vs {})",
+                    &entry.sha256[..12],
+                    &old.sha256[..12]
+                ));
+            }
+        } else if entry.world != old.world {
+            problems.push(format!("{file}: its imports or exports changed: {:?} vs {:?}", entry.world, old.world));
+        }
+    }
+    for file in committed.components.keys() {
+        if !rebuilt.components.contains_key(file) {
+            problems.push(format!("{file}: committed, but no plugin crate builds it"));
+        }
+    }
+    if committed.toolchain != rebuilt.toolchain {
+        eprintln!(
+            "note: committed components were built with `{}`, this machine has `{}`: compared worlds, not bytes",
+            committed.toolchain, rebuilt.toolchain
+        );
+    }
+    if !problems.is_empty() {
+        bail!(
+            "plugins/dist is stale; run `cargo xtask plugins` and commit the result:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+    eprintln!("plugins/dist matches its sources ({} components)", rebuilt.components.len());
+    Ok(())
+}
+
+/// The component's imports and exports as sorted WIT names, e.g.
+/// `export wasaga:step/step@0.1.0`.
+fn world_of(component: &[u8]) -> Result<Vec<String>> {
+    let decoded = wit_component::decode(component)?;
+    let resolve = decoded.resolve();
+    let world = &resolve.worlds[decoded.package_world()?];
+    let mut names: Vec<String> = world
+        .imports
+        .keys()
+        .map(|k| format!("import {}", resolve.name_world_key(k)))
+        .chain(world.exports.keys().map(|k| format!("export {}", resolve.name_world_key(k))))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+trait PackageWorld {
+    fn package_world(&self) -> Result<wit_parser::WorldId>;
+}
+
+impl PackageWorld for wit_component::DecodedWasm {
+    fn package_world(&self) -> Result<wit_parser::WorldId> {
+        match self {
+            wit_component::DecodedWasm::Component(_, world) => Ok(*world),
+            wit_component::DecodedWasm::WitPackage(..) => bail!("a WIT package, not a component"),
+        }
+    }
+}
+
+/// Builds the Python and JavaScript examples. With `always`, rebuilds even
+/// when the outputs exist.
+fn build_polyglot(root: &Path, always: bool) -> Result<()> {
+    let out = root.join("target").join("polyglot");
+    std::fs::create_dir_all(&out)?;
+    let python = out.join("python-echo.wasm");
+    if always || !python.exists() {
+        build_python(root, &out, &python)?;
+    }
+    let js = out.join("js-echo.wasm");
+    if always || !js.exists() {
+        build_js(root, &js)?;
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    eprintln!("+ {what}");
+    let status = cmd.status().with_context(|| format!("starting: {what}"))?;
+    ensure!(status.success(), "failed: {what}");
+    Ok(())
+}
+
+fn build_python(root: &Path, out: &Path, target: &Path) -> Result<()> {
+    let venv = out.join("venv-py");
+    let bin = venv.join("bin");
+    if !bin.join("componentize-py").exists() {
+        run(
+            Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            "python3 -m venv target/polyglot/venv-py",
+        )?;
+        run(
+            Command::new(bin.join("pip")).args(["install", "--quiet", COMPONENTIZE_PY]),
+            &format!("pip install {COMPONENTIZE_PY}"),
+        )?;
+    }
+    let app = root.join("plugins").join("python").join("echo");
+    let wit = root.join("wit");
+    run(
+        Command::new(bin.join("componentize-py"))
+            .current_dir(&app)
+            .arg("-d")
+            .arg(&wit)
+            .args(["-w", "plugin", "componentize", "app", "-o"])
+            .arg(target),
+        "componentize-py -d wit -w plugin componentize app (plugins/python/echo)",
+    )
+}
+
+fn build_js(root: &Path, target: &Path) -> Result<()> {
+    let dir = root.join("plugins").join("js");
+    if !dir.join("node_modules").join("@bytecodealliance").join("componentize-js").exists() {
+        run(
+            Command::new("npm").current_dir(&dir).args(["ci", "--no-audit", "--no-fund"]),
+            "npm ci (plugins/js)",
+        )?;
+    }
+    run(
+        Command::new("node")
+            .current_dir(&dir)
+            .arg("build.mjs")
+            .arg(root.join("wit"))
+            .arg(target),
+        "node build.mjs (plugins/js)",
+    )
+}
+
+fn run_tests(root: &Path, extra: &[String]) -> Result<()> {
+    build_polyglot(root, false)?;
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root).args(["test", "--workspace"]).args(extra);
+    run(&mut cmd, &format!("cargo test --workspace {}", extra.join(" ")))
+}

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `wasaga` binary: the server and the client commands (see `wasaga::cli`).
+
+fn main() -> std::process::ExitCode {
+    wasaga::cli::main()
+}

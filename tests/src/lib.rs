@@ -1,1 +1,489 @@
+//! Fixtures for wasaga's tests: nothing here is a mock.
+//!
+//! - [`TestDb`]: a real SQLite file in a temporary directory, or a fresh
+//!   database on the machine's PostgreSQL, dropped afterwards, so tests run
+//!   in parallel without seeing each other.
+//! - [`Counter`]: an HTTP endpoint outside the host that the `counter` test
+//!   plugin reports every call to. It sees every execution, including ones a
+//!   crash cut short, which is how tests prove that no completed step ran
+//!   again. Hooks let a test act at a chosen call (hold it, cancel the saga).
+//! - [`TestServer`]: the real server (`wasaga::server::run`) on
+//!   `127.0.0.1:0`, in this process; [`ServerProcess`]: the real `wasaga`
+//!   binary as a child process, for SIGKILL.
+//! - [`component`]: the committed components in `plugins/dist`.
 
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use wasaga::model::{Digest, SagaDetail, SagaId, SagaRun, SagaStatus, StepSpec, Timestamp};
+use wasaga::store::Store;
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A committed component from `plugins/dist`.
+pub fn component(name: &str) -> Vec<u8> {
+    let path = repo().join("plugins/dist").join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// The machine's PostgreSQL (trust auth). `WASAGA_TEST_PG` overrides it.
+pub fn postgres_admin_url() -> String {
+    std::env::var("WASAGA_TEST_PG")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+}
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of a test's own.
+pub struct TestDb {
+    pub url: String,
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        match backend {
+            Backend::Sqlite => TestDb {
+                url: format!("sqlite://{}", dir.path().join("wasaga.db").display()),
+                backend,
+                dir,
+                pg_name: None,
+            },
+            Backend::Postgres => {
+                let name = format!("wasaga_test_{}", uuid::Uuid::new_v4().simple());
+                let admin = postgres_admin_url();
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("PostgreSQL at {admin} is needed for this test: {e}")
+                    });
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("creating a test database");
+                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+                TestDb {
+                    url: format!("{base}/{name}?max_connections=6"),
+                    backend,
+                    dir,
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+
+    pub async fn open(&self) -> Arc<dyn Store> {
+        wasaga::store::open(&self.url)
+            .await
+            .expect("opening the test store")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        // Drop may run inside a runtime: use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut conn) =
+                    <sqlx::PgConnection as sqlx::Connection>::connect(&postgres_admin_url()).await
+                {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// One call the `counter` plugin reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub saga: String,
+    pub step: u32,
+    pub phase: String,
+    pub attempt: u32,
+    pub key: String,
+    /// Order of arrival across all calls.
+    pub seq: u64,
+}
+
+type Hook = Arc<dyn Fn(Call) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// The external endpoint the `counter` plugin reports to.
+#[derive(Clone)]
+pub struct Counter {
+    pub addr: std::net::SocketAddr,
+    calls: Arc<Mutex<Vec<Call>>>,
+    hook: Arc<Mutex<Option<Hook>>>,
+    delay: Arc<Mutex<Duration>>,
+}
+
+impl Counter {
+    pub async fn start() -> Counter {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let counter = Counter {
+            addr: listener.local_addr().unwrap(),
+            calls: Arc::new(Mutex::new(Vec::new())),
+            hook: Arc::new(Mutex::new(None)),
+            delay: Arc::new(Mutex::new(Duration::ZERO)),
+        };
+        let state = counter.clone();
+        let app = axum::Router::new().route(
+            "/count",
+            axum::routing::get(
+                move |axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>| {
+                    let state = state.clone();
+                    async move {
+                        let call = {
+                            let mut calls = state.calls.lock().unwrap();
+                            let call = Call {
+                                saga: q.get("saga").cloned().unwrap_or_default(),
+                                step: q
+                                    .get("step")
+                                    .and_then(|s| s.parse().ok())
+                                    .unwrap_or(u32::MAX),
+                                phase: q.get("phase").cloned().unwrap_or_default(),
+                                attempt: q.get("attempt").and_then(|s| s.parse().ok()).unwrap_or(0),
+                                key: q.get("key").cloned().unwrap_or_default(),
+                                seq: calls.len() as u64,
+                            };
+                            calls.push(call.clone());
+                            call
+                        };
+                        let hook = state.hook.lock().unwrap().clone();
+                        if let Some(hook) = hook {
+                            hook(call).await;
+                        }
+                        let delay = *state.delay.lock().unwrap();
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        "counted"
+                    }
+                },
+            ),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        counter
+    }
+
+    /// The `counter_url` input for this endpoint.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The `--allow-http` entry for the `counter` plugin.
+    pub fn allow(&self) -> (String, Vec<String>) {
+        ("counter".into(), vec![self.addr.to_string()])
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    pub fn calls_of(&self, saga: &SagaId) -> Vec<Call> {
+        let id = saga.to_string();
+        self.calls().into_iter().filter(|c| c.saga == id).collect()
+    }
+
+    /// Every response waits this long (a slow external API).
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+
+    /// Runs `hook` on every call before answering it.
+    pub fn on_call<F, Fut>(&self, hook: F)
+    where
+        F: Fn(Call) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        *self.hook.lock().unwrap() = Some(Arc::new(move |call| Box::pin(hook(call))));
+    }
+}
+
+/// Uploads a committed component straight into a store (as the API would
+/// after validating it) and returns its step spec.
+pub async fn install(store: &dyn Store, name: &str) -> StepSpec {
+    let bytes = component(name);
+    let info = wasaga::model::PluginInfo {
+        digest: Digest::of(&bytes),
+        name: name.to_string(),
+        size: bytes.len() as u64,
+        created_at: Timestamp::now(),
+    };
+    store
+        .put_plugin(&info, &bytes)
+        .await
+        .expect("storing a plugin");
+    StepSpec {
+        name: name.to_string(),
+        plugin: info.digest,
+        max_attempts: 3,
+        timeout_ms: 30_000,
+        max_memory_bytes: None,
+        max_output_bytes: None,
+    }
+}
+
+/// Stores a new pending saga.
+pub async fn create_saga(
+    store: &dyn Store,
+    plan: Vec<StepSpec>,
+    inputs: serde_json::Value,
+) -> SagaId {
+    let saga = SagaRun::pending("test", plan, inputs, None, None, Timestamp::now());
+    let id = saga.id;
+    store
+        .create_saga(&saga, None)
+        .await
+        .expect("creating a saga");
+    id
+}
+
+/// Polls until the saga ends.
+pub async fn wait_final(store: &dyn Store, id: SagaId, within: Duration) -> SagaDetail {
+    let deadline = Instant::now() + within;
+    loop {
+        let detail = store
+            .saga(id)
+            .await
+            .expect("reading a saga")
+            .expect("the saga exists");
+        if detail.saga.status.is_final() {
+            return detail;
+        }
+        if Instant::now() > deadline {
+            panic!("saga {id} did not end within {within:?}: {detail:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls until `check` holds for the saga.
+pub async fn wait_for(
+    store: &dyn Store,
+    id: SagaId,
+    within: Duration,
+    check: impl Fn(&SagaDetail) -> bool,
+) -> SagaDetail {
+    let deadline = Instant::now() + within;
+    loop {
+        let detail = store
+            .saga(id)
+            .await
+            .expect("reading a saga")
+            .expect("the saga exists");
+        if check(&detail) {
+            return detail;
+        }
+        if Instant::now() > deadline {
+            panic!("saga {id} did not reach the expected state within {within:?}: {detail:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The real server, in this process, on `127.0.0.1:0`.
+pub struct TestServer {
+    pub base: String,
+    pub http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), wasaga::server::ServeError>>>,
+}
+
+impl TestServer {
+    pub async fn start(options: wasaga::server::ServeOptions) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(wasaga::server::run(options, listener, async {
+            let _ = rx.await;
+        }));
+        let server = TestServer {
+            base,
+            http: reqwest::Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+        };
+        server.wait_healthy().await;
+        server
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the test server did not become healthy");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Graceful shutdown; returns what `run` returned.
+    pub async fn stop(mut self) -> Result<(), wasaga::server::ServeError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().unwrap().await.expect("the server task")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The `wasaga` binary, built once per test run.
+pub fn wasaga_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .current_dir(repo())
+            .args(["build", "--quiet", "-p", "wasaga", "--bin", "wasaga"])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building the wasaga binary failed");
+        // target/<profile>/deps/<this test> -> target/<profile>/wasaga
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap();
+        let bin = profile_dir.join("wasaga");
+        assert!(
+            bin.exists(),
+            "{} not found after building it",
+            bin.display()
+        );
+        bin
+    })
+    .clone()
+}
+
+/// A `wasaga serve` child process.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub base: String,
+    pub log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `wasaga serve --listen 127.0.0.1:0 ARGS` and waits until it
+    /// answers `/healthz`.
+    pub async fn start(args: &[String], log: PathBuf) -> Result<ServerProcess> {
+        let log_file = std::fs::File::create(&log)?;
+        let mut child = std::process::Command::new(wasaga_binary())
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .context("starting wasaga serve")?;
+        // The first stdout line names the address: "wasaga listening on http://...".
+        let stdout = child.stdout.take().unwrap();
+        let line = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            reader.read_line(&mut line).map(|_| line)
+        });
+        let line = match tokio::time::timeout(Duration::from_secs(60), line).await {
+            Ok(Ok(Ok(line))) => line,
+            _ => {
+                let _ = child.kill();
+                bail!(
+                    "wasaga serve did not report its address; log:\n{}",
+                    std::fs::read_to_string(&log)?
+                );
+            }
+        };
+        let base = line
+            .trim()
+            .strip_prefix("wasaga listening on ")
+            .with_context(|| format!("unexpected first line: {line:?}"))?
+            .to_string();
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("wasaga serve did not become healthy");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(ServerProcess { child, base, log })
+    }
+
+    /// SIGKILL: no shutdown, no lease release, nothing flushed.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as i32;
+        // SAFETY: sending a signal to our own child.
+        unsafe {
+            libc_kill(pid, 15);
+        }
+        self.child.wait().expect("waiting for wasaga serve")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+/// Asserts the saga ended in `status`.
+pub fn assert_status(detail: &SagaDetail, status: SagaStatus) {
+    assert_eq!(detail.saga.status, status, "{detail:#?}");
+}

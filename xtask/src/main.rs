@@ -144,7 +144,9 @@ fn plugin_crates(root: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for group in ["examples", "testing"] {
         let dir = root.join("plugins").join(group);
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
             let path = entry?.path();
             if path.join("Cargo.toml").exists() {
                 names.push(path.file_name().unwrap().to_string_lossy().into_owned());
@@ -178,13 +180,18 @@ fn build_plugins(root: &Path, check: bool) -> Result<()> {
     eprintln!("building plugins with {toolchain} ({route:?})");
     let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+        });
     // Paths end up in panic messages; map them to fixed names so the bytes
     // do not depend on where the repository or the cargo home is.
     let rustflags = [
         format!("--remap-path-prefix={}=/wasaga", root.display()),
         format!("--remap-path-prefix={}=/cargo", home.display()),
-        format!("--remap-path-prefix={}=/rust-src", route.std_src()?.display()),
+        format!(
+            "--remap-path-prefix={}=/rust-src",
+            route.std_src()?.display()
+        ),
     ]
     .join(" ");
     let mut cmd = Command::new(route.cargo());
@@ -211,7 +218,8 @@ fn build_plugins(root: &Path, check: bool) -> Result<()> {
     let mut built = BTreeMap::new();
     for name in plugin_crates(root)? {
         let core_path = release.join(format!("{}.wasm", name.replace('-', "_")));
-        let core = std::fs::read(&core_path).with_context(|| format!("reading {}", core_path.display()))?;
+        let core = std::fs::read(&core_path)
+            .with_context(|| format!("reading {}", core_path.display()))?;
         let component = wit_component::ComponentEncoder::default()
             .module(&core)
             .with_context(|| format!("{name}: reading the component type from the core module"))?
@@ -224,7 +232,8 @@ fn build_plugins(root: &Path, check: bool) -> Result<()> {
             ComponentEntry {
                 sha256: hex::encode(Sha256::digest(&component)),
                 bytes: component.len(),
-                world: world_of(&component).with_context(|| format!("{name}: decoding its world"))?,
+                world: world_of(&component)
+                    .with_context(|| format!("{name}: decoding its world"))?,
             },
         );
         built.insert(file, component);
@@ -248,7 +257,8 @@ fn build_plugins(root: &Path, check: bool) -> Result<()> {
 }
 
 fn check_against_committed(dist: &Path, rebuilt: &Manifest) -> Result<()> {
-    let text = std::fs::read_to_string(dist.join("manifest.json")).context("reading plugins/dist/manifest.json")?;
+    let text = std::fs::read_to_string(dist.join("manifest.json"))
+        .context("reading plugins/dist/manifest.json")?;
     let committed: Manifest = serde_json::from_str(&text)?;
     let mut problems = Vec::new();
     for (file, entry) in &rebuilt.components {
@@ -256,9 +266,12 @@ fn check_against_committed(dist: &Path, rebuilt: &Manifest) -> Result<()> {
             problems.push(format!("{file}: built, but not committed"));
             continue;
         };
-        let on_disk = std::fs::read(dist.join(file)).with_context(|| format!("reading dist/{file}"))?;
+        let on_disk =
+            std::fs::read(dist.join(file)).with_context(|| format!("reading dist/{file}"))?;
         if hex::encode(Sha256::digest(&on_disk)) != old.sha256 {
-            problems.push(format!("{file}: the committed bytes do not match the manifest"));
+            problems.push(format!(
+                "{file}: the committed bytes do not match the manifest"
+            ));
         }
         if committed.toolchain == rebuilt.toolchain {
             if entry.sha256 != old.sha256 {
@@ -269,7 +282,10 @@ fn check_against_committed(dist: &Path, rebuilt: &Manifest) -> Result<()> {
                 ));
             }
         } else if entry.world != old.world {
-            problems.push(format!("{file}: its imports or exports changed: {:?} vs {:?}", entry.world, old.world));
+            problems.push(format!(
+                "{file}: its imports or exports changed: {:?} vs {:?}",
+                entry.world, old.world
+            ));
         }
     }
     for file in committed.components.keys() {
@@ -289,7 +305,10 @@ fn check_against_committed(dist: &Path, rebuilt: &Manifest) -> Result<()> {
             problems.join("\n  ")
         );
     }
-    eprintln!("plugins/dist matches its sources ({} components)", rebuilt.components.len());
+    eprintln!(
+        "plugins/dist matches its sources ({} components)",
+        rebuilt.components.len()
+    );
     Ok(())
 }
 
@@ -303,7 +322,12 @@ fn world_of(component: &[u8]) -> Result<Vec<String>> {
         .imports
         .keys()
         .map(|k| format!("import {}", resolve.name_world_key(k)))
-        .chain(world.exports.keys().map(|k| format!("export {}", resolve.name_world_key(k))))
+        .chain(
+            world
+                .exports
+                .keys()
+                .map(|k| format!("export {}", resolve.name_world_key(k))),
+        )
         .collect();
     names.sort();
     Ok(names)
@@ -373,9 +397,16 @@ fn build_python(root: &Path, out: &Path, target: &Path) -> Result<()> {
 
 fn build_js(root: &Path, target: &Path) -> Result<()> {
     let dir = root.join("plugins").join("js");
-    if !dir.join("node_modules").join("@bytecodealliance").join("componentize-js").exists() {
+    if !dir
+        .join("node_modules")
+        .join("@bytecodealliance")
+        .join("componentize-js")
+        .exists()
+    {
         run(
-            Command::new("npm").current_dir(&dir).args(["ci", "--no-audit", "--no-fund"]),
+            Command::new("npm")
+                .current_dir(&dir)
+                .args(["ci", "--no-audit", "--no-fund"]),
             "npm ci (plugins/js)",
         )?;
     }
@@ -392,6 +423,11 @@ fn build_js(root: &Path, target: &Path) -> Result<()> {
 fn run_tests(root: &Path, extra: &[String]) -> Result<()> {
     build_polyglot(root, false)?;
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(root).args(["test", "--workspace"]).args(extra);
-    run(&mut cmd, &format!("cargo test --workspace {}", extra.join(" ")))
+    cmd.current_dir(root)
+        .args(["test", "--workspace"])
+        .args(extra);
+    run(
+        &mut cmd,
+        &format!("cargo test --workspace {}", extra.join(" ")),
+    )
 }

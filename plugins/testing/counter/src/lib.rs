@@ -6,8 +6,17 @@
 //! again. It needs the host to allow outgoing HTTP to that endpoint; a refusal
 //! is a fatal error that quotes the host's reason.
 //!
-//! It is written against the raw bindings, without the SDK, because its world
-//! adds `wasi:http/outgoing-handler` to the step world.
+//! Its behaviour is scriptable through the saga's inputs, so that one plugin
+//! can play every step of a test saga:
+//! - `counter_fail_at`: step indices whose `execute` fails for good;
+//! - `counter_retry_until`: `{"<index>": n}`, that step's `execute` fails
+//!   retryably until attempt n;
+//! - `counter_compensate_fail_at`: step indices whose `compensate` always
+//!   fails (retryably).
+//!
+//! The call is reported before it decides, so the endpoint sees failing
+//! calls too. It is written against the raw bindings, without the SDK,
+//! because its world adds `wasi:http/outgoing-handler` to the step world.
 
 wit_bindgen::generate!({
     path: ["../../../wit/step.wit", "wit"],
@@ -22,9 +31,19 @@ use wasi::http::types::{ErrorCode, Fields, Method, OutgoingRequest, Scheme};
 
 struct Counter;
 
-fn report(state: &SagaState, phase: &str) -> Result<(), StepError> {
-    let inputs: serde_json::Value =
-        serde_json::from_str(&state.inputs).map_err(|e| StepError::Fatal(format!("inputs: {e}")))?;
+fn inputs(state: &SagaState) -> Result<serde_json::Value, StepError> {
+    serde_json::from_str(&state.inputs).map_err(|e| StepError::Fatal(format!("inputs: {e}")))
+}
+
+/// Whether `inputs[key]` is an array holding this step's index.
+fn listed(inputs: &serde_json::Value, key: &str, index: u32) -> bool {
+    inputs
+        .get(key)
+        .and_then(|v| v.as_array())
+        .is_some_and(|list| list.iter().any(|v| v.as_u64() == Some(u64::from(index))))
+}
+
+fn report(state: &SagaState, inputs: &serde_json::Value, phase: &str) -> Result<(), StepError> {
     let Some(url) = inputs.get("counter_url").and_then(|u| u.as_str()) else {
         return Ok(());
     };
@@ -69,12 +88,36 @@ impl Guest for Counter {
     }
 
     fn execute(state: SagaState) -> Result<String, StepError> {
-        report(&state, "execute")?;
-        Ok(serde_json::json!({ format!("counted_{}", state.step_index): state.attempt }).to_string())
+        let inputs = inputs(&state)?;
+        report(&state, &inputs, "execute")?;
+        let index = state.step_index;
+        if listed(&inputs, "counter_fail_at", index) {
+            return Err(StepError::Fatal(format!("counter: step {index} fails on purpose")));
+        }
+        let retry_until = inputs
+            .get("counter_retry_until")
+            .and_then(|m| m.get(index.to_string()))
+            .and_then(|n| n.as_u64())
+            .unwrap_or(0);
+        if u64::from(state.attempt) < retry_until {
+            return Err(StepError::Retryable(format!(
+                "counter: step {index} attempt {} fails until attempt {retry_until}",
+                state.attempt
+            )));
+        }
+        Ok(serde_json::json!({ format!("counted_{index}"): state.attempt }).to_string())
     }
 
     fn compensate(state: SagaState) -> Result<(), StepError> {
-        report(&state, "compensate")
+        let inputs = inputs(&state)?;
+        report(&state, &inputs, "compensate")?;
+        if listed(&inputs, "counter_compensate_fail_at", state.step_index) {
+            return Err(StepError::Retryable(format!(
+                "counter: cannot undo step {} (attempt {})",
+                state.step_index, state.attempt
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,8 @@
 //! `ledger`: logs at every level and records `inputs.ledger_resources`
 //! resources (default 2) with JSON specs, so tests can read both back from the
-//! saga's ledger. Its compensate logs what it releases.
+//! saga's ledger. Its compensate logs what it releases. With
+//! `inputs.ledger_raw_spec` it first records a resource whose spec is that
+//! text, unchecked, to test the host's refusal of a spec that is not JSON.
 
 use serde_json::json;
 use wasaga_step::host::{self, LogLevel};
@@ -14,6 +16,11 @@ impl Step for Ledger {
     }
 
     fn execute(state: &SagaState) -> StepResult<Output> {
+        if let Some(raw) = state.input_opt::<String>("ledger_raw_spec")? {
+            // Bypass the SDK's serialization to hand the host a spec that may
+            // not be JSON: the host must refuse it.
+            wasaga_step::__bindings::wasaga::step::host::record_resource("vm", "raw", &raw);
+        }
         let count: u32 = state.input_opt("ledger_resources")?.unwrap_or(2);
         host::log(LogLevel::Trace, "trace line");
         host::log(LogLevel::Debug, "debug line");

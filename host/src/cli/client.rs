@@ -1,0 +1,160 @@
+//! A small client of HTTP API v1, for the command line (and anyone who
+//! wants one in Rust). Errors carry the server's own message.
+
+use crate::api::{ErrorBody, PluginList, SagaList};
+use crate::model::{PluginInfo, SagaDetail, SagaRun};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error body.
+    #[error("{message} ({status}, {code})")]
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+    /// No answer, or not one we understand.
+    #[error("cannot reach the server at {url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("the server's answer was not what this client expects: {0}")]
+    Decode(String),
+}
+
+/// A client of one server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> Client {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(600))
+            .build()
+            .expect("a reqwest client");
+        Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        request
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<(StatusCode, T), ClientError> {
+        let transport = |source| ClientError::Transport {
+            url: self.base.clone(),
+            source,
+        };
+        let response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => ClientError::Api {
+                    status,
+                    code: body.error.code,
+                    message: body.error.message,
+                },
+                Err(_) => ClientError::Api {
+                    status,
+                    code: "unknown".into(),
+                    message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+                },
+            });
+        }
+        let value = if bytes.is_empty() {
+            b"null".as_slice()
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(value)
+            .map(|v| (status, v))
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Uploads a component; `true` when it was new.
+    pub async fn push_plugin(&self, bytes: Vec<u8>) -> Result<(PluginInfo, bool), ClientError> {
+        let request = self
+            .request(Method::POST, "/v1/plugins")
+            .header("content-type", "application/wasm")
+            .body(bytes);
+        let (status, info) = self.send(request).await?;
+        Ok((info, status == StatusCode::CREATED))
+    }
+
+    pub async fn plugins(&self) -> Result<Vec<PluginInfo>, ClientError> {
+        let (_, list): (_, PluginList) =
+            self.send(self.request(Method::GET, "/v1/plugins")).await?;
+        Ok(list.plugins)
+    }
+
+    pub async fn plugin(&self, reference: &str) -> Result<PluginInfo, ClientError> {
+        Ok(self
+            .send(self.request(Method::GET, &format!("/v1/plugins/{reference}")))
+            .await?
+            .1)
+    }
+
+    pub async fn delete_plugin(&self, digest: &str) -> Result<(), ClientError> {
+        let _: (_, serde_json::Value) = self
+            .send(self.request(Method::DELETE, &format!("/v1/plugins/{digest}")))
+            .await?;
+        Ok(())
+    }
+
+    /// Starts a saga; `true` when it was new (not an idempotent repeat).
+    pub async fn start_saga(
+        &self,
+        body: &serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<(SagaRun, bool), ClientError> {
+        let mut request = self.request(Method::POST, "/v1/sagas").json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
+        }
+        let (status, saga) = self.send(request).await?;
+        Ok((saga, status == StatusCode::CREATED))
+    }
+
+    pub async fn sagas(&self, query: &[(&str, String)]) -> Result<Vec<SagaRun>, ClientError> {
+        let (_, list): (_, SagaList) = self
+            .send(self.request(Method::GET, "/v1/sagas").query(query))
+            .await?;
+        Ok(list.sagas)
+    }
+
+    pub async fn saga(&self, id: &str) -> Result<SagaDetail, ClientError> {
+        Ok(self
+            .send(self.request(Method::GET, &format!("/v1/sagas/{id}")))
+            .await?
+            .1)
+    }
+
+    pub async fn cancel_saga(&self, id: &str) -> Result<SagaRun, ClientError> {
+        Ok(self
+            .send(self.request(Method::POST, &format!("/v1/sagas/{id}/cancel")))
+            .await?
+            .1)
+    }
+}

@@ -1,0 +1,205 @@
+//! Every tunable of the host and its default, in one place.
+//!
+//! The limits a plugin call runs under ([`StepLimits`]) are named after what
+//! they bound, carry their defaults here and nowhere else, and can be lowered
+//! or raised per step in a saga request, up to the ceilings of
+//! [`RuntimeConfig`] (which size the engine's preallocated pools). The runner's
+//! knobs ([`RunnerConfig`]) and the server's ([`ServerConfig`]) sit beside
+//! them, so that `wasaga serve --help`, README's configuration reference and
+//! the code agree.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// 1 MiB.
+pub const MIB: u64 = 1 << 20;
+
+/// The limits one plugin call runs under. A breach fails the call with a
+/// message naming the limit and its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepLimits {
+    /// Wall-clock time for one call (`timeout_ms` per step). Default 30 s.
+    pub timeout: Duration,
+    /// Linear memory one instance may grow to. Default 64 MiB.
+    pub max_memory_bytes: u64,
+    /// Wasm instructions (fuel) one call may burn; `None` leaves only the
+    /// deadline. Default `None`. Needs `RuntimeConfig::fuel` on.
+    pub fuel: Option<u64>,
+    /// Size of the JSON text `execute` may return. Default 1 MiB.
+    pub max_output_bytes: usize,
+    /// Log lines (host `log` plus stdout/stderr lines) kept per call; further
+    /// lines are counted and dropped. Default 1,000.
+    pub max_log_lines: usize,
+    /// Bytes kept of one log line; longer lines are cut. Default 4 KiB.
+    pub max_log_line_bytes: usize,
+    /// Resources one call may record. Default 1,000.
+    pub max_resources: usize,
+    /// Bytes of one resource's spec JSON. Default 64 KiB.
+    pub max_resource_spec_bytes: usize,
+}
+
+impl Default for StepLimits {
+    fn default() -> Self {
+        StepLimits {
+            timeout: Duration::from_secs(30),
+            max_memory_bytes: 64 * MIB,
+            fuel: None,
+            max_output_bytes: MIB as usize,
+            max_log_lines: 1_000,
+            max_log_line_bytes: 4 * 1024,
+            max_resources: 1_000,
+            max_resource_spec_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// How the engine allocates instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Allocator {
+    /// Preallocated slots for instances, memories, tables and stacks:
+    /// instantiation is a few microseconds and memory is reused warm.
+    #[default]
+    Pooling,
+    /// mmap per instance: no up-front reservation, slower instantiation.
+    OnDemand,
+}
+
+/// The plugin runtime: engine settings and the ceilings per-step limits may
+/// not pass.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Limits of a call when the step does not say otherwise.
+    pub default_limits: StepLimits,
+    /// The most memory any step may ask for (sizes each pooled memory slot's
+    /// maximum). Default 1 GiB.
+    pub max_memory_ceiling: u64,
+    /// The longest deadline any step may ask for. Default 15 min.
+    pub max_timeout_ceiling: Duration,
+    /// Plugin calls in flight at once on this host (instances alive at once).
+    /// Default 128.
+    pub max_instances: u32,
+    /// Threads that run Wasm, apart from the threads serving HTTP and the
+    /// database. Default: the number of CPUs.
+    pub wasm_threads: usize,
+    /// Instance allocation strategy. Default pooling.
+    pub allocator: Allocator,
+    /// Turn on fuel metering, so that per-step `fuel` limits apply. Costs
+    /// some speed in every call. Default off.
+    pub fuel: bool,
+    /// Maximum Wasm stack per call. Default 512 KiB.
+    pub max_wasm_stack: usize,
+    /// Where compiled plugins are cached. `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Largest component accepted. Default 64 MiB.
+    pub max_component_bytes: usize,
+    /// Outgoing HTTP allowed per plugin name: `host[:port]` authorities.
+    /// Plugins not listed may make no request.
+    pub http_allow: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            default_limits: StepLimits::default(),
+            max_memory_ceiling: 1024 * MIB,
+            max_timeout_ceiling: Duration::from_secs(15 * 60),
+            max_instances: 128,
+            wasm_threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            allocator: Allocator::Pooling,
+            fuel: false,
+            max_wasm_stack: 512 * 1024,
+            cache_dir: None,
+            max_component_bytes: 64 * MIB as usize,
+            http_allow: BTreeMap::new(),
+        }
+    }
+}
+
+/// Retry and backoff of failed step calls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts per step and phase, first call included (`max_attempts` per
+    /// step). Default 3.
+    pub max_attempts: u32,
+    /// Delay before the first retry. Default 200 ms.
+    pub initial_backoff: Duration,
+    /// Growth of the delay per retry. Default 2.
+    pub multiplier: f64,
+    /// Largest delay. Default 30 s.
+    pub max_backoff: Duration,
+    /// Random spread, as a fraction of the delay (0.2 = ±20 %). Default 0.2.
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(200),
+            multiplier: 2.0,
+            max_backoff: Duration::from_secs(30),
+            jitter: 0.2,
+        }
+    }
+}
+
+/// The saga runner.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Sagas driven at once by this host. Default 64.
+    pub concurrency: usize,
+    /// How long a claim lasts without renewal; another host (or this one,
+    /// restarted with another identity) may take the saga after it. Default
+    /// 15 s.
+    pub lease_ttl: Duration,
+    /// How often held leases are renewed. Default lease_ttl / 3.
+    pub lease_renew_every: Duration,
+    /// How often the store is polled for work when no wake-up arrives.
+    /// Default 1 s.
+    pub poll_every: Duration,
+    /// Retry of failed calls.
+    pub retry: RetryPolicy,
+    /// This host's identity in leases. Default: random per process.
+    pub node_id: Option<String>,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            concurrency: 64,
+            lease_ttl: Duration::from_secs(15),
+            lease_renew_every: Duration::from_secs(5),
+            poll_every: Duration::from_secs(1),
+            retry: RetryPolicy::default(),
+            node_id: None,
+        }
+    }
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Bearer token every `/v1` request must carry. `None`: no
+    /// authentication, allowed only on a loopback address.
+    pub token: Option<String>,
+    /// Largest JSON request body. Default 1 MiB.
+    pub max_json_bytes: usize,
+    /// Time a request may take before it is answered 408. Default 30 s.
+    pub request_timeout: Duration,
+    /// Grace period for steps in flight at shutdown. Default 10 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            token: None,
+            max_json_bytes: MIB as usize,
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,748 @@
+//! The plugin runtime: turns uploaded bytes into a ready plugin and calls its
+//! `name`, `execute` and `compensate` in a fresh sandbox per call.
+//!
+//! It owns the process's one wasmtime [`Engine`] (see `engine` for why each
+//! setting), the [`Linker`] with WASI 0.2, `wasi:http` and the step world's
+//! host imports, the compile cache, and the registry of ready plugins, each
+//! holding a pre-linked `InstancePre`, so that a call is only "instantiate,
+//! call, drop". Validation happens at registration (`prepare`): a plugin that
+//! would fail to link fails its upload, never a saga.
+//!
+//! Calls run on a dedicated pool of threads (a tokio runtime of its own), so
+//! guest code never occupies the threads that serve HTTP and the database.
+//! Whatever a guest does (loop, allocate, recurse, panic, return too much)
+//! ends as a [`StepFailure`] whose message names the limit or the trap; the
+//! host is never the one to panic.
+
+mod cache;
+mod engine;
+mod sandbox;
+mod validate;
+
+pub use cache::LoadedFrom;
+pub use sandbox::format_bytes;
+
+use crate::config::{RuntimeConfig, StepLimits};
+use crate::model::{Digest, LogLine, RecordedResource};
+use sandbox::{CallState, ContractViolation, MemoryLimitExceeded};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OnceCell, Semaphore};
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/step.wit",
+        world: "plugin",
+        imports: {
+            "wasaga:step/host.record-resource": trappable,
+        },
+        exports: { default: async },
+    });
+}
+
+use bindings::wasaga::step::types::{SagaState, StepError};
+
+/// Why an upload is not a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// Not Wasm, or a core module rather than a component.
+    #[error("not a component: {0}")]
+    NotAComponent(String),
+    #[error("the component is {size} bytes; the limit is {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    /// A component that does not compile.
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// A component that does not implement `wasaga:step/step@0.1.x`.
+    #[error("wrong world: {0}")]
+    WrongWorld(String),
+    /// Imports this host does not offer.
+    #[error("unsupported imports: {} ({detail})", imports.join(", "))]
+    UnsupportedImports {
+        imports: Vec<String>,
+        detail: String,
+    },
+    #[error(
+        "invalid plugin name {name:?}: {reason}; a name is 1 to 64 lowercase letters, digits and dashes"
+    )]
+    InvalidName { name: String, reason: String },
+    /// `name()` trapped or broke a limit at registration.
+    #[error("calling the plugin's name() failed: {0}")]
+    NameFailed(StepFailure),
+    #[error("the stored bytes do not hash to {0}")]
+    DigestMismatch(Digest),
+    /// Not the plugin's fault.
+    #[error("host error: {0}")]
+    Host(String),
+}
+
+/// Why a step call did not succeed. The runner retries the retryable ones
+/// while attempts remain (DESIGN: a trap counts as retryable, then fatal).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepFailure {
+    /// The plugin returned `retryable(..)`.
+    #[error("{0}")]
+    Retryable(String),
+    /// The plugin returned `fatal(..)`.
+    #[error("{0}")]
+    Fatal(String),
+    /// `execute` returned something that is not a JSON object, or a key the
+    /// host reserves, or more than the output limit.
+    #[error("{0}")]
+    InvalidOutput(String),
+    /// The plugin misused a host import (e.g. a resource spec that is not JSON).
+    #[error("{0}")]
+    ContractViolation(String),
+    /// Panic, `unreachable`, stack overflow, or another trap.
+    #[error("{0}")]
+    Trap(String),
+    /// Deadline, memory or fuel limit.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// Stopped through the call's cancel token.
+    #[error("interrupted by a cancel request")]
+    Cancelled,
+    /// The exports' types do not match the step contract. Registration
+    /// turns this into [`PluginError::WrongWorld`], so a stored plugin never
+    /// fails this way.
+    #[error("{0}")]
+    ExportTypes(String),
+    /// The host could not make the call (e.g. the plugin's bytes are
+    /// missing). Not the plugin's fault.
+    #[error("host error: {0}")]
+    Host(String),
+}
+
+impl StepFailure {
+    /// Whether another attempt could succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StepFailure::Retryable(_)
+                | StepFailure::Trap(_)
+                | StepFailure::LimitExceeded(_)
+                | StepFailure::Host(_)
+        )
+    }
+}
+
+/// What a step call sees of its saga (the WIT `saga-state`).
+#[derive(Debug, Clone)]
+pub struct StepCall {
+    pub saga_id: String,
+    pub kind: String,
+    pub step_index: u32,
+    pub attempt: u32,
+    pub idempotency_key: String,
+    /// JSON object text.
+    pub inputs: String,
+    /// JSON object text.
+    pub context: String,
+}
+
+impl From<StepCall> for SagaState {
+    fn from(c: StepCall) -> SagaState {
+        SagaState {
+            saga_id: c.saga_id,
+            kind: c.kind,
+            step_index: c.step_index,
+            attempt: c.attempt,
+            idempotency_key: c.idempotency_key,
+            inputs: c.inputs,
+            context: c.context,
+        }
+    }
+}
+
+/// The result of one call, with what it logged and recorded (kept even when
+/// the call failed: the log says why).
+#[derive(Debug)]
+pub struct CallOutcome<T> {
+    pub result: Result<T, StepFailure>,
+    pub logs: Vec<LogLine>,
+    pub resources: Vec<RecordedResource>,
+    pub elapsed: Duration,
+}
+
+/// A ready plugin: validated, compiled and pre-linked.
+pub struct Plugin {
+    pub digest: Digest,
+    pub name: String,
+    pub size: usize,
+    pub loaded_from: LoadedFrom,
+    instance_pre: InstancePre<CallState>,
+    /// The step export's functions, looked up once; each call type-checks
+    /// them against its instance.
+    exports: bindings::PluginIndices,
+    http_allow: Arc<[String]>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("digest", &self.digest)
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The plugin runtime. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct PluginHost {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<CallState>,
+    config: RuntimeConfig,
+    cache: Option<cache::CompileCache>,
+    /// Ready plugins by digest. A cell per digest, so that concurrent loads
+    /// of one plugin compile it once.
+    plugins: Mutex<HashMap<Digest, Arc<OnceCell<Arc<Plugin>>>>>,
+    /// One permit per instance alive, so calls wait for a pool slot instead
+    /// of failing when the pool is full.
+    instances: Arc<Semaphore>,
+    /// The threads that run Wasm (`None`: calls run on the caller's runtime).
+    wasm_runtime: Option<tokio::runtime::Runtime>,
+    _ticker: engine::EpochTicker,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks; this may run inside another runtime.
+        if let Some(rt) = self.wasm_runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The component's step functions do not have the contract's types.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ExportTypes(String);
+
+/// Why a call was interrupted at an epoch tick.
+#[derive(Debug, thiserror::Error)]
+enum Interrupted {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("deadline of {0} ms exceeded")]
+    Deadline(u128),
+}
+
+enum CallKind {
+    Name,
+    Execute(SagaState),
+    Compensate(SagaState),
+}
+
+enum CallReturn {
+    Name(String),
+    Execute(Result<String, StepError>),
+    Compensate(Result<(), StepError>),
+}
+
+impl PluginHost {
+    pub fn new(config: RuntimeConfig) -> Result<PluginHost, PluginError> {
+        let engine = engine::build(&config)
+            .map_err(|e| PluginError::Host(format!("building the engine: {e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        let link = |linker: &mut Linker<CallState>| -> wasmtime::Result<()> {
+            wasmtime_wasi::p2::add_to_linker_async(linker)?;
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+            bindings::Plugin::add_to_linker::<_, HasSelf<CallState>>(linker, |state| state)?;
+            Ok(())
+        };
+        link(&mut linker)
+            .map_err(|e| PluginError::Host(format!("linking host functions: {e:#}")))?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(cache::CompileCache::open(dir, &engine).map_err(|e| {
+                PluginError::Host(format!("opening the compile cache {}: {e}", dir.display()))
+            })?),
+            None => None,
+        };
+        let wasm_runtime = if config.wasm_threads == 0 {
+            None
+        } else {
+            Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(config.wasm_threads)
+                    .thread_name("wasaga-wasm")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| PluginError::Host(format!("starting the Wasm threads: {e}")))?,
+            )
+        };
+        let ticker = engine::EpochTicker::start(&engine);
+        Ok(PluginHost {
+            inner: Arc::new(Inner {
+                instances: Arc::new(Semaphore::new(config.max_instances.max(1) as usize)),
+                engine,
+                linker,
+                config,
+                cache,
+                plugins: Mutex::new(HashMap::new()),
+                wasm_runtime,
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// Validates, compiles and pre-links an upload, and calls its `name()`.
+    /// The plugin is then ready to run (see [`PluginHost::get`]).
+    pub async fn prepare(&self, bytes: &[u8]) -> Result<Arc<Plugin>, PluginError> {
+        let limit = self.inner.config.max_component_bytes;
+        if bytes.len() > limit {
+            return Err(PluginError::TooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        validate::component_bytes(bytes)?;
+        self.load(&Digest::of(bytes), bytes, None).await
+    }
+
+    /// Makes a stored plugin ready: from the compile cache when it holds the
+    /// digest, else compiled. `known_name` skips the `name()` call (the store
+    /// already has it).
+    pub async fn load(
+        &self,
+        digest: &Digest,
+        bytes: &[u8],
+        known_name: Option<&str>,
+    ) -> Result<Arc<Plugin>, PluginError> {
+        let cell = {
+            let mut plugins = self.inner.plugins.lock().expect("plugins lock");
+            plugins.entry(digest.clone()).or_default().clone()
+        };
+        cell.get_or_try_init(|| self.build_plugin(digest, bytes, known_name))
+            .await
+            .cloned()
+    }
+
+    /// A plugin that is ready in this process.
+    pub fn get(&self, digest: &Digest) -> Option<Arc<Plugin>> {
+        let plugins = self.inner.plugins.lock().expect("plugins lock");
+        plugins.get(digest).and_then(|cell| cell.get().cloned())
+    }
+
+    /// Forgets a plugin (after it was deleted).
+    pub fn forget(&self, digest: &Digest) {
+        self.inner
+            .plugins
+            .lock()
+            .expect("plugins lock")
+            .remove(digest);
+    }
+
+    async fn build_plugin(
+        &self,
+        digest: &Digest,
+        bytes: &[u8],
+        known_name: Option<&str>,
+    ) -> Result<Arc<Plugin>, PluginError> {
+        if &Digest::of(bytes) != digest {
+            return Err(PluginError::DigestMismatch(digest.clone()));
+        }
+        let (component, loaded_from) = self.compile(digest, bytes).await?;
+        let engine = &self.inner.engine;
+        validate::imports(engine, &component)?;
+        validate::exports(engine, &component)?;
+        let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
+            PluginError::UnsupportedImports {
+                imports: Vec::new(),
+                detail: format!("linking failed: {e:#}"),
+            }
+        })?;
+        let exports = bindings::PluginIndices::new(&instance_pre).map_err(|e| {
+            PluginError::WrongWorld(format!("`{}@0.1.x`: {e:#}", validate::STEP_EXPORT))
+        })?;
+        let mut plugin = Plugin {
+            digest: digest.clone(),
+            name: known_name.unwrap_or_default().to_string(),
+            size: bytes.len(),
+            loaded_from,
+            instance_pre,
+            exports,
+            http_allow: Arc::from(Vec::new()),
+        };
+        if known_name.is_none() {
+            let outcome = self
+                .call(
+                    &plugin,
+                    CallKind::Name,
+                    &self.inner.config.default_limits,
+                    CancellationToken::new(),
+                )
+                .await;
+            let name = match outcome.result {
+                Ok(CallReturn::Name(name)) => name,
+                Ok(_) => unreachable!("name() returns a name"),
+                Err(StepFailure::ExportTypes(why)) => {
+                    return Err(PluginError::WrongWorld(format!(
+                        "`{}@0.1.x` has the wrong function types: {why}",
+                        validate::STEP_EXPORT
+                    )));
+                }
+                Err(failure) => return Err(PluginError::NameFailed(failure)),
+            };
+            validate::plugin_name(&name)?;
+            plugin.name = name;
+        }
+        plugin.http_allow = Arc::from(
+            self.inner
+                .config
+                .http_allow
+                .get(&plugin.name)
+                .cloned()
+                .unwrap_or_default(),
+        );
+        tracing::debug!(digest = %digest, name = %plugin.name, ?loaded_from, "plugin ready");
+        Ok(Arc::new(plugin))
+    }
+
+    /// The compiled component: from the cache, or compiled on a blocking
+    /// thread (seconds, for interpreter-based components) and cached.
+    async fn compile(
+        &self,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<(Component, LoadedFrom), PluginError> {
+        let inner = self.inner.clone();
+        let digest = digest.clone();
+        let bytes = bytes.to_vec();
+        tokio::task::spawn_blocking(move || {
+            if let Some(component) = inner
+                .cache
+                .as_ref()
+                .and_then(|c| c.load(&inner.engine, &digest))
+            {
+                return Ok((component, LoadedFrom::Cache));
+            }
+            let component = Component::new(&inner.engine, &bytes)
+                .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+            if let Some(cache) = &inner.cache {
+                cache.store(&digest, &component);
+            }
+            Ok((component, LoadedFrom::Compiled))
+        })
+        .await
+        .map_err(|e| PluginError::Host(format!("compiling panicked: {e}")))?
+    }
+
+    /// The limits of a call: the host's defaults, with the step's overrides
+    /// clamped to the host's ceilings.
+    pub fn limits_for(
+        &self,
+        timeout_ms: Option<u64>,
+        max_memory_bytes: Option<u64>,
+        max_output_bytes: Option<u64>,
+    ) -> StepLimits {
+        let config = &self.inner.config;
+        let mut limits = config.default_limits.clone();
+        if let Some(ms) = timeout_ms {
+            limits.timeout = Duration::from_millis(ms).min(config.max_timeout_ceiling);
+        }
+        if let Some(bytes) = max_memory_bytes {
+            limits.max_memory_bytes = bytes.min(config.max_memory_ceiling);
+        }
+        if let Some(bytes) = max_output_bytes {
+            limits.max_output_bytes = bytes.min(usize::MAX as u64) as usize;
+        }
+        limits
+    }
+
+    /// Calls `execute`: the output is the JSON object to merge into the
+    /// saga's context, checked against the output rules.
+    pub async fn execute(
+        &self,
+        plugin: &Arc<Plugin>,
+        call: StepCall,
+        limits: &StepLimits,
+        cancel: CancellationToken,
+    ) -> CallOutcome<Map<String, Value>> {
+        let max_output = limits.max_output_bytes;
+        let outcome = self
+            .spawn_call(plugin, CallKind::Execute(call.into()), limits, cancel)
+            .await;
+        let result = match outcome.result {
+            Ok(CallReturn::Execute(Ok(text))) => parse_output(&text, max_output),
+            Ok(CallReturn::Execute(Err(e))) => Err(step_error(e)),
+            Ok(_) => unreachable!("execute returns its result"),
+            Err(failure) => Err(failure),
+        };
+        CallOutcome {
+            result,
+            logs: outcome.logs,
+            resources: outcome.resources,
+            elapsed: outcome.elapsed,
+        }
+    }
+
+    /// Calls `compensate`.
+    pub async fn compensate(
+        &self,
+        plugin: &Arc<Plugin>,
+        call: StepCall,
+        limits: &StepLimits,
+        cancel: CancellationToken,
+    ) -> CallOutcome<()> {
+        let outcome = self
+            .spawn_call(plugin, CallKind::Compensate(call.into()), limits, cancel)
+            .await;
+        let result = match outcome.result {
+            Ok(CallReturn::Compensate(r)) => r.map_err(step_error),
+            Ok(_) => unreachable!("compensate returns its result"),
+            Err(failure) => Err(failure),
+        };
+        CallOutcome {
+            result,
+            logs: outcome.logs,
+            resources: outcome.resources,
+            elapsed: outcome.elapsed,
+        }
+    }
+
+    /// Runs the call on the Wasm threads (or here, when there are none).
+    async fn spawn_call(
+        &self,
+        plugin: &Arc<Plugin>,
+        kind: CallKind,
+        limits: &StepLimits,
+        cancel: CancellationToken,
+    ) -> CallOutcome<CallReturn> {
+        let Some(rt) = &self.inner.wasm_runtime else {
+            return self.call(plugin, kind, limits, cancel).await;
+        };
+        let host = self.clone();
+        let plugin = plugin.clone();
+        let limits = limits.clone();
+        let task = rt.spawn(async move { host.call(&plugin, kind, &limits, cancel).await });
+        match task.await {
+            Ok(outcome) => outcome,
+            Err(e) => CallOutcome {
+                result: Err(StepFailure::Host(format!("the call's task failed: {e}"))),
+                logs: Vec::new(),
+                resources: Vec::new(),
+                elapsed: Duration::ZERO,
+            },
+        }
+    }
+
+    /// One call in a fresh store: instantiate from the pre-linked instance,
+    /// call, drop.
+    async fn call(
+        &self,
+        plugin: &Plugin,
+        kind: CallKind,
+        limits: &StepLimits,
+        cancel: CancellationToken,
+    ) -> CallOutcome<CallReturn> {
+        let started = Instant::now();
+        let _permit = match self.inner.instances.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            Err(_) => {
+                return CallOutcome {
+                    result: Err(StepFailure::Host(
+                        "the plugin runtime is shutting down".into(),
+                    )),
+                    logs: Vec::new(),
+                    resources: Vec::new(),
+                    elapsed: started.elapsed(),
+                };
+            }
+        };
+        let mut store = Store::new(
+            &self.inner.engine,
+            CallState::new(limits, plugin.http_allow.clone()),
+        );
+        store.limiter(|state| &mut state.limiter);
+        if let Some(fuel) = limits.fuel {
+            if let Err(e) = store.set_fuel(fuel) {
+                return CallOutcome {
+                    result: Err(StepFailure::Host(format!(
+                        "fuel limits need fuel metering on (--fuel): {e}"
+                    ))),
+                    logs: Vec::new(),
+                    resources: Vec::new(),
+                    elapsed: started.elapsed(),
+                };
+            }
+        }
+        let deadline = started + limits.timeout;
+        let timeout_ms = limits.timeout.as_millis();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if cancel.is_cancelled() {
+                return Err(wasmtime::Error::new(Interrupted::Cancelled));
+            }
+            if Instant::now() >= deadline {
+                return Err(wasmtime::Error::new(Interrupted::Deadline(timeout_ms)));
+            }
+            // Let other calls on this thread run; check again next tick.
+            Ok(UpdateDeadline::Yield(1))
+        });
+
+        let result = async {
+            let instance = plugin.instance_pre.instantiate_async(&mut store).await?;
+            let typed = plugin
+                .exports
+                .load(&mut store, &instance)
+                .map_err(|e| wasmtime::Error::new(ExportTypes(format!("{e:#}"))))?;
+            let step = typed.wasaga_step_step();
+            Ok::<_, wasmtime::Error>(match kind {
+                CallKind::Name => CallReturn::Name(step.call_name(&mut store).await?),
+                CallKind::Execute(state) => {
+                    CallReturn::Execute(step.call_execute(&mut store, &state).await?)
+                }
+                CallKind::Compensate(state) => {
+                    CallReturn::Compensate(step.call_compensate(&mut store, &state).await?)
+                }
+            })
+        }
+        .await;
+        let (logs, resources) = store.into_data().finish();
+        let result =
+            result.map_err(|e| classify(e, limits, self.inner.config.max_wasm_stack, &logs));
+        CallOutcome {
+            result,
+            logs,
+            resources,
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+fn step_error(e: StepError) -> StepFailure {
+    match e {
+        StepError::Retryable(m) => StepFailure::Retryable(m),
+        StepError::Fatal(m) => StepFailure::Fatal(m),
+    }
+}
+
+/// Turns a failed call into a failure that names its cause.
+fn classify(
+    e: wasmtime::Error,
+    limits: &StepLimits,
+    max_wasm_stack: usize,
+    logs: &[LogLine],
+) -> StepFailure {
+    if let Some(interrupted) = e.downcast_ref::<Interrupted>() {
+        return match interrupted {
+            Interrupted::Cancelled => StepFailure::Cancelled,
+            Interrupted::Deadline(_) => StepFailure::LimitExceeded(interrupted.to_string()),
+        };
+    }
+    if let Some(memory) = e.downcast_ref::<MemoryLimitExceeded>() {
+        return StepFailure::LimitExceeded(memory.to_string());
+    }
+    if let Some(ExportTypes(why)) = e.downcast_ref::<ExportTypes>() {
+        return StepFailure::ExportTypes(why.clone());
+    }
+    if let Some(violation) = e.downcast_ref::<ContractViolation>() {
+        return StepFailure::ContractViolation(violation.to_string());
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => StepFailure::LimitExceeded(format!(
+            "fuel limit of {} exceeded",
+            limits.fuel.unwrap_or_default()
+        )),
+        Some(Trap::StackOverflow) => StepFailure::Trap(format!(
+            "trap: call stack exhausted (the Wasm stack limit is {})",
+            format_bytes(max_wasm_stack as u64)
+        )),
+        Some(trap) => {
+            // The SDK logs a panic's message just before the trap it causes.
+            let panic = logs
+                .iter()
+                .rev()
+                .find(|line| line.message.starts_with("panic: "))
+                .map(|line| format!(" ({})", line.message))
+                .unwrap_or_default();
+            StepFailure::Trap(format!("trap: {trap}{panic}"))
+        }
+        None => StepFailure::Trap(format!("trap: {e:#}")),
+    }
+}
+
+/// The output rules: a JSON object (empty text counts as `{}`), within the
+/// size limit, with no key starting with `__` (reserved for the host).
+pub fn parse_output(text: &str, max_bytes: usize) -> Result<Map<String, Value>, StepFailure> {
+    if text.len() > max_bytes {
+        return Err(StepFailure::InvalidOutput(format!(
+            "output of {} exceeds the limit of {}",
+            format_bytes(text.len() as u64),
+            format_bytes(max_bytes as u64)
+        )));
+    }
+    if text.trim().is_empty() {
+        return Ok(Map::new());
+    }
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| StepFailure::InvalidOutput(format!("output is not JSON: {e}")))?;
+    let Value::Object(map) = value else {
+        let kind = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "an array",
+            Value::Object(_) => unreachable!(),
+        };
+        return Err(StepFailure::InvalidOutput(format!(
+            "output must be a JSON object, not {kind}"
+        )));
+    };
+    if let Some(key) = map.keys().find(|k| k.starts_with("__")) {
+        return Err(StepFailure::InvalidOutput(format!(
+            "output key `{key}` starts with `__`, which is reserved for the host"
+        )));
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_rules() {
+        assert_eq!(parse_output("", 100).unwrap(), Map::new());
+        assert_eq!(parse_output(r#"{"a":1}"#, 100).unwrap()["a"], 1);
+        let cases = [
+            ("[1]", "not an array"),
+            ("\"x\"", "not a string"),
+            ("null", "not null"),
+            ("{", "not JSON"),
+            (r#"{"__secret":1}"#, "`__secret` starts with `__`"),
+        ];
+        for (text, why) in cases {
+            let err = parse_output(text, 100).unwrap_err().to_string();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+        let err = parse_output(&format!("{{\"a\":\"{}\"}}", "x".repeat(2048)), 1024).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "output of 2.0 KiB exceeds the limit of 1 KiB"
+        );
+    }
+
+    #[test]
+    fn bytes_are_written_for_humans() {
+        assert_eq!(format_bytes(64 << 20), "64 MiB");
+        assert_eq!(format_bytes(512 * 1024), "512 KiB");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
+        assert_eq!(format_bytes(100), "100 bytes");
+    }
+}

@@ -1,0 +1,340 @@
+//! The saga runner: claims unfinished sagas under a lease, drives each
+//! through its state machine (execute, retry, compensate, cancel), and
+//! resumes what a crashed or departed host left.
+//!
+//! One runner per host. Its claim loop takes sagas whose lease is free or
+//! expired, up to `concurrency` at a time, whenever it is woken (a saga was
+//! started or released, a slot freed up) or the poll interval passes. A
+//! renewal loop extends the leases it holds and learns from the store about
+//! cancels sent to other hosts; a host that stops renewing (it crashed, or
+//! lost the database) loses its sagas to the others, which resume them
+//! exactly as after a restart. The state machine itself, one saga at a time,
+//! is in `saga`; every transition it makes goes to the store as one
+//! transaction fenced by the lease.
+//!
+//! Shutdown is graceful: claiming stops, steps in flight get a grace period
+//! to finish (their results are recorded), then they are interrupted and
+//! every lease is released, so another host (or this one, restarted) takes
+//! over at once.
+
+pub mod clock;
+mod saga;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+
+use crate::config::{RetryPolicy, RunnerConfig};
+use crate::model::SagaId;
+use crate::plugin::PluginHost;
+use crate::store::Store;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The runner of one host. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<RunnerInner>,
+}
+
+struct RunnerInner {
+    store: Arc<dyn Store>,
+    plugins: PluginHost,
+    config: RunnerConfig,
+    clock: Arc<dyn Clock>,
+    /// This host's identity in leases.
+    owner: Arc<str>,
+    active: Mutex<HashMap<SagaId, Arc<ActiveSaga>>>,
+    slots: Arc<Semaphore>,
+    wake: Notify,
+    /// Set at shutdown: claim nothing more, start no further step.
+    draining: AtomicBool,
+    /// Cancelled to stop every driver (the end of the shutdown grace).
+    stop_all: CancellationToken,
+    drivers: TaskTracker,
+    loops: TaskTracker,
+}
+
+/// A saga this host is driving.
+struct ActiveSaga {
+    /// Fires when this host must stop working on the saga at once (lease
+    /// lost, shutdown grace over). The parent of `cancel`.
+    stop: CancellationToken,
+    /// Fires on a user's cancel (or on `stop`): interrupts `execute`.
+    cancel: CancellationToken,
+    lease_lost: AtomicBool,
+}
+
+impl Runner {
+    pub fn new(
+        store: Arc<dyn Store>,
+        plugins: PluginHost,
+        config: RunnerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Runner {
+        let owner: Arc<str> = Arc::from(
+            config
+                .node_id
+                .clone()
+                .unwrap_or_else(|| format!("wasaga-{}", uuid::Uuid::now_v7().simple())),
+        );
+        Runner {
+            inner: Arc::new(RunnerInner {
+                slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+                store,
+                plugins,
+                config,
+                clock,
+                owner,
+                active: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+                draining: AtomicBool::new(false),
+                stop_all: CancellationToken::new(),
+                drivers: TaskTracker::new(),
+                loops: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// This host's identity in leases.
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// Starts the claim and lease-renewal loops.
+    pub fn start(&self) {
+        let claim = self.clone();
+        self.inner
+            .loops
+            .spawn(async move { claim.claim_loop().await });
+        let renew = self.clone();
+        self.inner
+            .loops
+            .spawn(async move { renew.renew_loop().await });
+    }
+
+    /// Work may be waiting (a saga was started, a lease released).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// A cancel was recorded for `id`: interrupt its step in flight if this
+    /// host runs it.
+    pub fn notify_cancel(&self, id: SagaId) {
+        if let Some(active) = self.inner.active.lock().expect("active lock").get(&id) {
+            active.cancel.cancel();
+        }
+        self.wake();
+    }
+
+    /// Sagas this host is driving now.
+    pub fn active_count(&self) -> usize {
+        self.inner.active.lock().expect("active lock").len()
+    }
+
+    /// Stops claiming, lets steps in flight finish for up to `grace`, then
+    /// interrupts the rest and releases every lease.
+    pub async fn shutdown(&self, grace: Duration) {
+        let inner = &self.inner;
+        inner.draining.store(true, Ordering::SeqCst);
+        inner.wake.notify_waiters();
+        inner.wake.notify_one();
+        inner.drivers.close();
+        if tokio::time::timeout(grace, inner.drivers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "steps still running after the grace period; interrupting them"
+            );
+            inner.stop_all.cancel();
+            inner.drivers.wait().await;
+        }
+        inner.stop_all.cancel();
+        inner.loops.close();
+        inner.loops.wait().await;
+        let left: Vec<SagaId> = inner
+            .active
+            .lock()
+            .expect("active lock")
+            .keys()
+            .copied()
+            .collect();
+        if !left.is_empty() {
+            if let Err(e) = inner.store.release_leases(&inner.owner, &left).await {
+                tracing::warn!(error = %e, "releasing leases at shutdown");
+            }
+        }
+    }
+
+    async fn claim_loop(&self) {
+        let inner = &self.inner;
+        loop {
+            if inner.draining.load(Ordering::SeqCst) {
+                return;
+            }
+            let claimed_any = match self.claim_once().await {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming sagas failed; retrying at the next poll");
+                    false
+                }
+            };
+            if claimed_any && inner.slots.available_permits() > 0 {
+                // There may be more: claim again before sleeping.
+                continue;
+            }
+            tokio::select! {
+                _ = inner.wake.notified() => {}
+                _ = tokio::time::sleep(inner.config.poll_every) => {}
+                _ = inner.stop_all.cancelled() => return,
+            }
+        }
+    }
+
+    /// Claims as many sagas as there are free slots and starts driving them.
+    async fn claim_once(&self) -> Result<usize, crate::store::StoreError> {
+        let inner = &self.inner;
+        let free = inner.slots.available_permits();
+        if free == 0 {
+            return Ok(0);
+        }
+        let now = inner.clock.now();
+        let claimed = inner
+            .store
+            .claim_sagas(&inner.owner, now, now.plus(inner.config.lease_ttl), free)
+            .await?;
+        let mut started = 0;
+        for claim in claimed {
+            let id = claim.saga.id;
+            let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
+                // More claimed than slots (cannot happen with one claim
+                // loop); give it back.
+                let _ = inner.store.release_leases(&inner.owner, &[id]).await;
+                continue;
+            };
+            let active = {
+                let mut map = inner.active.lock().expect("active lock");
+                if map.contains_key(&id) {
+                    // Already driving it: the claim only renewed the lease.
+                    continue;
+                }
+                let stop = inner.stop_all.child_token();
+                let active = Arc::new(ActiveSaga {
+                    cancel: stop.child_token(),
+                    stop,
+                    lease_lost: AtomicBool::new(false),
+                });
+                map.insert(id, active.clone());
+                active
+            };
+            started += 1;
+            let runner = self.clone();
+            inner.drivers.spawn(async move {
+                saga::drive(&runner.inner, claim, &active).await;
+                runner.inner.active.lock().expect("active lock").remove(&id);
+                drop(permit);
+                runner.wake();
+            });
+        }
+        Ok(started)
+    }
+
+    async fn renew_loop(&self) {
+        let inner = &self.inner;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(inner.config.lease_renew_every) => {}
+                _ = inner.stop_all.cancelled() => return,
+            }
+            let held: Vec<(SagaId, Arc<ActiveSaga>)> = inner
+                .active
+                .lock()
+                .expect("active lock")
+                .iter()
+                .map(|(id, a)| (*id, a.clone()))
+                .collect();
+            if held.is_empty() {
+                continue;
+            }
+            let ids: Vec<SagaId> = held.iter().map(|(id, _)| *id).collect();
+            let until = inner.clock.now().plus(inner.config.lease_ttl);
+            match inner.store.renew_leases(&inner.owner, &ids, until).await {
+                Ok(states) => {
+                    for state in states {
+                        let Some((_, active)) = held.iter().find(|(id, _)| *id == state.saga_id)
+                        else {
+                            continue;
+                        };
+                        if !state.held {
+                            tracing::warn!(saga = %state.saga_id, "lease lost to another host; stopping work on it");
+                            active.lease_lost.store(true, Ordering::SeqCst);
+                            active.stop.cancel();
+                        } else if state.cancel_requested {
+                            active.cancel.cancel();
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "renewing leases failed"),
+            }
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `next_attempt` (2 for the first retry):
+    /// exponential, capped, with ±`jitter` spread so that sagas failing
+    /// together do not retry together.
+    pub fn backoff(&self, next_attempt: u32) -> Duration {
+        let exponent = next_attempt.saturating_sub(2).min(62) as i32;
+        let base = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent);
+        let capped = base.min(self.max_backoff.as_secs_f64());
+        let spread = if self.jitter > 0.0 {
+            1.0 + self.jitter * (rand::random::<f64>() * 2.0 - 1.0)
+        } else {
+            1.0
+        };
+        Duration::from_secs_f64((capped * spread).max(0.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_within_its_jitter_and_cap() {
+        let policy = RetryPolicy {
+            initial_backoff: Duration::from_millis(100),
+            multiplier: 2.0,
+            max_backoff: Duration::from_millis(1000),
+            jitter: 0.2,
+            ..RetryPolicy::default()
+        };
+        for _ in 0..200 {
+            for (attempt, expected_ms) in [
+                (2, 100.0),
+                (3, 200.0),
+                (4, 400.0),
+                (5, 800.0),
+                (6, 1000.0),
+                (30, 1000.0),
+            ] {
+                let ms = policy.backoff(attempt).as_secs_f64() * 1000.0;
+                assert!(
+                    (expected_ms * 0.8 - 1e-6..=expected_ms * 1.2 + 1e-6).contains(&ms),
+                    "attempt {attempt}: {ms} ms, expected {expected_ms} ± 20 %"
+                );
+            }
+        }
+        let exact = RetryPolicy {
+            jitter: 0.0,
+            ..policy
+        };
+        assert_eq!(exact.backoff(3), Duration::from_millis(200));
+    }
+}

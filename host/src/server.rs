@@ -1,0 +1,183 @@
+//! Puts a host together and runs it: store, plugin runtime, runner and HTTP
+//! API, from startup to a graceful shutdown.
+//!
+//! `run(options, listener, shutdown)` is the whole server: the binary's
+//! `serve` command and the end-to-end tests call the same function (the tests
+//! with a listener on `127.0.0.1:0`). Shutdown stops accepting requests and
+//! claiming sagas, gives steps in flight a grace period, then releases every
+//! lease so another host, or this one restarted, resumes at once.
+
+use crate::api::{self, AppState};
+use crate::config::{RunnerConfig, RuntimeConfig, ServerConfig};
+use crate::model::{PluginInfo, Timestamp};
+use crate::plugin::{PluginError, PluginHost};
+use crate::runner::{Clock, Runner, SystemClock};
+use crate::store::{self, Store, StoreError};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The bundled example plugins, registered on an empty database so the
+/// README's tour works with nothing built.
+pub const EXAMPLES: &[(&str, &[u8])] = &[
+    ("echo", include_bytes!("../../plugins/dist/echo.wasm")),
+    ("fail", include_bytes!("../../plugins/dist/fail.wasm")),
+];
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// `sqlite://...` or `postgres://...`; default: SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// Where the SQLite file and the compile cache live.
+    pub data_dir: PathBuf,
+    pub runtime: RuntimeConfig,
+    pub runner: RunnerConfig,
+    pub server: ServerConfig,
+    /// Register `echo` and `fail` when no plugin is stored.
+    pub examples: bool,
+}
+
+impl ServeOptions {
+    pub fn new(data_dir: impl Into<PathBuf>) -> ServeOptions {
+        ServeOptions {
+            database_url: None,
+            data_dir: data_dir.into(),
+            runtime: RuntimeConfig::default(),
+            runner: RunnerConfig::default(),
+            server: ServerConfig::default(),
+            examples: true,
+        }
+    }
+
+    fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("wasaga.db").display()))
+    }
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Plugin(#[from] PluginError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "refusing to listen on {0} without a token: anyone who can reach it could run code here. \
+         Set WASAGA_TOKEN (or --token-file), or listen on a loopback address"
+    )]
+    NoTokenOnPublicAddress(std::net::SocketAddr),
+}
+
+/// Runs a host on `listener` until `shutdown` resolves, then shuts down
+/// gracefully.
+pub async fn run(
+    options: ServeOptions,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr()?;
+    if options.server.token.is_none() && !addr.ip().is_loopback() {
+        return Err(ServeError::NoTokenOnPublicAddress(addr));
+    }
+    std::fs::create_dir_all(&options.data_dir)?;
+    let url = options.database_url();
+    let store = store::open(&url).await?;
+    let mut runtime = options.runtime.clone();
+    if runtime.cache_dir.is_none() {
+        runtime.cache_dir = Some(options.data_dir.join("cache"));
+    }
+    let plugins = PluginHost::new(runtime)?;
+    if options.examples {
+        register_examples(&store, &plugins).await?;
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let runner = Runner::new(
+        store.clone(),
+        plugins.clone(),
+        options.runner.clone(),
+        clock,
+    );
+    tracing::info!(
+        %addr,
+        database = %store::redact_url(&url),
+        node = runner.owner(),
+        auth = options.server.token.is_some(),
+        "wasaga listening"
+    );
+    runner.start();
+    tokio::spawn(warm_plugins(store.clone(), plugins.clone()));
+
+    let state = AppState {
+        store: store.clone(),
+        plugins,
+        runner: runner.clone(),
+        server: Arc::new(options.server.clone()),
+        default_max_attempts: options.runner.retry.max_attempts,
+    };
+    let app = api::app(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("no longer accepting requests; draining sagas");
+    runner.shutdown(options.server.shutdown_grace).await;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// Registers the bundled examples when the database holds no plugin.
+async fn register_examples(store: &Arc<dyn Store>, plugins: &PluginHost) -> Result<(), ServeError> {
+    if !store.list_plugins().await?.is_empty() {
+        return Ok(());
+    }
+    for (name, bytes) in EXAMPLES {
+        let plugin = plugins.prepare(bytes).await?;
+        let info = PluginInfo {
+            digest: plugin.digest.clone(),
+            name: plugin.name.clone(),
+            size: bytes.len() as u64,
+            created_at: Timestamp::now(),
+        };
+        store.put_plugin(&info, bytes).await?;
+        tracing::info!(name, digest = %info.digest, "registered a bundled example plugin");
+    }
+    Ok(())
+}
+
+/// Loads every stored plugin (from the compile cache when it can), so the
+/// first saga after a restart does not wait for it.
+async fn warm_plugins(store: Arc<dyn Store>, plugins: PluginHost) {
+    let started = std::time::Instant::now();
+    let Ok(list) = store.list_plugins().await else {
+        return;
+    };
+    let mut ready = 0;
+    for info in &list {
+        if plugins.get(&info.digest).is_some() {
+            ready += 1;
+            continue;
+        }
+        match store.plugin_bytes(&info.digest).await {
+            Ok(Some(bytes)) => match plugins.load(&info.digest, &bytes, Some(&info.name)).await {
+                Ok(_) => ready += 1,
+                Err(e) => {
+                    tracing::warn!(digest = %info.digest, error = %e, "cannot load a stored plugin")
+                }
+            },
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(digest = %info.digest, error = %e, "cannot read a stored plugin")
+            }
+        }
+    }
+    tracing::info!(
+        ready,
+        total = list.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "plugins warm"
+    );
+}

@@ -1,0 +1,524 @@
+//! The shared store: PostgreSQL, for several hosts serving one queue.
+//!
+//! Same tables and shapes as SQLite (`migrations/postgres`). Hosts claim
+//! sagas with `FOR UPDATE SKIP LOCKED` in short transactions, so two hosts
+//! never claim one saga and neither waits on the other's locks; every write
+//! of a transition is fenced by the lease (`WHERE lease_owner = $me`), so a
+//! host whose lease was taken over cannot write over the new owner. Each
+//! write is its own transaction: PostgreSQL's WAL already flushes concurrent
+//! commits together.
+
+use super::{
+    Applied, CancelSaga, ClaimedSaga, CreateSaga, DeletePlugin, LeaseState, PluginRow, PutPlugin,
+    ResourceRow, SAGA_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, StepRow, Store, StoreError,
+    StoreResult, Transition, to_json,
+};
+use crate::model::{
+    Digest, Phase, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus, StepResult,
+    Timestamp,
+};
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{PgConnection, Postgres, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+const UNFINISHED: &str = "('pending', 'running', 'compensating')";
+
+/// The PostgreSQL store. See the module docs.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects and runs the migrations (serialized across hosts by sqlx's
+    /// advisory lock). A `max_connections=N` query parameter sizes the pool
+    /// (default 16).
+    pub async fn connect(url: &str) -> StoreResult<PgStore> {
+        let (url, max_connections) = split_pool_size(url)?;
+        let options = PgConnectOptions::from_str(&url)?.application_name("wasaga");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        MIGRATIONS.run(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    /// The pool, for LISTEN/NOTIFY and tests.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Takes wasaga's own `max_connections` parameter out of the URL.
+fn split_pool_size(url: &str) -> StoreResult<(String, u32)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), 16));
+    };
+    let mut size = 16;
+    let mut rest = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("max_connections", n)) => {
+                size = n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    StoreError::BadUrl(format!("max_connections={n} is not a positive number"))
+                })?;
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, size))
+}
+
+async fn ledger(conn: &mut PgConnection, saga: &SagaRun) -> StoreResult<Vec<StepResult>> {
+    let rows: Vec<StepRow> = sqlx::query_as(&format!(
+        "SELECT {STEP_COLUMNS} FROM saga_step_results WHERE saga_id = $1 ORDER BY step_index"
+    ))
+    .bind(saga.id.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| r.into_result(&saga.plan))
+        .collect()
+}
+
+async fn saga_by_id(conn: &mut PgConnection, id: &str) -> StoreResult<Option<SagaRun>> {
+    let row: Option<SagaRow> = sqlx::query_as(&format!(
+        "SELECT {SAGA_COLUMNS} FROM saga_runs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(SagaRun::try_from).transpose()
+}
+
+async fn upsert_step(conn: &mut PgConnection, saga_id: &str, step: &StepResult) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO saga_step_results
+             (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at, finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (saga_id, step_index) DO UPDATE SET
+             phase = excluded.phase, status = excluded.status, output = excluded.output, error = excluded.error,
+             attempts = excluded.attempts, compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
+             started_at = excluded.started_at, finished_at = excluded.finished_at",
+    )
+    .bind(saga_id)
+    .bind(step.index as i64)
+    .bind(step.phase.as_str())
+    .bind(step.status.as_str())
+    .bind(step.output.as_ref().map(to_json))
+    .bind(step.error.as_deref())
+    .bind(step.attempts as i64)
+    .bind(step.compensate_attempts as i64)
+    .bind(to_json(&step.logs))
+    .bind(step.started_at.map(Timestamp::millis))
+    .bind(step.finished_at.map(Timestamp::millis))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn apply_transition(
+    tx: &mut Transaction<'static, Postgres>,
+    t: &Transition,
+) -> StoreResult<Applied> {
+    let id = t.saga_id.to_string();
+    let ends = t.saga.status.is_some_and(SagaStatus::is_final);
+    let cancel_requested: Option<bool> = sqlx::query_scalar(
+        "UPDATE saga_runs SET
+             updated_at = $1,
+             status = COALESCE($2, status),
+             current_step_index = COALESCE($3, current_step_index),
+             context = COALESCE($4, context),
+             error = COALESCE($5, error),
+             lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END,
+             lease_expires_at = CASE WHEN $6 THEN NULL ELSE lease_expires_at END
+         WHERE id = $7 AND lease_owner = $8
+         RETURNING cancel_requested",
+    )
+    .bind(t.now.millis())
+    .bind(t.saga.status.map(SagaStatus::as_str))
+    .bind(t.saga.current_step_index.map(i64::from))
+    .bind(t.saga.context.as_ref().map(to_json))
+    .bind(t.saga.error.as_ref().map(to_json))
+    .bind(ends)
+    .bind(&id)
+    .bind(&*t.owner)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(cancel_requested) = cancel_requested else {
+        return Err(StoreError::LeaseLost(t.saga_id));
+    };
+    for step in &t.steps {
+        upsert_step(tx, &id, step).await?;
+    }
+    for (step_index, resource) in &t.resources {
+        sqlx::query(
+            "INSERT INTO provisioned_resources (saga_id, step_index, kind, external_id, spec, spec_version, created_at)
+             SELECT $1, $2, $3, $4, $5, COALESCE(MAX(spec_version), 0) + 1, $6
+             FROM provisioned_resources WHERE saga_id = $1 AND kind = $3 AND external_id = $4",
+        )
+        .bind(&id)
+        .bind(*step_index as i64)
+        .bind(&resource.kind)
+        .bind(&resource.external_id)
+        .bind(to_json(&resource.spec))
+        .bind(t.now.millis())
+        .execute(&mut **tx)
+        .await?;
+    }
+    // A cancel blocks a step from starting to execute, never compensation.
+    let started = match &t.start {
+        Some(step) if !(cancel_requested && step.phase == Phase::Execute) => {
+            upsert_step(tx, &id, step).await?;
+            true
+        }
+        _ => false,
+    };
+    Ok(Applied {
+        cancel_requested,
+        started,
+    })
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn put_plugin(&self, info: &PluginInfo, wasm: &[u8]) -> StoreResult<PutPlugin> {
+        let inserted = sqlx::query(
+            "INSERT INTO plugins (digest, name, size, wasm, created_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(info.digest.as_str())
+        .bind(&info.name)
+        .bind(info.size as i64)
+        .bind(wasm)
+        .bind(info.created_at.millis())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(PutPlugin::Created(info.clone()));
+        }
+        let existing = self
+            .plugin(&info.digest)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("plugin {} vanished", info.digest)))?;
+        Ok(PutPlugin::Existing(existing))
+    }
+
+    async fn plugin(&self, digest: &Digest) -> StoreResult<Option<PluginInfo>> {
+        let row: Option<PluginRow> =
+            sqlx::query_as("SELECT digest, name, size, created_at FROM plugins WHERE digest = $1")
+                .bind(digest.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(PluginInfo::try_from).transpose()
+    }
+
+    async fn plugin_by_name(&self, name: &str) -> StoreResult<Option<PluginInfo>> {
+        let row: Option<PluginRow> = sqlx::query_as(
+            "SELECT digest, name, size, created_at FROM plugins WHERE name = $1
+             ORDER BY created_at DESC, seq DESC LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(PluginInfo::try_from).transpose()
+    }
+
+    async fn plugin_bytes(&self, digest: &Digest) -> StoreResult<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT wasm FROM plugins WHERE digest = $1")
+                .bind(digest.as_str())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn list_plugins(&self) -> StoreResult<Vec<PluginInfo>> {
+        let rows: Vec<PluginRow> = sqlx::query_as(
+            "SELECT digest, name, size, created_at FROM plugins ORDER BY created_at DESC, seq DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(PluginInfo::try_from).collect()
+    }
+
+    async fn delete_plugin(&self, digest: &Digest) -> StoreResult<DeletePlugin> {
+        let mut tx = self.pool.begin().await?;
+        // Lock the plugin row: a saga starting now pins by digest after
+        // reading the plugin, which this lock orders against.
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM plugins WHERE digest = $1 FOR UPDATE")
+                .bind(digest.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Ok(DeletePlugin::NotFound);
+        }
+        let pinned: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM saga_runs WHERE status IN {UNFINISHED} AND strpos(steps, $1) > 0
+             ORDER BY created_at LIMIT 10"
+        ))
+        .bind(format!("\"{}\"", digest.as_str()))
+        .fetch_all(&mut *tx)
+        .await?;
+        if !pinned.is_empty() {
+            let ids = pinned
+                .iter()
+                .map(|id| {
+                    id.parse()
+                        .map_err(|e| StoreError::Corrupt(format!("saga id {id}: {e}")))
+                })
+                .collect::<StoreResult<Vec<SagaId>>>()?;
+            return Ok(DeletePlugin::Pinned(ids));
+        }
+        sqlx::query("DELETE FROM plugins WHERE digest = $1")
+            .bind(digest.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(DeletePlugin::Deleted)
+    }
+
+    async fn create_saga(
+        &self,
+        saga: &SagaRun,
+        idempotency: Option<(&str, &str)>,
+    ) -> StoreResult<CreateSaga> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO saga_runs (id, kind, status, steps, inputs, current_step_index, context, error,
+                 cancel_requested, deployment_id, triggered_by, idempotency_key, request_hash, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, FALSE, $8, $9, $10, $11, $12, $13)
+             ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(saga.id.to_string())
+        .bind(&saga.kind)
+        .bind(saga.status.as_str())
+        .bind(to_json(&saga.plan))
+        .bind(to_json(&saga.inputs))
+        .bind(saga.current_step_index as i64)
+        .bind(to_json(&saga.context))
+        .bind(&saga.deployment_id)
+        .bind(&saga.triggered_by)
+        .bind(idempotency.map(|(k, _)| k))
+        .bind(idempotency.map(|(_, h)| h))
+        .bind(saga.created_at.millis())
+        .bind(saga.updated_at.millis())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            sqlx::query("SELECT pg_notify('wasaga_work', '')")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(CreateSaga::Created(saga.clone()));
+        }
+        let Some((key, hash)) = idempotency else {
+            return Err(StoreError::Corrupt(format!(
+                "saga {} was not inserted",
+                saga.id
+            )));
+        };
+        let (id, existing_hash): (String, Option<String>) =
+            sqlx::query_as("SELECT id, request_hash FROM saga_runs WHERE idempotency_key = $1")
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+        let found = saga_by_id(&mut tx, &id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("saga {id} vanished")))?;
+        Ok(if existing_hash.as_deref() == Some(hash) {
+            CreateSaga::Existing(found)
+        } else {
+            CreateSaga::KeyConflict(found.id)
+        })
+    }
+
+    async fn saga(&self, id: SagaId) -> StoreResult<Option<SagaDetail>> {
+        // REPEATABLE READ: the saga, its ledger and its resources as of one
+        // snapshot.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let Some(saga) = saga_by_id(&mut tx, &id.to_string()).await? else {
+            return Ok(None);
+        };
+        let steps = ledger(&mut tx, &saga).await?;
+        let rows: Vec<ResourceRow> = sqlx::query_as(
+            "SELECT step_index, kind, external_id, spec, spec_version, created_at
+             FROM provisioned_resources WHERE saga_id = $1 ORDER BY id",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        let resources = rows
+            .into_iter()
+            .map(SagaResource::try_from)
+            .collect::<StoreResult<_>>()?;
+        tx.commit().await?;
+        Ok(Some(SagaDetail {
+            saga,
+            steps,
+            resources,
+        }))
+    }
+
+    async fn list_sagas(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaRun>> {
+        let rows: Vec<SagaRow> = sqlx::query_as(&format!(
+            "SELECT {SAGA_COLUMNS} FROM saga_runs
+             WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2)
+               AND ($3::text IS NULL OR deployment_id = $3)
+             ORDER BY created_at DESC, id DESC LIMIT $4"
+        ))
+        .bind(filter.status.map(SagaStatus::as_str))
+        .bind(filter.kind.as_deref())
+        .bind(filter.deployment_id.as_deref())
+        .bind(filter.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(SagaRun::try_from).collect()
+    }
+
+    async fn request_cancel(&self, id: SagaId, now: Timestamp) -> StoreResult<CancelSaga> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<SagaRow> = sqlx::query_as(&format!(
+            "UPDATE saga_runs SET cancel_requested = TRUE, updated_at = $1
+             WHERE id = $2 AND status IN {UNFINISHED}
+             RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(now.millis())
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = row {
+            // Wakes whichever host runs it (see runner: LISTEN wasaga_cancel).
+            sqlx::query("SELECT pg_notify('wasaga_cancel', $1)")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(CancelSaga::Requested(row.try_into()?));
+        }
+        Ok(match saga_by_id(&mut tx, &id.to_string()).await? {
+            Some(saga) => CancelSaga::AlreadyEnded(saga),
+            None => CancelSaga::NotFound,
+        })
+    }
+
+    async fn claim_sagas(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<ClaimedSaga>> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<SagaRow> = sqlx::query_as(&format!(
+            "UPDATE saga_runs SET lease_owner = $1, lease_expires_at = $3
+             WHERE id IN (
+                 SELECT id FROM saga_runs
+                 WHERE status IN {UNFINISHED} AND (lease_owner IS NULL OR lease_expires_at < $2)
+                 ORDER BY created_at, id LIMIT $4
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(now.millis())
+        .bind(lease_until.millis())
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let saga = SagaRun::try_from(row)?;
+            let ledger = ledger(&mut tx, &saga).await?;
+            claimed.push(ClaimedSaga { saga, ledger });
+        }
+        tx.commit().await?;
+        claimed.sort_by_key(|c| (c.saga.created_at, c.saga.id));
+        Ok(claimed)
+    }
+
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[SagaId],
+        until: Timestamp,
+    ) -> StoreResult<Vec<LeaseState>> {
+        let id_texts: Vec<String> = ids.iter().map(SagaId::to_string).collect();
+        let held: Vec<(String, bool)> = sqlx::query_as(
+            "UPDATE saga_runs SET lease_expires_at = $1
+             WHERE id = ANY($2) AND lease_owner = $3
+             RETURNING id, cancel_requested",
+        )
+        .bind(until.millis())
+        .bind(&id_texts)
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids
+            .iter()
+            .map(|id| {
+                let text = id.to_string();
+                let found = held.iter().find(|(h, _)| *h == text);
+                LeaseState {
+                    saga_id: *id,
+                    held: found.is_some(),
+                    cancel_requested: found.is_some_and(|(_, c)| *c),
+                }
+            })
+            .collect())
+    }
+
+    async fn release_leases(&self, owner: &str, ids: &[SagaId]) -> StoreResult<()> {
+        let id_texts: Vec<String> = ids.iter().map(SagaId::to_string).collect();
+        sqlx::query(
+            "UPDATE saga_runs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ANY($1) AND lease_owner = $2",
+        )
+        .bind(&id_texts)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        // Other hosts may pick these up now rather than at their next poll.
+        sqlx::query("SELECT pg_notify('wasaga_work', '')")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn apply(&self, transition: Transition) -> StoreResult<Applied> {
+        let mut tx = self.pool.begin().await?;
+        let applied = apply_transition(&mut tx, &transition).await?;
+        tx.commit().await?;
+        Ok(applied)
+    }
+}

@@ -1,0 +1,674 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`,
+//! so a transition acknowledged to the runner or the API is on disk.
+//!
+//! SQLite allows one writer at a time. Rather than let concurrent callers
+//! race for the write lock (and sometimes get "database is locked"), every
+//! write goes through one writer task that owns the only writing connection.
+//! The writer takes whatever writes are queued, up to [`MAX_BATCH`], runs each
+//! in a savepoint of one transaction (so one failing write does not undo the
+//! others), commits once, and only then answers each caller: group commit,
+//! several sagas' transitions for the price of one fsync, with every
+//! acknowledgement still meaning "durable". Reads use a separate pool, which
+//! WAL lets run beside the writer.
+//!
+//! The file belongs to one process at a time (an exclusive lock on
+//! `<file>.lock`), so on open every lease in it is from a dead process and is
+//! released at once: a restart after SIGKILL resumes its sagas immediately.
+
+use super::{
+    Applied, CancelSaga, ClaimedSaga, CreateSaga, DeletePlugin, LeaseState, PluginRow, PutPlugin,
+    ResourceRow, SAGA_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, StepRow, Store, StoreError,
+    StoreResult, Transition, to_json,
+};
+use crate::model::{
+    Digest, Phase, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus, StepResult,
+    Timestamp,
+};
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, SqliteConnection};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// The SQLite store. See the module docs.
+pub struct SqliteStore {
+    reads: SqlitePool,
+    writes: mpsc::Sender<Job>,
+    _lock: std::fs::File,
+}
+
+/// Called after the batch's commit: with `None` when it committed.
+type Finisher = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// One queued write: runs on the writer's connection inside the batch's
+/// transaction (or, given the reason no transaction could begin, runs
+/// nothing), says whether it succeeded, and leaves a finisher that answers
+/// the caller once the commit is known.
+struct Job {
+    run: Box<
+        dyn for<'c> FnOnce(
+                Result<&'c mut SqliteConnection, String>,
+            ) -> BoxFuture<'c, (bool, Finisher)>
+            + Send,
+    >,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`, runs the
+    /// migrations, and releases leases left by a previous process.
+    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Locked(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Locked(format!("cannot open {}: {e}", lock_path.display())))?;
+        lock.try_lock().map_err(|_| {
+            StoreError::Locked(format!(
+                "{} is in use by another wasaga process (it holds {}); SQLite serves one host, \
+                 use PostgreSQL for several",
+                path.display(),
+                lock_path.display()
+            ))
+        })?;
+
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk when it returns, WAL or not.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        // Migrations through a one-connection pool: `Migrator::run` on a bare
+        // connection makes the caller's future lose `Send`.
+        let migrations = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATIONS.run(&migrations).await?;
+        migrations.close().await;
+        let mut writer = SqliteConnection::connect_with(&options).await?;
+        // Every lease in the file is from a process that is gone (we hold
+        // the lock), so its sagas can resume now rather than at expiry.
+        let released = sqlx::query(
+            "UPDATE saga_runs SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL",
+        )
+        .execute(&mut writer)
+        .await?
+        .rows_affected();
+        if released > 0 {
+            tracing::info!(released, "released leases left by a previous process");
+        }
+        let reads = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .connect_with(options.read_only(true))
+            .await?;
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(write_loop(writer, rx));
+        Ok(SqliteStore {
+            reads,
+            writes: tx,
+            _lock: lock,
+        })
+    }
+
+    /// Queues a write and waits until it is committed (or failed).
+    async fn write<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<T>>
+            + Send
+            + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            run: Box::new(move |conn| {
+                Box::pin(async move {
+                    let result = match conn {
+                        Ok(conn) => op(conn).await,
+                        Err(why) => Err(StoreError::WriteFailed(why)),
+                    };
+                    let ok = result.is_ok();
+                    let finish: Finisher = Box::new(move |commit_error| {
+                        let _ = tx.send(match commit_error {
+                            None => result,
+                            Some(e) => Err(StoreError::WriteFailed(format!("commit failed: {e}"))),
+                        });
+                    });
+                    (ok, finish)
+                })
+            }),
+        };
+        self.writes
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The writer: batches queued jobs into one transaction each.
+async fn write_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut finishers = Vec::with_capacity(batch.len());
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await {
+            tracing::error!(error = %e, "SQLite could not begin a transaction");
+            for job in batch.drain(..) {
+                let (_, finish) = (job.run)(Err(format!("cannot begin a transaction: {e}"))).await;
+                finish(None);
+            }
+            continue;
+        }
+        for job in batch.drain(..) {
+            let savepoint = sqlx::query("SAVEPOINT job").execute(&mut conn).await;
+            let (ok, finish) = (job.run)(Ok(&mut conn)).await;
+            if !ok && savepoint.is_ok() {
+                let _ = sqlx::query("ROLLBACK TO job").execute(&mut conn).await;
+            }
+            let _ = sqlx::query("RELEASE job").execute(&mut conn).await;
+            finishers.push(finish);
+        }
+        match sqlx::query("COMMIT").execute(&mut conn).await {
+            Ok(_) => finishers.into_iter().for_each(|finish| finish(None)),
+            Err(e) => {
+                tracing::error!(error = %e, "SQLite commit failed");
+                let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+                let message = e.to_string();
+                finishers
+                    .into_iter()
+                    .for_each(|finish| finish(Some(&message)));
+            }
+        }
+    }
+}
+
+fn status_list(statuses: &[SagaStatus]) -> String {
+    statuses
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+const UNFINISHED: &[SagaStatus] = &[
+    SagaStatus::Pending,
+    SagaStatus::Running,
+    SagaStatus::Compensating,
+];
+
+async fn ledger(conn: &mut SqliteConnection, saga: &SagaRun) -> StoreResult<Vec<StepResult>> {
+    let rows: Vec<StepRow> = sqlx::query_as(&format!(
+        "SELECT {STEP_COLUMNS} FROM saga_step_results WHERE saga_id = ? ORDER BY step_index"
+    ))
+    .bind(saga.id.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| r.into_result(&saga.plan))
+        .collect()
+}
+
+async fn saga_by_id(conn: &mut SqliteConnection, id: &str) -> StoreResult<Option<SagaRun>> {
+    let row: Option<SagaRow> = sqlx::query_as(&format!(
+        "SELECT {SAGA_COLUMNS} FROM saga_runs WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(SagaRun::try_from).transpose()
+}
+
+async fn upsert_step(
+    conn: &mut SqliteConnection,
+    saga_id: &str,
+    step: &StepResult,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO saga_step_results
+             (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at, finished_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (saga_id, step_index) DO UPDATE SET
+             phase = excluded.phase, status = excluded.status, output = excluded.output, error = excluded.error,
+             attempts = excluded.attempts, compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
+             started_at = excluded.started_at, finished_at = excluded.finished_at",
+    )
+    .bind(saga_id)
+    .bind(step.index as i64)
+    .bind(step.phase.as_str())
+    .bind(step.status.as_str())
+    .bind(step.output.as_ref().map(to_json))
+    .bind(step.error.as_deref())
+    .bind(step.attempts as i64)
+    .bind(step.compensate_attempts as i64)
+    .bind(to_json(&step.logs))
+    .bind(step.started_at.map(Timestamp::millis))
+    .bind(step.finished_at.map(Timestamp::millis))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn apply_transition(conn: &mut SqliteConnection, t: Transition) -> StoreResult<Applied> {
+    let id = t.saga_id.to_string();
+    let cancel_requested: Option<bool> = sqlx::query_scalar(
+        "UPDATE saga_runs SET
+             updated_at = ?,
+             status = COALESCE(?, status),
+             current_step_index = COALESCE(?, current_step_index),
+             context = COALESCE(?, context),
+             error = COALESCE(?, error),
+             lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END,
+             lease_expires_at = CASE WHEN ? THEN NULL ELSE lease_expires_at END
+         WHERE id = ? AND lease_owner = ?
+         RETURNING cancel_requested",
+    )
+    .bind(t.now.millis())
+    .bind(t.saga.status.map(SagaStatus::as_str))
+    .bind(t.saga.current_step_index.map(i64::from))
+    .bind(t.saga.context.as_ref().map(to_json))
+    .bind(t.saga.error.as_ref().map(to_json))
+    .bind(t.saga.status.is_some_and(SagaStatus::is_final))
+    .bind(t.saga.status.is_some_and(SagaStatus::is_final))
+    .bind(&id)
+    .bind(&*t.owner)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(cancel_requested) = cancel_requested else {
+        return Err(StoreError::LeaseLost(t.saga_id));
+    };
+    for step in &t.steps {
+        upsert_step(conn, &id, step).await?;
+    }
+    for (step_index, resource) in &t.resources {
+        sqlx::query(
+            "INSERT INTO provisioned_resources (saga_id, step_index, kind, external_id, spec, spec_version, created_at)
+             SELECT ?1, ?2, ?3, ?4, ?5, COALESCE(MAX(spec_version), 0) + 1, ?6
+             FROM provisioned_resources WHERE saga_id = ?1 AND kind = ?3 AND external_id = ?4",
+        )
+        .bind(&id)
+        .bind(*step_index as i64)
+        .bind(&resource.kind)
+        .bind(&resource.external_id)
+        .bind(to_json(&resource.spec))
+        .bind(t.now.millis())
+        .execute(&mut *conn)
+        .await?;
+    }
+    // A cancel blocks a step from starting to execute, never compensation.
+    let started = match &t.start {
+        Some(step) if !(cancel_requested && step.phase == Phase::Execute) => {
+            upsert_step(conn, &id, step).await?;
+            true
+        }
+        _ => false,
+    };
+    Ok(Applied {
+        cancel_requested,
+        started,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reads).await?;
+        if self.writes.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+
+    async fn put_plugin(&self, info: &PluginInfo, wasm: &[u8]) -> StoreResult<PutPlugin> {
+        let info = info.clone();
+        let wasm = wasm.to_vec();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let inserted = sqlx::query(
+                    "INSERT INTO plugins (digest, name, size, wasm, created_at) VALUES (?, ?, ?, ?, ?)
+                     ON CONFLICT (digest) DO NOTHING",
+                )
+                .bind(info.digest.as_str())
+                .bind(&info.name)
+                .bind(info.size as i64)
+                .bind(&wasm)
+                .bind(info.created_at.millis())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                if inserted == 1 {
+                    return Ok(PutPlugin::Created(info));
+                }
+                let row: PluginRow =
+                    sqlx::query_as("SELECT digest, name, size, created_at FROM plugins WHERE digest = ?")
+                        .bind(info.digest.as_str())
+                        .fetch_one(&mut *conn)
+                        .await?;
+                Ok(PutPlugin::Existing(row.try_into()?))
+            })
+        })
+        .await
+    }
+
+    async fn plugin(&self, digest: &Digest) -> StoreResult<Option<PluginInfo>> {
+        let row: Option<PluginRow> =
+            sqlx::query_as("SELECT digest, name, size, created_at FROM plugins WHERE digest = ?")
+                .bind(digest.as_str())
+                .fetch_optional(&self.reads)
+                .await?;
+        row.map(PluginInfo::try_from).transpose()
+    }
+
+    async fn plugin_by_name(&self, name: &str) -> StoreResult<Option<PluginInfo>> {
+        let row: Option<PluginRow> = sqlx::query_as(
+            "SELECT digest, name, size, created_at FROM plugins WHERE name = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&self.reads)
+        .await?;
+        row.map(PluginInfo::try_from).transpose()
+    }
+
+    async fn plugin_bytes(&self, digest: &Digest) -> StoreResult<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT wasm FROM plugins WHERE digest = ?")
+                .bind(digest.as_str())
+                .fetch_optional(&self.reads)
+                .await?,
+        )
+    }
+
+    async fn list_plugins(&self) -> StoreResult<Vec<PluginInfo>> {
+        let rows: Vec<PluginRow> =
+            sqlx::query_as("SELECT digest, name, size, created_at FROM plugins ORDER BY created_at DESC, rowid DESC")
+                .fetch_all(&self.reads)
+                .await?;
+        rows.into_iter().map(PluginInfo::try_from).collect()
+    }
+
+    async fn delete_plugin(&self, digest: &Digest) -> StoreResult<DeletePlugin> {
+        let digest = digest.clone();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM plugins WHERE digest = ?")
+                    .bind(digest.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                if exists.is_none() {
+                    return Ok(DeletePlugin::NotFound);
+                }
+                // The plan is JSON text; a digest is 71 unique characters, so
+                // a substring match is exact.
+                let pinned: Vec<String> = sqlx::query_scalar(&format!(
+                    "SELECT id FROM saga_runs WHERE status IN ({}) AND instr(steps, ?) > 0 ORDER BY created_at LIMIT 10",
+                    status_list(UNFINISHED)
+                ))
+                .bind(format!("\"{}\"", digest.as_str()))
+                .fetch_all(&mut *conn)
+                .await?;
+                if !pinned.is_empty() {
+                    let ids = pinned
+                        .iter()
+                        .map(|id| id.parse().map_err(|e| StoreError::Corrupt(format!("saga id {id}: {e}"))))
+                        .collect::<StoreResult<Vec<SagaId>>>()?;
+                    return Ok(DeletePlugin::Pinned(ids));
+                }
+                sqlx::query("DELETE FROM plugins WHERE digest = ?")
+                    .bind(digest.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(DeletePlugin::Deleted)
+            })
+        })
+        .await
+    }
+
+    async fn create_saga(
+        &self,
+        saga: &SagaRun,
+        idempotency: Option<(&str, &str)>,
+    ) -> StoreResult<CreateSaga> {
+        let saga = saga.clone();
+        let idempotency = idempotency.map(|(k, h)| (k.to_string(), h.to_string()));
+        self.write(move |conn| {
+            Box::pin(async move {
+                if let Some((key, hash)) = &idempotency {
+                    let existing: Option<(String, Option<String>)> =
+                        sqlx::query_as("SELECT id, request_hash FROM saga_runs WHERE idempotency_key = ?")
+                            .bind(key)
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                    if let Some((id, existing_hash)) = existing {
+                        let found = saga_by_id(conn, &id)
+                            .await?
+                            .ok_or_else(|| StoreError::Corrupt(format!("saga {id} vanished")))?;
+                        return Ok(if existing_hash.as_deref() == Some(hash.as_str()) {
+                            CreateSaga::Existing(found)
+                        } else {
+                            CreateSaga::KeyConflict(found.id)
+                        });
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO saga_runs (id, kind, status, steps, inputs, current_step_index, context, error,
+                         cancel_requested, deployment_id, triggered_by, idempotency_key, request_hash, created_at, updated_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(saga.id.to_string())
+                .bind(&saga.kind)
+                .bind(saga.status.as_str())
+                .bind(to_json(&saga.plan))
+                .bind(to_json(&saga.inputs))
+                .bind(saga.current_step_index as i64)
+                .bind(to_json(&saga.context))
+                .bind(&saga.deployment_id)
+                .bind(&saga.triggered_by)
+                .bind(idempotency.as_ref().map(|(k, _)| k.as_str()))
+                .bind(idempotency.as_ref().map(|(_, h)| h.as_str()))
+                .bind(saga.created_at.millis())
+                .bind(saga.updated_at.millis())
+                .execute(&mut *conn)
+                .await?;
+                Ok(CreateSaga::Created(saga))
+            })
+        })
+        .await
+    }
+
+    async fn saga(&self, id: SagaId) -> StoreResult<Option<SagaDetail>> {
+        // One read transaction, so the saga, its ledger and its resources
+        // are one consistent snapshot.
+        let mut tx = self.reads.begin().await?;
+        let Some(saga) = saga_by_id(&mut tx, &id.to_string()).await? else {
+            return Ok(None);
+        };
+        let steps = ledger(&mut tx, &saga).await?;
+        let rows: Vec<ResourceRow> = sqlx::query_as(
+            "SELECT step_index, kind, external_id, spec, spec_version, created_at
+             FROM provisioned_resources WHERE saga_id = ? ORDER BY id",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        let resources = rows
+            .into_iter()
+            .map(SagaResource::try_from)
+            .collect::<StoreResult<_>>()?;
+        tx.commit().await?;
+        Ok(Some(SagaDetail {
+            saga,
+            steps,
+            resources,
+        }))
+    }
+
+    async fn list_sagas(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaRun>> {
+        let rows: Vec<SagaRow> = sqlx::query_as(&format!(
+            "SELECT {SAGA_COLUMNS} FROM saga_runs
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR deployment_id = ?3)
+             ORDER BY created_at DESC, id DESC LIMIT ?4"
+        ))
+        .bind(filter.status.map(SagaStatus::as_str))
+        .bind(filter.kind.as_deref())
+        .bind(filter.deployment_id.as_deref())
+        .bind(filter.limit as i64)
+        .fetch_all(&self.reads)
+        .await?;
+        rows.into_iter().map(SagaRun::try_from).collect()
+    }
+
+    async fn request_cancel(&self, id: SagaId, now: Timestamp) -> StoreResult<CancelSaga> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                let Some(saga) = saga_by_id(conn, &id.to_string()).await? else {
+                    return Ok(CancelSaga::NotFound);
+                };
+                if saga.status.is_final() {
+                    return Ok(CancelSaga::AlreadyEnded(saga));
+                }
+                sqlx::query(
+                    "UPDATE saga_runs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+                )
+                .bind(now.millis())
+                .bind(id.to_string())
+                .execute(&mut *conn)
+                .await?;
+                Ok(CancelSaga::Requested(SagaRun {
+                    cancel_requested: true,
+                    updated_at: now,
+                    ..saga
+                }))
+            })
+        })
+        .await
+    }
+
+    async fn claim_sagas(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<ClaimedSaga>> {
+        let owner = owner.to_string();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let rows: Vec<SagaRow> = sqlx::query_as(&format!(
+                    "UPDATE saga_runs SET lease_owner = ?1, lease_expires_at = ?3
+                     WHERE id IN (
+                         SELECT id FROM saga_runs
+                         WHERE status IN ({}) AND (lease_owner IS NULL OR lease_expires_at < ?2)
+                         ORDER BY created_at, id LIMIT ?4)
+                     RETURNING {SAGA_COLUMNS}",
+                    status_list(UNFINISHED)
+                ))
+                .bind(&owner)
+                .bind(now.millis())
+                .bind(lease_until.millis())
+                .bind(limit as i64)
+                .fetch_all(&mut *conn)
+                .await?;
+                let mut claimed = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let saga = SagaRun::try_from(row)?;
+                    let ledger = ledger(conn, &saga).await?;
+                    claimed.push(ClaimedSaga { saga, ledger });
+                }
+                claimed.sort_by_key(|c| (c.saga.created_at, c.saga.id));
+                Ok(claimed)
+            })
+        })
+        .await
+    }
+
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[SagaId],
+        until: Timestamp,
+    ) -> StoreResult<Vec<LeaseState>> {
+        let owner = owner.to_string();
+        let ids = ids.to_vec();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let mut states = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let cancel: Option<bool> = sqlx::query_scalar(
+                        "UPDATE saga_runs SET lease_expires_at = ? WHERE id = ? AND lease_owner = ?
+                         RETURNING cancel_requested",
+                    )
+                    .bind(until.millis())
+                    .bind(id.to_string())
+                    .bind(&owner)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    states.push(LeaseState {
+                        saga_id: id,
+                        held: cancel.is_some(),
+                        cancel_requested: cancel.unwrap_or(false),
+                    });
+                }
+                Ok(states)
+            })
+        })
+        .await
+    }
+
+    async fn release_leases(&self, owner: &str, ids: &[SagaId]) -> StoreResult<()> {
+        let owner = owner.to_string();
+        let ids = ids.to_vec();
+        self.write(move |conn| {
+            Box::pin(async move {
+                for id in ids {
+                    sqlx::query(
+                        "UPDATE saga_runs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_owner = ?",
+                    )
+                    .bind(id.to_string())
+                    .bind(&owner)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn apply(&self, transition: Transition) -> StoreResult<Applied> {
+        self.write(move |conn| Box::pin(apply_transition(conn, transition)))
+            .await
+    }
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,298 @@
+//! The `wasaga` command line against a live server: uploads, starting with
+//! `--wait` (and its exit codes), list, show, cancel, watch, JSON output,
+//! tokens, and errors that print the server's message rather than a
+//! backtrace.
+
+use serde_json::Value;
+use std::process::Output;
+use std::time::Duration;
+use wasaga::server::ServeOptions;
+use wasaga_tests::{Backend, TestDb, TestServer, repo, wasaga_binary};
+
+async fn server(db: &TestDb, token: Option<&str>) -> TestServer {
+    let mut options = ServeOptions::new(db.dir.path());
+    options.database_url = Some(db.url.clone());
+    options.runtime.max_instances = 16;
+    options.runner.poll_every = Duration::from_millis(50);
+    options.server.token = token.map(String::from);
+    TestServer::start(options).await
+}
+
+/// Runs `wasaga ARGS --server BASE` off the async threads.
+async fn wasaga(server: &TestServer, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = std::process::Command::new(wasaga_binary());
+    command
+        .args(args)
+        .env("WASAGA_SERVER", &server.base)
+        .env_remove("WASAGA_TOKEN");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    tokio::task::spawn_blocking(move || command.output().expect("running wasaga"))
+        .await
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn dist(name: &str) -> String {
+    repo()
+        .join("plugins/dist")
+        .join(format!("{name}.wasm"))
+        .display()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tour_works_from_the_command_line() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = server(&db, None).await;
+
+    let out = wasaga(&server, &["plugin", "push", &dist("stubborn")], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("uploaded: stubborn sha256:"),
+        "{}",
+        stdout(&out)
+    );
+    let out = wasaga(&server, &["plugin", "push", &dist("stubborn")], &[]).await;
+    assert!(
+        stdout(&out).starts_with("already there: stubborn"),
+        "{}",
+        stdout(&out)
+    );
+    wasaga(&server, &["plugin", "push", &dist("spin")], &[]).await;
+
+    let out = wasaga(&server, &["plugin", "list"], &[]).await;
+    let listed = stdout(&out);
+    for name in ["echo", "fail", "stubborn", "spin"] {
+        assert!(listed.contains(name), "{listed}");
+    }
+    let out = wasaga(&server, &["plugin", "show", "echo", "--json"], &[]).await;
+    let shown: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(shown["name"], "echo");
+
+    // --wait follows the saga and exits by its outcome.
+    let out = wasaga(
+        &server,
+        &[
+            "saga",
+            "start",
+            "--kind",
+            "provision",
+            "--step",
+            "echo",
+            "--step",
+            "echo",
+            "--inputs",
+            r#"{"message":"hi"}"#,
+            "--wait",
+        ],
+        &[],
+    )
+    .await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    assert!(text.contains("step 1 echo completed (attempt 1)"), "{text}");
+    assert!(
+        text.contains(r#"completed: context {"echoed_at_step_0":"hi","echoed_at_step_1":"hi"}"#),
+        "{text}"
+    );
+
+    let out = wasaga(
+        &server,
+        &[
+            "saga", "start", "--kind", "k", "--step", "echo", "--step", "fail", "--wait",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "rolled back exits 3: {}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains(
+            "rolled_back: step 1 (fail) failed: step_failed:fail; compensating from step 0"
+        ),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = wasaga(
+        &server,
+        &[
+            "saga",
+            "start",
+            "--kind",
+            "k",
+            "--step",
+            "stubborn",
+            "--step",
+            "fail",
+            "--max-attempts",
+            "2",
+            "--wait",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "failed exits 4: {}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("needs a human"), "{}", stdout(&out));
+
+    // start, watch from another command, cancel.
+    let out = wasaga(
+        &server,
+        &[
+            "saga",
+            "start",
+            "--kind",
+            "suspend",
+            "--step",
+            "echo",
+            "--step",
+            "spin",
+            "--timeout",
+            "60s",
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    let started: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let id = started["id"].as_str().unwrap().to_string();
+    let watcher = {
+        let base = server.base.clone();
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(wasaga_binary())
+                .args(["saga", "watch", &id])
+                .env("WASAGA_SERVER", base)
+                .output()
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let out = wasaga(&server, &["saga", "cancel", &id], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("cancel requested for saga {id}")),
+        "{}",
+        stdout(&out)
+    );
+    let watched = watcher.await.unwrap();
+    let text = stdout(&watched);
+    assert_eq!(watched.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("step 1 spin failed (attempt 1): interrupted by a cancel request"),
+        "{text}"
+    );
+    assert!(text.contains("step 0 echo compensated"), "{text}");
+
+    let out = wasaga(&server, &["saga", "show", &id], &[]).await;
+    let text = stdout(&out);
+    assert!(text.contains("status rolled_back"), "{text}");
+    assert!(
+        text.contains("error: cancelled while step 1 (spin) ran; compensating from step 0"),
+        "{text}"
+    );
+    let out = wasaga(
+        &server,
+        &["saga", "list", "--status", "rolled_back", "--json"],
+        &[],
+    )
+    .await;
+    let listed: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(listed["sagas"].as_array().unwrap().len(), 2);
+    let out = wasaga(&server, &["saga", "list"], &[]).await;
+    assert_eq!(
+        stdout(&out).lines().count(),
+        5,
+        "a header and four sagas: {}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_print_the_servers_message_not_a_backtrace() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = server(&db, Some("t0ken")).await;
+
+    let out = wasaga(&server, &["plugin", "list"], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: this server needs `Authorization: Bearer <token>` (401 Unauthorized, unauthorized)"
+    );
+    let out = wasaga(&server, &["plugin", "list"], &[("WASAGA_TOKEN", "t0ken")]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = wasaga(
+        &server,
+        &["saga", "start", "--kind", "k", "--step", "ghost"],
+        &[("WASAGA_TOKEN", "t0ken")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(
+        err.trim(),
+        "error: unknown plugin: `ghost` (steps[0]) (422 Unprocessable Entity, unknown_plugin)"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+
+    let out = wasaga(
+        &server,
+        &[
+            "saga", "start", "--kind", "k", "--step", "echo", "--inputs", "{oops",
+        ],
+        &[("WASAGA_TOKEN", "t0ken")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("error: --inputs is not JSON:"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = wasaga(
+        &server,
+        &["plugin", "push", "/no/such/file.wasm"],
+        &[("WASAGA_TOKEN", "t0ken")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("error: reading /no/such/file.wasm:"),
+        "{}",
+        stderr(&out)
+    );
+
+    let unreachable = std::process::Command::new(wasaga_binary())
+        .args(["saga", "list", "--server", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(
+        stderr(&unreachable).starts_with("error: cannot reach the server at http://127.0.0.1:9"),
+        "{}",
+        stderr(&unreachable)
+    );
+}

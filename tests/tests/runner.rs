@@ -1,0 +1,444 @@
+//! The saga runner against real components and real databases: every test
+//! runs on SQLite and on PostgreSQL. Time is a `ManualClock`, so backoff
+//! never sleeps.
+
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use wasaga::config::{RetryPolicy, RunnerConfig, RuntimeConfig};
+use wasaga::model::{Phase, SagaId, SagaStatus, StepSpec, StepStatus, Timestamp};
+use wasaga::plugin::PluginHost;
+use wasaga::runner::{Clock, ManualClock, Runner};
+use wasaga::store::{Store, StoreError, Transition};
+use wasaga_tests::{
+    Backend, Counter, TestDb, assert_status, create_saga, install, wait_final, wait_for,
+};
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+/// A store, a plugin runtime and a runner with virtual time.
+struct Rig {
+    /// Keeps the database alive (and drops it at the end).
+    _db: TestDb,
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+    runner: Runner,
+}
+
+impl Rig {
+    async fn new(backend: Backend) -> Rig {
+        Rig::with(backend, RuntimeConfig::default(), RunnerConfig::default()).await
+    }
+
+    async fn with(backend: Backend, mut runtime: RuntimeConfig, runner: RunnerConfig) -> Rig {
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        runtime.max_instances = runtime.max_instances.min(32);
+        let plugins = PluginHost::new(runtime).unwrap();
+        let clock = Arc::new(ManualClock::new(Timestamp::now()));
+        let runner = Runner::new(
+            store.clone(),
+            plugins,
+            RunnerConfig {
+                poll_every: Duration::from_millis(50),
+                ..runner
+            },
+            clock.clone(),
+        );
+        runner.start();
+        Rig {
+            _db: db,
+            store,
+            clock,
+            runner,
+        }
+    }
+
+    async fn step(&self, name: &str) -> StepSpec {
+        install(self.store.as_ref(), name).await
+    }
+
+    async fn start(&self, plan: Vec<StepSpec>, inputs: serde_json::Value) -> SagaId {
+        let id = create_saga(self.store.as_ref(), plan, inputs).await;
+        self.runner.wake();
+        id
+    }
+}
+
+/// Runs a test body on both databases.
+macro_rules! on_both {
+    ($($name:ident($backend:ident) $body:block)+) => {
+        $(
+            mod $name {
+                use super::*;
+                async fn run($backend: Backend) $body
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() { run(Backend::Sqlite).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() { run(Backend::Postgres).await }
+            }
+        )+
+    };
+}
+
+on_both! {
+    three_echoes_complete(backend) {
+        let rig = Rig::new(backend).await;
+        let echo = rig.step("echo").await;
+        let id = rig.start(vec![echo.clone(), echo.clone(), echo], json!({"message": "hello"})).await;
+        let done = wait_final(rig.store.as_ref(), id, WITHIN).await;
+        assert_status(&done, SagaStatus::Completed);
+        assert_eq!(
+            serde_json::Value::Object(done.saga.context.clone()),
+            json!({"echoed_at_step_0": "hello", "echoed_at_step_1": "hello", "echoed_at_step_2": "hello"})
+        );
+        assert_eq!(done.saga.current_step_index, 3);
+        assert!(done.saga.error.is_none());
+        for (i, row) in done.steps.iter().enumerate() {
+            assert_eq!(row.index as usize, i);
+            assert_eq!(row.status, StepStatus::Completed);
+            assert_eq!(row.attempts, 1);
+            assert_eq!(row.output, Some(json!({format!("echoed_at_step_{i}"): "hello"})));
+            assert!(row.started_at.is_some() && row.finished_at.is_some());
+        }
+    }
+
+    a_failing_last_step_rolls_back_the_others(backend) {
+        let rig = Rig::new(backend).await;
+        let echo = rig.step("echo").await;
+        let fail = rig.step("fail").await;
+        let id = rig.start(vec![echo.clone(), echo, fail], json!({"message": "hello"})).await;
+        let done = wait_final(rig.store.as_ref(), id, WITHIN).await;
+        assert_status(&done, SagaStatus::RolledBack);
+        let statuses: Vec<StepStatus> = done.steps.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [StepStatus::Compensated, StepStatus::Compensated, StepStatus::Failed]);
+        let error = done.saga.error.clone().unwrap();
+        assert_eq!(error.compensate_from_idx, Some(1));
+        assert_eq!(error.failed_step, Some(2));
+        assert_eq!(error.reason, "step_failed:fail");
+        assert_eq!(error.message, "step 2 (fail) failed: step_failed:fail; compensating from step 1");
+        assert_eq!(done.steps[2].error.as_deref(), Some("step_failed:fail"));
+        assert_eq!(done.steps[2].attempts, 1, "a fatal failure is not retried");
+        assert_eq!(done.steps[0].compensate_attempts, 1);
+        assert_eq!(done.steps[0].phase, Phase::Compensate);
+    }
+
+    retries_then_success(backend) {
+        let rig = Rig::new(backend).await;
+        let flaky = rig.step("flaky").await;
+        let id = rig.start(vec![flaky], json!({"flaky_succeed_on_attempt": 3})).await;
+        let done = wait_final(rig.store.as_ref(), id, WITHIN).await;
+        assert_status(&done, SagaStatus::Completed);
+        assert_eq!(done.steps[0].attempts, 3);
+        assert_eq!(done.saga.context["flaky_succeeded_on_attempt_0"], 3);
+        // Two backoffs, exponential with ±20 % jitter around 200 and 400 ms.
+        let sleeps = rig.clock.sleeps();
+        assert_eq!(sleeps.len(), 2, "{sleeps:?}");
+        assert!((160..=240).contains(&sleeps[0].as_millis()), "{sleeps:?}");
+        assert!((320..=480).contains(&sleeps[1].as_millis()), "{sleeps:?}");
+        let attempts_logged: Vec<u32> = done.steps[0].logs.iter().map(|l| l.attempt).collect();
+        assert!(attempts_logged.iter().all(|a| (1..=3).contains(a)));
+    }
+
+    retries_exhausted_is_fatal(backend) {
+        let rig = Rig::new(backend).await;
+        let echo = rig.step("echo").await;
+        let flaky = StepSpec { max_attempts: 4, ..rig.step("flaky").await };
+        let id = rig.start(vec![echo, flaky], json!({"flaky_succeed_on_attempt": 10})).await;
+        let done = wait_final(rig.store.as_ref(), id, WITHIN).await;
+        assert_status(&done, SagaStatus::RolledBack);
+        assert_eq!(done.steps[1].status, StepStatus::Failed);
+        assert_eq!(done.steps[1].attempts, 4);
+        assert_eq!(
+            done.steps[1].error.as_deref(),
+            Some("flaky: attempt 4 of a step that succeeds on attempt 10 (after 4 attempts)")
+        );
+        assert_eq!(done.steps[0].status, StepStatus::Compensated);
+        assert_eq!(rig.clock.sleeps().len(), 3);
+    }
+
+    a_failing_compensation_ends_failed(backend) {
+        let rig = Rig::new(backend).await;
+        let stubborn = rig.step("stubborn").await;
+        let echo = rig.step("echo").await;
+        let fail = rig.step("fail").await;
+        let id = rig.start(vec![stubborn, echo, fail], json!({})).await;
+        let done = wait_final(rig.store.as_ref(), id, WITHIN).await;
+        assert_status(&done, SagaStatus::Failed);
+        let statuses: Vec<StepStatus> = done.steps.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [StepStatus::CompensationFailed, StepStatus::Compensated, StepStatus::Failed]);
+        assert_eq!(done.steps[0].compensate_attempts, 3, "compensation is retried too");
+        let error = done.saga.error.clone().unwrap();
+        assert_eq!(error.compensation_failed_steps, vec![0]);
+        assert_eq!(error.compensate_from_idx, Some(1));
+        assert!(
+            error.message.ends_with("compensation of step 0 (stubborn) failed: needs a human"),
+            "{}",
+            error.message
+        );
+        assert!(done.steps[0].error.as_deref().unwrap().contains("stubborn: cannot undo step 0"));
+    }
+
+    hostile_plugins_roll_back_and_the_host_carries_on(backend) {
+        let rig = Rig::new(backend).await;
+        let echo = rig.step("echo").await;
+        let quick = |spec: StepSpec| StepSpec { max_attempts: 2, timeout_ms: 300, ..spec };
+        let mut sagas = Vec::new();
+        for hostile in ["spin", "hog", "recurse", "panic", "bloat"] {
+            let spec = quick(rig.step(hostile).await);
+            let id = rig.start(vec![echo.clone(), spec], json!({"message": hostile})).await;
+            sagas.push((hostile, id));
+        }
+        let calm = rig.start(vec![echo.clone(), echo.clone()], json!({"message": "calm"})).await;
+        for (hostile, id) in sagas {
+            let done = wait_final(rig.store.as_ref(), id, WITHIN).await;
+            assert_status(&done, SagaStatus::RolledBack);
+            assert_eq!(done.steps[0].status, StepStatus::Compensated, "{hostile}");
+            assert_eq!(done.steps[1].status, StepStatus::Failed, "{hostile}");
+            let error = done.steps[1].error.clone().unwrap();
+            let expected = match hostile {
+                "spin" => "deadline of 300 ms exceeded (after 2 attempts)",
+                "hog" => "memory limit of 64 MiB exceeded",
+                "recurse" => "call stack exhausted",
+                "panic" => "the panic plugin panics on attempt 2",
+                "bloat" => "memory limit of 64 MiB exceeded",
+                _ => unreachable!(),
+            };
+            assert!(error.contains(expected), "{hostile}: {error}");
+        }
+        let calm = wait_final(rig.store.as_ref(), calm, WITHIN).await;
+        assert_status(&calm, SagaStatus::Completed);
+        rig.store.health().await.unwrap();
+    }
+
+    resources_are_stored_with_the_step(backend) {
+        let rig = Rig::new(backend).await;
+        let ledger = rig.step("ledger").await;
+        let fail = rig.step("fail").await;
+        let id = rig.start(vec![ledger.clone(), ledger, fail], json!({"ledger_resources": 2})).await;
+        let done = wait_final(rig.store.as_ref(), id, WITHIN).await;
+        assert_status(&done, SagaStatus::RolledBack);
+        assert_eq!(done.resources.len(), 4);
+        let first = &done.resources[0];
+        assert_eq!(first.step_index, 0);
+        assert_eq!(first.kind, "vm");
+        assert_eq!(first.external_id, format!("{id}-vm-0"));
+        assert_eq!(first.spec, json!({"size": "s-1vcpu-1gb", "ordinal": 0}));
+        // Step 1 recorded the same ids again: their spec version is 2.
+        assert_eq!(done.resources[2].external_id, first.external_id);
+        assert_eq!((first.spec_version, done.resources[2].spec_version), (1, 2));
+        let levels: Vec<&str> = done.steps[0].logs.iter().map(|l| l.level.as_str()).collect();
+        assert_eq!(&levels[..5], ["trace", "debug", "info", "warn", "error"]);
+        let released: Vec<&str> = done.steps[0]
+            .logs
+            .iter()
+            .filter(|l| l.phase == Phase::Compensate)
+            .map(|l| l.message.as_str())
+            .collect();
+        assert_eq!(released, [format!("released {id}-vm-0"), format!("released {id}-vm-1")]);
+    }
+
+    cancel_before_start_rolls_back_with_nothing_to_undo(backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        let echo = install(store.as_ref(), "echo").await;
+        let id = create_saga(store.as_ref(), vec![echo.clone(), echo], json!({})).await;
+        store.request_cancel(id, Timestamp::now()).await.unwrap();
+        let plugins = PluginHost::new(RuntimeConfig { max_instances: 8, ..RuntimeConfig::default() }).unwrap();
+        let runner = Runner::new(store.clone(), plugins, RunnerConfig::default(), Arc::new(ManualClock::new(Timestamp::now())));
+        runner.start();
+        let done = wait_final(store.as_ref(), id, WITHIN).await;
+        assert_status(&done, SagaStatus::RolledBack);
+        assert!(done.steps.is_empty(), "no step ran: {:?}", done.steps);
+        let error = done.saga.error.unwrap();
+        assert_eq!(error.reason, "cancelled");
+        assert_eq!(error.compensate_from_idx, None);
+        assert_eq!(error.message, "cancelled; no step had completed, nothing to compensate");
+    }
+
+    cancel_between_steps_starts_no_further_step(backend) {
+        let counter = Counter::start().await;
+        let mut runtime = RuntimeConfig::default();
+        runtime.http_allow.extend([counter.allow()]);
+        let rig = Rig::with(backend, runtime, RunnerConfig::default()).await;
+        let step = rig.step("counter").await;
+        let store = rig.store.clone();
+        // The cancel is committed while step 1's call is answered: step 1
+        // completes, and step 2 must not start.
+        counter.on_call(move |call| {
+            let store = store.clone();
+            async move {
+                if call.phase == "execute" && call.step == 1 {
+                    store.request_cancel(call.saga.parse().unwrap(), Timestamp::now()).await.unwrap();
+                }
+            }
+        });
+        let id = rig.start(vec![step.clone(), step.clone(), step.clone(), step], json!({"counter_url": counter.url()})).await;
+        let done = wait_final(rig.store.as_ref(), id, WITHIN).await;
+        assert_status(&done, SagaStatus::RolledBack);
+        assert_eq!(done.steps.len(), 2, "step 2 never started: {:?}", done.steps);
+        assert!(done.steps.iter().all(|r| r.status == StepStatus::Compensated));
+        let calls: Vec<(String, u32)> = counter.calls_of(&id).into_iter().map(|c| (c.phase, c.step)).collect();
+        assert_eq!(
+            calls,
+            [("execute".into(), 0), ("execute".into(), 1), ("compensate".into(), 1), ("compensate".into(), 0)]
+        );
+        let error = done.saga.error.unwrap();
+        assert_eq!((error.reason.as_str(), error.failed_step, error.compensate_from_idx), ("cancelled", None, Some(1)));
+    }
+
+    cancel_in_flight_interrupts_the_step(backend) {
+        let rig = Rig::new(backend).await;
+        let echo = rig.step("echo").await;
+        let spin = rig.step("spin").await;
+        let id = rig.start(vec![echo, spin], json!({})).await;
+        wait_for(rig.store.as_ref(), id, WITHIN, |d| {
+            d.steps.get(1).is_some_and(|r| r.status == StepStatus::Running)
+        })
+        .await;
+        // Let the call get going, then cancel as the API does.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rig.store.request_cancel(id, Timestamp::now()).await.unwrap();
+        rig.runner.notify_cancel(id);
+        let done = wait_final(rig.store.as_ref(), id, WITHIN).await;
+        assert_status(&done, SagaStatus::RolledBack);
+        assert_eq!(done.steps[1].status, StepStatus::Failed);
+        assert_eq!(done.steps[1].error.as_deref(), Some("interrupted by a cancel request"));
+        assert_eq!(done.steps[1].attempts, 1, "an interrupted step is not retried");
+        assert_eq!(done.steps[0].status, StepStatus::Compensated);
+        let error = done.saga.error.unwrap();
+        assert_eq!(error.message, "cancelled while step 1 (spin) ran; compensating from step 0");
+    }
+
+    a_dead_hosts_saga_resumes_with_the_next_attempt(backend) {
+        let counter = Counter::start().await;
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        let step = install(store.as_ref(), "counter").await;
+        let id = create_saga(store.as_ref(), vec![step.clone(), step], json!({"counter_url": counter.url()})).await;
+        // A host claims the saga, marks step 0 running (attempt 1), and dies.
+        let clock = Arc::new(ManualClock::new(Timestamp::now()));
+        let now = clock.now();
+        let claimed = store.claim_sagas("dead-host", now, now.plus(Duration::from_secs(15)), 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        let mut mark = Transition::new(id, Arc::from("dead-host"), now);
+        mark.saga.status = Some(SagaStatus::Running);
+        let mut row = running_row(&claimed[0].saga.plan[0], 0);
+        row.attempts = 1;
+        mark.start = Some(row);
+        store.apply(mark).await.unwrap();
+        // Before the lease expires, nobody else may take it.
+        let mut runtime = RuntimeConfig::default();
+        runtime.http_allow.extend([counter.allow()]);
+        let plugins = PluginHost::new(runtime).unwrap();
+        assert!(store.claim_sagas("other", now, now.plus(Duration::from_secs(15)), 10).await.unwrap().is_empty());
+        // After it expires, a new runner resumes it.
+        clock.advance(Duration::from_secs(16));
+        let runner = Runner::new(store.clone(), plugins, RunnerConfig { poll_every: Duration::from_millis(50), ..RunnerConfig::default() }, clock.clone());
+        runner.start();
+        let done = wait_final(store.as_ref(), id, WITHIN).await;
+        assert_status(&done, SagaStatus::Completed);
+        assert_eq!(done.steps[0].attempts, 2, "the interrupted step runs again with attempt + 1");
+        let calls = counter.calls_of(&id);
+        assert_eq!(calls[0].step, 0);
+        assert_eq!(calls[0].attempt, 2);
+        assert_eq!(calls[0].key, format!("{id}:0:execute"), "the same idempotency key");
+        // The dead host's late write is refused: the lease is fenced.
+        let late = Transition::new(id, Arc::from("dead-host"), now);
+        assert!(matches!(store.apply(late).await, Err(StoreError::LeaseLost(_))));
+    }
+
+    a_step_interrupted_past_its_attempt_limit_fails(backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        let echo = install(store.as_ref(), "echo").await;
+        let id = create_saga(store.as_ref(), vec![echo.clone(), StepSpec { max_attempts: 2, ..echo }], json!({})).await;
+        let now = Timestamp::now();
+        // Step 0 completed; step 1 was marked running twice by hosts that died.
+        let claimed = store.claim_sagas("dead", now, now, 10).await.unwrap();
+        let plan = claimed[0].saga.plan.clone();
+        let mut t = Transition::new(id, Arc::from("dead"), now);
+        t.saga.status = Some(SagaStatus::Running);
+        t.saga.current_step_index = Some(1);
+        let mut done_row = running_row(&plan[0], 0);
+        done_row.status = StepStatus::Completed;
+        done_row.attempts = 1;
+        let mut crashed = running_row(&plan[1], 1);
+        crashed.attempts = 2;
+        t.steps = vec![done_row, crashed];
+        store.apply(t).await.unwrap();
+        let plugins = PluginHost::new(RuntimeConfig { max_instances: 8, ..RuntimeConfig::default() }).unwrap();
+        let runner = Runner::new(store.clone(), plugins, RunnerConfig::default(), Arc::new(ManualClock::new(now.plus(Duration::from_secs(1)))));
+        runner.start();
+        let done = wait_final(store.as_ref(), id, WITHIN).await;
+        assert_status(&done, SagaStatus::RolledBack);
+        assert_eq!(done.steps[1].status, StepStatus::Failed);
+        assert_eq!(
+            done.steps[1].error.as_deref(),
+            Some("the step was interrupted 2 times (attempt limit 2) without finishing")
+        );
+        assert_eq!(done.steps[0].status, StepStatus::Compensated);
+    }
+
+    graceful_shutdown_releases_leases_and_a_new_runner_finishes(backend) {
+        let counter = Counter::start().await;
+        counter.set_delay(Duration::from_millis(200));
+        let mut runtime = RuntimeConfig::default();
+        runtime.http_allow.extend([counter.allow()]);
+        let rig = Rig::with(backend, runtime.clone(), RunnerConfig::default()).await;
+        let step = rig.step("counter").await;
+        let id = rig.start(vec![step.clone(); 6], json!({"counter_url": counter.url()})).await;
+        wait_for(rig.store.as_ref(), id, WITHIN, |d| d.steps.len() >= 2).await;
+        rig.runner.shutdown(Duration::from_secs(5)).await;
+        let paused = rig.store.saga(id).await.unwrap().unwrap();
+        assert!(!paused.saga.status.is_final(), "shutdown stops between steps");
+        let running = paused.steps.iter().filter(|r| r.status == StepStatus::Running).count();
+        assert_eq!(running, 0, "the step in flight finished within the grace: {:?}", paused.steps);
+        let plugins = PluginHost::new(runtime).unwrap();
+        let next = Runner::new(rig.store.clone(), plugins, RunnerConfig::default(), rig.clock.clone());
+        next.start();
+        let done = wait_final(rig.store.as_ref(), id, WITHIN).await;
+        assert_status(&done, SagaStatus::Completed);
+        assert!(done.steps.iter().all(|r| r.attempts == 1), "nothing ran twice: {:?}", done.steps);
+        assert_eq!(counter.calls_of(&id).len(), 6);
+    }
+
+    many_sagas_run_at_once(backend) {
+        let rig = Rig::with(backend, RuntimeConfig::default(), RunnerConfig { concurrency: 16, ..RunnerConfig::default() }).await;
+        let echo = rig.step("echo").await;
+        let mut ids = Vec::new();
+        for i in 0..60 {
+            ids.push(rig.start(vec![echo.clone(); 4], json!({"message": i})).await);
+        }
+        for (i, id) in ids.into_iter().enumerate() {
+            let done = wait_final(rig.store.as_ref(), id, WITHIN).await;
+            assert_status(&done, SagaStatus::Completed);
+            assert_eq!(done.saga.context["echoed_at_step_3"], i);
+        }
+    }
+}
+
+/// A running ledger row for `spec` at `index`, as a runner would write it.
+fn running_row(spec: &StepSpec, index: u32) -> wasaga::model::StepResult {
+    wasaga::model::StepResult {
+        index,
+        name: spec.name.clone(),
+        plugin: spec.plugin.clone(),
+        status: StepStatus::Running,
+        phase: Phase::Execute,
+        attempts: 1,
+        compensate_attempts: 0,
+        output: None,
+        error: None,
+        logs: Vec::new(),
+        started_at: Some(Timestamp::now()),
+        finished_at: None,
+    }
+}
+
+#[test]
+fn retry_policy_defaults_match_the_documentation() {
+    let policy = RetryPolicy::default();
+    assert_eq!(policy.max_attempts, 3);
+    assert_eq!(policy.initial_backoff, Duration::from_millis(200));
+}

@@ -9,13 +9,14 @@
 //!   again. Hooks let a test act at a chosen call (hold it, cancel the saga).
 //! - [`TestServer`]: the real server (`wasaga::server::run`) on
 //!   `127.0.0.1:0`, in this process; [`ServerProcess`]: the real `wasaga`
-//!   binary as a child process, for SIGKILL.
+//!   binary as a child process, for SIGKILL (used by the `wasaga` package's
+//!   own tests, which cargo hands the freshly built binary).
 //! - [`component`]: the committed components in `plugins/dist`.
 
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasaga::model::{Digest, SagaDetail, SagaId, SagaRun, SagaStatus, StepSpec, Timestamp};
 use wasaga::store::Store;
@@ -324,7 +325,7 @@ impl TestServer {
         let task = tokio::spawn(wasaga::server::run(options, listener, async {
             let _ = rx.await;
         }));
-        let server = TestServer {
+        let mut server = TestServer {
             base,
             http: reqwest::Client::new(),
             shutdown: Some(tx),
@@ -334,9 +335,13 @@ impl TestServer {
         server
     }
 
-    async fn wait_healthy(&self) {
+    async fn wait_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
+            if self.task.as_ref().is_some_and(|t| t.is_finished()) {
+                let outcome = self.task.take().unwrap().await;
+                panic!("the test server stopped while starting: {outcome:?}");
+            }
             if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await {
                 if r.status().is_success() {
                     return;
@@ -368,31 +373,6 @@ impl Drop for TestServer {
     }
 }
 
-/// The `wasaga` binary, built once per test run.
-pub fn wasaga_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .current_dir(repo())
-            .args(["build", "--quiet", "-p", "wasaga", "--bin", "wasaga"])
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building the wasaga binary failed");
-        // target/<profile>/deps/<this test> -> target/<profile>/wasaga
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap();
-        let bin = profile_dir.join("wasaga");
-        assert!(
-            bin.exists(),
-            "{} not found after building it",
-            bin.display()
-        );
-        bin
-    })
-    .clone()
-}
-
 /// A `wasaga serve` child process.
 pub struct ServerProcess {
     pub child: std::process::Child,
@@ -401,11 +381,12 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `wasaga serve --listen 127.0.0.1:0 ARGS` and waits until it
-    /// answers `/healthz`.
-    pub async fn start(args: &[String], log: PathBuf) -> Result<ServerProcess> {
+    /// Starts `BINARY serve --listen 127.0.0.1:0 ARGS` and waits until it
+    /// answers `/healthz`. Tests in the `wasaga` package pass
+    /// `env!("CARGO_BIN_EXE_wasaga")`, which cargo keeps built and fresh.
+    pub async fn start(binary: &str, args: &[String], log: PathBuf) -> Result<ServerProcess> {
         let log_file = std::fs::File::create(&log)?;
-        let mut child = std::process::Command::new(wasaga_binary())
+        let mut child = std::process::Command::new(binary)
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)

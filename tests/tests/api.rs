@@ -810,7 +810,7 @@ async fn the_openapi_document_matches_the_router() {
         "POST /plugins",
         "GET /plugins",
         "GET /plugins/{ref}",
-        "DELETE /plugins/{digest}",
+        "DELETE /plugins/{ref}",
         "POST /sagas",
         "GET /sagas",
         "GET /sagas/{id}",

@@ -21,8 +21,7 @@ pub(super) fn router(state: &AppState) -> OpenApiRouter<AppState> {
     let limit = axum::extract::DefaultBodyLimit::max(state.plugins.config().max_component_bytes);
     OpenApiRouter::new()
         .routes(routes!(upload_plugin, list_plugins))
-        .routes(routes!(get_plugin))
-        .routes(routes!(delete_plugin))
+        .routes(routes!(get_plugin, delete_plugin))
         .layer(limit)
 }
 
@@ -106,12 +105,14 @@ pub(super) async fn resolve(
     Ok(state.store.plugin_by_name(reference).await?)
 }
 
-/// Delete a plugin; refused while an unfinished saga pins it.
+/// Delete a plugin by digest; refused while an unfinished saga pins it.
+/// (The path parameter shares its name with `GET /plugins/{ref}`, which the
+/// router requires; a name is not accepted here, only a digest.)
 #[utoipa::path(
     delete,
-    path = "/plugins/{digest}",
+    path = "/plugins/{ref}",
     tag = "plugins",
-    params(("digest" = String, Path, description = "the plugin's digest")),
+    params(("ref" = String, Path, description = "the plugin's digest (sha256:...)")),
     responses(
         (status = 204, description = "deleted"),
         (status = 404, body = ErrorBody),

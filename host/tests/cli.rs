@@ -7,7 +7,11 @@ use serde_json::Value;
 use std::process::Output;
 use std::time::Duration;
 use wasaga::server::ServeOptions;
-use wasaga_tests::{Backend, TestDb, TestServer, repo, wasaga_binary};
+use wasaga_tests::{Backend, TestDb, TestServer, repo};
+
+fn wasaga_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_wasaga")
+}
 
 async fn server(db: &TestDb, token: Option<&str>) -> TestServer {
     let mut options = ServeOptions::new(db.dir.path());

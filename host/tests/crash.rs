@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use wasaga_tests::{Counter, ServerProcess, component};
 
+const BIN: &str = env!("CARGO_BIN_EXE_wasaga");
+
 const SAGAS: usize = 50;
 const STEPS: usize = 5;
 
@@ -53,7 +55,7 @@ async fn sigkill_mid_run_loses_nothing_and_reruns_no_completed_step() {
         format!("counter={}", counter.addr),
     ];
     let http = reqwest::Client::new();
-    let mut server = ServerProcess::start(&args, dir.path().join("first.log"))
+    let mut server = ServerProcess::start(BIN, &args, dir.path().join("first.log"))
         .await
         .unwrap();
     upload_counter(&http, &server.base).await;
@@ -90,7 +92,7 @@ async fn sigkill_mid_run_loses_nothing_and_reruns_no_completed_step() {
     let done_before_kill = completed_steps(&dir.path().join("wasaga.db")).await;
     assert!(!done_before_kill.is_empty());
 
-    let server = ServerProcess::start(&args, dir.path().join("second.log"))
+    let server = ServerProcess::start(BIN, &args, dir.path().join("second.log"))
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -25,7 +25,10 @@ fn component(name: &str) -> Vec<u8> {
 /// The Python and JavaScript examples are built by `cargo xtask polyglot`
 /// (README's test command runs it first).
 fn polyglot(file: &str) -> Vec<u8> {
-    let path = repo().join("target/polyglot").join(file);
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let path = target.join("polyglot").join(file);
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "reading {}: {e}\nbuild the polyglot examples first: cargo xtask polyglot",

@@ -309,6 +309,14 @@ pub async fn wait_for(
     }
 }
 
+/// Whether the server at `base` answers `/healthz` with 200.
+pub async fn healthy(http: &reqwest::Client, base: &str) -> bool {
+    http.get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
 /// The real server, in this process, on `127.0.0.1:0`.
 pub struct TestServer {
     pub base: String,
@@ -342,10 +350,8 @@ impl TestServer {
                 let outcome = self.task.take().unwrap().await;
                 panic!("the test server stopped while starting: {outcome:?}");
             }
-            if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+            if healthy(&self.http, &self.base).await {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -421,10 +427,8 @@ impl ServerProcess {
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
-                if r.status().is_success() {
-                    break;
-                }
+            if healthy(&http, &base).await {
+                break;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();

@@ -215,12 +215,8 @@ fn check(world: &World, case: &Case) -> Result<(), TestCaseError> {
 
         let done = wait_final(store.as_ref(), id, Duration::from_secs(60)).await;
         crasher.abort();
-        runner
-            .lock()
-            .unwrap()
-            .clone()
-            .shutdown(Duration::from_secs(1))
-            .await;
+        let last = runner.lock().unwrap().clone();
+        last.shutdown(Duration::from_secs(1)).await;
         let calls = world.counter.calls_of(&id);
         let ledger: BTreeMap<u32, _> = done.steps.iter().map(|r| (r.index, r.clone())).collect();
 

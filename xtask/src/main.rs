@@ -177,6 +177,11 @@ fn build_plugins(root: &Path, check: bool) -> Result<()> {
     let route = Route::detect()?;
     let toolchain = toolchain_id(route)?;
     let plugins_dir = root.join("plugins");
+    // CI keeps this outside the clone (WASAGA_PLUGINS_TARGET_DIR) so that
+    // std, built from source on the Debian route, is built once.
+    let plugin_target = std::env::var_os("WASAGA_PLUGINS_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| plugins_dir.join("target"));
     eprintln!("building plugins with {toolchain} ({route:?})");
     let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
@@ -199,7 +204,9 @@ fn build_plugins(root: &Path, check: bool) -> Result<()> {
         .env("PATH", debian_first_path(route))
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags.replace(' ', "\x1f"))
         .env_remove("RUSTFLAGS")
-        .args(["build", "--release", "--locked", "--target", WASM_TARGET]);
+        .args(["build", "--release", "--locked", "--target", WASM_TARGET])
+        .arg("--target-dir")
+        .arg(&plugin_target);
     if route == Route::DebianBuildStd {
         let lld = rustup_sysroot()?.join("lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld");
         ensure!(lld.exists(), "rust-lld not found at {}", lld.display());
@@ -210,7 +217,7 @@ fn build_plugins(root: &Path, check: bool) -> Result<()> {
     let status = cmd.status().context("running cargo for the plugins")?;
     ensure!(status.success(), "building the plugins failed");
 
-    let release = plugins_dir.join("target").join(WASM_TARGET).join("release");
+    let release = plugin_target.join(WASM_TARGET).join("release");
     let mut manifest = Manifest {
         toolchain,
         components: BTreeMap::new(),
@@ -346,20 +353,70 @@ impl PackageWorld for wit_component::DecodedWasm {
     }
 }
 
-/// Builds the Python and JavaScript examples. With `always`, rebuilds even
-/// when the outputs exist.
+/// Where the polyglot components go: `$CARGO_TARGET_DIR/polyglot`, or
+/// `target/polyglot` in the repository. Tests look in the same place.
+fn polyglot_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("polyglot")
+}
+
+/// Builds the Python and JavaScript examples. Without `always`, an output
+/// is rebuilt only when its sources (or the WIT, or the pinned tool) changed
+/// since it was built: a stamp beside it records their hash.
 fn build_polyglot(root: &Path, always: bool) -> Result<()> {
-    let out = root.join("target").join("polyglot");
+    let out = polyglot_dir(root);
     std::fs::create_dir_all(&out)?;
+    let wit = std::fs::read(root.join("wit/step.wit"))?;
     let python = out.join("python-echo.wasm");
-    if always || !python.exists() {
+    let python_sources = [
+        wit.clone(),
+        std::fs::read(root.join("plugins/python/echo/app.py"))?,
+        COMPONENTIZE_PY.as_bytes().to_vec(),
+    ];
+    if always || !fresh(&python, &python_sources) {
         build_python(root, &out, &python)?;
+        stamp(&python, &python_sources)?;
     }
     let js = out.join("js-echo.wasm");
-    if always || !js.exists() {
+    let js_sources = [
+        wit,
+        std::fs::read(root.join("plugins/js/echo.js"))?,
+        std::fs::read(root.join("plugins/js/build.mjs"))?,
+        std::fs::read(root.join("plugins/js/package-lock.json"))?,
+    ];
+    if always || !fresh(&js, &js_sources) {
         build_js(root, &js)?;
+        stamp(&js, &js_sources)?;
     }
     Ok(())
+}
+
+fn sources_hash(sources: &[Vec<u8>]) -> String {
+    let mut hasher = Sha256::new();
+    for source in sources {
+        hasher.update((source.len() as u64).to_le_bytes());
+        hasher.update(source);
+    }
+    hex::encode(hasher.finalize())
+}
+
+fn stamp_path(output: &Path) -> PathBuf {
+    output.with_extension("stamp")
+}
+
+fn fresh(output: &Path, sources: &[Vec<u8>]) -> bool {
+    output.exists()
+        && std::fs::read_to_string(stamp_path(output))
+            .is_ok_and(|s| s.trim() == sources_hash(sources))
+}
+
+fn stamp(output: &Path, sources: &[Vec<u8>]) -> Result<()> {
+    Ok(std::fs::write(
+        stamp_path(output),
+        sources_hash(sources) + "\n",
+    )?)
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {

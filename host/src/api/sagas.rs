@@ -246,13 +246,13 @@ async fn start_saga(
                 "steps[{i}].timeout_ms must be 1 to {ceiling_ms}"
             )));
         }
-        if let Some(bytes) = options.max_memory_bytes {
-            if bytes == 0 || bytes > runtime.max_memory_ceiling {
-                return Err(ApiError::bad_request(format!(
-                    "steps[{i}].max_memory_bytes must be 1 to {} (this host's ceiling)",
-                    runtime.max_memory_ceiling
-                )));
-            }
+        if let Some(bytes) = options.max_memory_bytes
+            && (bytes == 0 || bytes > runtime.max_memory_ceiling)
+        {
+            return Err(ApiError::bad_request(format!(
+                "steps[{i}].max_memory_bytes must be 1 to {} (this host's ceiling)",
+                runtime.max_memory_ceiling
+            )));
         }
         if options.max_output_bytes == Some(0) {
             return Err(ApiError::bad_request(format!(

@@ -568,17 +568,17 @@ impl PluginHost {
             CallState::new(limits, plugin.http_allow.clone()),
         );
         store.limiter(|state| &mut state.limiter);
-        if let Some(fuel) = limits.fuel {
-            if let Err(e) = store.set_fuel(fuel) {
-                return CallOutcome {
-                    result: Err(StepFailure::Host(format!(
-                        "fuel limits need fuel metering on (--fuel): {e}"
-                    ))),
-                    logs: Vec::new(),
-                    resources: Vec::new(),
-                    elapsed: started.elapsed(),
-                };
-            }
+        if let Some(fuel) = limits.fuel
+            && let Err(e) = store.set_fuel(fuel)
+        {
+            return CallOutcome {
+                result: Err(StepFailure::Host(format!(
+                    "fuel limits need fuel metering on (--fuel): {e}"
+                ))),
+                logs: Vec::new(),
+                resources: Vec::new(),
+                elapsed: started.elapsed(),
+            };
         }
         let deadline = started + limits.timeout;
         let timeout_ms = limits.timeout.as_millis();

@@ -164,10 +164,10 @@ impl Runner {
             .keys()
             .copied()
             .collect();
-        if !left.is_empty() {
-            if let Err(e) = inner.store.release_leases(&inner.owner, &left).await {
-                tracing::warn!(error = %e, "releasing leases at shutdown");
-            }
+        if !left.is_empty()
+            && let Err(e) = inner.store.release_leases(&inner.owner, &left).await
+        {
+            tracing::warn!(error = %e, "releasing leases at shutdown");
         }
     }
 

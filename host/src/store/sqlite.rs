@@ -55,13 +55,14 @@ type Finisher = Box<dyn FnOnce(Option<&str>) + Send>;
 /// nothing), says whether it succeeded, and leaves a finisher that answers
 /// the caller once the commit is known.
 struct Job {
-    run: Box<
-        dyn for<'c> FnOnce(
-                Result<&'c mut SqliteConnection, String>,
-            ) -> BoxFuture<'c, (bool, Finisher)>
-            + Send,
-    >,
+    run: JobFn,
 }
+
+/// Runs a job on the writer's connection (or reports why it cannot).
+type JobFn = Box<
+    dyn for<'c> FnOnce(Result<&'c mut SqliteConnection, String>) -> BoxFuture<'c, (bool, Finisher)>
+        + Send,
+>;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`, runs the

@@ -411,6 +411,26 @@ pub struct StepResult {
     pub finished_at: Option<Timestamp>,
 }
 
+impl StepResult {
+    /// The ledger row of a step about to execute for the first time.
+    pub fn first_attempt(index: u32, spec: &StepSpec, now: Timestamp) -> StepResult {
+        StepResult {
+            index,
+            name: spec.name.clone(),
+            plugin: spec.plugin.clone(),
+            status: StepStatus::Running,
+            phase: Phase::Execute,
+            attempts: 1,
+            compensate_attempts: 0,
+            output: None,
+            error: None,
+            logs: Vec::new(),
+            started_at: Some(now),
+            finished_at: None,
+        }
+    }
+}
+
 /// A saga with its ledger and resources: `GET /v1/sagas/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SagaDetail {

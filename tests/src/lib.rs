@@ -260,7 +260,7 @@ pub async fn create_saga(
     let saga = SagaRun::pending("test", plan, inputs, None, None, Timestamp::now());
     let id = saga.id;
     store
-        .create_saga(&saga, None)
+        .create_saga(&saga, None, None)
         .await
         .expect("creating a saga");
     id

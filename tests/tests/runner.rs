@@ -9,7 +9,7 @@ use wasaga::config::{RetryPolicy, RunnerConfig, RuntimeConfig};
 use wasaga::model::{Phase, SagaId, SagaStatus, StepSpec, StepStatus, Timestamp};
 use wasaga::plugin::PluginHost;
 use wasaga::runner::{Clock, ManualClock, Runner};
-use wasaga::store::{Store, StoreError, Transition};
+use wasaga::store::{Claim, Store, StoreError, Transition};
 use wasaga_tests::{
     Backend, Counter, TestDb, assert_status, create_saga, install, wait_final, wait_for,
 };
@@ -319,7 +319,7 @@ on_both! {
         // A host claims the saga, marks step 0 running (attempt 1), and dies.
         let clock = Arc::new(ManualClock::new(Timestamp::now()));
         let now = clock.now();
-        let claimed = store.claim_sagas("dead-host", now, now.plus(Duration::from_secs(15)), 10).await.unwrap();
+        let claimed = store.claim_sagas(&claim("dead-host", now, Duration::from_secs(15)), 10).await.unwrap();
         assert_eq!(claimed.len(), 1);
         let mut mark = Transition::new(id, Arc::from("dead-host"), now);
         mark.saga.status = Some(SagaStatus::Running);
@@ -331,7 +331,7 @@ on_both! {
         let mut runtime = RuntimeConfig::default();
         runtime.http_allow.extend([counter.allow()]);
         let plugins = PluginHost::new(runtime).unwrap();
-        assert!(store.claim_sagas("other", now, now.plus(Duration::from_secs(15)), 10).await.unwrap().is_empty());
+        assert!(store.claim_sagas(&claim("other", now, Duration::from_secs(15)), 10).await.unwrap().is_empty());
         // After it expires, a new runner resumes it.
         clock.advance(Duration::from_secs(16));
         let runner = Runner::new(store.clone(), plugins, RunnerConfig { poll_every: Duration::from_millis(50), ..RunnerConfig::default() }, clock.clone());
@@ -355,7 +355,7 @@ on_both! {
         let id = create_saga(store.as_ref(), vec![echo.clone(), StepSpec { max_attempts: 2, ..echo }], json!({})).await;
         let now = Timestamp::now();
         // Step 0 completed; step 1 was marked running twice by hosts that died.
-        let claimed = store.claim_sagas("dead", now, now, 10).await.unwrap();
+        let claimed = store.claim_sagas(&claim("dead", now, Duration::ZERO), 10).await.unwrap();
         let plan = claimed[0].saga.plan.clone();
         let mut t = Transition::new(id, Arc::from("dead"), now);
         t.saga.status = Some(SagaStatus::Running);
@@ -415,6 +415,16 @@ on_both! {
             assert_status(&done, SagaStatus::Completed);
             assert_eq!(done.saga.context["echoed_at_step_3"], i);
         }
+    }
+}
+
+/// A claim as a host that only claims (and does not start) would make.
+fn claim(owner: &str, now: Timestamp, ttl: Duration) -> Claim {
+    Claim {
+        owner: Arc::from(owner),
+        now,
+        lease_until: now.plus(ttl),
+        start_pending: false,
     }
 }
 

@@ -294,10 +294,22 @@ async fn start_saga(
     let idempotency = idempotency_key
         .as_deref()
         .map(|key| (key, request_hash.as_str()));
-    match state.store.create_saga(&saga, idempotency).await? {
-        CreateSaga::Created(saga) => {
+    // With a free slot here, the saga is stored already claimed and
+    // started by this host, and driven at once; else the runners claim it.
+    let reservation = state.runner.reserve();
+    let claim = reservation.as_ref().map(|_| state.runner.claim());
+    match state
+        .store
+        .create_saga(&saga, idempotency, claim.as_ref())
+        .await?
+    {
+        CreateSaga::Created(created) => {
+            let saga = created.saga.clone();
             tracing::info!(saga = %saga.id, kind = %saga.kind, steps = saga.plan.len(), "saga started");
-            state.runner.wake();
+            match reservation {
+                Some(reservation) => state.runner.adopt(reservation, created),
+                None => state.runner.wake(),
+            }
             Ok((StatusCode::CREATED, Json(saga)))
         }
         CreateSaga::Existing(saga) => Ok((StatusCode::OK, Json(saga))),

@@ -23,14 +23,14 @@ mod saga;
 pub use clock::{Clock, ManualClock, SystemClock};
 
 use crate::config::{RetryPolicy, RunnerConfig};
-use crate::model::SagaId;
+use crate::model::{SagaId, SagaStatus};
 use crate::plugin::PluginHost;
-use crate::store::Store;
+use crate::store::{Claim, ClaimedSaga, Store};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -56,6 +56,19 @@ struct RunnerInner {
     stop_all: CancellationToken,
     drivers: TaskTracker,
     loops: TaskTracker,
+    events: broadcast::Sender<SagaEnded>,
+}
+
+/// A saga this host drove reached a final status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SagaEnded {
+    pub id: SagaId,
+    pub status: SagaStatus,
+}
+
+/// A free driving slot, held for a saga this host is about to create.
+pub struct Reservation {
+    permit: OwnedSemaphorePermit,
 }
 
 /// A saga this host is driving.
@@ -95,6 +108,7 @@ impl Runner {
                 stop_all: CancellationToken::new(),
                 drivers: TaskTracker::new(),
                 loops: TaskTracker::new(),
+                events: broadcast::channel(1024).0,
             }),
         }
     }
@@ -128,6 +142,44 @@ impl Runner {
             active.cancel.cancel();
         }
         self.wake();
+    }
+
+    /// Every saga this host drives to its end, as it ends (for waiting
+    /// clients and benchmarks; a slow subscriber misses events, never blocks).
+    pub fn subscribe(&self) -> broadcast::Receiver<SagaEnded> {
+        self.inner.events.subscribe()
+    }
+
+    /// A claim by this host, now: what a store needs to claim (and start)
+    /// sagas for this runner.
+    pub fn claim(&self) -> Claim {
+        let now = self.inner.clock.now();
+        Claim {
+            owner: self.inner.owner.clone(),
+            now,
+            lease_until: now.plus(self.inner.config.lease_ttl),
+            start_pending: true,
+        }
+    }
+
+    /// A driving slot for a saga about to be created here, if one is free:
+    /// the saga is then stored already claimed and started, and handed over
+    /// with [`Runner::adopt`], which saves a claim round trip.
+    pub fn reserve(&self) -> Option<Reservation> {
+        if self.inner.draining.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.inner
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|permit| Reservation { permit })
+    }
+
+    /// Drives a saga that was created already claimed by this host.
+    pub fn adopt(&self, reservation: Reservation, claimed: ClaimedSaga) {
+        self.drive(claimed, reservation.permit);
     }
 
     /// Sagas this host is driving now.
@@ -203,45 +255,54 @@ impl Runner {
         if free == 0 {
             return Ok(0);
         }
-        let now = inner.clock.now();
-        let claimed = inner
-            .store
-            .claim_sagas(&inner.owner, now, now.plus(inner.config.lease_ttl), free)
-            .await?;
+        let claimed = inner.store.claim_sagas(&self.claim(), free).await?;
         let mut started = 0;
         for claim in claimed {
-            let id = claim.saga.id;
             let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
-                // More claimed than slots (cannot happen with one claim
-                // loop); give it back.
-                let _ = inner.store.release_leases(&inner.owner, &[id]).await;
+                // More claimed than slots (a saga was adopted meanwhile):
+                // give it back.
+                let _ = inner
+                    .store
+                    .release_leases(&inner.owner, &[claim.saga.id])
+                    .await;
                 continue;
             };
-            let active = {
-                let mut map = inner.active.lock().expect("active lock");
-                if map.contains_key(&id) {
-                    // Already driving it: the claim only renewed the lease.
-                    continue;
-                }
-                let stop = inner.stop_all.child_token();
-                let active = Arc::new(ActiveSaga {
-                    cancel: stop.child_token(),
-                    stop,
-                    lease_lost: AtomicBool::new(false),
-                });
-                map.insert(id, active.clone());
-                active
-            };
-            started += 1;
-            let runner = self.clone();
-            inner.drivers.spawn(async move {
-                saga::drive(&runner.inner, claim, &active).await;
-                runner.inner.active.lock().expect("active lock").remove(&id);
-                drop(permit);
-                runner.wake();
-            });
+            if self.drive(claim, permit) {
+                started += 1;
+            }
         }
         Ok(started)
+    }
+
+    /// Starts driving a claimed saga in its slot; false when this host is
+    /// already driving it (the claim only renewed its lease).
+    fn drive(&self, claim: ClaimedSaga, permit: OwnedSemaphorePermit) -> bool {
+        let inner = &self.inner;
+        let id = claim.saga.id;
+        let active = {
+            let mut map = inner.active.lock().expect("active lock");
+            if map.contains_key(&id) {
+                return false;
+            }
+            let stop = inner.stop_all.child_token();
+            let active = Arc::new(ActiveSaga {
+                cancel: stop.child_token(),
+                stop,
+                lease_lost: AtomicBool::new(false),
+            });
+            map.insert(id, active.clone());
+            active
+        };
+        let runner = self.clone();
+        inner.drivers.spawn(async move {
+            if let Some(status) = saga::drive(&runner.inner, claim, &active).await {
+                let _ = runner.inner.events.send(SagaEnded { id, status });
+            }
+            runner.inner.active.lock().expect("active lock").remove(&id);
+            drop(permit);
+            runner.wake();
+        });
+        true
     }
 
     async fn renew_loop(&self) {

@@ -47,20 +47,29 @@ enum Halt {
     Store(StoreError),
 }
 
-/// Drives one claimed saga until it ends or this host must let go of it.
-pub(super) async fn drive(runner: &Arc<RunnerInner>, claim: ClaimedSaga, active: &Arc<ActiveSaga>) {
+/// Drives one claimed saga until it ends (returning its final status) or
+/// this host must let go of it.
+pub(super) async fn drive(
+    runner: &Arc<RunnerInner>,
+    claim: ClaimedSaga,
+    active: &Arc<ActiveSaga>,
+) -> Option<SagaStatus> {
     let span = tracing::info_span!("saga", id = %claim.saga.id, kind = %claim.saga.kind);
     let mut driver = Driver {
         runner,
         active,
         ledger: claim.ledger.into_iter().map(|r| (r.index, r)).collect(),
         saga: claim.saga,
-        marked: None,
+        // The claim may have marked step 0 running already.
+        marked: claim.first_step_started.then_some((0, Phase::Execute)),
     };
     let outcome = driver.run().instrument(span.clone()).await;
     let _enter = span.enter();
     match outcome {
-        Ok(()) => tracing::info!(status = %driver.saga.status, "saga ended"),
+        Ok(()) => {
+            tracing::info!(status = %driver.saga.status, "saga ended");
+            return Some(driver.saga.status);
+        }
         Err(Halt::LeaseLost) => tracing::warn!("stopped: the lease was taken by another host"),
         Err(Halt::Stopped) => {
             tracing::info!("stopped for shutdown; another claim resumes it");
@@ -73,6 +82,7 @@ pub(super) async fn drive(runner: &Arc<RunnerInner>, claim: ClaimedSaga, active:
             tracing::error!(error = %e, "stopped: the store keeps failing; the saga resumes when its lease expires")
         }
     }
+    None
 }
 
 struct Driver<'a> {

@@ -73,7 +73,8 @@ pub enum DeletePlugin {
 /// What starting a saga did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreateSaga {
-    Created(SagaRun),
+    /// Stored; with a claim, also claimed (and maybe started) for the caller.
+    Created(ClaimedSaga),
     /// The idempotency key was used before with the same request.
     Existing(SagaRun),
     /// The idempotency key was used before with another request.
@@ -101,10 +102,25 @@ pub struct SagaFilter {
 }
 
 /// A saga the runner claimed, with its ledger.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedSaga {
     pub saga: SagaRun,
     pub ledger: Vec<StepResult>,
+    /// The claim also started it: step 0 is marked running with attempt 1
+    /// and has not been called yet.
+    pub first_step_started: bool,
+}
+
+/// Who claims sagas, and until when.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub owner: Arc<str>,
+    pub now: Timestamp,
+    pub lease_until: Timestamp,
+    /// Start the pending sagas claimed (unless cancelled): status running,
+    /// step 0 marked running with attempt 1, in the claim's transaction,
+    /// which saves the runner a commit per saga.
+    pub start_pending: bool,
 }
 
 /// The state of a held lease, as seen when renewing it.
@@ -186,24 +202,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a new saga (status pending). With an idempotency key and the
     /// hash of the request, a repeat returns the first saga (or a conflict).
+    /// With a claim, the new saga is stored already claimed (and, with
+    /// `start_pending`, started), for a runner that drives it at once.
     async fn create_saga(
         &self,
         saga: &SagaRun,
         idempotency: Option<(&str, &str)>,
+        claim: Option<&Claim>,
     ) -> StoreResult<CreateSaga>;
     async fn saga(&self, id: SagaId) -> StoreResult<Option<SagaDetail>>;
     async fn list_sagas(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaRun>>;
     async fn request_cancel(&self, id: SagaId, now: Timestamp) -> StoreResult<CancelSaga>;
 
     /// Claims up to `limit` unfinished sagas whose lease is free or expired
-    /// at `now`, for `owner` until `lease_until`, oldest first.
-    async fn claim_sagas(
-        &self,
-        owner: &str,
-        now: Timestamp,
-        lease_until: Timestamp,
-        limit: usize,
-    ) -> StoreResult<Vec<ClaimedSaga>>;
+    /// at `claim.now`, oldest first.
+    async fn claim_sagas(&self, claim: &Claim, limit: usize) -> StoreResult<Vec<ClaimedSaga>>;
     /// Extends the leases `owner` holds on `ids`, and reports on each.
     async fn renew_leases(
         &self,
@@ -253,6 +266,25 @@ pub fn redact_url(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// The effect of `Claim::start_pending` on a claimed or created saga: the
+/// saga as it is once started, and its first ledger row. `None` when it
+/// must not start (not pending, cancelled, or the claim does not start).
+pub(crate) fn start_of(saga: &SagaRun, claim: &Claim) -> Option<(SagaRun, StepResult)> {
+    if !claim.start_pending || saga.status != SagaStatus::Pending || saga.cancel_requested {
+        return None;
+    }
+    let spec = saga.plan.first()?;
+    let row = StepResult::first_attempt(0, spec, claim.now);
+    Some((
+        SagaRun {
+            status: SagaStatus::Running,
+            updated_at: claim.now,
+            ..saga.clone()
+        },
+        row,
+    ))
 }
 
 /// Parses the JSON of a stored column.

@@ -9,9 +9,9 @@
 //! commits together.
 
 use super::{
-    Applied, CancelSaga, ClaimedSaga, CreateSaga, DeletePlugin, LeaseState, PluginRow, PutPlugin,
-    ResourceRow, SAGA_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, StepRow, Store, StoreError,
-    StoreResult, Transition, to_json,
+    Applied, CancelSaga, Claim, ClaimedSaga, CreateSaga, DeletePlugin, LeaseState, PluginRow,
+    PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, StepRow, Store,
+    StoreError, StoreResult, Transition, start_of, to_json,
 };
 use crate::model::{
     Digest, Phase, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus, StepResult,
@@ -310,12 +310,18 @@ impl Store for PgStore {
         &self,
         saga: &SagaRun,
         idempotency: Option<(&str, &str)>,
+        claim: Option<&Claim>,
     ) -> StoreResult<CreateSaga> {
+        let started = claim.and_then(|c| start_of(saga, c));
+        let saga = started
+            .as_ref()
+            .map_or_else(|| saga.clone(), |(s, _)| s.clone());
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO saga_runs (id, kind, status, steps, inputs, current_step_index, context, error,
-                 cancel_requested, deployment_id, triggered_by, idempotency_key, request_hash, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, FALSE, $8, $9, $10, $11, $12, $13)
+                 cancel_requested, deployment_id, triggered_by, idempotency_key, request_hash,
+                 lease_owner, lease_expires_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, FALSE, $8, $9, $10, $11, $12, $13, $14, $15)
              ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(saga.id.to_string())
@@ -329,17 +335,28 @@ impl Store for PgStore {
         .bind(&saga.triggered_by)
         .bind(idempotency.map(|(k, _)| k))
         .bind(idempotency.map(|(_, h)| h))
+        .bind(claim.map(|c| c.owner.to_string()))
+        .bind(claim.map(|c| c.lease_until.millis()))
         .bind(saga.created_at.millis())
         .bind(saga.updated_at.millis())
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if inserted == 1 {
-            sqlx::query("SELECT pg_notify('wasaga_work', '')")
-                .execute(&mut *tx)
-                .await?;
+            if let Some((_, first)) = &started {
+                upsert_step(&mut tx, &saga.id.to_string(), first).await?;
+            } else {
+                // Unclaimed: wake the hosts waiting for work.
+                sqlx::query("SELECT pg_notify('wasaga_work', '')")
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
-            return Ok(CreateSaga::Created(saga.clone()));
+            return Ok(CreateSaga::Created(ClaimedSaga {
+                saga,
+                first_step_started: started.is_some(),
+                ledger: started.map(|(_, first)| vec![first]).unwrap_or_default(),
+            }));
         }
         let Some((key, hash)) = idempotency else {
             return Err(StoreError::Corrupt(format!(
@@ -434,13 +451,7 @@ impl Store for PgStore {
         })
     }
 
-    async fn claim_sagas(
-        &self,
-        owner: &str,
-        now: Timestamp,
-        lease_until: Timestamp,
-        limit: usize,
-    ) -> StoreResult<Vec<ClaimedSaga>> {
+    async fn claim_sagas(&self, claim: &Claim, limit: usize) -> StoreResult<Vec<ClaimedSaga>> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<SagaRow> = sqlx::query_as(&format!(
             "UPDATE saga_runs SET lease_owner = $1, lease_expires_at = $3
@@ -451,17 +462,37 @@ impl Store for PgStore {
                  FOR UPDATE SKIP LOCKED)
              RETURNING {SAGA_COLUMNS}"
         ))
-        .bind(owner)
-        .bind(now.millis())
-        .bind(lease_until.millis())
+        .bind(&*claim.owner)
+        .bind(claim.now.millis())
+        .bind(claim.lease_until.millis())
         .bind(limit as i64)
         .fetch_all(&mut *tx)
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
             let saga = SagaRun::try_from(row)?;
+            if let Some((saga, first)) = start_of(&saga, claim) {
+                let id = saga.id.to_string();
+                sqlx::query("UPDATE saga_runs SET status = $1, updated_at = $2 WHERE id = $3")
+                    .bind(saga.status.as_str())
+                    .bind(saga.updated_at.millis())
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                upsert_step(&mut tx, &id, &first).await?;
+                claimed.push(ClaimedSaga {
+                    saga,
+                    ledger: vec![first],
+                    first_step_started: true,
+                });
+                continue;
+            }
             let ledger = ledger(&mut tx, &saga).await?;
-            claimed.push(ClaimedSaga { saga, ledger });
+            claimed.push(ClaimedSaga {
+                saga,
+                ledger,
+                first_step_started: false,
+            });
         }
         tx.commit().await?;
         claimed.sort_by_key(|c| (c.saga.created_at, c.saga.id));

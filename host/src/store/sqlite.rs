@@ -16,9 +16,9 @@
 //! released at once: a restart after SIGKILL resumes its sagas immediately.
 
 use super::{
-    Applied, CancelSaga, ClaimedSaga, CreateSaga, DeletePlugin, LeaseState, PluginRow, PutPlugin,
-    ResourceRow, SAGA_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, StepRow, Store, StoreError,
-    StoreResult, Transition, to_json,
+    Applied, CancelSaga, Claim, ClaimedSaga, CreateSaga, DeletePlugin, LeaseState, PluginRow,
+    PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, StepRow, Store,
+    StoreError, StoreResult, Transition, start_of, to_json,
 };
 use crate::model::{
     Digest, Phase, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus, StepResult,
@@ -455,9 +455,11 @@ impl Store for SqliteStore {
         &self,
         saga: &SagaRun,
         idempotency: Option<(&str, &str)>,
+        claim: Option<&Claim>,
     ) -> StoreResult<CreateSaga> {
         let saga = saga.clone();
         let idempotency = idempotency.map(|(k, h)| (k.to_string(), h.to_string()));
+        let claim = claim.cloned();
         self.write(move |conn| {
             Box::pin(async move {
                 if let Some((key, hash)) = &idempotency {
@@ -477,10 +479,13 @@ impl Store for SqliteStore {
                         });
                     }
                 }
+                let started = claim.as_ref().and_then(|c| start_of(&saga, c));
+                let saga = started.as_ref().map_or(saga, |(s, _)| s.clone());
                 sqlx::query(
                     "INSERT INTO saga_runs (id, kind, status, steps, inputs, current_step_index, context, error,
-                         cancel_requested, deployment_id, triggered_by, idempotency_key, request_hash, created_at, updated_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, ?, ?, ?, ?, ?, ?)",
+                         cancel_requested, deployment_id, triggered_by, idempotency_key, request_hash,
+                         lease_owner, lease_expires_at, created_at, updated_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(saga.id.to_string())
                 .bind(&saga.kind)
@@ -493,11 +498,20 @@ impl Store for SqliteStore {
                 .bind(&saga.triggered_by)
                 .bind(idempotency.as_ref().map(|(k, _)| k.as_str()))
                 .bind(idempotency.as_ref().map(|(_, h)| h.as_str()))
+                .bind(claim.as_ref().map(|c| c.owner.to_string()))
+                .bind(claim.as_ref().map(|c| c.lease_until.millis()))
                 .bind(saga.created_at.millis())
                 .bind(saga.updated_at.millis())
                 .execute(&mut *conn)
                 .await?;
-                Ok(CreateSaga::Created(saga))
+                if let Some((_, first)) = &started {
+                    upsert_step(conn, &saga.id.to_string(), first).await?;
+                }
+                Ok(CreateSaga::Created(ClaimedSaga {
+                    saga,
+                    first_step_started: started.is_some(),
+                    ledger: started.map(|(_, first)| vec![first]).unwrap_or_default(),
+                }))
             })
         })
         .await
@@ -571,14 +585,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim_sagas(
-        &self,
-        owner: &str,
-        now: Timestamp,
-        lease_until: Timestamp,
-        limit: usize,
-    ) -> StoreResult<Vec<ClaimedSaga>> {
-        let owner = owner.to_string();
+    async fn claim_sagas(&self, claim: &Claim, limit: usize) -> StoreResult<Vec<ClaimedSaga>> {
+        let claim = claim.clone();
         self.write(move |conn| {
             Box::pin(async move {
                 let rows: Vec<SagaRow> = sqlx::query_as(&format!(
@@ -590,17 +598,37 @@ impl Store for SqliteStore {
                      RETURNING {SAGA_COLUMNS}",
                     status_list(UNFINISHED)
                 ))
-                .bind(&owner)
-                .bind(now.millis())
-                .bind(lease_until.millis())
+                .bind(&*claim.owner)
+                .bind(claim.now.millis())
+                .bind(claim.lease_until.millis())
                 .bind(limit as i64)
                 .fetch_all(&mut *conn)
                 .await?;
                 let mut claimed = Vec::with_capacity(rows.len());
                 for row in rows {
                     let saga = SagaRun::try_from(row)?;
+                    if let Some((saga, first)) = start_of(&saga, &claim) {
+                        let id = saga.id.to_string();
+                        sqlx::query("UPDATE saga_runs SET status = ?, updated_at = ? WHERE id = ?")
+                            .bind(saga.status.as_str())
+                            .bind(saga.updated_at.millis())
+                            .bind(&id)
+                            .execute(&mut *conn)
+                            .await?;
+                        upsert_step(conn, &id, &first).await?;
+                        claimed.push(ClaimedSaga {
+                            saga,
+                            ledger: vec![first],
+                            first_step_started: true,
+                        });
+                        continue;
+                    }
                     let ledger = ledger(conn, &saga).await?;
-                    claimed.push(ClaimedSaga { saga, ledger });
+                    claimed.push(ClaimedSaga {
+                        saga,
+                        ledger,
+                        first_step_started: false,
+                    });
                 }
                 claimed.sort_by_key(|c| (c.saga.created_at, c.saga.id));
                 Ok(claimed)

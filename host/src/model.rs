@@ -409,11 +409,15 @@ pub struct StepResult {
     pub logs: Vec<LedgerLogLine>,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
+    /// The host (its node id) that ran the latest attempt.
+    #[serde(default)]
+    pub executed_by: Option<String>,
 }
 
 impl StepResult {
-    /// The ledger row of a step about to execute for the first time.
-    pub fn first_attempt(index: u32, spec: &StepSpec, now: Timestamp) -> StepResult {
+    /// The ledger row of a step about to execute for the first time on
+    /// host `node`.
+    pub fn first_attempt(index: u32, spec: &StepSpec, node: &str, now: Timestamp) -> StepResult {
         StepResult {
             index,
             name: spec.name.clone(),
@@ -427,6 +431,7 @@ impl StepResult {
             logs: Vec::new(),
             started_at: Some(now),
             finished_at: None,
+            executed_by: Some(node.to_string()),
         }
     }
 }

@@ -73,6 +73,75 @@ pub enum ServeError {
     NoTokenOnPublicAddress(std::net::SocketAddr),
 }
 
+/// A host's parts, assembled and running (store open, runner claiming),
+/// before it serves HTTP: what `run` serves, and what benchmarks drive.
+pub struct Host {
+    pub store: Arc<dyn Store>,
+    pub plugins: PluginHost,
+    pub runner: Runner,
+    state: AppState,
+    shutdown_grace: std::time::Duration,
+}
+
+impl Host {
+    /// Opens the store, builds the plugin runtime, registers the examples
+    /// (when asked and the database has no plugin) and starts the runner.
+    pub async fn start(options: &ServeOptions) -> Result<Host, ServeError> {
+        std::fs::create_dir_all(&options.data_dir)?;
+        let url = options.database_url();
+        let store = store::open(&url).await?;
+        let mut runtime = options.runtime.clone();
+        if runtime.cache_dir.is_none() {
+            runtime.cache_dir = Some(options.data_dir.join("cache"));
+        }
+        let plugins = PluginHost::new(runtime)?;
+        if options.examples {
+            register_examples(&store, &plugins).await?;
+        }
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let runner = Runner::new(
+            store.clone(),
+            plugins.clone(),
+            options.runner.clone(),
+            clock,
+        );
+        tracing::info!(database = %store::redact_url(&url), node = runner.owner(), "host starting");
+        runner.start();
+        let state = AppState {
+            store: store.clone(),
+            plugins: plugins.clone(),
+            runner: runner.clone(),
+            server: Arc::new(options.server.clone()),
+            default_max_attempts: options.runner.retry.max_attempts,
+        };
+        Ok(Host {
+            store,
+            plugins,
+            runner,
+            state,
+            shutdown_grace: options.server.shutdown_grace,
+        })
+    }
+
+    /// The HTTP application.
+    pub fn router(&self) -> axum::Router {
+        api::app(self.state.clone())
+    }
+
+    /// Loads every stored plugin (from the compile cache when it can), so
+    /// the first saga after a restart does not wait for it. Returns how many
+    /// are ready.
+    pub async fn warm_plugins(&self) -> usize {
+        warm_plugins(self.store.clone(), self.plugins.clone()).await
+    }
+
+    /// Stops claiming, lets steps in flight finish within the grace period,
+    /// and releases every lease.
+    pub async fn shutdown(self) {
+        self.runner.shutdown(self.shutdown_grace).await;
+    }
+}
+
 /// Runs a host on `listener` until `shutdown` resolves, then shuts down
 /// gracefully.
 pub async fn run(
@@ -84,47 +153,15 @@ pub async fn run(
     if options.server.token.is_none() && !addr.ip().is_loopback() {
         return Err(ServeError::NoTokenOnPublicAddress(addr));
     }
-    std::fs::create_dir_all(&options.data_dir)?;
-    let url = options.database_url();
-    let store = store::open(&url).await?;
-    let mut runtime = options.runtime.clone();
-    if runtime.cache_dir.is_none() {
-        runtime.cache_dir = Some(options.data_dir.join("cache"));
-    }
-    let plugins = PluginHost::new(runtime)?;
-    if options.examples {
-        register_examples(&store, &plugins).await?;
-    }
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let runner = Runner::new(
-        store.clone(),
-        plugins.clone(),
-        options.runner.clone(),
-        clock,
-    );
-    tracing::info!(
-        %addr,
-        database = %store::redact_url(&url),
-        node = runner.owner(),
-        auth = options.server.token.is_some(),
-        "wasaga listening"
-    );
-    runner.start();
-    tokio::spawn(warm_plugins(store.clone(), plugins.clone()));
-
-    let state = AppState {
-        store: store.clone(),
-        plugins,
-        runner: runner.clone(),
-        server: Arc::new(options.server.clone()),
-        default_max_attempts: options.runner.retry.max_attempts,
-    };
-    let app = api::app(state);
-    axum::serve(listener, app)
+    let host = Host::start(&options).await?;
+    tracing::info!(%addr, auth = options.server.token.is_some(), "wasaga listening");
+    let warm = (host.store.clone(), host.plugins.clone());
+    tokio::spawn(async move { warm_plugins(warm.0, warm.1).await });
+    axum::serve(listener, host.router())
         .with_graceful_shutdown(shutdown)
         .await?;
     tracing::info!("no longer accepting requests; draining sagas");
-    runner.shutdown(options.server.shutdown_grace).await;
+    host.shutdown().await;
     tracing::info!("shut down");
     Ok(())
 }
@@ -148,12 +185,11 @@ async fn register_examples(store: &Arc<dyn Store>, plugins: &PluginHost) -> Resu
     Ok(())
 }
 
-/// Loads every stored plugin (from the compile cache when it can), so the
-/// first saga after a restart does not wait for it.
-async fn warm_plugins(store: Arc<dyn Store>, plugins: PluginHost) {
+/// Loads every stored plugin into `plugins`; returns how many are ready.
+async fn warm_plugins(store: Arc<dyn Store>, plugins: PluginHost) -> usize {
     let started = std::time::Instant::now();
     let Ok(list) = store.list_plugins().await else {
-        return;
+        return 0;
     };
     let mut ready = 0;
     for info in &list {
@@ -180,4 +216,5 @@ async fn warm_plugins(store: Arc<dyn Store>, plugins: PluginHost) {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "plugins warm"
     );
+    ready
 }

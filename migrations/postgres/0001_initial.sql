@@ -48,6 +48,7 @@ CREATE TABLE saga_step_results (
     logs                TEXT NOT NULL DEFAULT '[]',
     started_at          BIGINT,
     finished_at         BIGINT,
+    executed_by         TEXT,
     PRIMARY KEY (saga_id, step_index)
 );
 

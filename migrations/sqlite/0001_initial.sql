@@ -49,6 +49,7 @@ CREATE TABLE saga_step_results (
     logs                TEXT NOT NULL DEFAULT '[]', -- JSON: [{level, message, phase, attempt}]
     started_at          INTEGER,
     finished_at         INTEGER,
+    executed_by         TEXT,                       -- the host (lease owner) that ran the latest attempt
     PRIMARY KEY (saga_id, step_index)
 );
 

@@ -39,13 +39,15 @@ fn main() -> Result<()> {
         }
         Some("polyglot") => build_polyglot(&root, true),
         Some("test") => run_tests(&root, &args[1..]),
+        Some("bench") => run_benches(&root, args.iter().any(|a| a == "--quick")),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  \
                  plugins [--check]  build the Rust plugins into plugins/dist (or check them)\n  \
                  polyglot           build the Python and JavaScript examples into target/polyglot\n  \
-                 test [ARGS..]      build what the tests need, then cargo test --workspace ARGS"
+                 test [ARGS..]      build what the tests need, then cargo test --workspace ARGS\n  \
+                 bench [--quick]    run every benchmark; write BENCHMARKS.md (not with --quick)"
             );
             std::process::exit(2);
         }
@@ -475,6 +477,50 @@ fn build_js(root: &Path, target: &Path) -> Result<()> {
             .arg(target),
         "node build.mjs (plugins/js)",
     )
+}
+
+/// Runs the criterion micro-benchmark and the end-to-end bench binary, in
+/// release builds; the full run writes BENCHMARKS.md.
+fn run_benches(root: &Path, quick: bool) -> Result<()> {
+    build_polyglot(root, false)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(
+        Command::new(&cargo).current_dir(root).args([
+            "build",
+            "--release",
+            "-p",
+            "wasaga",
+            "-p",
+            "wasaga-bench",
+        ]),
+        "cargo build --release -p wasaga -p wasaga-bench",
+    )?;
+    let mut criterion = Command::new(&cargo);
+    criterion
+        .current_dir(root)
+        .args(["bench", "-p", "wasaga", "--bench", "step_overhead", "--"]);
+    if quick {
+        criterion.args(["--warm-up-time", "0.5", "--measurement-time", "1"]);
+    }
+    run(
+        &mut criterion,
+        "cargo bench -p wasaga --bench step_overhead",
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let release = target.join("release");
+    let mut bench = Command::new(release.join("wasaga-bench"));
+    bench
+        .current_dir(root)
+        .arg("--wasaga-bin")
+        .arg(release.join("wasaga"));
+    if quick {
+        bench.arg("--quick");
+    } else {
+        bench.arg("--out").arg(root.join("BENCHMARKS.md"));
+    }
+    run(&mut bench, "wasaga-bench")
 }
 
 fn run_tests(root: &Path, extra: &[String]) -> Result<()> {

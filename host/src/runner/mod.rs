@@ -25,7 +25,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 use crate::config::{RetryPolicy, RunnerConfig};
 use crate::model::{SagaId, SagaStatus};
 use crate::plugin::PluginHost;
-use crate::store::{Claim, ClaimedSaga, Store};
+use crate::store::{Claim, ClaimedSaga, Notice, Store};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -118,7 +118,7 @@ impl Runner {
         &self.inner.owner
     }
 
-    /// Starts the claim and lease-renewal loops.
+    /// Starts the claim, lease-renewal and notice loops.
     pub fn start(&self) {
         let claim = self.clone();
         self.inner
@@ -128,6 +128,35 @@ impl Runner {
         self.inner
             .loops
             .spawn(async move { renew.renew_loop().await });
+        let listen = self.clone();
+        self.inner
+            .loops
+            .spawn(async move { listen.notice_loop().await });
+    }
+
+    /// Wakes on other hosts' notices (new work, cancels) where the store
+    /// has them; the poll in `claim_loop` is only the fallback.
+    async fn notice_loop(&self) {
+        use futures::StreamExt;
+        let inner = &self.inner;
+        let mut notices = match inner.store.notices().await {
+            Ok(Some(notices)) => notices,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for notices; polling only");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                notice = notices.next() => match notice {
+                    Some(Notice::Work) => self.wake(),
+                    Some(Notice::Cancel(id)) => self.notify_cancel(id),
+                    None => return,
+                },
+                _ = inner.stop_all.cancelled() => return,
+            }
+        }
     }
 
     /// Work may be waiting (a saga was started, a lease released).

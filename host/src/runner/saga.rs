@@ -188,6 +188,7 @@ impl Driver<'_> {
             logs: Vec::new(),
             started_at: None,
             finished_at: None,
+            executed_by: None,
         }
     }
 
@@ -212,6 +213,7 @@ impl Driver<'_> {
             }
         }
         row.finished_at = None;
+        row.executed_by = Some(self.runner.owner.to_string());
         row
     }
 

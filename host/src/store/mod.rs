@@ -181,6 +181,17 @@ pub struct Applied {
     pub started: bool,
 }
 
+/// A wake-up from another host sharing the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// Work may be waiting: a saga was started unclaimed, or leases were
+    /// released (also sent after a lost connection, when notices may have
+    /// been missed).
+    Work,
+    /// A cancel was recorded for this saga.
+    Cancel(SagaId),
+}
+
 /// The persistence the runner and the API need.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -228,6 +239,12 @@ pub trait Store: Send + Sync + 'static {
     async fn release_leases(&self, owner: &str, ids: &[SagaId]) -> StoreResult<()>;
     /// Applies a transition atomically, fenced by the lease.
     async fn apply(&self, transition: Transition) -> StoreResult<Applied>;
+
+    /// Notices from the other hosts sharing this database, or `None` when
+    /// no other host can share it (SQLite).
+    async fn notices(&self) -> StoreResult<Option<futures::stream::BoxStream<'static, Notice>>> {
+        Ok(None)
+    }
 }
 
 /// Opens the store a database URL names: `sqlite://path` (or a plain
@@ -276,7 +293,7 @@ pub(crate) fn start_of(saga: &SagaRun, claim: &Claim) -> Option<(SagaRun, StepRe
         return None;
     }
     let spec = saga.plan.first()?;
-    let row = StepResult::first_attempt(0, spec, claim.now);
+    let row = StepResult::first_attempt(0, spec, &claim.owner, claim.now);
     Some((
         SagaRun {
             status: SagaStatus::Running,
@@ -309,6 +326,7 @@ pub(crate) struct StepRow {
     pub logs: String,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    pub executed_by: Option<String>,
 }
 
 impl StepRow {
@@ -338,6 +356,7 @@ impl StepRow {
             logs: from_json::<Vec<LedgerLogLine>>("step logs", &self.logs)?,
             started_at: self.started_at.map(Timestamp),
             finished_at: self.finished_at.map(Timestamp),
+            executed_by: self.executed_by,
         })
     }
 }
@@ -365,7 +384,8 @@ pub(crate) const SAGA_COLUMNS: &str = "id, kind, status, steps, inputs, current_
      cancel_requested, deployment_id, triggered_by, created_at, updated_at";
 
 /// The ledger columns every query selects, in [`StepRow`]'s order.
-pub(crate) const STEP_COLUMNS: &str = "step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at, finished_at";
+pub(crate) const STEP_COLUMNS: &str = "step_index, phase, status, output, error, attempts, compensate_attempts, \
+     logs, started_at, finished_at, executed_by";
 
 impl TryFrom<SagaRow> for SagaRun {
     type Error = StoreError;

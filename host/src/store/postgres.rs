@@ -9,16 +9,16 @@
 //! commits together.
 
 use super::{
-    Applied, CancelSaga, Claim, ClaimedSaga, CreateSaga, DeletePlugin, LeaseState, PluginRow,
-    PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, StepRow, Store,
-    StoreError, StoreResult, Transition, start_of, to_json,
+    Applied, CancelSaga, Claim, ClaimedSaga, CreateSaga, DeletePlugin, LeaseState, Notice,
+    PluginRow, PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, StepRow,
+    Store, StoreError, StoreResult, Transition, start_of, to_json,
 };
 use crate::model::{
     Digest, Phase, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus, StepResult,
     Timestamp,
 };
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Transaction};
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,6 +26,10 @@ use std::time::Duration;
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 const UNFINISHED: &str = "('pending', 'running', 'compensating')";
+
+/// NOTIFY channels: unclaimed work appeared, and a cancel for a saga id.
+const WORK_CHANNEL: &str = "wasaga_work";
+const CANCEL_CHANNEL: &str = "wasaga_cancel";
 
 /// The PostgreSQL store. See the module docs.
 #[derive(Clone)]
@@ -111,12 +115,14 @@ async fn saga_by_id(conn: &mut PgConnection, id: &str) -> StoreResult<Option<Sag
 async fn upsert_step(conn: &mut PgConnection, saga_id: &str, step: &StepResult) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO saga_step_results
-             (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at, finished_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at, finished_at,
+              executed_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (saga_id, step_index) DO UPDATE SET
              phase = excluded.phase, status = excluded.status, output = excluded.output, error = excluded.error,
              attempts = excluded.attempts, compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
-             started_at = excluded.started_at, finished_at = excluded.finished_at",
+             started_at = excluded.started_at, finished_at = excluded.finished_at,
+             executed_by = excluded.executed_by",
     )
     .bind(saga_id)
     .bind(step.index as i64)
@@ -129,6 +135,7 @@ async fn upsert_step(conn: &mut PgConnection, saga_id: &str, step: &StepResult) 
     .bind(to_json(&step.logs))
     .bind(step.started_at.map(Timestamp::millis))
     .bind(step.finished_at.map(Timestamp::millis))
+    .bind(step.executed_by.as_deref())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -544,6 +551,34 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn notices(&self) -> StoreResult<Option<futures::stream::BoxStream<'static, Notice>>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen_all([WORK_CHANNEL, CANCEL_CHANNEL]).await?;
+        let stream = futures::stream::unfold(listener, |mut listener| async move {
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(n)) if n.channel() == CANCEL_CHANNEL => match n.payload().parse() {
+                        Ok(id) => return Some((Notice::Cancel(id), listener)),
+                        Err(_) => tracing::warn!(
+                            payload = n.payload(),
+                            "a cancel notice without a saga id"
+                        ),
+                    },
+                    Ok(Some(_)) => return Some((Notice::Work, listener)),
+                    // The connection dropped and will be re-established:
+                    // notices may have been missed, so look for work.
+                    Ok(None) => return Some((Notice::Work, listener)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "listening for notices failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        return Some((Notice::Work, listener));
+                    }
+                }
+            }
+        });
+        Ok(Some(Box::pin(stream)))
     }
 
     async fn apply(&self, transition: Transition) -> StoreResult<Applied> {

@@ -250,12 +250,14 @@ async fn upsert_step(
 ) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO saga_step_results
-             (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at, finished_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at, finished_at,
+              executed_by)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (saga_id, step_index) DO UPDATE SET
              phase = excluded.phase, status = excluded.status, output = excluded.output, error = excluded.error,
              attempts = excluded.attempts, compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
-             started_at = excluded.started_at, finished_at = excluded.finished_at",
+             started_at = excluded.started_at, finished_at = excluded.finished_at,
+             executed_by = excluded.executed_by",
     )
     .bind(saga_id)
     .bind(step.index as i64)
@@ -268,6 +270,7 @@ async fn upsert_step(
     .bind(to_json(&step.logs))
     .bind(step.started_at.map(Timestamp::millis))
     .bind(step.finished_at.map(Timestamp::millis))
+    .bind(step.executed_by.as_deref())
     .execute(&mut *conn)
     .await?;
     Ok(())

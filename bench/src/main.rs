@@ -1,0 +1,736 @@
+//! wasaga's end-to-end benchmarks. Each metric is reported as a median (and
+//! p99 where it matters) beside a baseline measured in the same run, because
+//! this machine is shared and absolute times drift between runs: the ratio
+//! is what to compare.
+//!
+//! `cargo xtask bench` builds what is needed and runs this, writing
+//! BENCHMARKS.md; `--quick` runs every benchmark briefly, to show they still
+//! work (CI), and writes nowhere unless `--out` says so.
+//!
+//! - step overhead: instantiate from the `InstancePre`, `execute(echo)`,
+//!   drop; pooling and on-demand allocation; baseline: the same echo step
+//!   written natively, behind the same output handling.
+//! - durable throughput on SQLite (`synchronous=FULL`): 1,000 sagas of 5
+//!   echo steps at concurrency 1, 8 and 64, through the HTTP API, closed
+//!   loop; baseline: the same number of single-row commits through sqlx.
+//! - end-to-end latency of a 3-step echo saga at low load, from the 201 to
+//!   completion; baseline: the commits it needs, done bare.
+//! - plugin load: cold compile vs cached load, for echo and the Python
+//!   example; restart of a host with 20 plugins until all are ready.
+//! - memory: RSS of `wasaga serve` idle and with 1,000 sagas in flight.
+//! - several hosts on PostgreSQL: steps/s with 1, 2 and 3 `wasaga serve`.
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use wasaga::config::{Allocator, RuntimeConfig, StepLimits};
+use wasaga::model::Digest;
+use wasaga::plugin::{PluginHost, StepCall, parse_output};
+use wasaga::server::{Host, ServeOptions};
+
+struct Args {
+    quick: bool,
+    out: Option<PathBuf>,
+    wasaga_bin: Option<PathBuf>,
+    only: Vec<String>,
+}
+
+fn args() -> Result<Args> {
+    let mut args = Args {
+        quick: false,
+        out: None,
+        wasaga_bin: None,
+        only: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => args.quick = true,
+            "--out" => args.out = Some(it.next().context("--out PATH")?.into()),
+            "--wasaga-bin" => {
+                args.wasaga_bin = Some(it.next().context("--wasaga-bin PATH")?.into())
+            }
+            "--only" => args.only.push(it.next().context("--only NAME")?),
+            other => bail!(
+                "unknown argument {other}\nusage: wasaga-bench [--quick] [--out BENCHMARKS.md] [--wasaga-bin PATH] [--only NAME]..."
+            ),
+        }
+    }
+    Ok(args)
+}
+
+/// One line of the results table.
+struct Row {
+    section: &'static str,
+    metric: String,
+    value: String,
+    baseline: String,
+    ratio: String,
+    target: String,
+}
+
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn add(
+        &mut self,
+        section: &'static str,
+        metric: impl Into<String>,
+        value: String,
+        baseline: String,
+        ratio: String,
+        target: &str,
+    ) {
+        let row = Row {
+            section,
+            metric: metric.into(),
+            value,
+            baseline,
+            ratio,
+            target: target.to_string(),
+        };
+        println!(
+            "{:<22} {:<58} {:>16}  baseline {:>16}  ratio {:>8}  {}",
+            row.section, row.metric, row.value, row.baseline, row.ratio, row.target
+        );
+        self.rows.push(row);
+    }
+}
+
+/// Percentile of sorted samples.
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn polyglot(file: &str) -> Result<Vec<u8>> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let path = target.join("polyglot").join(file);
+    std::fs::read(&path)
+        .with_context(|| format!("{}: run `cargo xtask polyglot` first", path.display()))
+}
+
+/// Resident set size of a process, from /proc.
+fn rss_bytes(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn call(i: u32) -> StepCall {
+    StepCall {
+        saga_id: "0190c0de-0000-7000-8000-000000000000".into(),
+        kind: "bench".into(),
+        step_index: i % 5,
+        attempt: 1,
+        idempotency_key: format!("bench:{}:execute", i % 5),
+        inputs: json!({"message": "hello"}).to_string(),
+        context: "{}".into(),
+    }
+}
+
+/// The echo step written natively, with the host's output handling: what
+/// a step costs without Wasm.
+fn native_echo(call: StepCall, limits: &StepLimits) -> serde_json::Map<String, serde_json::Value> {
+    let inputs: serde_json::Value = serde_json::from_str(&call.inputs).expect("inputs");
+    let message = inputs
+        .get("message")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    let text = json!({ format!("echoed_at_step_{}", call.step_index): message }).to_string();
+    parse_output(&text, limits.max_output_bytes).expect("an object")
+}
+
+async fn step_overhead(report: &mut Report, quick: bool) -> Result<()> {
+    let n = if quick { 2_000 } else { 20_000 };
+    let echo = wasaga_tests::component("echo");
+    let limits = StepLimits::default();
+    let mut native = Vec::with_capacity(n);
+    for i in 0..n + 1000 {
+        let c = call(i as u32);
+        let started = Instant::now();
+        std::hint::black_box(native_echo(c, &limits));
+        if i >= 1000 {
+            native.push(started.elapsed());
+        }
+    }
+    native.sort();
+    let native_p50 = pct(&native, 0.5);
+    for (label, allocator, threads) in [
+        ("pooling", Allocator::Pooling, 0),
+        ("on-demand", Allocator::OnDemand, 0),
+        ("pooling, via the Wasm threads", Allocator::Pooling, 2),
+    ] {
+        let host = PluginHost::new(RuntimeConfig {
+            allocator,
+            wasm_threads: threads,
+            max_instances: 16,
+            ..RuntimeConfig::default()
+        })?;
+        let plugin = host.prepare(&echo).await?;
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..n + 1000 {
+            let c = call(i as u32);
+            let started = Instant::now();
+            let out = host
+                .execute(&plugin, c, &limits, CancellationToken::new())
+                .await;
+            let elapsed = started.elapsed();
+            out.result
+                .map_err(|e| anyhow::anyhow!("echo failed: {e}"))?;
+            if i >= 1000 {
+                samples.push(elapsed);
+            }
+        }
+        samples.sort();
+        let p50 = pct(&samples, 0.5);
+        let target = if label == "pooling" {
+            "p50 ≤ 20 µs"
+        } else {
+            ""
+        };
+        report.add(
+            "step overhead",
+            format!("instantiate + execute(echo) + drop, {label}: p50"),
+            us(p50),
+            format!("{} native", us(native_p50)),
+            format!("{:.1}×", p50.as_secs_f64() / native_p50.as_secs_f64()),
+            target,
+        );
+        report.add(
+            "step overhead",
+            format!("instantiate + execute(echo) + drop, {label}: p99"),
+            us(pct(&samples, 0.99)),
+            format!("{} native", us(pct(&native, 0.99))),
+            format!(
+                "{:.1}×",
+                pct(&samples, 0.99).as_secs_f64() / pct(&native, 0.99).as_secs_f64()
+            ),
+            "",
+        );
+    }
+    Ok(())
+}
+
+/// Single-row commits through sqlx on SQLite with WAL and
+/// `synchronous=FULL`, one after another: what the disk allows.
+async fn sqlite_commit_floor(n: usize) -> Result<Duration> {
+    use sqlx::Connection;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+    let dir = tempfile::tempdir()?;
+    let options = SqliteConnectOptions::new()
+        .filename(dir.path().join("floor.db"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
+    sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        .execute(&mut conn)
+        .await?;
+    let started = Instant::now();
+    for i in 0..n {
+        sqlx::query("INSERT INTO t (v) VALUES (?)")
+            .bind(format!("row {i}"))
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok(started.elapsed())
+}
+
+/// A host serving HTTP in this process, on `127.0.0.1:0`.
+struct LocalHost {
+    host: Host,
+    base: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalHost {
+    async fn start(adjust: impl FnOnce(&mut ServeOptions)) -> Result<LocalHost> {
+        let dir = tempfile::tempdir()?;
+        let mut options = ServeOptions::new(dir.path());
+        adjust(&mut options);
+        let host = Host::start(&options).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let router = host.router();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Ok(LocalHost {
+            host,
+            base,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        })
+    }
+
+    async fn start_saga(&self, steps: usize) -> Result<String> {
+        let body =
+            json!({"kind": "bench", "steps": vec!["echo"; steps], "inputs": {"message": "hello"}});
+        let r = self
+            .http
+            .post(format!("{}/v1/sagas", self.base))
+            .json(&body)
+            .send()
+            .await?;
+        if r.status() != 201 {
+            bail!("starting a saga: {}", r.status());
+        }
+        let saga: serde_json::Value = r.json().await?;
+        Ok(saga["id"].as_str().context("an id")?.to_string())
+    }
+}
+
+/// `total` sagas of `steps` echo steps, `concurrency` outstanding at any
+/// time; returns the elapsed time and each saga's latency (201 to end).
+async fn closed_loop(
+    host: &LocalHost,
+    total: usize,
+    steps: usize,
+    concurrency: usize,
+) -> Result<(Duration, Vec<Duration>)> {
+    let mut events = host.host.runner.subscribe();
+    let mut started_at: HashMap<String, Instant> = HashMap::new();
+    let mut latencies = Vec::with_capacity(total);
+    let begun = Instant::now();
+    let mut submitted = 0;
+    while submitted < concurrency.min(total) {
+        let id = host.start_saga(steps).await?;
+        started_at.insert(id, Instant::now());
+        submitted += 1;
+    }
+    // Events are read only after each 201 is recorded, so every ending
+    // saga is known here.
+    while latencies.len() < total {
+        let ended = tokio::time::timeout(Duration::from_secs(120), events.recv())
+            .await
+            .context("no saga ended for 2 minutes")??;
+        let id = ended.id.to_string();
+        if ended.status != wasaga::model::SagaStatus::Completed {
+            bail!("saga {id} ended {}", ended.status);
+        }
+        let at = started_at
+            .remove(&id)
+            .with_context(|| format!("an unknown saga {id} ended"))?;
+        latencies.push(at.elapsed());
+        while submitted < total && started_at.len() < concurrency {
+            let id = host.start_saga(steps).await?;
+            started_at.insert(id, Instant::now());
+            submitted += 1;
+        }
+    }
+    Ok((begun.elapsed(), latencies))
+}
+
+async fn durable_throughput(report: &mut Report, quick: bool) -> Result<()> {
+    let sagas = if quick { 100 } else { 1_000 };
+    const STEPS: usize = 5;
+    let floor = sqlite_commit_floor(sagas * STEPS).await?;
+    let floor_rate = (sagas * STEPS) as f64 / floor.as_secs_f64();
+    report.notes.push(format!(
+        "SQLite floor: {} single-row commits through sqlx (WAL, synchronous=FULL) took {:.2} s: {:.0} commits/s, {:.0} µs per commit.",
+        sagas * STEPS,
+        floor.as_secs_f64(),
+        floor_rate,
+        1e6 / floor_rate
+    ));
+    for concurrency in [1usize, 8, 64] {
+        let host = LocalHost::start(|o| {
+            o.runner.concurrency = concurrency;
+            o.runtime.max_instances = concurrency.max(16) as u32;
+        })
+        .await?;
+        let (elapsed, mut latencies) = closed_loop(&host, sagas, STEPS, concurrency).await?;
+        latencies.sort();
+        let rate = (sagas * STEPS) as f64 / elapsed.as_secs_f64();
+        let target = match concurrency {
+            1 => "≥ 60 % of the floor",
+            64 => "≥ 10,000 steps/s",
+            _ => "",
+        };
+        report.add(
+            "durable throughput",
+            format!("{sagas} sagas × {STEPS} echo steps, SQLite, concurrency {concurrency}"),
+            format!("{rate:.0} steps/s"),
+            format!("{floor_rate:.0} commits/s"),
+            format!("{:.0} %", 100.0 * rate / floor_rate),
+            target,
+        );
+        report.add(
+            "durable throughput",
+            format!("saga latency at concurrency {concurrency}: p50 / p99"),
+            format!(
+                "{} / {}",
+                ms(pct(&latencies, 0.5)),
+                ms(pct(&latencies, 0.99))
+            ),
+            String::new(),
+            String::new(),
+            "",
+        );
+        host.host.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn low_load_latency(report: &mut Report, quick: bool) -> Result<()> {
+    let n = if quick { 40 } else { 300 };
+    let host = LocalHost::start(|_| {}).await?;
+    let (_, mut latencies) = closed_loop(&host, n, 3, 1).await?;
+    latencies.sort();
+    host.host.shutdown().await;
+    // The same work's durable writes, bare: a 3-step saga commits 4 times
+    // (accept and start, then one per step).
+    let floor = sqlite_commit_floor(400).await? / 100;
+    let p50 = pct(&latencies, 0.5);
+    report.add(
+        "latency",
+        "3-step echo saga at low load, 201 to completed: p50",
+        ms(p50),
+        format!("{} (4 bare commits)", ms(floor)),
+        format!("{:.1}×", p50.as_secs_f64() / floor.as_secs_f64()),
+        "p50 ≤ 2 ms",
+    );
+    report.add(
+        "latency",
+        "3-step echo saga at low load, 201 to completed: p99",
+        ms(pct(&latencies, 0.99)),
+        String::new(),
+        String::new(),
+        "",
+    );
+    Ok(())
+}
+
+/// A component with a custom section appended: the same plugin, another digest.
+fn variant(bytes: &[u8], n: u32) -> Vec<u8> {
+    fn leb(mut v: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"wasaga-bench-variant";
+    let payload = n.to_le_bytes();
+    let mut content = Vec::new();
+    leb(name.len(), &mut content);
+    content.extend_from_slice(name);
+    content.extend_from_slice(&payload);
+    let mut out = bytes.to_vec();
+    out.push(0);
+    leb(content.len(), &mut out);
+    out.extend(content);
+    out
+}
+
+async fn median_load(
+    bytes: &[u8],
+    name: &str,
+    cache: Option<&Path>,
+    runs: usize,
+) -> Result<Duration> {
+    let digest = Digest::of(bytes);
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let host = PluginHost::new(RuntimeConfig {
+            cache_dir: cache.map(Path::to_path_buf),
+            max_instances: 4,
+            ..RuntimeConfig::default()
+        })?;
+        let started = Instant::now();
+        let plugin = host.load(&digest, bytes, Some(name)).await?;
+        times.push(started.elapsed());
+        let from_cache = plugin.loaded_from == wasaga::plugin::LoadedFrom::Cache;
+        if from_cache != cache.is_some() {
+            bail!(
+                "{name}: expected cache={} but loaded_from={:?}",
+                cache.is_some(),
+                plugin.loaded_from
+            );
+        }
+    }
+    times.sort();
+    Ok(pct(&times, 0.5))
+}
+
+async fn plugin_load(report: &mut Report, quick: bool) -> Result<()> {
+    let python = polyglot("python-echo.wasm")?;
+    let cases: Vec<(&str, Vec<u8>, usize)> = vec![
+        (
+            "echo (Rust, 70 KB)",
+            wasaga_tests::component("echo"),
+            if quick { 5 } else { 21 },
+        ),
+        ("py-echo (Python, 18 MB)", python, if quick { 1 } else { 3 }),
+    ];
+    for (label, bytes, runs) in cases {
+        let cache = tempfile::tempdir()?;
+        let name = if label.starts_with("echo") {
+            "echo"
+        } else {
+            "py-echo"
+        };
+        let cold = median_load(&bytes, name, None, runs).await?;
+        // Fill the cache once, then load from it.
+        {
+            let host = PluginHost::new(RuntimeConfig {
+                cache_dir: Some(cache.path().to_path_buf()),
+                max_instances: 4,
+                ..RuntimeConfig::default()
+            })?;
+            host.load(&Digest::of(&bytes), &bytes, Some(name)).await?;
+        }
+        let cached = median_load(&bytes, name, Some(cache.path()), runs.max(5)).await?;
+        report.add(
+            "plugin load",
+            format!("{label}: cached load"),
+            ms(cached),
+            format!("{} cold compile", ms(cold)),
+            format!("{:.0}× faster", cold.as_secs_f64() / cached.as_secs_f64()),
+            "≥ 20× faster",
+        );
+    }
+
+    // A host with 20 plugins restarts until every plugin is ready.
+    let dir = tempfile::tempdir()?;
+    let options = {
+        let mut o = ServeOptions::new(dir.path());
+        o.examples = false;
+        o
+    };
+    {
+        let host = Host::start(&options).await?;
+        let mut components: Vec<Vec<u8>> = [
+            "echo", "fail", "flaky", "spin", "hog", "recurse", "bloat", "panic", "ledger",
+            "stubborn", "counter",
+        ]
+        .iter()
+        .map(|n| wasaga_tests::component(n))
+        .collect();
+        components.push(polyglot("python-echo.wasm")?);
+        components.push(polyglot("js-echo.wasm")?);
+        let echo = wasaga_tests::component("echo");
+        components.extend((0..7).map(|i| variant(&echo, i)));
+        for bytes in &components {
+            let plugin = host.plugins.prepare(bytes).await?;
+            let info = wasaga::model::PluginInfo {
+                digest: plugin.digest.clone(),
+                name: plugin.name.clone(),
+                size: bytes.len() as u64,
+                created_at: wasaga::model::Timestamp::now(),
+            };
+            host.store.put_plugin(&info, bytes).await?;
+        }
+        host.shutdown().await;
+    }
+    let runs = if quick { 1 } else { 3 };
+    let restart = |clear_cache: bool| {
+        let options = options.clone();
+        let dir = dir.path().to_path_buf();
+        async move {
+            let mut times = Vec::new();
+            for _ in 0..runs {
+                if clear_cache {
+                    let _ = std::fs::remove_dir_all(dir.join("cache"));
+                }
+                let started = Instant::now();
+                let host = Host::start(&options).await?;
+                let ready = host.warm_plugins().await;
+                times.push(started.elapsed());
+                if ready != 20 {
+                    bail!("{ready} of 20 plugins ready");
+                }
+                host.shutdown().await;
+            }
+            times.sort();
+            Ok::<_, anyhow::Error>(pct(&times, 0.5))
+        }
+    };
+    let cold = restart(true).await?;
+    let warm = restart(false).await?;
+    report.add(
+        "plugin load",
+        "restart with 20 plugins (11 Rust, Python, JS, 7 variants) until all ready",
+        ms(warm),
+        format!("{} with no cache", ms(cold)),
+        format!("{:.0}× faster", cold.as_secs_f64() / warm.as_secs_f64()),
+        "",
+    );
+    Ok(())
+}
+
+/// `wasaga serve` as a child process; its RSS idle and with 1,000 sagas in
+/// flight.
+async fn memory(report: &mut Report, quick: bool, bin: &Path) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut server = wasaga_tests::ServerProcess::start(
+        bin.to_str().context("a UTF-8 path")?,
+        &["--data-dir".into(), dir.path().display().to_string()],
+        dir.path().join("serve.log"),
+    )
+    .await?;
+    let pid = server.child.id().to_string();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = rss_bytes(&pid).context("reading the server's RSS")?;
+    let baseline = rss_bytes("self").unwrap_or(0);
+    let sagas = if quick { 200 } else { 1_000 };
+    let http = reqwest::Client::new();
+    let body = json!({"kind": "bench", "steps": vec!["echo"; 5], "inputs": {"message": "hello"}});
+    let sample = |peak: &mut u64| {
+        if let Some(rss) = rss_bytes(&pid) {
+            *peak = (*peak).max(rss);
+        }
+    };
+    let mut peak = idle;
+    for _ in 0..sagas {
+        let r = http
+            .post(format!("{}/v1/sagas", server.base))
+            .json(&body)
+            .send()
+            .await?;
+        if r.status() != 201 {
+            bail!("starting a saga: {}", r.status());
+        }
+        sample(&mut peak);
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        sample(&mut peak);
+        let done: serde_json::Value = http
+            .get(format!(
+                "{}/v1/sagas?status=completed&limit=1000",
+                server.base
+            ))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if done["sagas"].as_array().map_or(0, Vec::len) >= sagas {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the sagas did not finish");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.terminate();
+    let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1 << 20) as f64);
+    report.add(
+        "memory",
+        "RSS of wasaga serve, idle",
+        mib(idle),
+        format!("{} (this bench process)", mib(baseline)),
+        format!("{:.1}×", idle as f64 / baseline.max(1) as f64),
+        "≤ 150 MiB",
+    );
+    report.add(
+        "memory",
+        format!("RSS of wasaga serve, peak with {sagas} sagas in flight"),
+        mib(peak),
+        mib(idle) + " idle",
+        format!("{:.1}×", peak as f64 / idle as f64),
+        "≤ 150 MiB",
+    );
+    Ok(())
+}
+
+fn write_markdown(report: &Report, path: &Path, quick: bool) -> Result<()> {
+    let mut md = String::new();
+    md.push_str("# Benchmarks\n\n");
+    md.push_str(
+        "Measured by `cargo xtask bench` (the bench binary `wasaga-bench`, release build) on a shared 2-core machine. \
+         Each value is a median (p50) unless it says otherwise, beside a baseline measured in the same run; \
+         compare the ratios, not the absolute times, across runs.\n\n",
+    );
+    if quick {
+        md.push_str("**Quick mode**: fewer samples; for checking that the benchmarks run, not for quoting.\n\n");
+    }
+    md.push_str("| section | metric | value | baseline (same run) | ratio | target |\n|---|---|---|---|---|---|\n");
+    for r in &report.rows {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.section, r.metric, r.value, r.baseline, r.ratio, r.target
+        ));
+    }
+    md.push_str("\n## Notes\n\n");
+    for note in &report.notes {
+        md.push_str(&format!("- {note}\n"));
+    }
+    std::fs::write(path, md)?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = args()?;
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let mut report = Report {
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    let machine = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    report.notes.push(format!(
+        "{machine} CPUs; {}",
+        if args.quick {
+            "quick mode"
+        } else {
+            "full mode"
+        }
+    ));
+    if wanted("step") {
+        step_overhead(&mut report, args.quick).await?;
+    }
+    if wanted("throughput") {
+        durable_throughput(&mut report, args.quick).await?;
+    }
+    if wanted("latency") {
+        low_load_latency(&mut report, args.quick).await?;
+    }
+    if wanted("load") {
+        plugin_load(&mut report, args.quick).await?;
+    }
+    if wanted("memory") {
+        match &args.wasaga_bin {
+            Some(bin) => memory(&mut report, args.quick, bin).await?,
+            None => eprintln!("memory: skipped (needs --wasaga-bin)"),
+        }
+    }
+    if let Some(out) = &args.out {
+        write_markdown(&report, out, args.quick)?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! The `Store` contract, on SQLite and on PostgreSQL alike: plugins,
+//! idempotent creation, claims that never hand one saga to two owners,
+//! leases that fence every write, renewal that reports cancels, and
+//! transitions that are all or nothing.
+
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use wasaga::model::{Digest, PluginInfo, SagaRun, SagaStatus, StepStatus, Timestamp};
+use wasaga::store::{
+    CancelSaga, Claim, CreateSaga, DeletePlugin, PutPlugin, SagaFilter, StoreError, Transition,
+};
+use wasaga_tests::{TestDb, component, create_saga, install, on_both};
+
+fn claim(owner: &str, now: Timestamp, start_pending: bool) -> Claim {
+    Claim {
+        owner: Arc::from(owner),
+        now,
+        lease_until: now.plus(Duration::from_secs(10)),
+        start_pending,
+    }
+}
+
+fn info(name: &str, bytes: &[u8], created_at: i64) -> PluginInfo {
+    PluginInfo {
+        digest: Digest::of(bytes),
+        name: name.into(),
+        size: bytes.len() as u64,
+        created_at: Timestamp(created_at),
+    }
+}
+
+on_both! {
+    plugins_by_digest_and_newest_name(backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        let old = component("echo");
+        let new = component("fail");
+        let first = info("greeter", &old, 1_000);
+        assert!(matches!(store.put_plugin(&first, &old).await.unwrap(), PutPlugin::Created(_)));
+        assert_eq!(store.put_plugin(&first, &old).await.unwrap(), PutPlugin::Existing(first.clone()));
+        let second = info("greeter", &new, 2_000);
+        store.put_plugin(&second, &new).await.unwrap();
+        assert_eq!(store.plugin_by_name("greeter").await.unwrap(), Some(second.clone()), "the newest of a name");
+        assert_eq!(store.plugin(&first.digest).await.unwrap(), Some(first.clone()));
+        assert_eq!(store.plugin_bytes(&first.digest).await.unwrap(), Some(old));
+        assert_eq!(store.list_plugins().await.unwrap(), vec![second.clone(), first.clone()]);
+        assert_eq!(store.delete_plugin(&first.digest).await.unwrap(), DeletePlugin::Deleted);
+        assert_eq!(store.delete_plugin(&first.digest).await.unwrap(), DeletePlugin::NotFound);
+        assert_eq!(store.plugin_bytes(&first.digest).await.unwrap(), None);
+    }
+
+    an_unfinished_saga_pins_its_plugins(backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        let echo = install(store.as_ref(), "echo").await;
+        let id = create_saga(store.as_ref(), vec![echo.clone()], json!({})).await;
+        assert_eq!(store.delete_plugin(&echo.plugin).await.unwrap(), DeletePlugin::Pinned(vec![id]));
+    }
+
+    idempotent_creation(backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        let echo = install(store.as_ref(), "echo").await;
+        let a = SagaRun::pending("k", vec![echo.clone()], json!({}), None, None, Timestamp::now());
+        let b = SagaRun::pending("k", vec![echo], json!({}), None, None, Timestamp::now());
+        assert!(matches!(store.create_saga(&a, Some(("key", "h1")), None).await.unwrap(), CreateSaga::Created(_)));
+        match store.create_saga(&b, Some(("key", "h1")), None).await.unwrap() {
+            CreateSaga::Existing(existing) => assert_eq!(existing.id, a.id),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.create_saga(&b, Some(("key", "h2")), None).await.unwrap(), CreateSaga::KeyConflict(a.id));
+        let all = store.list_sagas(&SagaFilter { limit: 10, ..SagaFilter::default() }).await.unwrap();
+        assert_eq!(all.len(), 1);
+    }
+
+    concurrent_claimers_never_share_a_saga(backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        let echo = install(store.as_ref(), "echo").await;
+        let mut ids = BTreeSet::new();
+        for _ in 0..60 {
+            ids.insert(create_saga(store.as_ref(), vec![echo.clone()], json!({})).await);
+        }
+        let now = Timestamp::now();
+        let claimers = (0..4).map(|i| {
+            let store = store.clone();
+            async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = store.claim_sagas(&claim(&format!("host-{i}"), now, true), 7).await.unwrap();
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|c| {
+                        assert!(c.first_step_started);
+                        assert_eq!(c.saga.status, SagaStatus::Running);
+                        assert_eq!(c.ledger[0].status, StepStatus::Running);
+                        assert_eq!(c.ledger[0].executed_by.as_deref(), Some(format!("host-{i}").as_str()));
+                        c.saga.id
+                    }));
+                }
+            }
+        });
+        let results = futures::future::join_all(claimers).await;
+        let mut seen = BTreeSet::new();
+        for mine in &results {
+            for id in mine {
+                assert!(seen.insert(*id), "saga {id} claimed twice");
+            }
+        }
+        assert_eq!(seen, ids, "every saga claimed exactly once");
+        // Held leases are not claimable until they expire.
+        assert!(store.claim_sagas(&claim("late", now, true), 100).await.unwrap().is_empty());
+        let later = now.plus(Duration::from_secs(11));
+        assert_eq!(store.claim_sagas(&claim("late", later, false), 100).await.unwrap().len(), 60);
+    }
+
+    leases_fence_writes_and_renewal_reports_cancels(backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        let echo = install(store.as_ref(), "echo").await;
+        let id = create_saga(store.as_ref(), vec![echo.clone(), echo], json!({})).await;
+        let now = Timestamp::now();
+        let claimed = store.claim_sagas(&claim("a", now, true), 1).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        let mut t = Transition::new(id, Arc::from("b"), now);
+        t.saga.current_step_index = Some(1);
+        assert!(matches!(store.apply(t).await, Err(StoreError::LeaseLost(_))), "another owner cannot write");
+        let states = store.renew_leases("a", &[id], now.plus(Duration::from_secs(20))).await.unwrap();
+        assert!(states[0].held && !states[0].cancel_requested);
+        assert!(matches!(store.request_cancel(id, now).await.unwrap(), CancelSaga::Requested(_)));
+        let states = store.renew_leases("a", &[id], now.plus(Duration::from_secs(20))).await.unwrap();
+        assert!(states[0].held && states[0].cancel_requested);
+        assert!(!store.renew_leases("b", &[id], now).await.unwrap()[0].held);
+        // A transition's start is refused once a cancel is recorded.
+        let mut t = Transition::new(id, Arc::from("a"), now);
+        t.start = Some(wasaga::model::StepResult::first_attempt(1, &claimed[0].saga.plan[1], "a", now));
+        let applied = store.apply(t).await.unwrap();
+        assert!(applied.cancel_requested && !applied.started);
+        store.release_leases("a", &[id]).await.unwrap();
+        let t = Transition::new(id, Arc::from("a"), now);
+        assert!(matches!(store.apply(t).await, Err(StoreError::LeaseLost(_))), "a released lease fences too");
+    }
+
+    a_final_transition_releases_the_lease_and_cancel_after_the_end_is_refused(backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        let echo = install(store.as_ref(), "echo").await;
+        let id = create_saga(store.as_ref(), vec![echo], json!({})).await;
+        let now = Timestamp::now();
+        store.claim_sagas(&claim("a", now, false), 1).await.unwrap();
+        let mut t = Transition::new(id, Arc::from("a"), now);
+        t.saga.status = Some(SagaStatus::Completed);
+        store.apply(t).await.unwrap();
+        assert!(!store.renew_leases("a", &[id], now).await.unwrap()[0].held);
+        assert!(matches!(store.request_cancel(id, now).await.unwrap(), CancelSaga::AlreadyEnded(_)));
+        assert!(store.claim_sagas(&claim("b", now.plus(Duration::from_secs(60)), true), 5).await.unwrap().is_empty());
+        let detail = store.saga(id).await.unwrap().unwrap();
+        assert_eq!(detail.saga.status, SagaStatus::Completed);
+    }
+}

@@ -26,7 +26,10 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// The store data of one plugin call.
 pub(crate) struct CallState {
-    wasi: WasiCtx,
+    /// Built on the guest's first WASI call: components written in Rust
+    /// against the step world import no WASI, and building a context (clocks,
+    /// seeded random generators) is a measurable part of a short call.
+    wasi: Option<WasiCtx>,
     http: WasiHttpCtx,
     http_policy: HttpPolicy,
     table: ResourceTable,
@@ -46,20 +49,8 @@ pub(crate) struct ContractViolation(pub String);
 impl CallState {
     pub(crate) fn new(limits: &StepLimits, http_allow: Arc<[String]>) -> CallState {
         let log = Arc::new(Mutex::new(CallLog::new(limits)));
-        let mut wasi = WasiCtx::builder();
-        wasi.stdout(CapturedStdio {
-            log: log.clone(),
-            stream: StdStream::Stdout,
-        })
-        .stderr(CapturedStdio {
-            log: log.clone(),
-            stream: StdStream::Stderr,
-        })
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false);
         CallState {
-            wasi: wasi.build(),
+            wasi: None,
             http: WasiHttpCtx::new(),
             http_policy: HttpPolicy {
                 allow: http_allow,
@@ -84,10 +75,30 @@ impl CallState {
     }
 }
 
+/// WASI with nothing granted: no preopened directories, environment,
+/// arguments, sockets or name lookup; clocks and random as the host's;
+/// stdout and stderr into the call's log.
+fn sandboxed_wasi(log: &Arc<Mutex<CallLog>>) -> WasiCtx {
+    let mut wasi = WasiCtx::builder();
+    wasi.stdout(CapturedStdio {
+        log: log.clone(),
+        stream: StdStream::Stdout,
+    })
+    .stderr(CapturedStdio {
+        log: log.clone(),
+        stream: StdStream::Stderr,
+    })
+    .allow_tcp(false)
+    .allow_udp(false)
+    .allow_ip_name_lookup(false);
+    wasi.build()
+}
+
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let log = &self.log;
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(|| sandboxed_wasi(log)),
             table: &mut self.table,
         }
     }

@@ -665,6 +665,120 @@ async fn memory(report: &mut Report, quick: bool, bin: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Single-row commits to PostgreSQL through sqlx, one after another.
+async fn postgres_commit_floor(url: &str, n: usize) -> Result<Duration> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url.split('?').next().unwrap_or(url)).await?;
+    sqlx::query("CREATE TABLE floor (id BIGSERIAL PRIMARY KEY, v TEXT NOT NULL)")
+        .execute(&mut conn)
+        .await?;
+    let started = Instant::now();
+    for i in 0..n {
+        sqlx::query("INSERT INTO floor (v) VALUES ($1)")
+            .bind(format!("row {i}"))
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok(started.elapsed())
+}
+
+/// 1, 2 and 3 `wasaga serve` on one PostgreSQL: a burst of sagas spread
+/// over the hosts' APIs, until all are completed.
+async fn several_hosts(report: &mut Report, quick: bool, bin: &Path) -> Result<()> {
+    let sagas = if quick { 100 } else { 1_000 };
+    const STEPS: usize = 5;
+    let floor_db = wasaga_tests::TestDb::new(wasaga_tests::Backend::Postgres).await;
+    let floor = postgres_commit_floor(&floor_db.url, sagas * STEPS).await?;
+    let floor_rate = (sagas * STEPS) as f64 / floor.as_secs_f64();
+    report.notes.push(format!(
+        "PostgreSQL floor: {} single-row commits through sqlx took {:.2} s: {:.0} commits/s.",
+        sagas * STEPS,
+        floor.as_secs_f64(),
+        floor_rate
+    ));
+    let bin = bin.to_str().context("a UTF-8 path")?;
+    for hosts in 1..=3usize {
+        let db = wasaga_tests::TestDb::new(wasaga_tests::Backend::Postgres).await;
+        let url = db.url.replace("max_connections=6", "max_connections=16");
+        let mut servers = Vec::new();
+        for i in 0..hosts {
+            let dir = db.dir.path().join(format!("host-{i}"));
+            std::fs::create_dir_all(&dir)?;
+            let args: Vec<String> = [
+                "--database",
+                &url,
+                "--data-dir",
+                &dir.display().to_string(),
+                "--node-id",
+                &format!("host-{i}"),
+                "--concurrency",
+                "64",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            servers
+                .push(wasaga_tests::ServerProcess::start(bin, &args, dir.join("serve.log")).await?);
+        }
+        let http = reqwest::Client::new();
+        let body =
+            json!({"kind": "bench", "steps": vec!["echo"; STEPS], "inputs": {"message": "hello"}});
+        let started = Instant::now();
+        let posts = futures::stream::iter(0..sagas).map(|i| {
+            let url = format!("{}/v1/sagas", servers[i % hosts].base);
+            let (http, body) = (http.clone(), body.clone());
+            async move {
+                let r = http.post(url).json(&body).send().await?;
+                anyhow::ensure!(r.status() == 201, "starting a saga: {}", r.status());
+                Ok::<_, anyhow::Error>(())
+            }
+        });
+        use futures::StreamExt;
+        let results: Vec<Result<()>> = posts.buffer_unordered(32).collect().await;
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        let mut conn =
+            <sqlx::PgConnection as sqlx::Connection>::connect(url.split('?').next().unwrap())
+                .await?;
+        loop {
+            let done: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM saga_runs WHERE status = 'completed'")
+                    .fetch_one(&mut conn)
+                    .await?;
+            if done as usize >= sagas {
+                break;
+            }
+            let failed: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM saga_runs WHERE status IN ('rolled_back', 'failed')",
+            )
+            .fetch_one(&mut conn)
+            .await?;
+            anyhow::ensure!(failed == 0, "{failed} sagas did not complete");
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(600),
+                "the sagas did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let elapsed = started.elapsed();
+        for server in &mut servers {
+            server.terminate();
+        }
+        let rate = (sagas * STEPS) as f64 / elapsed.as_secs_f64();
+        report.add(
+            "several hosts",
+            format!(
+                "{sagas} sagas × {STEPS} echo steps, PostgreSQL, {hosts} host{}",
+                if hosts == 1 { "" } else { "s" }
+            ),
+            format!("{rate:.0} steps/s"),
+            format!("{floor_rate:.0} commits/s"),
+            format!("{:.0} %", 100.0 * rate / floor_rate),
+            if hosts == 2 { "≥ 5,000 steps/s" } else { "" },
+        );
+    }
+    Ok(())
+}
+
 fn write_markdown(report: &Report, path: &Path, quick: bool) -> Result<()> {
     let mut md = String::new();
     md.push_str("# Benchmarks\n\n");
@@ -726,6 +840,12 @@ async fn main() -> Result<()> {
         match &args.wasaga_bin {
             Some(bin) => memory(&mut report, args.quick, bin).await?,
             None => eprintln!("memory: skipped (needs --wasaga-bin)"),
+        }
+    }
+    if wanted("hosts") {
+        match &args.wasaga_bin {
+            Some(bin) => several_hosts(&mut report, args.quick, bin).await?,
+            None => eprintln!("several hosts: skipped (needs --wasaga-bin)"),
         }
     }
     if let Some(out) = &args.out {

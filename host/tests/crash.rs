@@ -173,3 +173,95 @@ async fn sigkill_mid_run_loses_nothing_and_reruns_no_completed_step() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_steps_finish_releases_leases_and_a_restart_runs_nothing_twice() {
+    let counter = Counter::start().await;
+    counter.set_delay(Duration::from_millis(100));
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--data-dir".to_string(),
+        dir.path().display().to_string(),
+        "--no-examples".into(),
+        "--concurrency".into(),
+        "4".into(),
+        "--shutdown-grace".into(),
+        "20s".into(),
+        "--allow-http".into(),
+        format!("counter={}", counter.addr),
+    ];
+    let http = reqwest::Client::new();
+    let mut server = ServerProcess::start(BIN, &args, dir.path().join("first.log"))
+        .await
+        .unwrap();
+    upload_counter(&http, &server.base).await;
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let body = json!({"kind": "drain", "steps": vec!["counter"; 5], "inputs": {"counter_url": counter.url()}});
+        let r = http
+            .post(format!("{}/v1/sagas", server.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        ids.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    while counter.calls().len() < 6 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = server.terminate();
+    assert!(status.success(), "wasaga serve exited with {status}");
+
+    let url = format!(
+        "sqlite://{}?mode=ro",
+        dir.path().join("wasaga.db").display()
+    );
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let running: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM saga_step_results WHERE status = 'running'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        running, 0,
+        "the steps in flight finished within the grace period"
+    );
+    let leased: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM saga_runs WHERE lease_owner IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(leased, 0, "every lease was released");
+    let log = std::fs::read_to_string(dir.path().join("first.log")).unwrap();
+    assert!(log.contains("SIGTERM: shutting down"), "{log}");
+
+    let server = ServerProcess::start(BIN, &args, dir.path().join("second.log"))
+        .await
+        .unwrap();
+    for id in &ids {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let saga: Value = http
+                .get(format!("{}/v1/sagas/{id}", server.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if saga["status"] == "completed" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{saga}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let calls = counter.calls();
+    assert_eq!(calls.len(), 8 * 5, "every step ran exactly once: {calls:?}");
+    assert!(calls.iter().all(|c| c.attempt == 1));
+}

@@ -153,6 +153,21 @@ fn body_error(e: axum::extract::rejection::BytesRejection) -> ApiError {
     }
 }
 
+/// A 400 for JSON that does not parse or does not fit, saying where.
+pub(super) fn invalid_json<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> ApiError {
+    let path = e.path().to_string();
+    let at = if path == "." {
+        String::new()
+    } else {
+        format!(" at `{path}`")
+    };
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+        format!("invalid JSON{at}: {}", e.into_inner()),
+    )
+}
+
 /// A JSON body, whatever its Content-Type says, read within the route's
 /// body limit; malformed or mistyped JSON is a 400 that says where.
 pub struct JsonBody<T>(pub T);
@@ -170,20 +185,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             ));
         }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let at = if path == "." {
-                String::new()
-            } else {
-                format!(" at `{path}`")
-            };
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("invalid JSON{at}: {inner}"),
-            )
-        })?;
+        let value = serde_path_to_error::deserialize(&mut de).map_err(invalid_json)?;
         de.end().map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,

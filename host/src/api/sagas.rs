@@ -5,7 +5,7 @@
 //! sets a flag; the runner (woken by both) makes every transition.
 
 use super::AppState;
-use super::error::{ApiError, ErrorBody, JsonBody};
+use super::error::{ApiError, ErrorBody, JsonBody, invalid_json};
 use super::plugins::resolve;
 use crate::model::{SagaDetail, SagaId, SagaRun, SagaStatus, StepSpec, Timestamp};
 use crate::store::{CancelSaga, CreateSaga, SagaFilter};
@@ -172,19 +172,7 @@ async fn start_saga(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<(StatusCode, Json<SagaRun>), ApiError> {
     let request_hash = hex::encode(Sha256::digest(canonical(&body).as_bytes()));
-    let request: StartSaga = serde_path_to_error::deserialize(&body).map_err(|e| {
-        let path = e.path().to_string();
-        let at = if path == "." {
-            String::new()
-        } else {
-            format!(" at `{path}`")
-        };
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("invalid JSON{at}: {}", e.into_inner()),
-        )
-    })?;
+    let request: StartSaga = serde_path_to_error::deserialize(&body).map_err(invalid_json)?;
     let idempotency_key = match headers.get("idempotency-key") {
         Some(v) => {
             let key = v.to_str().map_err(|_| {

@@ -169,6 +169,28 @@ pub struct CallOutcome<T> {
     pub elapsed: Duration,
 }
 
+impl<T> CallOutcome<T> {
+    /// A call that failed before the guest ran.
+    pub fn failed(failure: StepFailure) -> CallOutcome<T> {
+        CallOutcome {
+            result: Err(failure),
+            logs: Vec::new(),
+            resources: Vec::new(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// The same outcome with its result turned into another.
+    pub fn and_then<U>(self, f: impl FnOnce(T) -> Result<U, StepFailure>) -> CallOutcome<U> {
+        CallOutcome {
+            result: self.result.and_then(f),
+            logs: self.logs,
+            resources: self.resources,
+            elapsed: self.elapsed,
+        }
+    }
+}
+
 /// A ready plugin: validated, compiled and pre-linked.
 pub struct Plugin {
     pub digest: Digest,
@@ -473,21 +495,13 @@ impl PluginHost {
         cancel: CancellationToken,
     ) -> CallOutcome<Map<String, Value>> {
         let max_output = limits.max_output_bytes;
-        let outcome = self
-            .spawn_call(plugin, CallKind::Execute(call.into()), limits, cancel)
-            .await;
-        let result = match outcome.result {
-            Ok(CallReturn::Execute(Ok(text))) => parse_output(&text, max_output),
-            Ok(CallReturn::Execute(Err(e))) => Err(step_error(e)),
-            Ok(_) => unreachable!("execute returns its result"),
-            Err(failure) => Err(failure),
-        };
-        CallOutcome {
-            result,
-            logs: outcome.logs,
-            resources: outcome.resources,
-            elapsed: outcome.elapsed,
-        }
+        self.spawn_call(plugin, CallKind::Execute(call.into()), limits, cancel)
+            .await
+            .and_then(|returned| match returned {
+                CallReturn::Execute(Ok(text)) => parse_output(&text, max_output),
+                CallReturn::Execute(Err(e)) => Err(step_error(e)),
+                _ => unreachable!("execute returns its result"),
+            })
     }
 
     /// Calls `compensate`.
@@ -498,20 +512,12 @@ impl PluginHost {
         limits: &StepLimits,
         cancel: CancellationToken,
     ) -> CallOutcome<()> {
-        let outcome = self
-            .spawn_call(plugin, CallKind::Compensate(call.into()), limits, cancel)
-            .await;
-        let result = match outcome.result {
-            Ok(CallReturn::Compensate(r)) => r.map_err(step_error),
-            Ok(_) => unreachable!("compensate returns its result"),
-            Err(failure) => Err(failure),
-        };
-        CallOutcome {
-            result,
-            logs: outcome.logs,
-            resources: outcome.resources,
-            elapsed: outcome.elapsed,
-        }
+        self.spawn_call(plugin, CallKind::Compensate(call.into()), limits, cancel)
+            .await
+            .and_then(|returned| match returned {
+                CallReturn::Compensate(r) => r.map_err(step_error),
+                _ => unreachable!("compensate returns its result"),
+            })
     }
 
     /// Runs the call on the Wasm threads (or here, when there are none).
@@ -531,12 +537,9 @@ impl PluginHost {
         let task = rt.spawn(async move { host.call(&plugin, kind, &limits, cancel).await });
         match task.await {
             Ok(outcome) => outcome,
-            Err(e) => CallOutcome {
-                result: Err(StepFailure::Host(format!("the call's task failed: {e}"))),
-                logs: Vec::new(),
-                resources: Vec::new(),
-                elapsed: Duration::ZERO,
-            },
+            Err(e) => {
+                CallOutcome::failed(StepFailure::Host(format!("the call's task failed: {e}")))
+            }
         }
     }
 
@@ -553,14 +556,9 @@ impl PluginHost {
         let _permit = match self.inner.instances.clone().acquire_owned().await {
             Ok(permit) => permit,
             Err(_) => {
-                return CallOutcome {
-                    result: Err(StepFailure::Host(
-                        "the plugin runtime is shutting down".into(),
-                    )),
-                    logs: Vec::new(),
-                    resources: Vec::new(),
-                    elapsed: started.elapsed(),
-                };
+                return CallOutcome::failed(StepFailure::Host(
+                    "the plugin runtime is shutting down".into(),
+                ));
             }
         };
         let mut store = Store::new(
@@ -571,14 +569,9 @@ impl PluginHost {
         if let Some(fuel) = limits.fuel
             && let Err(e) = store.set_fuel(fuel)
         {
-            return CallOutcome {
-                result: Err(StepFailure::Host(format!(
-                    "fuel limits need fuel metering on (--fuel): {e}"
-                ))),
-                logs: Vec::new(),
-                resources: Vec::new(),
-                elapsed: started.elapsed(),
-            };
+            return CallOutcome::failed(StepFailure::Host(format!(
+                "fuel limits need fuel metering on (--fuel): {e}"
+            )));
         }
         let deadline = started + limits.timeout;
         let timeout_ms = limits.timeout.as_millis();

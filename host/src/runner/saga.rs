@@ -346,44 +346,64 @@ impl Driver<'_> {
         row
     }
 
-    async fn execute(&mut self, index: u32, attempt: u32) -> Result<Attempt, Halt> {
+    /// Why this host must stop driving the saga now (its stop token fired).
+    fn halt(&self) -> Halt {
+        if self.active.lease_lost.load(Ordering::SeqCst) {
+            Halt::LeaseLost
+        } else {
+            Halt::Stopped
+        }
+    }
+
+    /// Calls the step's plugin for `phase`, in a span. `Err` when the call
+    /// was cut off because this host must let go (lease lost, shutdown grace
+    /// over): nothing of it is recorded, and whoever resumes runs the step
+    /// again with the next attempt. Compensation outputs nothing.
+    async fn call_plugin(
+        &self,
+        index: u32,
+        phase: Phase,
+        attempt: u32,
+    ) -> Result<CallOutcome<serde_json::Map<String, serde_json::Value>>, Halt> {
         let spec = self.spec(index).clone();
-        let span =
-            tracing::info_span!("step", index, name = %spec.name, phase = "execute", attempt);
-        let outcome: CallOutcome<_> = async {
-            match self.plugin(&spec).await {
-                Ok(plugin) => {
-                    let limits = self.runner.plugins.limits_for(
-                        Some(spec.timeout_ms),
-                        spec.max_memory_bytes,
-                        spec.max_output_bytes,
-                    );
-                    let call = self.call(index, Phase::Execute, attempt);
-                    self.runner
-                        .plugins
+        let span = tracing::info_span!("step", index, name = %spec.name, phase = %phase, attempt);
+        let outcome = async {
+            let plugin = match self.plugin(&spec).await {
+                Ok(plugin) => plugin,
+                Err(failure) => return CallOutcome::failed(failure),
+            };
+            let plugins = &self.runner.plugins;
+            let limits = plugins.limits_for(
+                Some(spec.timeout_ms),
+                spec.max_memory_bytes,
+                spec.max_output_bytes,
+            );
+            let call = self.call(index, phase, attempt);
+            match phase {
+                Phase::Execute => {
+                    plugins
                         .execute(&plugin, call, &limits, self.active.cancel.clone())
                         .await
                 }
-                Err(failure) => CallOutcome {
-                    result: Err(failure),
-                    logs: Vec::new(),
-                    resources: Vec::new(),
-                    elapsed: Duration::ZERO,
-                },
+                // A user's cancel does not stop compensation; only losing
+                // the lease or the end of a shutdown grace does.
+                Phase::Compensate => plugins
+                    .compensate(&plugin, call, &limits, self.active.stop.clone())
+                    .await
+                    .and_then(|()| Ok(serde_json::Map::new())),
             }
         }
-        .instrument(span.clone())
+        .instrument(span)
         .await;
-        let _enter = span.enter();
         if self.active.stop.is_cancelled() {
-            // Lease lost or shutdown grace over: record nothing; whoever
-            // resumes runs this step again with the next attempt.
-            return Err(if self.active.lease_lost.load(Ordering::SeqCst) {
-                Halt::LeaseLost
-            } else {
-                Halt::Stopped
-            });
+            return Err(self.halt());
         }
+        Ok(outcome)
+    }
+
+    async fn execute(&mut self, index: u32, attempt: u32) -> Result<Attempt, Halt> {
+        let spec = self.spec(index).clone();
+        let outcome = self.call_plugin(index, Phase::Execute, attempt).await?;
         let now = self.now();
         let mut row = self.with_logs(index, Phase::Execute, attempt, outcome.logs);
         match outcome.result {
@@ -591,45 +611,10 @@ impl Driver<'_> {
             return Ok(());
         };
         let spec = self.spec(index).clone();
-        let span =
-            tracing::info_span!("step", index, name = %spec.name, phase = "compensate", attempt);
-        let outcome: CallOutcome<()> = async {
-            match self.plugin(&spec).await {
-                Ok(plugin) => {
-                    let limits = self.runner.plugins.limits_for(
-                        Some(spec.timeout_ms),
-                        spec.max_memory_bytes,
-                        spec.max_output_bytes,
-                    );
-                    let call = self.call(index, Phase::Compensate, attempt);
-                    // A user's cancel does not stop compensation; only
-                    // losing the lease or the end of a shutdown grace does.
-                    self.runner
-                        .plugins
-                        .compensate(&plugin, call, &limits, self.active.stop.clone())
-                        .await
-                }
-                Err(failure) => CallOutcome {
-                    result: Err(failure),
-                    logs: Vec::new(),
-                    resources: Vec::new(),
-                    elapsed: Duration::ZERO,
-                },
-            }
-        }
-        .instrument(span.clone())
-        .await;
-        let _enter = span.enter();
-        if self.active.stop.is_cancelled() {
-            return Err(if self.active.lease_lost.load(Ordering::SeqCst) {
-                Halt::LeaseLost
-            } else {
-                Halt::Stopped
-            });
-        }
+        let outcome = self.call_plugin(index, Phase::Compensate, attempt).await?;
         let mut row = self.with_logs(index, Phase::Compensate, attempt, outcome.logs);
         match outcome.result {
-            Ok(()) => {
+            Ok(_) => {
                 row.status = StepStatus::Compensated;
                 row.finished_at = Some(self.now());
                 let mut t = self.transition();

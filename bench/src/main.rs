@@ -307,45 +307,89 @@ impl LocalHost {
     }
 }
 
-/// `total` sagas of `steps` echo steps, `concurrency` outstanding at any
-/// time; returns the elapsed time and each saga's latency (201 to end).
+/// `total` sagas of `steps` echo steps run by `concurrency` clients, each
+/// starting a saga over HTTP and waiting for it to end before starting the
+/// next (a closed loop); returns the elapsed time and each saga's latency
+/// (201 to end).
 async fn closed_loop(
     host: &LocalHost,
     total: usize,
     steps: usize,
     concurrency: usize,
 ) -> Result<(Duration, Vec<Duration>)> {
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::oneshot;
+    type Status = wasaga::model::SagaStatus;
+    #[derive(Default)]
+    struct Ends {
+        waiting: HashMap<String, oneshot::Sender<Status>>,
+        /// Sagas that ended before their client registered.
+        early: HashMap<String, Status>,
+    }
+    let ends = Arc::new(Mutex::new(Ends::default()));
     let mut events = host.host.runner.subscribe();
-    let mut started_at: HashMap<String, Instant> = HashMap::new();
-    let mut latencies = Vec::with_capacity(total);
+    let dispatcher = {
+        let ends = ends.clone();
+        tokio::spawn(async move {
+            while let Ok(ended) = events.recv().await {
+                let id = ended.id.to_string();
+                let mut ends = ends.lock().unwrap();
+                match ends.waiting.remove(&id) {
+                    Some(tx) => {
+                        let _ = tx.send(ended.status);
+                    }
+                    None => {
+                        ends.early.insert(id, ended.status);
+                    }
+                }
+            }
+        })
+    };
+    let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(total));
     let begun = Instant::now();
-    let mut submitted = 0;
-    while submitted < concurrency.min(total) {
-        let id = host.start_saga(steps).await?;
-        started_at.insert(id, Instant::now());
-        submitted += 1;
-    }
-    // Events are read only after each 201 is recorded, so every ending
-    // saga is known here.
-    while latencies.len() < total {
-        let ended = tokio::time::timeout(Duration::from_secs(120), events.recv())
-            .await
-            .context("no saga ended for 2 minutes")??;
-        let id = ended.id.to_string();
-        if ended.status != wasaga::model::SagaStatus::Completed {
-            bail!("saga {id} ended {}", ended.status);
+    let clients = (0..concurrency.min(total)).map(|_| {
+        let (ends, remaining) = (ends.clone(), remaining.clone());
+        async move {
+            let mut latencies = Vec::new();
+            while remaining
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok()
+            {
+                let id = host.start_saga(steps).await?;
+                let accepted = Instant::now();
+                let (tx, rx) = oneshot::channel();
+                let early = {
+                    let mut ends = ends.lock().unwrap();
+                    let early = ends.early.remove(&id);
+                    if early.is_none() {
+                        ends.waiting.insert(id.clone(), tx);
+                    }
+                    early
+                };
+                let status = match early {
+                    Some(status) => status,
+                    None => tokio::time::timeout(Duration::from_secs(120), rx)
+                        .await
+                        .context("a saga did not end for 2 minutes")??,
+                };
+                latencies.push(accepted.elapsed());
+                anyhow::ensure!(status == Status::Completed, "saga {id} ended {status}");
+            }
+            Ok::<_, anyhow::Error>(latencies)
         }
-        let at = started_at
-            .remove(&id)
-            .with_context(|| format!("an unknown saga {id} ended"))?;
-        latencies.push(at.elapsed());
-        while submitted < total && started_at.len() < concurrency {
-            let id = host.start_saga(steps).await?;
-            started_at.insert(id, Instant::now());
-            submitted += 1;
-        }
+    });
+    let results = futures::future::join_all(clients).await;
+    let elapsed = begun.elapsed();
+    dispatcher.abort();
+    let mut latencies = Vec::with_capacity(total);
+    for r in results {
+        latencies.extend(r?);
     }
-    Ok((begun.elapsed(), latencies))
+    Ok((elapsed, latencies))
 }
 
 async fn durable_throughput(report: &mut Report, quick: bool) -> Result<()> {
@@ -360,7 +404,14 @@ async fn durable_throughput(report: &mut Report, quick: bool) -> Result<()> {
         floor_rate,
         1e6 / floor_rate
     ));
-    for concurrency in [1usize, 8, 64] {
+    let levels: Vec<usize> = match std::env::var("WASAGA_BENCH_CONCURRENCY") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| n.parse().expect("WASAGA_BENCH_CONCURRENCY: numbers"))
+            .collect(),
+        Err(_) => vec![1, 8, 64],
+    };
+    for concurrency in levels {
         let host = LocalHost::start(|o| {
             o.runner.concurrency = concurrency;
             o.runtime.max_instances = concurrency.max(16) as u32;

@@ -4,9 +4,10 @@
 //! SQLite allows one writer at a time. Rather than let concurrent callers
 //! race for the write lock (and sometimes get "database is locked"), every
 //! write goes through one writer task that owns the only writing connection.
-//! The writer takes whatever writes are queued, up to [`MAX_BATCH`], runs each
-//! in a savepoint of one transaction (so one failing write does not undo the
-//! others), commits once, and only then answers each caller: group commit,
+//! The writer takes whatever writes are queued, up to [`MAX_BATCH`], runs them
+//! in one transaction (a write that fails after writing is taken out and the
+//! rest run again, so one failing write does not undo the others), commits
+//! once, and only then answers each caller: group commit,
 //! several sagas' transitions for the price of one fsync, with every
 //! acknowledgement still meaning "durable". Reads use a separate pool, which
 //! WAL lets run beside the writer.
@@ -47,22 +48,68 @@ pub struct SqliteStore {
     _lock: std::fs::File,
 }
 
-/// Called after the batch's commit: with `None` when it committed.
-type Finisher = Box<dyn FnOnce(Option<&str>) + Send>;
-
-/// One queued write: runs on the writer's connection inside the batch's
-/// transaction (or, given the reason no transaction could begin, runs
-/// nothing), says whether it succeeded, and leaves a finisher that answers
-/// the caller once the commit is known.
-struct Job {
-    run: JobFn,
+/// One queued write. It can run more than once: when another job of its
+/// batch fails, the batch is rolled back and the others run again in a new
+/// transaction. Its result is kept until the batch's commit is known.
+trait WriteJob: Send {
+    /// Runs the job's statements inside the batch's transaction.
+    fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, JobState>;
+    /// Answers the caller: its result if the batch committed, else why not.
+    fn answer(self: Box<Self>, commit: Result<(), String>);
 }
 
-/// Runs a job on the writer's connection (or reports why it cannot).
-type JobFn = Box<
-    dyn for<'c> FnOnce(Result<&'c mut SqliteConnection, String>) -> BoxFuture<'c, (bool, Finisher)>
-        + Send,
->;
+/// How a job's run left the transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobState {
+    /// It succeeded, or failed without writing anything (a lost lease: every
+    /// statement of a transition is fenced by it).
+    Clean,
+    /// It failed after statements that may have written: the batch must
+    /// roll back without it.
+    Dirty,
+}
+
+struct TypedJob<T, D, F> {
+    data: D,
+    op: F,
+    result: Option<StoreResult<T>>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, D, F> WriteJob for TypedJob<T, D, F>
+where
+    T: Send + 'static,
+    D: Send + Sync + 'static,
+    F: for<'c> Fn(&'c mut SqliteConnection, &'c D) -> BoxFuture<'c, StoreResult<T>>
+        + Send
+        + Sync
+        + 'static,
+{
+    fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, JobState> {
+        Box::pin(async move {
+            let result = (self.op)(conn, &self.data).await;
+            let state = match &result {
+                Ok(_) | Err(StoreError::LeaseLost(_)) => JobState::Clean,
+                Err(_) => JobState::Dirty,
+            };
+            self.result = Some(result);
+            state
+        })
+    }
+
+    fn answer(self: Box<Self>, commit: Result<(), String>) {
+        let result = match (commit, self.result) {
+            (_, None) => Err(StoreError::WriteFailed("the write never ran".into())),
+            // A failed job answers its own error whatever became of the batch.
+            (_, Some(Err(e))) => Err(e),
+            (Ok(()), Some(Ok(value))) => Ok(value),
+            (Err(why), Some(Ok(_))) => Err(StoreError::WriteFailed(why)),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+type Job = Box<dyn WriteJob>;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`, runs the
@@ -129,33 +176,24 @@ impl SqliteStore {
         })
     }
 
-    /// Queues a write and waits until it is committed (or failed).
-    async fn write<T, F>(&self, op: F) -> StoreResult<T>
+    /// Queues a write and waits until it is committed (or failed). `op` may
+    /// run more than once (see [`WriteJob`]), so it borrows its `data`.
+    async fn write<T, D, F>(&self, data: D, op: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<T>>
+        D: Send + Sync + 'static,
+        F: for<'c> Fn(&'c mut SqliteConnection, &'c D) -> BoxFuture<'c, StoreResult<T>>
             + Send
+            + Sync
             + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job = Job {
-            run: Box::new(move |conn| {
-                Box::pin(async move {
-                    let result = match conn {
-                        Ok(conn) => op(conn).await,
-                        Err(why) => Err(StoreError::WriteFailed(why)),
-                    };
-                    let ok = result.is_ok();
-                    let finish: Finisher = Box::new(move |commit_error| {
-                        let _ = tx.send(match commit_error {
-                            None => result,
-                            Some(e) => Err(StoreError::WriteFailed(format!("commit failed: {e}"))),
-                        });
-                    });
-                    (ok, finish)
-                })
-            }),
-        };
+        let (reply, rx) = oneshot::channel();
+        let job: Job = Box::new(TypedJob {
+            data,
+            op,
+            result: None,
+            reply,
+        });
         self.writes
             .send(job)
             .await
@@ -164,9 +202,12 @@ impl SqliteStore {
     }
 }
 
-/// The writer: batches queued jobs into one transaction each.
+/// The writer: takes every queued job (up to [`MAX_BATCH`]) into one
+/// transaction and one commit. A job that fails after writing is dropped
+/// from the batch (answered with its error), the transaction rolled back and
+/// the rest run again, so one bad write never takes others down with it.
 async fn write_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -175,35 +216,42 @@ async fn write_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let mut finishers = Vec::with_capacity(batch.len());
-        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await {
-            tracing::error!(error = %e, "SQLite could not begin a transaction");
-            for job in batch.drain(..) {
-                let (_, finish) = (job.run)(Err(format!("cannot begin a transaction: {e}"))).await;
-                finish(None);
-            }
-            continue;
-        }
+        let outcome = commit_batch(&mut conn, &mut batch).await;
         for job in batch.drain(..) {
-            let savepoint = sqlx::query("SAVEPOINT job").execute(&mut conn).await;
-            let (ok, finish) = (job.run)(Ok(&mut conn)).await;
-            if !ok && savepoint.is_ok() {
-                let _ = sqlx::query("ROLLBACK TO job").execute(&mut conn).await;
-            }
-            let _ = sqlx::query("RELEASE job").execute(&mut conn).await;
-            finishers.push(finish);
+            job.answer(outcome.clone());
         }
-        match sqlx::query("COMMIT").execute(&mut conn).await {
-            Ok(_) => finishers.into_iter().for_each(|finish| finish(None)),
+    }
+}
+
+/// Runs `batch` in one transaction until it commits; jobs that fail dirty
+/// are answered and removed on the way. Returns how the commit went.
+async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>) -> Result<(), String> {
+    'attempt: loop {
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            tracing::error!(error = %e, "SQLite could not begin a transaction");
+            return Err(format!("cannot begin a transaction: {e}"));
+        }
+        for i in 0..batch.len() {
+            if batch[i].run(conn).await == JobState::Dirty {
+                if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                    tracing::error!(error = %e, "SQLite rollback failed");
+                }
+                batch.remove(i).answer(Ok(()));
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                continue 'attempt;
+            }
+        }
+        let r = sqlx::query("COMMIT").execute(&mut *conn).await;
+        return match r {
+            Ok(_) => Ok(()),
             Err(e) => {
                 tracing::error!(error = %e, "SQLite commit failed");
-                let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
-                let message = e.to_string();
-                finishers
-                    .into_iter()
-                    .for_each(|finish| finish(Some(&message)));
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(format!("commit failed: {e}"))
             }
-        }
+        };
     }
 }
 
@@ -276,60 +324,127 @@ async fn upsert_step(
     Ok(())
 }
 
-async fn apply_transition(conn: &mut SqliteConnection, t: Transition) -> StoreResult<Applied> {
+/// A ledger row upsert that writes only while `owner` holds the lease
+/// (binds: the row's twelve columns, then saga id, owner, and whether a
+/// cancel may be ignored).
+const FENCED_STEP_UPSERT: &str = "INSERT INTO saga_step_results
+     (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at,
+      finished_at, executed_by)
+ SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+ WHERE EXISTS (SELECT 1 FROM saga_runs WHERE id = ? AND lease_owner = ? AND (? OR cancel_requested = 0))
+ ON CONFLICT (saga_id, step_index) DO UPDATE SET
+     phase = excluded.phase, status = excluded.status, output = excluded.output, error = excluded.error,
+     attempts = excluded.attempts, compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
+     started_at = excluded.started_at, finished_at = excluded.finished_at, executed_by = excluded.executed_by;";
+
+/// A resource insert fenced the same way (binds: saga id, step index, kind,
+/// external id, spec, created_at, then saga id, kind, external id for the
+/// version, then saga id and owner for the fence).
+const FENCED_RESOURCE_INSERT: &str = "INSERT INTO provisioned_resources
+     (saga_id, step_index, kind, external_id, spec, spec_version, created_at)
+ SELECT ?, ?, ?, ?, ?, version, ?
+ FROM (SELECT COALESCE(MAX(spec_version), 0) + 1 AS version FROM provisioned_resources
+       WHERE saga_id = ? AND kind = ? AND external_id = ?)
+ WHERE EXISTS (SELECT 1 FROM saga_runs WHERE id = ? AND lease_owner = ?);";
+
+/// The saga row's update, last so that the fences above still see the lease
+/// (a final status releases it); `RETURNING` says whether the lease was held.
+const FENCED_SAGA_UPDATE: &str = "UPDATE saga_runs SET
+     updated_at = ?,
+     status = COALESCE(?, status),
+     current_step_index = COALESCE(?, current_step_index),
+     context = COALESCE(?, context),
+     error = COALESCE(?, error),
+     lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END,
+     lease_expires_at = CASE WHEN ? THEN NULL ELSE lease_expires_at END
+ WHERE id = ? AND lease_owner = ?
+ RETURNING cancel_requested;";
+
+fn bind_step<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    id: &'q str,
+    owner: &'q str,
+    step: &'q StepResult,
+    ignore_cancel: bool,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    query
+        .bind(id)
+        .bind(step.index as i64)
+        .bind(step.phase.as_str())
+        .bind(step.status.as_str())
+        .bind(step.output.as_ref().map(to_json))
+        .bind(step.error.as_deref())
+        .bind(step.attempts as i64)
+        .bind(step.compensate_attempts as i64)
+        .bind(to_json(&step.logs))
+        .bind(step.started_at.map(Timestamp::millis))
+        .bind(step.finished_at.map(Timestamp::millis))
+        .bind(step.executed_by.as_deref())
+        .bind(id)
+        .bind(owner)
+        .bind(ignore_cancel)
+}
+
+/// A transition as one query of several statements (one round trip to
+/// SQLite's thread), each fenced by the lease, so that without the lease
+/// nothing is written.
+async fn apply_transition(conn: &mut SqliteConnection, t: &Transition) -> StoreResult<Applied> {
     let id = t.saga_id.to_string();
-    let cancel_requested: Option<bool> = sqlx::query_scalar(
-        "UPDATE saga_runs SET
-             updated_at = ?,
-             status = COALESCE(?, status),
-             current_step_index = COALESCE(?, current_step_index),
-             context = COALESCE(?, context),
-             error = COALESCE(?, error),
-             lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END,
-             lease_expires_at = CASE WHEN ? THEN NULL ELSE lease_expires_at END
-         WHERE id = ? AND lease_owner = ?
-         RETURNING cancel_requested",
-    )
-    .bind(t.now.millis())
-    .bind(t.saga.status.map(SagaStatus::as_str))
-    .bind(t.saga.current_step_index.map(i64::from))
-    .bind(t.saga.context.as_ref().map(to_json))
-    .bind(t.saga.error.as_ref().map(to_json))
-    .bind(t.saga.status.is_some_and(SagaStatus::is_final))
-    .bind(t.saga.status.is_some_and(SagaStatus::is_final))
-    .bind(&id)
-    .bind(&*t.owner)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(cancel_requested) = cancel_requested else {
-        return Err(StoreError::LeaseLost(t.saga_id));
-    };
+    let owner: &str = &t.owner;
+    let mut sql = String::new();
+    for _ in &t.steps {
+        sql.push_str(FENCED_STEP_UPSERT);
+    }
+    for _ in &t.resources {
+        sql.push_str(FENCED_RESOURCE_INSERT);
+    }
+    if t.start.is_some() {
+        sql.push_str(FENCED_STEP_UPSERT);
+    }
+    sql.push_str(FENCED_SAGA_UPDATE);
+
+    let mut query = sqlx::query(&sql);
     for step in &t.steps {
-        upsert_step(conn, &id, step).await?;
+        query = bind_step(query, &id, owner, step, true);
     }
     for (step_index, resource) in &t.resources {
-        sqlx::query(
-            "INSERT INTO provisioned_resources (saga_id, step_index, kind, external_id, spec, spec_version, created_at)
-             SELECT ?1, ?2, ?3, ?4, ?5, COALESCE(MAX(spec_version), 0) + 1, ?6
-             FROM provisioned_resources WHERE saga_id = ?1 AND kind = ?3 AND external_id = ?4",
-        )
-        .bind(&id)
-        .bind(*step_index as i64)
-        .bind(&resource.kind)
-        .bind(&resource.external_id)
-        .bind(to_json(&resource.spec))
-        .bind(t.now.millis())
-        .execute(&mut *conn)
-        .await?;
+        query = query
+            .bind(id.as_str())
+            .bind(*step_index as i64)
+            .bind(resource.kind.as_str())
+            .bind(resource.external_id.as_str())
+            .bind(to_json(&resource.spec))
+            .bind(t.now.millis())
+            .bind(id.as_str())
+            .bind(resource.kind.as_str())
+            .bind(resource.external_id.as_str())
+            .bind(id.as_str())
+            .bind(owner);
     }
-    // A cancel blocks a step from starting to execute, never compensation.
-    let started = match &t.start {
-        Some(step) if !(cancel_requested && step.phase == Phase::Execute) => {
-            upsert_step(conn, &id, step).await?;
-            true
-        }
-        _ => false,
+    if let Some(start) = &t.start {
+        // A cancel blocks a step from starting to execute, never compensation.
+        query = bind_step(query, &id, owner, start, start.phase != Phase::Execute);
+    }
+    let ends = t.saga.status.is_some_and(SagaStatus::is_final);
+    query = query
+        .bind(t.now.millis())
+        .bind(t.saga.status.map(SagaStatus::as_str))
+        .bind(t.saga.current_step_index.map(i64::from))
+        .bind(t.saga.context.as_ref().map(to_json))
+        .bind(t.saga.error.as_ref().map(to_json))
+        .bind(ends)
+        .bind(ends)
+        .bind(id.as_str())
+        .bind(owner);
+    let rows = query.fetch_all(&mut *conn).await?;
+    let Some(row) = rows.first() else {
+        return Err(StoreError::LeaseLost(t.saga_id));
     };
+    let cancel_requested: bool = sqlx::Row::try_get(row, 0)?;
+    let started = t
+        .start
+        .as_ref()
+        .is_some_and(|s| !(cancel_requested && s.phase == Phase::Execute));
     Ok(Applied {
         cancel_requested,
         started,
@@ -353,7 +468,8 @@ impl Store for SqliteStore {
     async fn put_plugin(&self, info: &PluginInfo, wasm: &[u8]) -> StoreResult<PutPlugin> {
         let info = info.clone();
         let wasm = wasm.to_vec();
-        self.write(move |conn| {
+        self.write((info, wasm), |conn, data| {
+            let (info, wasm) = data.clone();
             Box::pin(async move {
                 let inserted = sqlx::query(
                     "INSERT INTO plugins (digest, name, size, wasm, created_at) VALUES (?, ?, ?, ?, ?)
@@ -419,7 +535,8 @@ impl Store for SqliteStore {
 
     async fn delete_plugin(&self, digest: &Digest) -> StoreResult<DeletePlugin> {
         let digest = digest.clone();
-        self.write(move |conn| {
+        self.write(digest, |conn, digest| {
+            let digest = digest.clone();
             Box::pin(async move {
                 let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM plugins WHERE digest = ?")
                     .bind(digest.as_str())
@@ -463,7 +580,8 @@ impl Store for SqliteStore {
         let saga = saga.clone();
         let idempotency = idempotency.map(|(k, h)| (k.to_string(), h.to_string()));
         let claim = claim.cloned();
-        self.write(move |conn| {
+        self.write((saga, idempotency, claim), |conn, data| {
+            let (saga, idempotency, claim) = data.clone();
             Box::pin(async move {
                 if let Some((key, hash)) = &idempotency {
                     let existing: Option<(String, Option<String>)> =
@@ -563,7 +681,7 @@ impl Store for SqliteStore {
     }
 
     async fn request_cancel(&self, id: SagaId, now: Timestamp) -> StoreResult<CancelSaga> {
-        self.write(move |conn| {
+        self.write((), move |conn, _| {
             Box::pin(async move {
                 let Some(saga) = saga_by_id(conn, &id.to_string()).await? else {
                     return Ok(CancelSaga::NotFound);
@@ -590,7 +708,8 @@ impl Store for SqliteStore {
 
     async fn claim_sagas(&self, claim: &Claim, limit: usize) -> StoreResult<Vec<ClaimedSaga>> {
         let claim = claim.clone();
-        self.write(move |conn| {
+        self.write(claim, move |conn, claim| {
+            let claim = claim.clone();
             Box::pin(async move {
                 let rows: Vec<SagaRow> = sqlx::query_as(&format!(
                     "UPDATE saga_runs SET lease_owner = ?1, lease_expires_at = ?3
@@ -648,7 +767,8 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<LeaseState>> {
         let owner = owner.to_string();
         let ids = ids.to_vec();
-        self.write(move |conn| {
+        self.write((owner, ids), move |conn, data| {
+            let (owner, ids) = data.clone();
             Box::pin(async move {
                 let mut states = Vec::with_capacity(ids.len());
                 for id in ids {
@@ -676,7 +796,8 @@ impl Store for SqliteStore {
     async fn release_leases(&self, owner: &str, ids: &[SagaId]) -> StoreResult<()> {
         let owner = owner.to_string();
         let ids = ids.to_vec();
-        self.write(move |conn| {
+        self.write((owner, ids), move |conn, data| {
+            let (owner, ids) = data.clone();
             Box::pin(async move {
                 for id in ids {
                     sqlx::query(
@@ -694,7 +815,7 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, transition: Transition) -> StoreResult<Applied> {
-        self.write(move |conn| Box::pin(apply_transition(conn, transition)))
+        self.write(transition, |conn, t| Box::pin(apply_transition(conn, t)))
             .await
     }
 }

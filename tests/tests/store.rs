@@ -144,6 +144,71 @@ on_both! {
         assert!(matches!(store.apply(t).await, Err(StoreError::LeaseLost(_))), "a released lease fences too");
     }
 
+    transitions_written_together_each_get_their_own_answer(backend) {
+        // Many transitions at once: the SQLite writer commits them in one
+        // transaction (most in one grouped query). Each must still be fenced
+        // by its own lease, refused its own start after its own cancel, and
+        // answered with its own result; a lost lease must not sink the rest.
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        let echo = install(store.as_ref(), "echo").await;
+        let mut ids = Vec::new();
+        for _ in 0..40 {
+            ids.push(create_saga(store.as_ref(), vec![echo.clone(), echo.clone()], json!({})).await);
+        }
+        let now = Timestamp::now();
+        let claimed = store.claim_sagas(&claim("a", now, true), 40).await.unwrap();
+        assert_eq!(claimed.len(), 40);
+        let plan = claimed[0].saga.plan.clone();
+        for id in ids.iter().skip(2).step_by(5) {
+            store.request_cancel(*id, now).await.unwrap();
+        }
+        let transitions = ids.iter().enumerate().map(|(i, id)| {
+            let owner = if i % 5 == 1 { "b" } else { "a" };
+            let mut t = Transition::new(*id, Arc::from(owner), now);
+            let mut done = wasaga::model::StepResult::first_attempt(0, &plan[0], owner, now);
+            done.status = StepStatus::Completed;
+            done.output = Some(json!({"n": i}));
+            done.finished_at = Some(now);
+            t.steps.push(done);
+            t.saga.current_step_index = Some(1);
+            t.saga.context = Some(json!({"n": i}).as_object().unwrap().clone());
+            t.start = Some(wasaga::model::StepResult::first_attempt(1, &plan[1], owner, now));
+            if i % 5 == 3 {
+                t.resources.push((0, wasaga::model::RecordedResource {
+                    kind: "vm".into(),
+                    external_id: format!("vm-{i}"),
+                    spec: json!({"i": i}),
+                }));
+            }
+            let store = store.clone();
+            async move { store.apply(t).await }
+        });
+        let results = futures::future::join_all(transitions).await;
+        for (i, (id, result)) in ids.iter().zip(results).enumerate() {
+            let detail = store.saga(*id).await.unwrap().unwrap();
+            match i % 5 {
+                1 => {
+                    assert!(matches!(result, Err(StoreError::LeaseLost(got)) if got == *id), "{i}: {result:?}");
+                    assert_eq!(detail.saga.current_step_index, 0, "{i}: a fenced write changes nothing");
+                    assert_eq!(detail.steps[0].status, StepStatus::Running);
+                    assert_eq!(detail.steps.len(), 1);
+                }
+                cancelled => {
+                    let applied = result.unwrap_or_else(|e| panic!("{i}: {e}"));
+                    assert_eq!(applied.cancel_requested, cancelled == 2, "{i}");
+                    assert_eq!(applied.started, cancelled != 2, "{i}");
+                    assert_eq!(detail.saga.current_step_index, 1, "{i}");
+                    assert_eq!(detail.saga.context, *json!({"n": i}).as_object().unwrap(), "{i}");
+                    assert_eq!(detail.steps[0].status, StepStatus::Completed, "{i}");
+                    assert_eq!(detail.steps[0].output, Some(json!({"n": i})), "{i}");
+                    assert_eq!(detail.steps.len(), if cancelled == 2 { 1 } else { 2 }, "{i}: start after cancel");
+                    assert_eq!(detail.resources.len(), usize::from(cancelled == 3), "{i}");
+                }
+            }
+        }
+    }
+
     a_final_transition_releases_the_lease_and_cancel_after_the_end_is_refused(backend) {
         let db = TestDb::new(backend).await;
         let store = db.open().await;

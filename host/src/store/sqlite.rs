@@ -33,6 +33,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, SqliteConnection};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -56,6 +57,13 @@ trait WriteJob: Send {
     fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, JobState>;
     /// Answers the caller: its result if the batch committed, else why not.
     fn answer(self: Box<Self>, commit: Result<(), String>);
+    /// The transition this job applies, if it is one that can be written
+    /// together with others in [`apply_group`].
+    fn groupable(&self) -> Option<&Transition> {
+        None
+    }
+    /// Takes the job's result from a group it was written in.
+    fn grouped(&mut self, _result: StoreResult<Applied>) {}
 }
 
 /// How a job's run left the transaction.
@@ -98,18 +106,61 @@ where
     }
 
     fn answer(self: Box<Self>, commit: Result<(), String>) {
-        let result = match (commit, self.result) {
-            (_, None) => Err(StoreError::WriteFailed("the write never ran".into())),
-            // A failed job answers its own error whatever became of the batch.
-            (_, Some(Err(e))) => Err(e),
-            (Ok(()), Some(Ok(value))) => Ok(value),
-            (Err(why), Some(Ok(_))) => Err(StoreError::WriteFailed(why)),
-        };
-        let _ = self.reply.send(result);
+        let _ = self.reply.send(settle(commit, self.result));
     }
 }
 
 type Job = Box<dyn WriteJob>;
+
+/// A runner's transition: alone, [`apply_transition`]; with others of its
+/// batch, [`apply_group`].
+struct TransitionJob {
+    transition: Transition,
+    result: Option<StoreResult<Applied>>,
+    reply: oneshot::Sender<StoreResult<Applied>>,
+}
+
+impl WriteJob for TransitionJob {
+    fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, JobState> {
+        Box::pin(async move {
+            let result = apply_transition(conn, &self.transition).await;
+            let state = match &result {
+                Ok(_) | Err(StoreError::LeaseLost(_)) => JobState::Clean,
+                Err(_) => JobState::Dirty,
+            };
+            self.result = Some(result);
+            state
+        })
+    }
+
+    fn answer(self: Box<Self>, commit: Result<(), String>) {
+        let _ = self.reply.send(settle(commit, self.result));
+    }
+
+    fn groupable(&self) -> Option<&Transition> {
+        // Resources take a version from the rows before them: written one
+        // by one, in `apply_transition`.
+        self.transition
+            .resources
+            .is_empty()
+            .then_some(&self.transition)
+    }
+
+    fn grouped(&mut self, result: StoreResult<Applied>) {
+        self.result = Some(result);
+    }
+}
+
+/// A job's answer from its own result and its batch's commit.
+fn settle<T>(commit: Result<(), String>, result: Option<StoreResult<T>>) -> StoreResult<T> {
+    match (commit, result) {
+        (_, None) => Err(StoreError::WriteFailed("the write never ran".into())),
+        // A failed job answers its own error whatever became of the batch.
+        (_, Some(Err(e))) => Err(e),
+        (Ok(()), Some(Ok(value))) => Ok(value),
+        (Err(why), Some(Ok(_))) => Err(StoreError::WriteFailed(why)),
+    }
+}
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`, runs the
@@ -194,6 +245,11 @@ impl SqliteStore {
             result: None,
             reply,
         });
+        self.enqueue(job, rx).await
+    }
+
+    /// Hands `job` to the writer and waits for its answer on `rx`.
+    async fn enqueue<T>(&self, job: Job, rx: oneshot::Receiver<StoreResult<T>>) -> StoreResult<T> {
         self.writes
             .send(job)
             .await
@@ -225,17 +281,41 @@ async fn write_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
 
 /// Runs `batch` in one transaction until it commits; jobs that fail dirty
 /// are answered and removed on the way. Returns how the commit went.
+///
+/// Transitions go in together, in one query ([`apply_group`]): a round trip
+/// to SQLite's thread costs more than the writing, so a batch of them costs
+/// about one. When the batch is nothing else, `BEGIN` and `COMMIT` ride in
+/// that same query. If the group fails, the batch is rolled back and run
+/// again one job at a time, which finds the job at fault.
 async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>) -> Result<(), String> {
+    let mut grouping = true;
     'attempt: loop {
+        let group = if grouping {
+            group_of(batch)
+        } else {
+            Vec::new()
+        };
+        if !group.is_empty() && group.len() == batch.len() {
+            match apply_group(conn, batch, &group, true).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a grouped write failed; writing one by one");
+                    rollback(conn).await;
+                    grouping = false;
+                    continue 'attempt;
+                }
+            }
+        }
         if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
             tracing::error!(error = %e, "SQLite could not begin a transaction");
             return Err(format!("cannot begin a transaction: {e}"));
         }
         for i in 0..batch.len() {
+            if group.contains(&i) {
+                continue;
+            }
             if batch[i].run(conn).await == JobState::Dirty {
-                if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                    tracing::error!(error = %e, "SQLite rollback failed");
-                }
+                rollback(conn).await;
                 batch.remove(i).answer(Ok(()));
                 if batch.is_empty() {
                     return Ok(());
@@ -243,16 +323,159 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>) -> Resu
                 continue 'attempt;
             }
         }
-        let r = sqlx::query("COMMIT").execute(&mut *conn).await;
-        return match r {
+        if !group.is_empty() {
+            if let Err(e) = apply_group(conn, batch, &group, false).await {
+                tracing::warn!(error = %e, "a grouped write failed; writing one by one");
+                rollback(conn).await;
+                grouping = false;
+                continue 'attempt;
+            }
+        }
+        return match sqlx::query("COMMIT").execute(&mut *conn).await {
             Ok(_) => Ok(()),
             Err(e) => {
                 tracing::error!(error = %e, "SQLite commit failed");
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                rollback(conn).await;
                 Err(format!("commit failed: {e}"))
             }
         };
     }
+}
+
+async fn rollback(conn: &mut SqliteConnection) {
+    // Fails harmlessly when no transaction is open (a failed BEGIN).
+    if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+        tracing::debug!(error = %e, "rollback");
+    }
+}
+
+/// The batch's jobs that go in one group: transitions that can (see
+/// [`WriteJob::groupable`]), at most one per saga, so that each result row
+/// belongs to one of them.
+fn group_of(batch: &[Job]) -> Vec<usize> {
+    let mut sagas = std::collections::HashSet::new();
+    batch
+        .iter()
+        .enumerate()
+        .filter(|(_, job)| job.groupable().is_some_and(|t| sagas.insert(t.saga_id)))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The ledger rows of a group of transitions, written only while each
+/// row's saga is leased by the row's owner (and, for a step about to start
+/// executing, has no cancel requested). Rows come in order, so a
+/// transition's running mark for its next step follows its own result.
+const GROUP_STEP_UPSERT: &str = "INSERT INTO saga_step_results
+     (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at,
+      finished_at, executed_by)
+ SELECT r.value ->> '$.saga_id', r.value ->> '$.step_index', r.value ->> '$.phase', r.value ->> '$.status',
+        r.value ->> '$.output', r.value ->> '$.error', r.value ->> '$.attempts',
+        r.value ->> '$.compensate_attempts', r.value ->> '$.logs', r.value ->> '$.started_at',
+        r.value ->> '$.finished_at', r.value ->> '$.executed_by'
+ FROM json_each(?) AS r
+ WHERE EXISTS (SELECT 1 FROM saga_runs s
+               WHERE s.id = r.value ->> '$.saga_id' AND s.lease_owner = r.value ->> '$.owner'
+                 AND (r.value ->> '$.ignore_cancel' OR s.cancel_requested = 0))
+ ORDER BY r.key
+ ON CONFLICT (saga_id, step_index) DO UPDATE SET
+     phase = excluded.phase, status = excluded.status, output = excluded.output, error = excluded.error,
+     attempts = excluded.attempts, compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
+     started_at = excluded.started_at, finished_at = excluded.finished_at, executed_by = excluded.executed_by;";
+
+/// The sagas' updates of a group, fenced like [`FENCED_SAGA_UPDATE`] and
+/// after the ledger rows for the same reason; each saga whose lease held
+/// returns a row.
+const GROUP_SAGA_UPDATE: &str = "UPDATE saga_runs AS s SET
+     updated_at = u.value ->> '$.now',
+     status = COALESCE(u.value ->> '$.status', s.status),
+     current_step_index = COALESCE(u.value ->> '$.current_step_index', s.current_step_index),
+     context = COALESCE(u.value ->> '$.context', s.context),
+     error = COALESCE(u.value ->> '$.error', s.error),
+     lease_owner = CASE WHEN u.value ->> '$.ends' THEN NULL ELSE s.lease_owner END,
+     lease_expires_at = CASE WHEN u.value ->> '$.ends' THEN NULL ELSE s.lease_expires_at END
+ FROM json_each(?) AS u
+ WHERE s.id = u.value ->> '$.saga_id' AND s.lease_owner = u.value ->> '$.owner'
+ RETURNING id, cancel_requested;";
+
+fn group_step_row(t: &Transition, step: &StepResult, ignore_cancel: bool) -> serde_json::Value {
+    serde_json::json!({
+        "saga_id": t.saga_id.to_string(),
+        "owner": &*t.owner,
+        "ignore_cancel": ignore_cancel,
+        "step_index": step.index,
+        "phase": step.phase.as_str(),
+        "status": step.status.as_str(),
+        "output": step.output.as_ref().map(to_json),
+        "error": step.error.as_deref(),
+        "attempts": step.attempts,
+        "compensate_attempts": step.compensate_attempts,
+        "logs": to_json(&step.logs),
+        "started_at": step.started_at.map(Timestamp::millis),
+        "finished_at": step.finished_at.map(Timestamp::millis),
+        "executed_by": step.executed_by.as_deref(),
+    })
+}
+
+/// Writes the transitions at `group` in `batch` with two statements whose
+/// rows come as JSON (one round trip, and the same two statements whatever
+/// the batch: SQLite prepares them once). `whole`: the group is the batch,
+/// and the query also begins and commits its transaction. Each job gets
+/// its result, as [`apply_transition`] would give it.
+async fn apply_group(
+    conn: &mut SqliteConnection,
+    batch: &mut [Job],
+    group: &[usize],
+    whole: bool,
+) -> StoreResult<()> {
+    let mut steps = Vec::new();
+    let mut sagas = Vec::new();
+    for &i in group {
+        let t = batch[i].groupable().expect("a groupable job");
+        for step in &t.steps {
+            steps.push(group_step_row(t, step, true));
+        }
+        if let Some(start) = &t.start {
+            // A cancel blocks a step from starting to execute, never compensation.
+            steps.push(group_step_row(t, start, start.phase != Phase::Execute));
+        }
+        let ends = t.saga.status.is_some_and(SagaStatus::is_final);
+        sagas.push(serde_json::json!({
+            "saga_id": t.saga_id.to_string(),
+            "owner": &*t.owner,
+            "now": t.now.millis(),
+            "status": t.saga.status.map(SagaStatus::as_str),
+            "current_step_index": t.saga.current_step_index,
+            "context": t.saga.context.as_ref().map(to_json),
+            "error": t.saga.error.as_ref().map(to_json),
+            "ends": ends,
+        }));
+    }
+    static WHOLE: LazyLock<String> =
+        LazyLock::new(|| format!("BEGIN IMMEDIATE;{GROUP_STEP_UPSERT}{GROUP_SAGA_UPDATE}COMMIT;"));
+    static PART: LazyLock<String> =
+        LazyLock::new(|| format!("{GROUP_STEP_UPSERT}{GROUP_SAGA_UPDATE}"));
+    let sql: &str = if whole { &WHOLE } else { &PART };
+    let rows = sqlx::query(sql)
+        .bind(serde_json::Value::Array(steps).to_string())
+        .bind(serde_json::Value::Array(sagas).to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut held = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = sqlx::Row::try_get(row, 0)?;
+        let cancel_requested: bool = sqlx::Row::try_get(row, 1)?;
+        held.insert(id, cancel_requested);
+    }
+    for &i in group {
+        let t = batch[i].groupable().expect("a groupable job");
+        let result = match held.get(&t.saga_id.to_string()) {
+            None => Err(StoreError::LeaseLost(t.saga_id)),
+            Some(&cancel_requested) => Ok(applied(t, cancel_requested)),
+        };
+        batch[i].grouped(result);
+    }
+    Ok(())
 }
 
 fn status_list(statuses: &[SagaStatus]) -> String {
@@ -441,14 +664,19 @@ async fn apply_transition(conn: &mut SqliteConnection, t: &Transition) -> StoreR
         return Err(StoreError::LeaseLost(t.saga_id));
     };
     let cancel_requested: bool = sqlx::Row::try_get(row, 0)?;
-    let started = t
-        .start
-        .as_ref()
-        .is_some_and(|s| !(cancel_requested && s.phase == Phase::Execute));
-    Ok(Applied {
+    Ok(applied(t, cancel_requested))
+}
+
+/// What a transition found, once its saga's cancel flag is known.
+fn applied(t: &Transition, cancel_requested: bool) -> Applied {
+    Applied {
         cancel_requested,
-        started,
-    })
+        // A cancel blocks a step from starting to execute, never compensation.
+        started: t
+            .start
+            .as_ref()
+            .is_some_and(|s| !(cancel_requested && s.phase == Phase::Execute)),
+    }
 }
 
 #[async_trait]
@@ -815,8 +1043,13 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, transition: Transition) -> StoreResult<Applied> {
-        self.write(transition, |conn, t| Box::pin(apply_transition(conn, t)))
-            .await
+        let (reply, rx) = oneshot::channel();
+        let job: Job = Box::new(TransitionJob {
+            transition,
+            result: None,
+            reply,
+        });
+        self.enqueue(job, rx).await
     }
 }
 

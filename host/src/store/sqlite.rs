@@ -323,13 +323,13 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>) -> Resu
                 continue 'attempt;
             }
         }
-        if !group.is_empty() {
-            if let Err(e) = apply_group(conn, batch, &group, false).await {
-                tracing::warn!(error = %e, "a grouped write failed; writing one by one");
-                rollback(conn).await;
-                grouping = false;
-                continue 'attempt;
-            }
+        if !group.is_empty()
+            && let Err(e) = apply_group(conn, batch, &group, false).await
+        {
+            tracing::warn!(error = %e, "a grouped write failed; writing one by one");
+            rollback(conn).await;
+            grouping = false;
+            continue 'attempt;
         }
         return match sqlx::query("COMMIT").execute(&mut *conn).await {
             Ok(_) => Ok(()),

@@ -242,7 +242,17 @@ impl Driver<'_> {
             self.saga.status = SagaStatus::Completed;
             return Ok(());
         }
-        self.check_stop()?;
+        if self.marked == Some((index, Phase::Execute)) {
+            // Marked running by this process (in the commit that ended the
+            // step before, or that claimed the saga), so in flight: a
+            // draining host runs it within the grace rather than leave a
+            // running mark that no call made.
+            if self.active.lease_lost.load(Ordering::SeqCst) || self.active.stop.is_cancelled() {
+                return Err(self.halt());
+            }
+        } else {
+            self.check_stop()?;
+        }
         let Some(attempt) = self.mark(index, Phase::Execute).await? else {
             return Ok(());
         };

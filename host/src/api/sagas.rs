@@ -7,7 +7,7 @@
 use super::AppState;
 use super::error::{ApiError, ErrorBody, JsonBody, invalid_json};
 use super::plugins::resolve;
-use crate::model::{SagaDetail, SagaId, SagaRun, SagaStatus, StepSpec, Timestamp};
+use crate::model::{PluginInfo, SagaDetail, SagaId, SagaRun, SagaStatus, StepSpec, Timestamp};
 use crate::store::{CancelSaga, CreateSaga, SagaFilter};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -208,6 +209,8 @@ async fn start_saga(
     let defaults = &runtime.default_limits;
     let mut plan = Vec::with_capacity(request.steps.len());
     let mut unknown = Vec::new();
+    // A plan often names one plugin several times: look each up once.
+    let mut resolved: HashMap<String, Option<PluginInfo>> = HashMap::new();
     for (i, step) in request.steps.into_iter().enumerate() {
         let options = match step {
             StepRequest::Ref(plugin) => StepOptions {
@@ -247,7 +250,15 @@ async fn start_saga(
                 "steps[{i}].max_output_bytes must be at least 1"
             )));
         }
-        match resolve(&state, &options.plugin).await? {
+        let info = match resolved.get(&options.plugin) {
+            Some(info) => info.clone(),
+            None => {
+                let info = resolve(&state, &options.plugin).await?;
+                resolved.insert(options.plugin.clone(), info.clone());
+                info
+            }
+        };
+        match info {
             Some(info) => plan.push(StepSpec {
                 name: info.name,
                 plugin: info.digest,

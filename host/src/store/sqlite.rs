@@ -42,6 +42,25 @@ const MAX_BATCH: usize = 512;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
+/// `INSERT INTO saga_step_results (<every column>)`, for the ledger upserts.
+macro_rules! step_insert {
+    () => {
+        "INSERT INTO saga_step_results
+     (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at,
+      finished_at, executed_by)"
+    };
+}
+
+/// A ledger upsert's conflict clause: the new row replaces the old.
+macro_rules! step_on_conflict {
+    () => {
+        " ON CONFLICT (saga_id, step_index) DO UPDATE SET
+     phase = excluded.phase, status = excluded.status, output = excluded.output, error = excluded.error,
+     attempts = excluded.attempts, compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
+     started_at = excluded.started_at, finished_at = excluded.finished_at, executed_by = excluded.executed_by"
+    };
+}
+
 /// The SQLite store. See the module docs.
 pub struct SqliteStore {
     reads: SqlitePool,
@@ -366,10 +385,9 @@ fn group_of(batch: &[Job]) -> Vec<usize> {
 /// row's saga is leased by the row's owner (and, for a step about to start
 /// executing, has no cancel requested). Rows come in order, so a
 /// transition's running mark for its next step follows its own result.
-const GROUP_STEP_UPSERT: &str = "INSERT INTO saga_step_results
-     (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at,
-      finished_at, executed_by)
- SELECT r.value ->> '$.saga_id', r.value ->> '$.step_index', r.value ->> '$.phase', r.value ->> '$.status',
+const GROUP_STEP_UPSERT: &str = concat!(
+    step_insert!(),
+    " SELECT r.value ->> '$.saga_id', r.value ->> '$.step_index', r.value ->> '$.phase', r.value ->> '$.status',
         r.value ->> '$.output', r.value ->> '$.error', r.value ->> '$.attempts',
         r.value ->> '$.compensate_attempts', r.value ->> '$.logs', r.value ->> '$.started_at',
         r.value ->> '$.finished_at', r.value ->> '$.executed_by'
@@ -377,11 +395,10 @@ const GROUP_STEP_UPSERT: &str = "INSERT INTO saga_step_results
  WHERE EXISTS (SELECT 1 FROM saga_runs s
                WHERE s.id = r.value ->> '$.saga_id' AND s.lease_owner = r.value ->> '$.owner'
                  AND (r.value ->> '$.ignore_cancel' OR s.cancel_requested = 0))
- ORDER BY r.key
- ON CONFLICT (saga_id, step_index) DO UPDATE SET
-     phase = excluded.phase, status = excluded.status, output = excluded.output, error = excluded.error,
-     attempts = excluded.attempts, compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
-     started_at = excluded.started_at, finished_at = excluded.finished_at, executed_by = excluded.executed_by;";
+ ORDER BY r.key",
+    step_on_conflict!(),
+    ";"
+);
 
 /// The sagas' updates of a group, fenced like [`FENCED_SAGA_UPDATE`] and
 /// after the ledger rows for the same reason; each saga whose lease held
@@ -514,51 +531,53 @@ async fn saga_by_id(conn: &mut SqliteConnection, id: &str) -> StoreResult<Option
     row.map(SagaRun::try_from).transpose()
 }
 
+/// Writes a ledger row, unfenced: for a saga being created or claimed in
+/// this same transaction.
 async fn upsert_step(
     conn: &mut SqliteConnection,
     saga_id: &str,
     step: &StepResult,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO saga_step_results
-             (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at, finished_at,
-              executed_by)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (saga_id, step_index) DO UPDATE SET
-             phase = excluded.phase, status = excluded.status, output = excluded.output, error = excluded.error,
-             attempts = excluded.attempts, compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
-             started_at = excluded.started_at, finished_at = excluded.finished_at,
-             executed_by = excluded.executed_by",
-    )
-    .bind(saga_id)
-    .bind(step.index as i64)
-    .bind(step.phase.as_str())
-    .bind(step.status.as_str())
-    .bind(step.output.as_ref().map(to_json))
-    .bind(step.error.as_deref())
-    .bind(step.attempts as i64)
-    .bind(step.compensate_attempts as i64)
-    .bind(to_json(&step.logs))
-    .bind(step.started_at.map(Timestamp::millis))
-    .bind(step.finished_at.map(Timestamp::millis))
-    .bind(step.executed_by.as_deref())
-    .execute(&mut *conn)
-    .await?;
+    const UPSERT: &str = concat!(
+        step_insert!(),
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        step_on_conflict!()
+    );
+    bind_row(sqlx::query(UPSERT), saga_id, step)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds a ledger row's twelve columns, in [`step_insert`]'s order.
+fn bind_row<'q>(query: SqliteQuery<'q>, id: &'q str, step: &'q StepResult) -> SqliteQuery<'q> {
+    query
+        .bind(id)
+        .bind(step.index as i64)
+        .bind(step.phase.as_str())
+        .bind(step.status.as_str())
+        .bind(step.output.as_ref().map(to_json))
+        .bind(step.error.as_deref())
+        .bind(step.attempts as i64)
+        .bind(step.compensate_attempts as i64)
+        .bind(to_json(&step.logs))
+        .bind(step.started_at.map(Timestamp::millis))
+        .bind(step.finished_at.map(Timestamp::millis))
+        .bind(step.executed_by.as_deref())
 }
 
 /// A ledger row upsert that writes only while `owner` holds the lease
 /// (binds: the row's twelve columns, then saga id, owner, and whether a
 /// cancel may be ignored).
-const FENCED_STEP_UPSERT: &str = "INSERT INTO saga_step_results
-     (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at,
-      finished_at, executed_by)
- SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
- WHERE EXISTS (SELECT 1 FROM saga_runs WHERE id = ? AND lease_owner = ? AND (? OR cancel_requested = 0))
- ON CONFLICT (saga_id, step_index) DO UPDATE SET
-     phase = excluded.phase, status = excluded.status, output = excluded.output, error = excluded.error,
-     attempts = excluded.attempts, compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
-     started_at = excluded.started_at, finished_at = excluded.finished_at, executed_by = excluded.executed_by;";
+const FENCED_STEP_UPSERT: &str = concat!(
+    step_insert!(),
+    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+ WHERE EXISTS (SELECT 1 FROM saga_runs WHERE id = ? AND lease_owner = ? AND (? OR cancel_requested = 0))",
+    step_on_conflict!(),
+    ";"
+);
 
 /// A resource insert fenced the same way (binds: saga id, step index, kind,
 /// external id, spec, created_at, then saga id, kind, external id for the
@@ -584,25 +603,13 @@ const FENCED_SAGA_UPDATE: &str = "UPDATE saga_runs SET
  RETURNING cancel_requested;";
 
 fn bind_step<'q>(
-    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    query: SqliteQuery<'q>,
     id: &'q str,
     owner: &'q str,
     step: &'q StepResult,
     ignore_cancel: bool,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-    query
-        .bind(id)
-        .bind(step.index as i64)
-        .bind(step.phase.as_str())
-        .bind(step.status.as_str())
-        .bind(step.output.as_ref().map(to_json))
-        .bind(step.error.as_deref())
-        .bind(step.attempts as i64)
-        .bind(step.compensate_attempts as i64)
-        .bind(to_json(&step.logs))
-        .bind(step.started_at.map(Timestamp::millis))
-        .bind(step.finished_at.map(Timestamp::millis))
-        .bind(step.executed_by.as_deref())
+) -> SqliteQuery<'q> {
+    bind_row(query, id, step)
         .bind(id)
         .bind(owner)
         .bind(ignore_cancel)

@@ -181,6 +181,20 @@ pub struct Applied {
     pub started: bool,
 }
 
+impl Applied {
+    /// What applying `t` found, once its saga's cancel flag is known.
+    pub(crate) fn found(t: &Transition, cancel_requested: bool) -> Applied {
+        Applied {
+            cancel_requested,
+            // A cancel blocks a step from starting to execute, never compensation.
+            started: t
+                .start
+                .as_ref()
+                .is_some_and(|s| !(cancel_requested && s.phase == Phase::Execute)),
+        }
+    }
+}
+
 /// A wake-up from another host sharing the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notice {

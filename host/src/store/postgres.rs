@@ -190,17 +190,99 @@ async fn apply_transition(
         .execute(&mut **tx)
         .await?;
     }
-    // A cancel blocks a step from starting to execute, never compensation.
-    let started = match &t.start {
-        Some(step) if !(cancel_requested && step.phase == Phase::Execute) => {
-            upsert_step(tx, &id, step).await?;
-            true
+    let applied = Applied::found(t, cancel_requested);
+    if let Some(step) = t.start.as_ref().filter(|_| applied.started) {
+        upsert_step(tx, &id, step).await?;
+    }
+    Ok(applied)
+}
+
+/// A transition without resources as one statement: one round trip, and
+/// atomic without an explicit transaction. The saga's `UPDATE` takes its
+/// row lock and checks the lease; the ledger rows are written only through
+/// its result (none when the lease is lost, and no execute start after a
+/// cancel). `None` when the transition does not fit (resources, or two rows
+/// for one step, which one `INSERT .. ON CONFLICT` cannot write).
+async fn apply_in_one_statement(pool: &PgPool, t: &Transition) -> Option<StoreResult<Applied>> {
+    if !t.resources.is_empty() {
+        return None;
+    }
+    let mut indexes = std::collections::HashSet::new();
+    let rows = t.steps.iter().map(|s| (s, true)).chain(
+        t.start
+            .iter()
+            // A cancel blocks a step from starting to execute, never compensation.
+            .map(|s| (s, s.phase != Phase::Execute)),
+    );
+    let mut json_rows = Vec::new();
+    for (step, ignore_cancel) in rows {
+        if !indexes.insert(step.index) {
+            return None;
         }
-        _ => false,
-    };
-    Ok(Applied {
-        cancel_requested,
-        started,
+        json_rows.push(serde_json::json!({
+            "step_index": step.index,
+            "phase": step.phase.as_str(),
+            "status": step.status.as_str(),
+            "output": step.output.as_ref().map(to_json),
+            "error": step.error.as_deref(),
+            "attempts": step.attempts,
+            "compensate_attempts": step.compensate_attempts,
+            "logs": to_json(&step.logs),
+            "started_at": step.started_at.map(Timestamp::millis),
+            "finished_at": step.finished_at.map(Timestamp::millis),
+            "executed_by": step.executed_by.as_deref(),
+            "ignore_cancel": ignore_cancel,
+        }));
+    }
+    let ends = t.saga.status.is_some_and(SagaStatus::is_final);
+    let result: Result<Option<bool>, sqlx::Error> = sqlx::query_scalar(
+        "WITH saga AS (
+             UPDATE saga_runs SET
+                 updated_at = $1,
+                 status = COALESCE($2, status),
+                 current_step_index = COALESCE($3, current_step_index),
+                 context = COALESCE($4, context),
+                 error = COALESCE($5, error),
+                 lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END,
+                 lease_expires_at = CASE WHEN $6 THEN NULL ELSE lease_expires_at END
+             WHERE id = $7 AND lease_owner = $8
+             RETURNING cancel_requested
+         ), ledger AS (
+             INSERT INTO saga_step_results
+                 (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs,
+                  started_at, finished_at, executed_by)
+             SELECT $7, r.step_index, r.phase, r.status, r.output, r.error, r.attempts, r.compensate_attempts,
+                    r.logs, r.started_at, r.finished_at, r.executed_by
+             FROM jsonb_to_recordset($9::jsonb) AS r(
+                      step_index BIGINT, phase TEXT, status TEXT, output TEXT, error TEXT, attempts BIGINT,
+                      compensate_attempts BIGINT, logs TEXT, started_at BIGINT, finished_at BIGINT,
+                      executed_by TEXT, ignore_cancel BOOLEAN),
+                  saga
+             WHERE r.ignore_cancel OR NOT saga.cancel_requested
+             ON CONFLICT (saga_id, step_index) DO UPDATE SET
+                 phase = excluded.phase, status = excluded.status, output = excluded.output,
+                 error = excluded.error, attempts = excluded.attempts,
+                 compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
+                 started_at = excluded.started_at, finished_at = excluded.finished_at,
+                 executed_by = excluded.executed_by
+         )
+         SELECT cancel_requested FROM saga",
+    )
+    .bind(t.now.millis())
+    .bind(t.saga.status.map(SagaStatus::as_str))
+    .bind(t.saga.current_step_index.map(i64::from))
+    .bind(t.saga.context.as_ref().map(to_json))
+    .bind(t.saga.error.as_ref().map(to_json))
+    .bind(ends)
+    .bind(t.saga_id.to_string())
+    .bind(&*t.owner)
+    .bind(serde_json::Value::Array(json_rows).to_string())
+    .fetch_optional(pool)
+    .await;
+    Some(match result {
+        Err(e) => Err(e.into()),
+        Ok(None) => Err(StoreError::LeaseLost(t.saga_id)),
+        Ok(Some(cancel_requested)) => Ok(Applied::found(t, cancel_requested)),
     })
 }
 
@@ -582,6 +664,9 @@ impl Store for PgStore {
     }
 
     async fn apply(&self, transition: Transition) -> StoreResult<Applied> {
+        if let Some(result) = apply_in_one_statement(&self.pool, &transition).await {
+            return result;
+        }
         let mut tx = self.pool.begin().await?;
         let applied = apply_transition(&mut tx, &transition).await?;
         tx.commit().await?;

@@ -488,7 +488,7 @@ async fn apply_group(
         let t = batch[i].groupable().expect("a groupable job");
         let result = match held.get(&t.saga_id.to_string()) {
             None => Err(StoreError::LeaseLost(t.saga_id)),
-            Some(&cancel_requested) => Ok(applied(t, cancel_requested)),
+            Some(&cancel_requested) => Ok(Applied::found(t, cancel_requested)),
         };
         batch[i].grouped(result);
     }
@@ -671,19 +671,7 @@ async fn apply_transition(conn: &mut SqliteConnection, t: &Transition) -> StoreR
         return Err(StoreError::LeaseLost(t.saga_id));
     };
     let cancel_requested: bool = sqlx::Row::try_get(row, 0)?;
-    Ok(applied(t, cancel_requested))
-}
-
-/// What a transition found, once its saga's cancel flag is known.
-fn applied(t: &Transition, cancel_requested: bool) -> Applied {
-    Applied {
-        cancel_requested,
-        // A cancel blocks a step from starting to execute, never compensation.
-        started: t
-            .start
-            .as_ref()
-            .is_some_and(|s| !(cancel_requested && s.phase == Phase::Execute)),
-    }
+    Ok(Applied::found(t, cancel_requested))
 }
 
 #[async_trait]

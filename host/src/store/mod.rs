@@ -173,6 +173,44 @@ impl Transition {
     }
 }
 
+impl Transition {
+    /// The ledger rows to write, in order (results, then the next running
+    /// mark), each with whether it is written despite a requested cancel: a
+    /// cancel blocks a step from starting to execute, never a result or
+    /// compensation.
+    pub(crate) fn ledger_rows(&self) -> impl Iterator<Item = (&StepResult, bool)> {
+        self.steps
+            .iter()
+            .map(|s| (s, true))
+            .chain(self.start.iter().map(|s| (s, s.phase != Phase::Execute)))
+    }
+}
+
+/// A ledger row as JSON, for the backends' statements that take many rows
+/// at once (`json_each`, `jsonb_to_recordset`).
+pub(crate) fn ledger_row_json(
+    step: &StepResult,
+    ignore_cancel: bool,
+) -> serde_json::Map<String, serde_json::Value> {
+    let serde_json::Value::Object(row) = serde_json::json!({
+        "step_index": step.index,
+        "phase": step.phase.as_str(),
+        "status": step.status.as_str(),
+        "output": step.output.as_ref().map(to_json),
+        "error": step.error.as_deref(),
+        "attempts": step.attempts,
+        "compensate_attempts": step.compensate_attempts,
+        "logs": to_json(&step.logs),
+        "started_at": step.started_at.map(Timestamp::millis),
+        "finished_at": step.finished_at.map(Timestamp::millis),
+        "executed_by": step.executed_by.as_deref(),
+        "ignore_cancel": ignore_cancel,
+    }) else {
+        unreachable!("an object literal")
+    };
+    row
+}
+
 /// What applying a transition found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {

@@ -11,10 +11,10 @@
 use super::{
     Applied, CancelSaga, Claim, ClaimedSaga, CreateSaga, DeletePlugin, LeaseState, Notice,
     PluginRow, PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, StepRow,
-    Store, StoreError, StoreResult, Transition, start_of, to_json,
+    Store, StoreError, StoreResult, Transition, ledger_row_json, start_of, to_json,
 };
 use crate::model::{
-    Digest, Phase, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus, StepResult,
+    Digest, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus, StepResult,
     Timestamp,
 };
 use async_trait::async_trait;
@@ -208,31 +208,15 @@ async fn apply_in_one_statement(pool: &PgPool, t: &Transition) -> Option<StoreRe
         return None;
     }
     let mut indexes = std::collections::HashSet::new();
-    let rows = t.steps.iter().map(|s| (s, true)).chain(
-        t.start
-            .iter()
-            // A cancel blocks a step from starting to execute, never compensation.
-            .map(|s| (s, s.phase != Phase::Execute)),
-    );
     let mut json_rows = Vec::new();
-    for (step, ignore_cancel) in rows {
+    for (step, ignore_cancel) in t.ledger_rows() {
         if !indexes.insert(step.index) {
             return None;
         }
-        json_rows.push(serde_json::json!({
-            "step_index": step.index,
-            "phase": step.phase.as_str(),
-            "status": step.status.as_str(),
-            "output": step.output.as_ref().map(to_json),
-            "error": step.error.as_deref(),
-            "attempts": step.attempts,
-            "compensate_attempts": step.compensate_attempts,
-            "logs": to_json(&step.logs),
-            "started_at": step.started_at.map(Timestamp::millis),
-            "finished_at": step.finished_at.map(Timestamp::millis),
-            "executed_by": step.executed_by.as_deref(),
-            "ignore_cancel": ignore_cancel,
-        }));
+        json_rows.push(serde_json::Value::Object(ledger_row_json(
+            step,
+            ignore_cancel,
+        )));
     }
     let ends = t.saga.status.is_some_and(SagaStatus::is_final);
     let result: Result<Option<bool>, sqlx::Error> = sqlx::query_scalar(

@@ -19,10 +19,10 @@
 use super::{
     Applied, CancelSaga, Claim, ClaimedSaga, CreateSaga, DeletePlugin, LeaseState, PluginRow,
     PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, StepRow, Store,
-    StoreError, StoreResult, Transition, start_of, to_json,
+    StoreError, StoreResult, Transition, ledger_row_json, start_of, to_json,
 };
 use crate::model::{
-    Digest, Phase, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus, StepResult,
+    Digest, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus, StepResult,
     Timestamp,
 };
 use async_trait::async_trait;
@@ -415,25 +415,6 @@ const GROUP_SAGA_UPDATE: &str = "UPDATE saga_runs AS s SET
  WHERE s.id = u.value ->> '$.saga_id' AND s.lease_owner = u.value ->> '$.owner'
  RETURNING id, cancel_requested;";
 
-fn group_step_row(t: &Transition, step: &StepResult, ignore_cancel: bool) -> serde_json::Value {
-    serde_json::json!({
-        "saga_id": t.saga_id.to_string(),
-        "owner": &*t.owner,
-        "ignore_cancel": ignore_cancel,
-        "step_index": step.index,
-        "phase": step.phase.as_str(),
-        "status": step.status.as_str(),
-        "output": step.output.as_ref().map(to_json),
-        "error": step.error.as_deref(),
-        "attempts": step.attempts,
-        "compensate_attempts": step.compensate_attempts,
-        "logs": to_json(&step.logs),
-        "started_at": step.started_at.map(Timestamp::millis),
-        "finished_at": step.finished_at.map(Timestamp::millis),
-        "executed_by": step.executed_by.as_deref(),
-    })
-}
-
 /// Writes the transitions at `group` in `batch` with two statements whose
 /// rows come as JSON (one round trip, and the same two statements whatever
 /// the batch: SQLite prepares them once). `whole`: the group is the batch,
@@ -449,12 +430,11 @@ async fn apply_group(
     let mut sagas = Vec::new();
     for &i in group {
         let t = batch[i].groupable().expect("a groupable job");
-        for step in &t.steps {
-            steps.push(group_step_row(t, step, true));
-        }
-        if let Some(start) = &t.start {
-            // A cancel blocks a step from starting to execute, never compensation.
-            steps.push(group_step_row(t, start, start.phase != Phase::Execute));
+        for (step, ignore_cancel) in t.ledger_rows() {
+            let mut row = ledger_row_json(step, ignore_cancel);
+            row.insert("saga_id".into(), t.saga_id.to_string().into());
+            row.insert("owner".into(), (*t.owner).into());
+            steps.push(serde_json::Value::Object(row));
         }
         let ends = t.saga.status.is_some_and(SagaStatus::is_final);
         sagas.push(serde_json::json!({
@@ -622,20 +602,17 @@ async fn apply_transition(conn: &mut SqliteConnection, t: &Transition) -> StoreR
     let id = t.saga_id.to_string();
     let owner: &str = &t.owner;
     let mut sql = String::new();
-    for _ in &t.steps {
+    for _ in t.ledger_rows() {
         sql.push_str(FENCED_STEP_UPSERT);
     }
     for _ in &t.resources {
         sql.push_str(FENCED_RESOURCE_INSERT);
     }
-    if t.start.is_some() {
-        sql.push_str(FENCED_STEP_UPSERT);
-    }
     sql.push_str(FENCED_SAGA_UPDATE);
 
     let mut query = sqlx::query(&sql);
-    for step in &t.steps {
-        query = bind_step(query, &id, owner, step, true);
+    for (step, ignore_cancel) in t.ledger_rows() {
+        query = bind_step(query, &id, owner, step, ignore_cancel);
     }
     for (step_index, resource) in &t.resources {
         query = query
@@ -650,10 +627,6 @@ async fn apply_transition(conn: &mut SqliteConnection, t: &Transition) -> StoreR
             .bind(resource.external_id.as_str())
             .bind(id.as_str())
             .bind(owner);
-    }
-    if let Some(start) = &t.start {
-        // A cancel blocks a step from starting to execute, never compensation.
-        query = bind_step(query, &id, owner, start, start.phase != Phase::Execute);
     }
     let ends = t.saga.status.is_some_and(SagaStatus::is_final);
     query = query

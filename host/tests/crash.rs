@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
-use wasaga_tests::{Counter, ServerProcess, component};
+use wasaga_tests::{Counter, ServerProcess, component, poll_saga};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wasaga");
 
@@ -98,30 +98,17 @@ async fn sigkill_mid_run_loses_nothing_and_reruns_no_completed_step() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut details = BTreeMap::new();
     for id in &ids {
-        loop {
-            let saga: Value = http
-                .get(format!("{}/v1/sagas/{id}", server.base))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let status = saga["status"].as_str().unwrap().to_string();
-            if status == "completed" {
-                details.insert(id.clone(), saga);
-                break;
-            }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let saga = poll_saga(&http, &server.base, id, left, |saga| {
+            let status = saga["status"].as_str().unwrap();
             assert!(
-                !["rolled_back", "failed"].contains(&status.as_str()),
+                !["rolled_back", "failed"].contains(&status),
                 "saga {id} ended {status}: {saga}"
             );
-            assert!(
-                Instant::now() < deadline,
-                "saga {id} did not complete after the restart: {saga}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            status == "completed"
+        })
+        .await;
+        details.insert(id.clone(), saga);
     }
 
     let calls = counter.calls();
@@ -244,22 +231,10 @@ async fn sigterm_lets_steps_finish_releases_leases_and_a_restart_runs_nothing_tw
         .await
         .unwrap();
     for id in &ids {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let saga: Value = http
-                .get(format!("{}/v1/sagas/{id}", server.base))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if saga["status"] == "completed" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{saga}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        poll_saga(&http, &server.base, id, Duration::from_secs(60), |saga| {
+            saga["status"] == "completed"
+        })
+        .await;
     }
     let calls = counter.calls();
     assert_eq!(calls.len(), 8 * 5, "every step ran exactly once: {calls:?}");

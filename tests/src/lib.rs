@@ -328,6 +328,36 @@ pub async fn wait_for(
     }
 }
 
+/// Polls `GET {base}/v1/sagas/{id}` until `check` holds for the answer, and
+/// returns it; panics with the last answer after `within`.
+pub async fn poll_saga(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    within: Duration,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let saga: serde_json::Value = http
+            .get(format!("{base}/v1/sagas/{id}"))
+            .send()
+            .await
+            .expect("GET /v1/sagas/{id}")
+            .json()
+            .await
+            .expect("a saga as JSON");
+        if check(&saga) {
+            return saga;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "saga {id} did not reach the expected state within {within:?}: {saga}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Whether the server at `base` answers `/healthz` with 200.
 pub async fn healthy(http: &reqwest::Client, base: &str) -> bool {
     http.get(format!("{base}/healthz"))

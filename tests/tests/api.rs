@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
 use wasaga::server::ServeOptions;
-use wasaga_tests::{Backend, TestDb, TestServer, component};
+use wasaga_tests::{Backend, TestDb, TestServer, component, poll_saga};
 
 const WITHIN: Duration = Duration::from_secs(60);
 
@@ -53,26 +53,10 @@ async fn start(server: &TestServer, body: Value) -> reqwest::Response {
 }
 
 async fn wait_final(server: &TestServer, id: &str) -> Value {
-    let deadline = std::time::Instant::now() + WITHIN;
-    loop {
-        let saga: Value = server
-            .http
-            .get(server.url(&format!("/v1/sagas/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ["completed", "rolled_back", "failed"].contains(&saga["status"].as_str().unwrap()) {
-            return saga;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "saga {id} did not end: {saga}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_saga(&server.http, &server.base, id, WITHIN, |saga| {
+        ["completed", "rolled_back", "failed"].contains(&saga["status"].as_str().unwrap())
+    })
+    .await
 }
 
 #[tokio::test]
@@ -336,23 +320,10 @@ async fn starting_listing_showing_and_cancelling_sagas() {
         .as_str()
         .unwrap()
         .to_string();
-    let deadline = std::time::Instant::now() + WITHIN;
-    loop {
-        let s: Value = server
-            .http
-            .get(server.url(&format!("/v1/sagas/{spinning}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if s["steps"].as_array().unwrap().len() == 2 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_saga(&server.http, &server.base, &spinning, WITHIN, |s| {
+        s["steps"].as_array().unwrap().len() == 2
+    })
+    .await;
     let r = server
         .http
         .post(server.url(&format!("/v1/sagas/{spinning}/cancel")))

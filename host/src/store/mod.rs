@@ -33,6 +33,8 @@ pub enum StoreError {
     LeaseLost(SagaId),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A row that does not parse: a bug or a hand-edited database.
@@ -186,8 +188,8 @@ impl Transition {
     }
 }
 
-/// A ledger row as JSON, for the backends' statements that take many rows
-/// at once (`json_each`, `jsonb_to_recordset`).
+/// A ledger row as JSON, for PostgreSQL's grouped statement, which takes
+/// many rows at once (`jsonb_to_recordset`).
 pub(crate) fn ledger_row_json(
     step: &StepResult,
     ignore_cancel: bool,

@@ -1,0 +1,140 @@
+//! The SQLite writer: one thread that owns the only writing connection and
+//! commits every write of the process, in groups.
+//!
+//! SQLite allows one writer at a time, and a commit with `synchronous=FULL`
+//! costs an fsync. The thread takes whatever writes are queued (up to
+//! [`MAX_BATCH`]), runs each in its own savepoint inside one transaction,
+//! commits once, and only then answers each caller: group commit, several
+//! sagas' transitions for the price of one fsync, with every acknowledgement
+//! still meaning "durable". A write that fails is rolled back to its
+//! savepoint and answered with its error; the others of its batch commit.
+//!
+//! The thread calls SQLite directly (rusqlite, with cached prepared
+//! statements) rather than through sqlx's async connection, whose every
+//! statement is a round trip to a worker thread: the writer is the one
+//! serial stage of the embedded store, so it does nothing but write.
+
+use super::super::{StoreError, StoreResult};
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most writes committed in one transaction.
+pub(super) const MAX_BATCH: usize = 512;
+
+/// What a job does once its batch's commit is known: answer its caller.
+type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// One queued write: runs its statements (inside the batch's transaction,
+/// in its own savepoint) and returns how to answer its caller. Given no
+/// connection (the transaction could not begin), it runs nothing.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Answer + Send>;
+
+/// The handle the store writes through; the thread ends when it is dropped.
+pub(super) struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`.
+    pub(super) fn start(conn: Connection) -> StoreResult<Writer> {
+        let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
+        std::thread::Builder::new()
+            .name("wasaga-sqlite-writer".into())
+            .spawn(move || write_loop(conn, rx))
+            .map_err(|e| StoreError::WriteFailed(format!("cannot start the writer thread: {e}")))?;
+        Ok(Writer { jobs })
+    }
+
+    /// Whether the writer thread has stopped.
+    pub(super) fn is_closed(&self) -> bool {
+        self.jobs.is_closed()
+    }
+
+    /// Runs `op` in the next batch and answers once that batch committed:
+    /// its result if it did, otherwise why not. A failing `op` leaves
+    /// nothing behind (its savepoint is rolled back).
+    pub(super) async fn write<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = conn.map(|conn| in_savepoint(conn, op));
+            Box::new(move |commit| {
+                let _ = reply.send(settle(commit, result));
+            })
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Runs `op` in a savepoint, which it keeps on success and rolls back on
+/// failure.
+fn in_savepoint<T>(
+    conn: &Connection,
+    op: impl FnOnce(&Connection) -> StoreResult<T>,
+) -> StoreResult<T> {
+    conn.prepare_cached("SAVEPOINT job")?.execute([])?;
+    let result = op(conn);
+    if result.is_err() {
+        conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
+    }
+    conn.prepare_cached("RELEASE job")?.execute([])?;
+    result
+}
+
+/// A job's answer from its own result (`None`: it never ran) and its
+/// batch's commit.
+fn settle<T>(commit: Result<(), String>, result: Option<StoreResult<T>>) -> StoreResult<T> {
+    match (commit, result) {
+        // A failed job answers its own error whatever became of the batch.
+        (_, Some(Err(e))) => Err(e),
+        (Ok(()), Some(Ok(value))) => Ok(value),
+        (Err(why), _) => Err(StoreError::WriteFailed(why)),
+        (Ok(()), None) => Err(StoreError::WriteFailed("the write never ran".into())),
+    }
+}
+
+/// The thread: takes every queued job (up to [`MAX_BATCH`]) into one
+/// transaction and one commit, until the store is dropped.
+fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut answers: Vec<Answer> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]))
+        {
+            tracing::error!(error = %e, "SQLite could not begin a transaction");
+            let why = format!("cannot begin a transaction: {e}");
+            for job in batch.drain(..) {
+                job(None)(Err(why.clone()));
+            }
+            continue;
+        }
+        answers.extend(batch.drain(..).map(|job| job(Some(&conn))));
+        let commit = conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+            .map_err(|e| {
+                tracing::error!(error = %e, "SQLite commit failed");
+                if let Err(e) = conn.execute_batch("ROLLBACK") {
+                    tracing::debug!(error = %e, "rollback after a failed commit");
+                }
+                format!("commit failed: {e}")
+            });
+        for answer in answers.drain(..) {
+            answer(commit.clone());
+        }
+    }
+}

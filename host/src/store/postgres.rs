@@ -4,14 +4,18 @@
 //! sagas with `FOR UPDATE SKIP LOCKED` in short transactions, so two hosts
 //! never claim one saga and neither waits on the other's locks; every write
 //! of a transition is fenced by the lease (`WHERE lease_owner = $me`), so a
-//! host whose lease was taken over cannot write over the new owner. Each
-//! write is its own transaction: PostgreSQL's WAL already flushes concurrent
-//! commits together.
+//! host whose lease was taken over cannot write over the new owner. The
+//! runner's transitions are written in groups, one statement for all that
+//! arrive together ([`group`]); every other write is its own short
+//! transaction. Statements that lock several saga rows lock them in id
+//! order, so they never deadlock with each other.
+
+mod group;
 
 use super::{
     Applied, CancelSaga, Claim, ClaimedSaga, CreateSaga, DeletePlugin, LeaseState, Notice,
     PluginRow, PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, StepRow,
-    Store, StoreError, StoreResult, Transition, ledger_row_json, start_of, to_json,
+    Store, StoreError, StoreResult, Transition, start_of, to_json,
 };
 use crate::model::{
     Digest, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus, StepResult,
@@ -35,6 +39,7 @@ const CANCEL_CHANNEL: &str = "wasaga_cancel";
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    group: group::Grouper,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -56,7 +61,10 @@ impl PgStore {
             .connect_with(options)
             .await?;
         MIGRATIONS.run(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            group: group::Grouper::start(pool.clone()),
+            pool,
+        })
     }
 
     /// The pool, for LISTEN/NOTIFY and tests.
@@ -195,79 +203,6 @@ async fn apply_transition(
         upsert_step(tx, &id, step).await?;
     }
     Ok(applied)
-}
-
-/// A transition without resources as one statement: one round trip, and
-/// atomic without an explicit transaction. The saga's `UPDATE` takes its
-/// row lock and checks the lease; the ledger rows are written only through
-/// its result (none when the lease is lost, and no execute start after a
-/// cancel). `None` when the transition does not fit (resources, or two rows
-/// for one step, which one `INSERT .. ON CONFLICT` cannot write).
-async fn apply_in_one_statement(pool: &PgPool, t: &Transition) -> Option<StoreResult<Applied>> {
-    if !t.resources.is_empty() {
-        return None;
-    }
-    let mut indexes = std::collections::HashSet::new();
-    let mut json_rows = Vec::new();
-    for (step, ignore_cancel) in t.ledger_rows() {
-        if !indexes.insert(step.index) {
-            return None;
-        }
-        json_rows.push(serde_json::Value::Object(ledger_row_json(
-            step,
-            ignore_cancel,
-        )));
-    }
-    let ends = t.saga.status.is_some_and(SagaStatus::is_final);
-    let result: Result<Option<bool>, sqlx::Error> = sqlx::query_scalar(
-        "WITH saga AS (
-             UPDATE saga_runs SET
-                 updated_at = $1,
-                 status = COALESCE($2, status),
-                 current_step_index = COALESCE($3, current_step_index),
-                 context = COALESCE($4, context),
-                 error = COALESCE($5, error),
-                 lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END,
-                 lease_expires_at = CASE WHEN $6 THEN NULL ELSE lease_expires_at END
-             WHERE id = $7 AND lease_owner = $8
-             RETURNING cancel_requested
-         ), ledger AS (
-             INSERT INTO saga_step_results
-                 (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs,
-                  started_at, finished_at, executed_by)
-             SELECT $7, r.step_index, r.phase, r.status, r.output, r.error, r.attempts, r.compensate_attempts,
-                    r.logs, r.started_at, r.finished_at, r.executed_by
-             FROM jsonb_to_recordset($9::jsonb) AS r(
-                      step_index BIGINT, phase TEXT, status TEXT, output TEXT, error TEXT, attempts BIGINT,
-                      compensate_attempts BIGINT, logs TEXT, started_at BIGINT, finished_at BIGINT,
-                      executed_by TEXT, ignore_cancel BOOLEAN),
-                  saga
-             WHERE r.ignore_cancel OR NOT saga.cancel_requested
-             ON CONFLICT (saga_id, step_index) DO UPDATE SET
-                 phase = excluded.phase, status = excluded.status, output = excluded.output,
-                 error = excluded.error, attempts = excluded.attempts,
-                 compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
-                 started_at = excluded.started_at, finished_at = excluded.finished_at,
-                 executed_by = excluded.executed_by
-         )
-         SELECT cancel_requested FROM saga",
-    )
-    .bind(t.now.millis())
-    .bind(t.saga.status.map(SagaStatus::as_str))
-    .bind(t.saga.current_step_index.map(i64::from))
-    .bind(t.saga.context.as_ref().map(to_json))
-    .bind(t.saga.error.as_ref().map(to_json))
-    .bind(ends)
-    .bind(t.saga_id.to_string())
-    .bind(&*t.owner)
-    .bind(serde_json::Value::Array(json_rows).to_string())
-    .fetch_optional(pool)
-    .await;
-    Some(match result {
-        Err(e) => Err(e.into()),
-        Ok(None) => Err(StoreError::LeaseLost(t.saga_id)),
-        Ok(Some(cancel_requested)) => Ok(Applied::found(t, cancel_requested)),
-    })
 }
 
 #[async_trait]
@@ -580,9 +515,13 @@ impl Store for PgStore {
     ) -> StoreResult<Vec<LeaseState>> {
         let id_texts: Vec<String> = ids.iter().map(SagaId::to_string).collect();
         let held: Vec<(String, bool)> = sqlx::query_as(
-            "UPDATE saga_runs SET lease_expires_at = $1
-             WHERE id = ANY($2) AND lease_owner = $3
-             RETURNING id, cancel_requested",
+            "WITH locked AS (
+                 SELECT id FROM saga_runs WHERE id = ANY($2) AND lease_owner = $3
+                 ORDER BY id FOR UPDATE
+             )
+             UPDATE saga_runs s SET lease_expires_at = $1
+             FROM locked WHERE s.id = locked.id AND s.lease_owner = $3
+             RETURNING s.id, s.cancel_requested",
         )
         .bind(until.millis())
         .bind(&id_texts)
@@ -606,7 +545,12 @@ impl Store for PgStore {
     async fn release_leases(&self, owner: &str, ids: &[SagaId]) -> StoreResult<()> {
         let id_texts: Vec<String> = ids.iter().map(SagaId::to_string).collect();
         sqlx::query(
-            "UPDATE saga_runs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ANY($1) AND lease_owner = $2",
+            "WITH locked AS (
+                 SELECT id FROM saga_runs WHERE id = ANY($1) AND lease_owner = $2
+                 ORDER BY id FOR UPDATE
+             )
+             UPDATE saga_runs s SET lease_owner = NULL, lease_expires_at = NULL
+             FROM locked WHERE s.id = locked.id AND s.lease_owner = $2",
         )
         .bind(&id_texts)
         .bind(owner)
@@ -648,8 +592,8 @@ impl Store for PgStore {
     }
 
     async fn apply(&self, transition: Transition) -> StoreResult<Applied> {
-        if let Some(result) = apply_in_one_statement(&self.pool, &transition).await {
-            return result;
+        if group::Grouper::fits(&transition) {
+            return self.group.apply(transition).await;
         }
         let mut tx = self.pool.begin().await?;
         let applied = apply_transition(&mut tx, &transition).await?;

@@ -392,6 +392,22 @@ async fn closed_loop(
     Ok((elapsed, latencies))
 }
 
+/// The levels a section measures: the comma-separated numbers in the
+/// environment variable `var`, else `default`.
+fn levels(var: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(var) {
+        Ok(list) => list
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{var}: numbers"))
+            })
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
+}
+
 async fn durable_throughput(report: &mut Report, quick: bool) -> Result<()> {
     let sagas = if quick { 100 } else { 1_000 };
     const STEPS: usize = 5;
@@ -404,14 +420,7 @@ async fn durable_throughput(report: &mut Report, quick: bool) -> Result<()> {
         floor_rate,
         1e6 / floor_rate
     ));
-    let levels: Vec<usize> = match std::env::var("WASAGA_BENCH_CONCURRENCY") {
-        Ok(list) => list
-            .split(',')
-            .map(|n| n.parse().expect("WASAGA_BENCH_CONCURRENCY: numbers"))
-            .collect(),
-        Err(_) => vec![1, 8, 64],
-    };
-    for concurrency in levels {
+    for concurrency in levels("WASAGA_BENCH_CONCURRENCY", &[1, 8, 64]) {
         let host = LocalHost::start(|o| {
             o.runner.concurrency = concurrency;
             o.runtime.max_instances = concurrency.max(16) as u32;
@@ -748,7 +757,7 @@ async fn several_hosts(report: &mut Report, quick: bool, bin: &Path) -> Result<(
         floor_rate
     ));
     let bin = bin.to_str().context("a UTF-8 path")?;
-    for hosts in 1..=3usize {
+    for hosts in levels("WASAGA_BENCH_HOSTS", &[1, 2, 3]) {
         let db = wasaga_tests::TestDb::new(wasaga_tests::Backend::Postgres).await;
         let url = db.url.replace("max_connections=6", "max_connections=16");
         let mut servers = Vec::new();

@@ -188,8 +188,8 @@ impl Transition {
     }
 }
 
-/// A ledger row as JSON, for PostgreSQL's grouped statement, which takes
-/// many rows at once (`jsonb_to_recordset`).
+/// A ledger row as JSON, for PostgreSQL's statements that take their rows
+/// as JSON (`jsonb_to_recordset`).
 pub(crate) fn ledger_row_json(
     step: &StepResult,
     ignore_cancel: bool,

@@ -15,7 +15,7 @@ mod group;
 use super::{
     Applied, CancelSaga, Claim, ClaimedSaga, CreateSaga, DeletePlugin, LeaseState, Notice,
     PluginRow, PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, StepRow,
-    Store, StoreError, StoreResult, Transition, start_of, to_json,
+    Store, StoreError, StoreResult, Transition, ledger_row_json, start_of, to_json,
 };
 use crate::model::{
     Digest, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus, StepResult,
@@ -324,13 +324,36 @@ impl Store for PgStore {
         let saga = started
             .as_ref()
             .map_or_else(|| saga.clone(), |(s, _)| s.clone());
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO saga_runs (id, kind, status, steps, inputs, current_step_index, context, error,
-                 cancel_requested, deployment_id, triggered_by, idempotency_key, request_hash,
-                 lease_owner, lease_expires_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, FALSE, $8, $9, $10, $11, $12, $13, $14, $15)
-             ON CONFLICT (idempotency_key) DO NOTHING",
+        // One statement: the saga, its first step's running mark (when
+        // it starts now) or a wake-up for the hosts (when it waits), atomic
+        // without an explicit transaction.
+        let first: Vec<serde_json::Value> = started
+            .iter()
+            .map(|(_, first)| serde_json::Value::Object(ledger_row_json(first, true)))
+            .collect();
+        // `wake` is a plain SELECT: it runs only if the result refers to it.
+        let (inserted, _woken): (i64, i64) = sqlx::query_as(
+            "WITH saga AS (
+                 INSERT INTO saga_runs (id, kind, status, steps, inputs, current_step_index, context, error,
+                     cancel_requested, deployment_id, triggered_by, idempotency_key, request_hash,
+                     lease_owner, lease_expires_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, FALSE, $8, $9, $10, $11, $12, $13, $14, $15)
+                 ON CONFLICT (idempotency_key) DO NOTHING
+                 RETURNING id
+             ), first AS (
+                 INSERT INTO saga_step_results
+                     (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs,
+                      started_at, finished_at, executed_by)
+                 SELECT saga.id, r.step_index, r.phase, r.status, r.output, r.error, r.attempts,
+                        r.compensate_attempts, r.logs, r.started_at, r.finished_at, r.executed_by
+                 FROM saga, jsonb_to_recordset($16::jsonb) AS r(
+                          step_index BIGINT, phase TEXT, status TEXT, output TEXT, error TEXT,
+                          attempts BIGINT, compensate_attempts BIGINT, logs TEXT, started_at BIGINT,
+                          finished_at BIGINT, executed_by TEXT)
+             ), wake AS (
+                 SELECT pg_notify('wasaga_work', '') FROM saga WHERE $17
+             )
+             SELECT (SELECT count(*) FROM saga), (SELECT count(*) FROM wake)",
         )
         .bind(saga.id.to_string())
         .bind(&saga.kind)
@@ -347,19 +370,12 @@ impl Store for PgStore {
         .bind(claim.map(|c| c.lease_until.millis()))
         .bind(saga.created_at.millis())
         .bind(saga.updated_at.millis())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .bind(serde_json::Value::Array(first).to_string())
+        // Unclaimed: wake the hosts waiting for work.
+        .bind(started.is_none())
+        .fetch_one(&self.pool)
+        .await?;
         if inserted == 1 {
-            if let Some((_, first)) = &started {
-                upsert_step(&mut tx, &saga.id.to_string(), first).await?;
-            } else {
-                // Unclaimed: wake the hosts waiting for work.
-                sqlx::query("SELECT pg_notify('wasaga_work', '')")
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
             return Ok(CreateSaga::Created(ClaimedSaga {
                 saga,
                 first_step_started: started.is_some(),
@@ -372,12 +388,14 @@ impl Store for PgStore {
                 saga.id
             )));
         };
+        // The key's saga: committed, since the insert waited for it.
+        let mut conn = self.pool.acquire().await?;
         let (id, existing_hash): (String, Option<String>) =
             sqlx::query_as("SELECT id, request_hash FROM saga_runs WHERE idempotency_key = $1")
                 .bind(key)
-                .fetch_one(&mut *tx)
+                .fetch_one(&mut *conn)
                 .await?;
-        let found = saga_by_id(&mut tx, &id)
+        let found = saga_by_id(&mut conn, &id)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("saga {id} vanished")))?;
         Ok(if existing_hash.as_deref() == Some(hash) {

@@ -131,16 +131,15 @@ async fn write_group(pool: &PgPool, mut group: Vec<Pending>) {
 }
 
 /// The statement: see the module docs. `$1` holds the sagas' updates, `$2`
-/// their ledger rows; it returns each saga whose lease held, with its
-/// cancel flag.
+/// their ledger rows, `$3` their ids (an index lookup, whatever the
+/// planner guesses of the JSON); it returns each saga whose lease held,
+/// with its cancel flag.
 const GROUP_STATEMENT: &str = "WITH u AS (
      SELECT * FROM jsonb_to_recordset($1::jsonb) AS u(
          saga_id TEXT, owner TEXT, now BIGINT, status TEXT, current_step_index BIGINT,
          context TEXT, error TEXT, ends BOOLEAN)
  ), locked AS (
-     SELECT s.id FROM saga_runs s JOIN u ON s.id = u.saga_id AND s.lease_owner = u.owner
-     ORDER BY s.id
-     FOR UPDATE OF s
+     SELECT id FROM saga_runs WHERE id = ANY($3) ORDER BY id FOR UPDATE
  ), saga AS (
      UPDATE saga_runs s SET
          updated_at = u.now,
@@ -181,6 +180,7 @@ async fn apply_together(
     transitions: &[&Transition],
 ) -> StoreResult<Vec<StoreResult<Applied>>> {
     let mut updates = Vec::with_capacity(transitions.len());
+    let mut ids = Vec::with_capacity(transitions.len());
     let mut rows = Vec::new();
     for t in transitions {
         let id = t.saga_id.to_string();
@@ -189,6 +189,7 @@ async fn apply_together(
             row.insert("saga_id".into(), id.clone().into());
             rows.push(Value::Object(row));
         }
+        ids.push(id.clone());
         updates.push(serde_json::json!({
             "saga_id": id,
             "owner": &*t.owner,
@@ -203,6 +204,7 @@ async fn apply_together(
     let held: HashMap<String, bool> = sqlx::query_as(GROUP_STATEMENT)
         .bind(Value::Array(updates).to_string())
         .bind(Value::Array(rows).to_string())
+        .bind(&ids)
         .fetch_all(pool)
         .await?
         .into_iter()

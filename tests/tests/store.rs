@@ -146,7 +146,8 @@ on_both! {
 
     transitions_written_together_each_get_their_own_answer(backend) {
         // Many transitions at once: the SQLite writer commits them in one
-        // transaction (most in one grouped query). Each must still be fenced
+        // transaction (each in its own savepoint), PostgreSQL writes them in
+        // grouped statements. Each must still be fenced
         // by its own lease, refused its own start after its own cancel, and
         // answered with its own result; a lost lease must not sink the rest.
         let db = TestDb::new(backend).await;
@@ -207,6 +208,40 @@ on_both! {
                 }
             }
         }
+    }
+
+    a_failing_write_among_many_fails_alone(backend) {
+        // Writes that reach the store together (one SQLite transaction):
+        // the ones that fail (a saga id that exists) get their own error,
+        // leave nothing behind, and the others commit.
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        let echo = install(store.as_ref(), "echo").await;
+        let taken = SagaRun::pending("test", vec![echo.clone()], json!({"first": true}), None, None, Timestamp::now());
+        store.create_saga(&taken, None, None).await.unwrap();
+        let writes = (0..30).map(|i| {
+            let store = store.clone();
+            let saga = if i % 3 == 0 {
+                SagaRun { inputs: json!({"i": i}), ..taken.clone() }
+            } else {
+                SagaRun::pending("test", vec![echo.clone()], json!({"i": i}), None, None, Timestamp::now())
+            };
+            async move { (saga.id, store.create_saga(&saga, None, Some(&claim("a", Timestamp::now(), true))).await) }
+        });
+        let results = futures::future::join_all(writes).await;
+        for (i, (id, result)) in results.into_iter().enumerate() {
+            if i % 3 == 0 {
+                assert!(result.is_err(), "{i}: a second saga with id {id} was accepted: {result:?}");
+                continue;
+            }
+            assert!(matches!(result, Ok(CreateSaga::Created(_))), "{i}: {result:?}");
+            let detail = store.saga(id).await.unwrap().expect("created");
+            assert_eq!(detail.saga.inputs, json!({"i": i}));
+            assert_eq!(detail.steps.len(), 1, "{i}: started in the same commit");
+        }
+        let first = store.saga(taken.id).await.unwrap().unwrap();
+        assert_eq!(first.saga.inputs, json!({"first": true}), "the existing saga is untouched");
+        assert!(first.steps.is_empty());
     }
 
     a_final_transition_releases_the_lease_and_cancel_after_the_end_is_refused(backend) {

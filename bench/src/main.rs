@@ -742,10 +742,26 @@ async fn postgres_commit_floor(url: &str, n: usize) -> Result<Duration> {
     Ok(started.elapsed())
 }
 
+/// Waits until the server log at `path` holds a line containing `needle`.
+async fn wait_for_log_line(path: &Path, needle: &str, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if std::fs::read_to_string(path)?.contains(needle) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} has no {needle:?} after {within:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// 1, 2 and 3 `wasaga serve` on one PostgreSQL: a burst of sagas spread
 /// over the hosts' APIs, until all are completed.
 async fn several_hosts(report: &mut Report, quick: bool, bin: &Path) -> Result<()> {
-    let sagas = if quick { 100 } else { 1_000 };
+    let sagas = if quick { 100 } else { 3_000 };
     const STEPS: usize = 5;
     let floor_db = wasaga_tests::TestDb::new(wasaga_tests::Backend::Postgres).await;
     let floor = postgres_commit_floor(&floor_db.url, sagas * STEPS).await?;
@@ -779,6 +795,10 @@ async fn several_hosts(report: &mut Report, quick: bool, bin: &Path) -> Result<(
             .collect();
             servers
                 .push(wasaga_tests::ServerProcess::start(bin, &args, dir.join("serve.log")).await?);
+        }
+        // Measure the hosts at work, not compiling their bundled plugins.
+        for server in &servers {
+            wait_for_log_line(&server.log, "plugins warm", Duration::from_secs(120)).await?;
         }
         let http = reqwest::Client::new();
         let body =

@@ -104,6 +104,16 @@ on_both! {
             }
         });
         let results = futures::future::join_all(claimers).await;
+        // What a claim answers is what it stored.
+        for id in results.iter().flatten().take(5) {
+            let detail = store.saga(*id).await.unwrap().unwrap();
+            assert_eq!(detail.saga.status, SagaStatus::Running);
+            assert_eq!(detail.saga.updated_at, now);
+            assert_eq!(detail.steps.len(), 1);
+            let row = &detail.steps[0];
+            let expected = wasaga::model::StepResult::first_attempt(0, &detail.saga.plan[0], row.executed_by.as_deref().unwrap(), now);
+            assert_eq!(*row, expected, "the stored running mark");
+        }
         let mut seen = BTreeSet::new();
         for mine in &results {
             for id in mine {
@@ -114,7 +124,14 @@ on_both! {
         // Held leases are not claimable until they expire.
         assert!(store.claim_sagas(&claim("late", now, true), 100).await.unwrap().is_empty());
         let later = now.plus(Duration::from_secs(11));
-        assert_eq!(store.claim_sagas(&claim("late", later, false), 100).await.unwrap().len(), 60);
+        let taken = store.claim_sagas(&claim("late", later, false), 100).await.unwrap();
+        assert_eq!(taken.len(), 60);
+        for c in &taken {
+            assert!(!c.first_step_started, "already started");
+            let stored = store.saga(c.saga.id).await.unwrap().unwrap();
+            assert_eq!(c.ledger, stored.steps, "a taken-over saga comes with its ledger");
+            assert_eq!(c.ledger.len(), 1);
+        }
     }
 
     leases_fence_writes_and_renewal_reports_cancels(backend) {

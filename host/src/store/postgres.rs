@@ -31,6 +31,10 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postg
 
 const UNFINISHED: &str = "('pending', 'running', 'compensating')";
 
+/// [`SAGA_COLUMNS`] of the claim's updated rows (`s`).
+const CLAIMED_COLUMNS: &str = "s.id, s.kind, s.status, s.steps, s.inputs, s.current_step_index, \
+     s.context, s.error, s.cancel_requested, s.deployment_id, s.triggered_by, s.created_at, s.updated_at";
+
 /// NOTIFY channels: unclaimed work appeared, and a cancel for a saga id.
 const WORK_CHANNEL: &str = "wasaga_work";
 const CANCEL_CHANNEL: &str = "wasaga_cancel";
@@ -478,49 +482,74 @@ impl Store for PgStore {
     }
 
     async fn claim_sagas(&self, claim: &Claim, limit: usize) -> StoreResult<Vec<ClaimedSaga>> {
-        let mut tx = self.pool.begin().await?;
-        let rows: Vec<SagaRow> = sqlx::query_as(&format!(
-            "UPDATE saga_runs SET lease_owner = $1, lease_expires_at = $3
-             WHERE id IN (
-                 SELECT id FROM saga_runs
+        // One statement: take the lease of the oldest claimable sagas, start
+        // the pending ones (status and first step's running mark, the row
+        // `StepResult::first_attempt` makes, checked below), and return
+        // them with whether each was started.
+        let rows: Vec<(SagaRow, bool)> = sqlx::query(&format!(
+            "WITH picked AS (
+                 SELECT id, $5 AND status = 'pending' AND NOT cancel_requested AND steps <> '[]' AS start
+                 FROM saga_runs
                  WHERE status IN {UNFINISHED} AND (lease_owner IS NULL OR lease_expires_at < $2)
                  ORDER BY created_at, id LIMIT $4
-                 FOR UPDATE SKIP LOCKED)
-             RETURNING {SAGA_COLUMNS}"
+                 FOR UPDATE SKIP LOCKED
+             ), claimed AS (
+                 UPDATE saga_runs s SET lease_owner = $1, lease_expires_at = $3,
+                     status = CASE WHEN picked.start THEN 'running' ELSE s.status END,
+                     updated_at = CASE WHEN picked.start THEN $2 ELSE s.updated_at END
+                 FROM picked WHERE s.id = picked.id
+                 RETURNING {CLAIMED_COLUMNS}, picked.start
+             ), first AS (
+                 INSERT INTO saga_step_results
+                     (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs,
+                      started_at, finished_at, executed_by)
+                 SELECT id, 0, 'execute', 'running', NULL, NULL, 1, 0, '[]', $2, NULL, $1
+                 FROM claimed WHERE start
+             )
+             SELECT * FROM claimed"
         ))
         .bind(&*claim.owner)
         .bind(claim.now.millis())
         .bind(claim.lease_until.millis())
         .bind(limit as i64)
-        .fetch_all(&mut *tx)
+        .bind(claim.start_pending)
+        .try_map(|row: sqlx::postgres::PgRow| {
+            use sqlx::{FromRow, Row};
+            Ok((SagaRow::from_row(&row)?, row.try_get("start")?))
+        })
+        .fetch_all(&self.pool)
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
+        let mut resumed = Vec::new();
+        for (row, started) in rows {
             let saga = SagaRun::try_from(row)?;
-            if let Some((saga, first)) = start_of(&saga, claim) {
-                let id = saga.id.to_string();
-                sqlx::query("UPDATE saga_runs SET status = $1, updated_at = $2 WHERE id = $3")
-                    .bind(saga.status.as_str())
-                    .bind(saga.updated_at.millis())
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await?;
-                upsert_step(&mut tx, &id, &first).await?;
+            if started {
+                let spec = saga.plan.first().ok_or_else(|| {
+                    StoreError::Corrupt(format!("saga {} started with no steps", saga.id))
+                })?;
+                let first = StepResult::first_attempt(0, spec, &claim.owner, claim.now);
                 claimed.push(ClaimedSaga {
                     saga,
                     ledger: vec![first],
                     first_step_started: true,
                 });
-                continue;
+            } else {
+                resumed.push(saga);
             }
-            let ledger = ledger(&mut tx, &saga).await?;
-            claimed.push(ClaimedSaga {
-                saga,
-                ledger,
-                first_step_started: false,
-            });
         }
-        tx.commit().await?;
+        if !resumed.is_empty() {
+            // Sagas taken over or resumed: their ledgers as they are now
+            // that the lease is ours.
+            let mut conn = self.pool.acquire().await?;
+            for saga in resumed {
+                let ledger = ledger(&mut conn, &saga).await?;
+                claimed.push(ClaimedSaga {
+                    saga,
+                    ledger,
+                    first_step_started: false,
+                });
+            }
+        }
         claimed.sort_by_key(|c| (c.saga.created_at, c.saga.id));
         Ok(claimed)
     }

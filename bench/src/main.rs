@@ -772,6 +772,11 @@ async fn several_hosts(report: &mut Report, quick: bool, bin: &Path) -> Result<(
         floor.as_secs_f64(),
         floor_rate
     ));
+    report.notes.push(
+        "Several hosts: the clock starts once every host has compiled its bundled plugins; \
+         the sagas are posted round-robin to the hosts' APIs, 32 at a time, each host at concurrency 64."
+            .into(),
+    );
     let bin = bin.to_str().context("a UTF-8 path")?;
     for hosts in levels("WASAGA_BENCH_HOSTS", &[1, 2, 3]) {
         let db = wasaga_tests::TestDb::new(wasaga_tests::Backend::Postgres).await;

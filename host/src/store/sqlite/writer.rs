@@ -25,9 +25,11 @@ pub(super) const MAX_BATCH: usize = 512;
 type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// One queued write: runs its statements (inside the batch's transaction,
-/// in its own savepoint) and returns how to answer its caller. Given no
-/// connection (the transaction could not begin), it runs nothing.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> Answer + Send>;
+/// in its own savepoint) and returns how to answer its caller, and whether
+/// the transaction is still sound (false: its savepoint could not be undone,
+/// so the whole batch must roll back). Given no connection (the transaction
+/// could not begin), it runs nothing.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> (Answer, bool) + Send>;
 
 /// The handle the store writes through; the thread ends when it is dropped.
 pub(super) struct Writer {
@@ -60,10 +62,14 @@ impl Writer {
     {
         let (reply, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let result = conn.map(|conn| in_savepoint(conn, op));
-            Box::new(move |commit| {
+            let (result, sound) = match conn.map(|conn| in_savepoint(conn, op)) {
+                Some((result, sound)) => (Some(result), sound),
+                None => (None, true),
+            };
+            let answer: Answer = Box::new(move |commit| {
                 let _ = reply.send(settle(commit, result));
-            })
+            });
+            (answer, sound)
         });
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -71,18 +77,31 @@ impl Writer {
 }
 
 /// Runs `op` in a savepoint, which it keeps on success and rolls back on
-/// failure.
+/// failure. Also says whether the transaction is still sound: false when
+/// the savepoint could not be rolled back or released, so `op`'s writes
+/// may linger.
 fn in_savepoint<T>(
     conn: &Connection,
     op: impl FnOnce(&Connection) -> StoreResult<T>,
-) -> StoreResult<T> {
-    conn.prepare_cached("SAVEPOINT job")?.execute([])?;
-    let result = op(conn);
-    if result.is_err() {
-        conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
+) -> (StoreResult<T>, bool) {
+    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    if let Err(e) = run("SAVEPOINT job") {
+        // Nothing of `op` ran.
+        return (Err(e.into()), true);
     }
-    conn.prepare_cached("RELEASE job")?.execute([])?;
-    result
+    let result = op(conn);
+    let undone = if result.is_err() {
+        run("ROLLBACK TO job").map(drop)
+    } else {
+        Ok(())
+    };
+    match undone.and_then(|()| run("RELEASE job")) {
+        Ok(_) => (result, true),
+        Err(e) => {
+            tracing::error!(error = %e, "SQLite could not close a write's savepoint");
+            (result.and(Err(e.into())), false)
+        }
+    }
 }
 
 /// A job's answer from its own result (`None`: it never ran) and its
@@ -117,24 +136,50 @@ fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
             tracing::error!(error = %e, "SQLite could not begin a transaction");
             let why = format!("cannot begin a transaction: {e}");
             for job in batch.drain(..) {
-                job(None)(Err(why.clone()));
+                job(None).0(Err(why.clone()));
             }
             continue;
         }
-        answers.extend(batch.drain(..).map(|job| job(Some(&conn))));
-        let commit = conn
-            .prepare_cached("COMMIT")
-            .and_then(|mut s| s.execute([]))
-            .map(drop)
-            .map_err(|e| {
-                tracing::error!(error = %e, "SQLite commit failed");
-                if let Err(e) = conn.execute_batch("ROLLBACK") {
-                    tracing::debug!(error = %e, "rollback after a failed commit");
+        let mut sound = true;
+        for job in batch.drain(..) {
+            // A job that panics (a bug) takes its batch down, not the
+            // writer: its caller sees the store fail, the others a rollback.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&conn)))) {
+                Ok((answer, job_sound)) => {
+                    answers.push(answer);
+                    sound &= job_sound;
                 }
-                format!("commit failed: {e}")
-            });
+                Err(_) => {
+                    tracing::error!("a SQLite write panicked; rolling back its batch");
+                    sound = false;
+                }
+            }
+        }
+        let commit = if sound {
+            conn.prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]))
+                .map(drop)
+                .map_err(|e| {
+                    tracing::error!(error = %e, "SQLite commit failed");
+                    rollback(&conn);
+                    format!("commit failed: {e}")
+                })
+        } else {
+            rollback(&conn);
+            Err(
+                "another write of the batch failed beyond its savepoint; the batch was rolled back"
+                    .into(),
+            )
+        };
         for answer in answers.drain(..) {
             answer(commit.clone());
         }
+    }
+}
+
+/// Ends a transaction that must not commit.
+fn rollback(conn: &Connection) {
+    if let Err(e) = conn.execute_batch("ROLLBACK") {
+        tracing::debug!(error = %e, "rollback");
     }
 }

@@ -13,6 +13,26 @@
 //! (plan, inputs, context, outputs, logs, errors, specs) as text, so both
 //! databases hold the same shapes and the same queries read them back.
 
+/// `INSERT INTO saga_step_results (<every column>)`, for both backends'
+/// ledger upserts (the same SQL in SQLite and PostgreSQL).
+macro_rules! step_insert {
+    () => {
+        "INSERT INTO saga_step_results
+     (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at,
+      finished_at, executed_by)"
+    };
+}
+
+/// A ledger upsert's conflict clause: the new row replaces the old.
+macro_rules! step_on_conflict {
+    () => {
+        " ON CONFLICT (saga_id, step_index) DO UPDATE SET
+     phase = excluded.phase, status = excluded.status, output = excluded.output, error = excluded.error,
+     attempts = excluded.attempts, compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
+     started_at = excluded.started_at, finished_at = excluded.finished_at, executed_by = excluded.executed_by"
+    };
+}
+
 pub mod postgres;
 pub mod sqlite;
 

@@ -10,6 +10,24 @@
 //! transaction. Statements that lock several saga rows lock them in id
 //! order, so they never deadlock with each other.
 
+/// The ledger columns of a row that arrives as JSON
+/// ([`super::ledger_row_json`]), as `jsonb_to_recordset` declares them.
+macro_rules! json_ledger_columns {
+    () => {
+        "step_index BIGINT, phase TEXT, status TEXT, output TEXT, error TEXT, attempts BIGINT,
+         compensate_attempts BIGINT, logs TEXT, started_at BIGINT, finished_at BIGINT, executed_by TEXT"
+    };
+}
+
+/// Those columns of such a row `r`, in [`step_insert`]'s order after the
+/// saga id.
+macro_rules! json_ledger_values {
+    () => {
+        "r.step_index, r.phase, r.status, r.output, r.error, r.attempts, r.compensate_attempts, r.logs,
+         r.started_at, r.finished_at, r.executed_by"
+    };
+}
+
 mod group;
 
 use super::{
@@ -125,17 +143,11 @@ async fn saga_by_id(conn: &mut PgConnection, id: &str) -> StoreResult<Option<Sag
 }
 
 async fn upsert_step(conn: &mut PgConnection, saga_id: &str, step: &StepResult) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO saga_step_results
-             (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at, finished_at,
-              executed_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-         ON CONFLICT (saga_id, step_index) DO UPDATE SET
-             phase = excluded.phase, status = excluded.status, output = excluded.output, error = excluded.error,
-             attempts = excluded.attempts, compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
-             started_at = excluded.started_at, finished_at = excluded.finished_at,
-             executed_by = excluded.executed_by",
-    )
+    sqlx::query(concat!(
+        step_insert!(),
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        step_on_conflict!()
+    ))
     .bind(saga_id)
     .bind(step.index as i64)
     .bind(step.phase.as_str())
@@ -336,7 +348,7 @@ impl Store for PgStore {
             .map(|(_, first)| serde_json::Value::Object(ledger_row_json(first, true)))
             .collect();
         // `wake` is a plain SELECT: it runs only if the result refers to it.
-        let (inserted, _woken): (i64, i64) = sqlx::query_as(
+        let (inserted, _woken): (i64, i64) = sqlx::query_as(concat!(
             "WITH saga AS (
                  INSERT INTO saga_runs (id, kind, status, steps, inputs, current_step_index, context, error,
                      cancel_requested, deployment_id, triggered_by, idempotency_key, request_hash,
@@ -344,21 +356,18 @@ impl Store for PgStore {
                  VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, FALSE, $8, $9, $10, $11, $12, $13, $14, $15)
                  ON CONFLICT (idempotency_key) DO NOTHING
                  RETURNING id
-             ), first AS (
-                 INSERT INTO saga_step_results
-                     (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs,
-                      started_at, finished_at, executed_by)
-                 SELECT saga.id, r.step_index, r.phase, r.status, r.output, r.error, r.attempts,
-                        r.compensate_attempts, r.logs, r.started_at, r.finished_at, r.executed_by
-                 FROM saga, jsonb_to_recordset($16::jsonb) AS r(
-                          step_index BIGINT, phase TEXT, status TEXT, output TEXT, error TEXT,
-                          attempts BIGINT, compensate_attempts BIGINT, logs TEXT, started_at BIGINT,
-                          finished_at BIGINT, executed_by TEXT)
+             ), first AS (",
+            step_insert!(),
+            " SELECT saga.id, ",
+            json_ledger_values!(),
+            " FROM saga, jsonb_to_recordset($16::jsonb) AS r(",
+            json_ledger_columns!(),
+            ")
              ), wake AS (
                  SELECT pg_notify('wasaga_work', '') FROM saga WHERE $17
              )
              SELECT (SELECT count(*) FROM saga), (SELECT count(*) FROM wake)",
-        )
+        ))
         .bind(saga.id.to_string())
         .bind(&saga.kind)
         .bind(saga.status.as_str())
@@ -487,7 +496,8 @@ impl Store for PgStore {
         // `StepResult::first_attempt` makes, checked below), and return
         // them with whether each was started.
         let rows: Vec<(SagaRow, bool)> = sqlx::query(&format!(
-            "WITH picked AS (
+            concat!(
+                "WITH picked AS (
                  SELECT id, $5 AND status = 'pending' AND NOT cancel_requested AND steps <> '[]' AS start
                  FROM saga_runs
                  WHERE status IN {UNFINISHED} AND (lease_owner IS NULL OR lease_expires_at < $2)
@@ -499,14 +509,15 @@ impl Store for PgStore {
                      updated_at = CASE WHEN picked.start THEN $2 ELSE s.updated_at END
                  FROM picked WHERE s.id = picked.id
                  RETURNING {CLAIMED_COLUMNS}, picked.start
-             ), first AS (
-                 INSERT INTO saga_step_results
-                     (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs,
-                      started_at, finished_at, executed_by)
-                 SELECT id, 0, 'execute', 'running', NULL, NULL, 1, 0, '[]', $2, NULL, $1
+             ), first AS (",
+                step_insert!(),
+                " SELECT id, 0, 'execute', 'running', NULL, NULL, 1, 0, '[]', $2, NULL, $1
                  FROM claimed WHERE start
              )
              SELECT * FROM claimed"
+            ),
+            UNFINISHED = UNFINISHED,
+            CLAIMED_COLUMNS = CLAIMED_COLUMNS,
         ))
         .bind(&*claim.owner)
         .bind(claim.now.millis())

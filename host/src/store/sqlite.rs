@@ -40,25 +40,6 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlit
 /// How long a statement waits for a lock before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `INSERT INTO saga_step_results (<every column>)`, for the ledger upserts.
-macro_rules! step_insert {
-    () => {
-        "INSERT INTO saga_step_results
-     (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at,
-      finished_at, executed_by)"
-    };
-}
-
-/// A ledger upsert's conflict clause: the new row replaces the old.
-macro_rules! step_on_conflict {
-    () => {
-        " ON CONFLICT (saga_id, step_index) DO UPDATE SET
-     phase = excluded.phase, status = excluded.status, output = excluded.output, error = excluded.error,
-     attempts = excluded.attempts, compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
-     started_at = excluded.started_at, finished_at = excluded.finished_at, executed_by = excluded.executed_by"
-    };
-}
-
 /// The SQLite store. See the module docs.
 pub struct SqliteStore {
     reads: SqlitePool,

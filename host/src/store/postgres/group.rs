@@ -134,7 +134,8 @@ async fn write_group(pool: &PgPool, mut group: Vec<Pending>) {
 /// their ledger rows, `$3` their ids (an index lookup, whatever the
 /// planner guesses of the JSON); it returns each saga whose lease held,
 /// with its cancel flag.
-const GROUP_STATEMENT: &str = "WITH u AS (
+const GROUP_STATEMENT: &str = concat!(
+    "WITH u AS (
      SELECT * FROM jsonb_to_recordset($1::jsonb) AS u(
          saga_id TEXT, owner TEXT, now BIGINT, status TEXT, current_step_index BIGINT,
          context TEXT, error TEXT, ends BOOLEAN)
@@ -152,26 +153,20 @@ const GROUP_STATEMENT: &str = "WITH u AS (
      FROM u, locked
      WHERE s.id = u.saga_id AND locked.id = s.id AND s.lease_owner = u.owner
      RETURNING s.id, s.cancel_requested
- ), ledger AS (
-     INSERT INTO saga_step_results
-         (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs,
-          started_at, finished_at, executed_by)
-     SELECT r.saga_id, r.step_index, r.phase, r.status, r.output, r.error, r.attempts,
-            r.compensate_attempts, r.logs, r.started_at, r.finished_at, r.executed_by
-     FROM jsonb_to_recordset($2::jsonb) AS r(
-              saga_id TEXT, step_index BIGINT, phase TEXT, status TEXT, output TEXT, error TEXT,
-              attempts BIGINT, compensate_attempts BIGINT, logs TEXT, started_at BIGINT,
-              finished_at BIGINT, executed_by TEXT, ignore_cancel BOOLEAN)
+ ), ledger AS (",
+    step_insert!(),
+    " SELECT r.saga_id, ",
+    json_ledger_values!(),
+    " FROM jsonb_to_recordset($2::jsonb) AS r(saga_id TEXT, ",
+    json_ledger_columns!(),
+    ", ignore_cancel BOOLEAN)
      JOIN saga ON saga.id = r.saga_id
-     WHERE r.ignore_cancel OR NOT saga.cancel_requested
-     ON CONFLICT (saga_id, step_index) DO UPDATE SET
-         phase = excluded.phase, status = excluded.status, output = excluded.output,
-         error = excluded.error, attempts = excluded.attempts,
-         compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
-         started_at = excluded.started_at, finished_at = excluded.finished_at,
-         executed_by = excluded.executed_by
+     WHERE r.ignore_cancel OR NOT saga.cancel_requested",
+    step_on_conflict!(),
+    "
  )
- SELECT id, cancel_requested FROM saga";
+ SELECT id, cancel_requested FROM saga"
+);
 
 /// Writes `transitions` (of distinct sagas, each [`Grouper::fits`]) in one
 /// statement; each gets its own result, as a transaction of its own would.

@@ -40,6 +40,9 @@ on_both! {
         let first = info("greeter", &old, 1_000);
         assert!(matches!(store.put_plugin(&first, &old).await.unwrap(), PutPlugin::Created(_)));
         assert_eq!(store.put_plugin(&first, &old).await.unwrap(), PutPlugin::Existing(first.clone()));
+        // Looked up before and after each change: a store that keeps the
+        // metadata in memory must see every acknowledged change.
+        assert_eq!(store.plugin_by_name("greeter").await.unwrap(), Some(first.clone()));
         let second = info("greeter", &new, 2_000);
         store.put_plugin(&second, &new).await.unwrap();
         assert_eq!(store.plugin_by_name("greeter").await.unwrap(), Some(second.clone()), "the newest of a name");
@@ -49,6 +52,11 @@ on_both! {
         assert_eq!(store.delete_plugin(&first.digest).await.unwrap(), DeletePlugin::Deleted);
         assert_eq!(store.delete_plugin(&first.digest).await.unwrap(), DeletePlugin::NotFound);
         assert_eq!(store.plugin_bytes(&first.digest).await.unwrap(), None);
+        assert_eq!(store.plugin(&first.digest).await.unwrap(), None);
+        assert_eq!(store.list_plugins().await.unwrap(), vec![second.clone()]);
+        assert_eq!(store.delete_plugin(&second.digest).await.unwrap(), DeletePlugin::Deleted);
+        assert_eq!(store.plugin_by_name("greeter").await.unwrap(), None, "no upload of the name is left");
+        assert_eq!(store.list_plugins().await.unwrap(), vec![]);
     }
 
     an_unfinished_saga_pins_its_plugins(backend) {

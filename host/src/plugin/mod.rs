@@ -10,6 +10,9 @@
 //!
 //! Calls run on a dedicated pool of threads (a tokio runtime of its own), so
 //! guest code never occupies the threads that serve HTTP and the database.
+//! The runner drives its sagas on those threads too ([`PluginHost::runtime`]):
+//! a call made from them runs in place, with no hand-off between threads,
+//! which on a virtual machine costs as much as the call itself.
 //! Whatever a guest does (loop, allocate, recurse, panic, return too much)
 //! ends as a [`StepFailure`] whose message names the limit or the trap; the
 //! host is never the one to panic.
@@ -321,6 +324,19 @@ impl PluginHost {
         &self.inner.config
     }
 
+    /// The threads that run Wasm, where blocking for a while is expected;
+    /// `None` when calls run on the caller's runtime (`wasm_threads = 0`).
+    pub fn runtime(&self) -> Option<&tokio::runtime::Handle> {
+        self.inner.wasm_runtime.as_ref().map(|rt| rt.handle())
+    }
+
+    /// Whether the caller runs on the Wasm threads (calls then run in place).
+    fn on_runtime(&self) -> bool {
+        self.runtime().is_some_and(|rt| {
+            tokio::runtime::Handle::try_current().is_ok_and(|here| here.id() == rt.id())
+        })
+    }
+
     /// Validates, compiles and pre-links an upload, and calls its `name()`.
     /// The plugin is then ready to run (see [`PluginHost::get`]).
     pub async fn prepare(&self, bytes: &[u8]) -> Result<Arc<Plugin>, PluginError> {
@@ -520,7 +536,8 @@ impl PluginHost {
             })
     }
 
-    /// Runs the call on the Wasm threads (or here, when there are none).
+    /// Runs the call on the Wasm threads: in place when called from them
+    /// (or when there are none), else handed over to them.
     async fn spawn_call(
         &self,
         plugin: &Arc<Plugin>,
@@ -528,8 +545,18 @@ impl PluginHost {
         limits: &StepLimits,
         cancel: CancellationToken,
     ) -> CallOutcome<CallReturn> {
-        let Some(rt) = &self.inner.wasm_runtime else {
-            return self.call(plugin, kind, limits, cancel).await;
+        let rt = match self.runtime() {
+            Some(rt) if !self.on_runtime() => rt,
+            _ => {
+                // As a spawned call's task would, a panic (a host bug) fails
+                // the call, not its caller.
+                let call = std::panic::AssertUnwindSafe(self.call(plugin, kind, limits, cancel));
+                return futures::FutureExt::catch_unwind(call)
+                    .await
+                    .unwrap_or_else(|_| {
+                        CallOutcome::failed(StepFailure::Host("the call panicked".into()))
+                    });
+            }
         };
         let host = self.clone();
         let plugin = plugin.clone();

@@ -10,7 +10,9 @@
 //! lost the database) loses its sagas to the others, which resume them
 //! exactly as after a restart. The state machine itself, one saga at a time,
 //! is in `saga`; every transition it makes goes to the store as one
-//! transaction fenced by the lease.
+//! transaction fenced by the lease. Drivers run on the plugin runtime's
+//! threads (where there are some), so that a step's call needs no hand-off
+//! between threads.
 //!
 //! Shutdown is graceful: claiming stops, steps in flight get a grace period
 //! to finish (their results are recorded), then they are interrupted and
@@ -323,14 +325,20 @@ impl Runner {
             active
         };
         let runner = self.clone();
-        inner.drivers.spawn(async move {
+        let driver = async move {
             if let Some(status) = saga::drive(&runner.inner, claim, &active).await {
                 let _ = runner.inner.events.send(SagaEnded { id, status });
             }
             runner.inner.active.lock().expect("active lock").remove(&id);
             drop(permit);
             runner.wake();
-        });
+        };
+        // On the Wasm threads where there are some: the saga's calls then
+        // run in place, and its commits may too.
+        match inner.plugins.runtime() {
+            Some(rt) => inner.drivers.spawn_on(driver, rt),
+            None => inner.drivers.spawn(driver),
+        };
         true
     }
 

@@ -6,13 +6,15 @@
 //! write goes through one writer thread ([`writer`]) that owns the only
 //! writing connection and commits queued writes together (group commit).
 //! Each write here is a closure of synchronous statements that the thread
-//! runs in the batch's transaction. Reads use a separate sqlx pool, which
-//! WAL lets run beside the writer.
+//! runs in the batch's transaction (or, when the writer is idle, the caller
+//! runs in place). Reads use a separate sqlx pool, which WAL lets run beside
+//! the writer; plugin metadata is read from memory ([`catalog`]).
 //!
 //! The file belongs to one process at a time (an exclusive lock on
 //! `<file>.lock`), so on open every lease in it is from a dead process and is
 //! released at once: a restart after SIGKILL resumes its sagas immediately.
 
+mod catalog;
 mod writer;
 
 use super::{
@@ -25,6 +27,7 @@ use crate::model::{
     Timestamp,
 };
 use async_trait::async_trait;
+use catalog::{Catalog, Plugins};
 use rusqlite::{Connection, OptionalExtension, params};
 use sqlx::SqliteConnection;
 use sqlx::sqlite::{
@@ -32,6 +35,7 @@ use sqlx::sqlite::{
 };
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use writer::Writer;
 
@@ -44,6 +48,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SqliteStore {
     reads: SqlitePool,
     writer: Writer,
+    catalog: Catalog,
     _lock: std::fs::File,
 }
 
@@ -99,8 +104,32 @@ impl SqliteStore {
         Ok(SqliteStore {
             reads,
             writer: Writer::start(conn)?,
+            catalog: Catalog::default(),
             _lock: lock,
         })
+    }
+}
+
+impl SqliteStore {
+    /// Every plugin's metadata: the in-memory copy, or the table read again
+    /// when it changed since.
+    async fn plugins(&self) -> StoreResult<Arc<Plugins>> {
+        if let Some(plugins) = self.catalog.current() {
+            return Ok(plugins);
+        }
+        let read_at = self.catalog.read_begins();
+        let rows: Vec<PluginRow> = sqlx::query_as(
+            "SELECT digest, name, size, created_at FROM plugins ORDER BY created_at DESC, rowid DESC",
+        )
+        .fetch_all(&self.reads)
+        .await?;
+        let plugins = Arc::new(Plugins::new(
+            rows.into_iter()
+                .map(PluginInfo::try_from)
+                .collect::<StoreResult<_>>()?,
+        ));
+        self.catalog.keep(read_at, plugins.clone());
+        Ok(plugins)
     }
 }
 
@@ -359,7 +388,8 @@ impl Store for SqliteStore {
     async fn put_plugin(&self, info: &PluginInfo, wasm: &[u8]) -> StoreResult<PutPlugin> {
         let info = info.clone();
         let wasm = wasm.to_vec();
-        self.writer
+        let put = self
+            .writer
             .write(move |conn| {
                 let inserted = conn
                     .prepare_cached(
@@ -381,26 +411,17 @@ impl Store for SqliteStore {
                     .query_row([info.digest.as_str()], plugin_row)?;
                 Ok(PutPlugin::Existing(row.try_into()?))
             })
-            .await
+            .await;
+        self.catalog.changed();
+        put
     }
 
     async fn plugin(&self, digest: &Digest) -> StoreResult<Option<PluginInfo>> {
-        let row: Option<PluginRow> =
-            sqlx::query_as("SELECT digest, name, size, created_at FROM plugins WHERE digest = ?")
-                .bind(digest.as_str())
-                .fetch_optional(&self.reads)
-                .await?;
-        row.map(PluginInfo::try_from).transpose()
+        Ok(self.plugins().await?.by_digest(digest))
     }
 
     async fn plugin_by_name(&self, name: &str) -> StoreResult<Option<PluginInfo>> {
-        let row: Option<PluginRow> = sqlx::query_as(
-            "SELECT digest, name, size, created_at FROM plugins WHERE name = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
-        )
-        .bind(name)
-        .fetch_optional(&self.reads)
-        .await?;
-        row.map(PluginInfo::try_from).transpose()
+        Ok(self.plugins().await?.by_name(name))
     }
 
     async fn plugin_bytes(&self, digest: &Digest) -> StoreResult<Option<Vec<u8>>> {
@@ -413,16 +434,13 @@ impl Store for SqliteStore {
     }
 
     async fn list_plugins(&self) -> StoreResult<Vec<PluginInfo>> {
-        let rows: Vec<PluginRow> =
-            sqlx::query_as("SELECT digest, name, size, created_at FROM plugins ORDER BY created_at DESC, rowid DESC")
-                .fetch_all(&self.reads)
-                .await?;
-        rows.into_iter().map(PluginInfo::try_from).collect()
+        Ok(self.plugins().await?.newest_first.clone())
     }
 
     async fn delete_plugin(&self, digest: &Digest) -> StoreResult<DeletePlugin> {
         let digest = digest.clone();
-        self.writer
+        let deleted = self
+            .writer
             .write(move |conn| {
                 let exists = conn
                     .prepare_cached("SELECT 1 FROM plugins WHERE digest = ?")?
@@ -456,7 +474,9 @@ impl Store for SqliteStore {
                     .execute([digest.as_str()])?;
                 Ok(DeletePlugin::Deleted)
             })
-            .await
+            .await;
+        self.catalog.changed();
+        deleted
     }
 
     async fn create_saga(

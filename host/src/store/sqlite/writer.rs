@@ -13,9 +13,19 @@
 //! statements) rather than through sqlx's async connection, whose every
 //! statement is a round trip to a worker thread: the writer is the one
 //! serial stage of the embedded store, so it does nothing but write.
+//!
+//! When nothing is queued and the connection is free, the caller commits
+//! its write in place instead, on its own thread (`block_in_place` moves
+//! that thread's other tasks elsewhere meanwhile): at low load a write then
+//! costs its fsync and nothing more, where the hand-off to the writer thread
+//! and back costs two thread wake-ups, which on a virtual machine are each
+//! worth a good part of an fsync. Under load the queue is rarely empty, so
+//! writes still share commits.
 
 use super::super::{StoreError, StoreResult};
 use rusqlite::Connection;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most writes committed in one transaction.
@@ -34,17 +44,31 @@ type Job = Box<dyn FnOnce(Option<&Connection>) -> (Answer, bool) + Send>;
 /// The handle the store writes through; the thread ends when it is dropped.
 pub(super) struct Writer {
     jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+/// What the writer thread and in-place writers share.
+struct Shared {
+    /// The writing connection: held for a whole batch, begin to commit.
+    conn: Mutex<Connection>,
+    /// Jobs sent to the thread and not yet taken into a batch.
+    queued: AtomicUsize,
 }
 
 impl Writer {
     /// Starts the writer thread on `conn`.
     pub(super) fn start(conn: Connection) -> StoreResult<Writer> {
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
+        let shared = Arc::new(Shared {
+            conn: Mutex::new(conn),
+            queued: AtomicUsize::new(0),
+        });
+        let thread = shared.clone();
         std::thread::Builder::new()
             .name("wasaga-sqlite-writer".into())
-            .spawn(move || write_loop(conn, rx))
+            .spawn(move || write_loop(&thread, rx))
             .map_err(|e| StoreError::WriteFailed(format!("cannot start the writer thread: {e}")))?;
-        Ok(Writer { jobs })
+        Ok(Writer { jobs, shared })
     }
 
     /// Whether the writer thread has stopped.
@@ -60,20 +84,63 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let (reply, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let (result, sound) = match conn.map(|conn| in_savepoint(conn, op)) {
-                Some((result, sound)) => (Some(result), sound),
-                None => (None, true),
-            };
-            let answer: Answer = Box::new(move |commit| {
-                let _ = reply.send(settle(commit, result));
-            });
-            (answer, sound)
-        });
-        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        let op = match self.try_in_place(op) {
+            Ok(result) => return result,
+            Err(op) => op,
+        };
+        let (job, rx) = job(op);
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        if self.jobs.send(job).await.is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(StoreError::Closed);
+        }
         rx.await.map_err(|_| StoreError::Closed)?
     }
+
+    /// Commits `op` in a batch of its own on the calling thread, when that
+    /// needs no other thread: nothing is queued, the connection is free,
+    /// and the caller is a worker of a multi-thread tokio runtime, which
+    /// `block_in_place` lets hand its other tasks to another thread for the
+    /// time of the fsync. Gives `op` back otherwise.
+    fn try_in_place<T, F>(&self, op: F) -> Result<StoreResult<T>, F>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|rt| rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi_thread || self.shared.queued.load(Ordering::SeqCst) > 0 || self.is_closed() {
+            return Err(op);
+        }
+        let Ok(conn) = self.shared.conn.try_lock() else {
+            return Err(op);
+        };
+        let (job, mut rx) = job(op);
+        tokio::task::block_in_place(|| {
+            commit_batch(&conn, &mut vec![job], &mut Vec::with_capacity(1))
+        });
+        Ok(rx.try_recv().unwrap_or(Err(StoreError::Closed)))
+    }
+}
+
+/// `op` as a job, and where its answer arrives.
+fn job<T, F>(op: F) -> (Job, oneshot::Receiver<StoreResult<T>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+{
+    let (reply, rx) = oneshot::channel();
+    let job: Job = Box::new(move |conn| {
+        let (result, sound) = match conn.map(|conn| in_savepoint(conn, op)) {
+            Some((result, sound)) => (Some(result), sound),
+            None => (None, true),
+        };
+        let answer: Answer = Box::new(move |commit| {
+            let _ = reply.send(settle(commit, result));
+        });
+        (answer, sound)
+    });
+    (job, rx)
 }
 
 /// Runs `op` in a savepoint, which it keeps on success and rolls back on
@@ -118,10 +185,12 @@ fn settle<T>(commit: Result<(), String>, result: Option<StoreResult<T>>) -> Stor
 
 /// The thread: takes every queued job (up to [`MAX_BATCH`]) into one
 /// transaction and one commit, until the store is dropped.
-fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+fn write_loop(shared: &Shared, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut answers: Vec<Answer> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
+        // An in-place write may hold the connection; wait for it.
+        let conn = shared.conn.lock().unwrap_or_else(PoisonError::into_inner);
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -129,51 +198,58 @@ fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn
-            .prepare_cached("BEGIN IMMEDIATE")
-            .and_then(|mut s| s.execute([]))
-        {
-            tracing::error!(error = %e, "SQLite could not begin a transaction");
-            let why = format!("cannot begin a transaction: {e}");
-            for job in batch.drain(..) {
-                job(None).0(Err(why.clone()));
-            }
-            continue;
-        }
-        let mut sound = true;
+        shared.queued.fetch_sub(batch.len(), Ordering::SeqCst);
+        commit_batch(&conn, &mut batch, &mut answers);
+    }
+}
+
+/// Runs `batch` (emptying it) in one transaction, each job in its own
+/// savepoint, commits once, and only then answers every job.
+fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, answers: &mut Vec<Answer>) {
+    if let Err(e) = conn
+        .prepare_cached("BEGIN IMMEDIATE")
+        .and_then(|mut s| s.execute([]))
+    {
+        tracing::error!(error = %e, "SQLite could not begin a transaction");
+        let why = format!("cannot begin a transaction: {e}");
         for job in batch.drain(..) {
-            // A job that panics (a bug) takes its batch down, not the
-            // writer: its caller sees the store fail, the others a rollback.
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&conn)))) {
-                Ok((answer, job_sound)) => {
-                    answers.push(answer);
-                    sound &= job_sound;
-                }
-                Err(_) => {
-                    tracing::error!("a SQLite write panicked; rolling back its batch");
-                    sound = false;
-                }
+            job(None).0(Err(why.clone()));
+        }
+        return;
+    }
+    let mut sound = true;
+    for job in batch.drain(..) {
+        // A job that panics (a bug) takes its batch down, not the
+        // writer: its caller sees the store fail, the others a rollback.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(conn)))) {
+            Ok((answer, job_sound)) => {
+                answers.push(answer);
+                sound &= job_sound;
+            }
+            Err(_) => {
+                tracing::error!("a SQLite write panicked; rolling back its batch");
+                sound = false;
             }
         }
-        let commit = if sound {
-            conn.prepare_cached("COMMIT")
-                .and_then(|mut s| s.execute([]))
-                .map(drop)
-                .map_err(|e| {
-                    tracing::error!(error = %e, "SQLite commit failed");
-                    rollback(&conn);
-                    format!("commit failed: {e}")
-                })
-        } else {
-            rollback(&conn);
-            Err(
-                "another write of the batch failed beyond its savepoint; the batch was rolled back"
-                    .into(),
-            )
-        };
-        for answer in answers.drain(..) {
-            answer(commit.clone());
-        }
+    }
+    let commit = if sound {
+        conn.prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+            .map_err(|e| {
+                tracing::error!(error = %e, "SQLite commit failed");
+                rollback(conn);
+                format!("commit failed: {e}")
+            })
+    } else {
+        rollback(conn);
+        Err(
+            "another write of the batch failed beyond its savepoint; the batch was rolled back"
+                .into(),
+        )
+    };
+    for answer in answers.drain(..) {
+        answer(commit.clone());
     }
 }
 

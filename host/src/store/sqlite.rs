@@ -48,7 +48,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SqliteStore {
     reads: SqlitePool,
     writer: Writer,
-    catalog: Catalog,
+    catalog: Arc<Catalog>,
     _lock: std::fs::File,
 }
 
@@ -104,7 +104,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             reads,
             writer: Writer::start(conn)?,
-            catalog: Catalog::default(),
+            catalog: Arc::default(),
             _lock: lock,
         })
     }
@@ -388,9 +388,9 @@ impl Store for SqliteStore {
     async fn put_plugin(&self, info: &PluginInfo, wasm: &[u8]) -> StoreResult<PutPlugin> {
         let info = info.clone();
         let wasm = wasm.to_vec();
-        let put = self
-            .writer
-            .write(move |conn| {
+        let catalog = self.catalog.clone();
+        self.writer
+            .write_then(move |conn| {
                 let inserted = conn
                     .prepare_cached(
                         "INSERT INTO plugins (digest, name, size, wasm, created_at) VALUES (?, ?, ?, ?, ?)
@@ -410,10 +410,8 @@ impl Store for SqliteStore {
                     .prepare_cached("SELECT digest, name, size, created_at FROM plugins WHERE digest = ?")?
                     .query_row([info.digest.as_str()], plugin_row)?;
                 Ok(PutPlugin::Existing(row.try_into()?))
-            })
-            .await;
-        self.catalog.changed();
-        put
+            }, move || catalog.changed())
+            .await
     }
 
     async fn plugin(&self, digest: &Digest) -> StoreResult<Option<PluginInfo>> {
@@ -439,44 +437,45 @@ impl Store for SqliteStore {
 
     async fn delete_plugin(&self, digest: &Digest) -> StoreResult<DeletePlugin> {
         let digest = digest.clone();
-        let deleted = self
-            .writer
-            .write(move |conn| {
-                let exists = conn
-                    .prepare_cached("SELECT 1 FROM plugins WHERE digest = ?")?
-                    .exists([digest.as_str()])?;
-                if !exists {
-                    return Ok(DeletePlugin::NotFound);
-                }
-                // The plan is JSON text; a digest is 71 unique characters, so
-                // a substring match is exact.
-                let pinned = conn
-                    .prepare_cached(&format!(
-                        "SELECT id FROM saga_runs WHERE status IN ({}) AND instr(steps, ?) > 0
+        let catalog = self.catalog.clone();
+        self.writer
+            .write_then(
+                move |conn| {
+                    let exists = conn
+                        .prepare_cached("SELECT 1 FROM plugins WHERE digest = ?")?
+                        .exists([digest.as_str()])?;
+                    if !exists {
+                        return Ok(DeletePlugin::NotFound);
+                    }
+                    // The plan is JSON text; a digest is 71 unique characters, so
+                    // a substring match is exact.
+                    let pinned = conn
+                        .prepare_cached(&format!(
+                            "SELECT id FROM saga_runs WHERE status IN ({}) AND instr(steps, ?) > 0
                          ORDER BY created_at LIMIT 10",
-                        status_list(UNFINISHED)
-                    ))?
-                    .query_map([format!("\"{}\"", digest.as_str())], |r| {
-                        r.get::<_, String>(0)
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
-                if !pinned.is_empty() {
-                    let ids = pinned
-                        .iter()
-                        .map(|id| {
-                            id.parse()
-                                .map_err(|e| StoreError::Corrupt(format!("saga id {id}: {e}")))
-                        })
-                        .collect::<StoreResult<Vec<SagaId>>>()?;
-                    return Ok(DeletePlugin::Pinned(ids));
-                }
-                conn.prepare_cached("DELETE FROM plugins WHERE digest = ?")?
-                    .execute([digest.as_str()])?;
-                Ok(DeletePlugin::Deleted)
-            })
-            .await;
-        self.catalog.changed();
-        deleted
+                            status_list(UNFINISHED)
+                        ))?
+                        .query_map([format!("\"{}\"", digest.as_str())], |r| {
+                            r.get::<_, String>(0)
+                        })?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if !pinned.is_empty() {
+                        let ids = pinned
+                            .iter()
+                            .map(|id| {
+                                id.parse()
+                                    .map_err(|e| StoreError::Corrupt(format!("saga id {id}: {e}")))
+                            })
+                            .collect::<StoreResult<Vec<SagaId>>>()?;
+                        return Ok(DeletePlugin::Pinned(ids));
+                    }
+                    conn.prepare_cached("DELETE FROM plugins WHERE digest = ?")?
+                        .execute([digest.as_str()])?;
+                    Ok(DeletePlugin::Deleted)
+                },
+                move || catalog.changed(),
+            )
+            .await
     }
 
     async fn create_saga(

@@ -5,9 +5,10 @@
 //! This is exact only because a SQLite file belongs to one process (the
 //! store holds `<file>.lock`): every change to the `plugins` table is made
 //! by this store, which calls [`Catalog::changed`] once the change is
-//! committed (or failed). A lookup uses the copy only if no change happened
-//! since it was read; otherwise it reads the table again. So a lookup that
-//! begins after an upload or delete was acknowledged always sees it.
+//! committed (or failed), on the writing thread, whether or not its caller
+//! still waits for the answer. A lookup uses the copy only if no change
+//! happened since it was read; otherwise it reads the table again. So a
+//! lookup that begins after an upload or delete was acknowledged sees it.
 
 use crate::model::{Digest, PluginInfo};
 use std::collections::HashMap;

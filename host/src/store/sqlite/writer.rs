@@ -84,11 +84,24 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let op = match self.try_in_place(op) {
+        self.write_then(op, || ()).await
+    }
+
+    /// [`Writer::write`], and `then` runs once `op`'s batch has committed or
+    /// failed, before the caller is answered, even if the caller stopped
+    /// waiting: for state kept beside the database, which must follow every
+    /// commit.
+    pub(super) async fn write_then<T, F, A>(&self, op: F, then: A) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        A: FnOnce() + Send + 'static,
+    {
+        let (op, then) = match self.try_in_place(op, then) {
             Ok(result) => return result,
-            Err(op) => op,
+            Err(given_back) => given_back,
         };
-        let (job, rx) = job(op);
+        let (job, rx) = job(op, then);
         self.shared.queued.fetch_add(1, Ordering::SeqCst);
         if self.jobs.send(job).await.is_err() {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
@@ -101,21 +114,22 @@ impl Writer {
     /// needs no other thread: nothing is queued, the connection is free,
     /// and the caller is a worker of a multi-thread tokio runtime, which
     /// `block_in_place` lets hand its other tasks to another thread for the
-    /// time of the fsync. Gives `op` back otherwise.
-    fn try_in_place<T, F>(&self, op: F) -> Result<StoreResult<T>, F>
+    /// time of the fsync. Gives `op` and `then` back otherwise.
+    fn try_in_place<T, F, A>(&self, op: F, then: A) -> Result<StoreResult<T>, (F, A)>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        A: FnOnce() + Send + 'static,
     {
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|rt| rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if !multi_thread || self.shared.queued.load(Ordering::SeqCst) > 0 || self.is_closed() {
-            return Err(op);
+            return Err((op, then));
         }
         let Ok(conn) = self.shared.conn.try_lock() else {
-            return Err(op);
+            return Err((op, then));
         };
-        let (job, mut rx) = job(op);
+        let (job, mut rx) = job(op, then);
         tokio::task::block_in_place(|| {
             commit_batch(&conn, &mut vec![job], &mut Vec::with_capacity(1))
         });
@@ -123,11 +137,13 @@ impl Writer {
     }
 }
 
-/// `op` as a job, and where its answer arrives.
-fn job<T, F>(op: F) -> (Job, oneshot::Receiver<StoreResult<T>>)
+/// `op` as a job whose answer first runs `then`, and where the answer
+/// arrives.
+fn job<T, F, A>(op: F, then: A) -> (Job, oneshot::Receiver<StoreResult<T>>)
 where
     T: Send + 'static,
     F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    A: FnOnce() + Send + 'static,
 {
     let (reply, rx) = oneshot::channel();
     let job: Job = Box::new(move |conn| {
@@ -136,6 +152,7 @@ where
             None => (None, true),
         };
         let answer: Answer = Box::new(move |commit| {
+            then();
             let _ = reply.send(settle(commit, result));
         });
         (answer, sound)

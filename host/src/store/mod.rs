@@ -538,6 +538,17 @@ impl TryFrom<PluginRow> for PluginInfo {
     }
 }
 
+/// A delete refused because of the unfinished sagas `ids` (as stored).
+fn pinned_by(ids: &[String]) -> StoreResult<DeletePlugin> {
+    ids.iter()
+        .map(|id| {
+            id.parse()
+                .map_err(|e| StoreError::Corrupt(format!("saga id {id}: {e}")))
+        })
+        .collect::<StoreResult<Vec<SagaId>>>()
+        .map(DeletePlugin::Pinned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact_url;

@@ -33,7 +33,7 @@ mod group;
 use super::{
     Applied, CancelSaga, Claim, ClaimedSaga, CreateSaga, DeletePlugin, LeaseState, Notice,
     PluginRow, PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, StepRow,
-    Store, StoreError, StoreResult, Transition, ledger_row_json, start_of, to_json,
+    Store, StoreError, StoreResult, Transition, ledger_row_json, pinned_by, start_of, to_json,
 };
 use crate::model::{
     Digest, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus, StepResult,
@@ -313,14 +313,7 @@ impl Store for PgStore {
         .fetch_all(&mut *tx)
         .await?;
         if !pinned.is_empty() {
-            let ids = pinned
-                .iter()
-                .map(|id| {
-                    id.parse()
-                        .map_err(|e| StoreError::Corrupt(format!("saga id {id}: {e}")))
-                })
-                .collect::<StoreResult<Vec<SagaId>>>()?;
-            return Ok(DeletePlugin::Pinned(ids));
+            return pinned_by(&pinned);
         }
         sqlx::query("DELETE FROM plugins WHERE digest = $1")
             .bind(digest.as_str())

@@ -20,7 +20,7 @@ mod writer;
 use super::{
     Applied, CancelSaga, Claim, ClaimedSaga, CreateSaga, DeletePlugin, LeaseState, PluginRow,
     PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, StepRow, Store,
-    StoreError, StoreResult, Transition, start_of, to_json,
+    StoreError, StoreResult, Transition, pinned_by, start_of, to_json,
 };
 use crate::model::{
     Digest, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus, StepResult,
@@ -460,14 +460,7 @@ impl Store for SqliteStore {
                         })?
                         .collect::<Result<Vec<_>, _>>()?;
                     if !pinned.is_empty() {
-                        let ids = pinned
-                            .iter()
-                            .map(|id| {
-                                id.parse()
-                                    .map_err(|e| StoreError::Corrupt(format!("saga id {id}: {e}")))
-                            })
-                            .collect::<StoreResult<Vec<SagaId>>>()?;
-                        return Ok(DeletePlugin::Pinned(ids));
+                        return pinned_by(&pinned);
                     }
                     conn.prepare_cached("DELETE FROM plugins WHERE digest = ?")?
                         .execute([digest.as_str()])?;

@@ -11,7 +11,7 @@ use wasaga::model::{Digest, PluginInfo, SagaRun, SagaStatus, StepStatus, Timesta
 use wasaga::store::{
     CancelSaga, Claim, CreateSaga, DeletePlugin, PutPlugin, SagaFilter, StoreError, Transition,
 };
-use wasaga_tests::{TestDb, component, create_saga, install, on_both};
+use wasaga_tests::{Backend, TestDb, component, create_saga, install, on_both};
 
 fn claim(owner: &str, now: Timestamp, start_pending: bool) -> Claim {
     Claim {
@@ -285,4 +285,194 @@ on_both! {
         let detail = store.saga(id).await.unwrap().unwrap();
         assert_eq!(detail.saga.status, SagaStatus::Completed);
     }
+}
+
+/// SQLite's second migration rebuilds `saga_runs` and the ledger. A database
+/// written under the first migration alone reads the same after it, row for
+/// row, keeps its idempotency keys unique, and ends with the schema of a new
+/// database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_migrations_keep_every_row_of_an_older_database() {
+    use sqlx::{Connection, Executor, Row};
+    // The reference: a current database, written through the store.
+    let current = TestDb::new(Backend::Sqlite).await;
+    let store = current.open().await;
+    let echo = install(store.as_ref(), "echo").await;
+    let plan = vec![echo.clone(), echo.clone()];
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let saga = SagaRun::pending(
+            "old",
+            plan.clone(),
+            json!({"i": i}),
+            None,
+            None,
+            Timestamp::now(),
+        );
+        let key = format!("key-{i}");
+        let keyed = (i % 3 == 0).then_some((key.as_str(), "hash"));
+        assert!(matches!(
+            store.create_saga(&saga, keyed, None).await.unwrap(),
+            CreateSaga::Created(_)
+        ));
+        ids.push(saga.id);
+    }
+    let now = Timestamp::now();
+    assert_eq!(
+        store
+            .claim_sagas(&claim("a", now, true), 8)
+            .await
+            .unwrap()
+            .len(),
+        8
+    );
+    for (i, id) in ids.iter().take(8).enumerate() {
+        let mut t = Transition::new(*id, Arc::from("a"), now);
+        let mut done = wasaga::model::StepResult::first_attempt(0, &plan[0], "a", now);
+        done.status = StepStatus::Completed;
+        done.output = Some(json!({"n": i}));
+        done.finished_at = Some(now);
+        t.steps.push(done);
+        t.saga.context = Some(json!({"n": i}).as_object().unwrap().clone());
+        t.resources.push((
+            0,
+            wasaga::model::RecordedResource {
+                kind: "vm".into(),
+                external_id: format!("vm-{i}"),
+                spec: json!({"i": i}),
+            },
+        ));
+        if i % 2 == 0 {
+            t.saga.status = Some(SagaStatus::Completed);
+        } else {
+            t.saga.current_step_index = Some(1);
+            t.start = Some(wasaga::model::StepResult::first_attempt(
+                1, &plan[1], "a", now,
+            ));
+        }
+        store.apply(t).await.unwrap();
+    }
+    let mut expected = Vec::new();
+    for id in &ids {
+        expected.push(store.saga(*id).await.unwrap().unwrap());
+    }
+    let all = SagaFilter {
+        limit: 100,
+        ..SagaFilter::default()
+    };
+    let listed = store.list_sagas(&all).await.unwrap();
+    assert_eq!(listed.len(), 12);
+
+    // The same rows in a database that has had the first migration only.
+    let older = TestDb::new(Backend::Sqlite).await;
+    let first_only = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        wasaga_tests::repo().join("migrations/sqlite/0001_initial.sql"),
+        first_only.path().join("0001_initial.sql"),
+    )
+    .unwrap();
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(older.dir.path().join("wasaga.db"))
+        .create_if_missing(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(first_only.path())
+        .await
+        .unwrap()
+        .run(&mut conn)
+        .await
+        .unwrap();
+    let schema = "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' AND name != '_sqlx_migrations' ORDER BY name";
+    let old_schema = conn.fetch_all(schema).await.unwrap();
+    assert!(
+        old_schema.iter().all(|r| !r
+            .get::<Option<String>, _>(3)
+            .unwrap_or_default()
+            .contains("WITHOUT ROWID")),
+        "the older database is in the first migration's schema"
+    );
+    let reference = current.dir.path().join("wasaga.db");
+    conn.execute(format!("ATTACH DATABASE '{}' AS reference", reference.display()).as_str())
+        .await
+        .unwrap();
+    for table in [
+        "plugins",
+        "saga_runs",
+        "saga_step_results",
+        "provisioned_resources",
+    ] {
+        conn.execute(format!("INSERT INTO main.{table} SELECT * FROM reference.{table}").as_str())
+            .await
+            .unwrap();
+    }
+    conn.execute("DETACH DATABASE reference").await.unwrap();
+    conn.close().await.unwrap();
+
+    let migrated = older.open().await;
+    for detail in &expected {
+        assert_eq!(
+            migrated.saga(detail.saga.id).await.unwrap().as_ref(),
+            Some(detail)
+        );
+    }
+    assert_eq!(migrated.list_sagas(&all).await.unwrap(), listed);
+    assert_eq!(
+        migrated.list_plugins().await.unwrap(),
+        store.list_plugins().await.unwrap()
+    );
+    assert_eq!(expected.iter().map(|d| d.resources.len()).sum::<usize>(), 8);
+    assert_eq!(expected.iter().map(|d| d.steps.len()).sum::<usize>(), 12);
+
+    // Keys still resolve and stay unique; sagas without one never collide.
+    let again = SagaRun::pending("old", plan.clone(), json!({}), None, None, Timestamp::now());
+    match migrated
+        .create_saga(&again, Some(("key-3", "hash")), None)
+        .await
+        .unwrap()
+    {
+        CreateSaga::Existing(found) => assert_eq!(found.id, ids[3]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        migrated
+            .create_saga(&again, Some(("key-3", "other")), None)
+            .await
+            .unwrap(),
+        CreateSaga::KeyConflict(ids[3])
+    );
+    for _ in 0..2 {
+        create_saga(migrated.as_ref(), plan.clone(), json!({})).await;
+    }
+    assert_eq!(migrated.list_sagas(&all).await.unwrap().len(), 14);
+
+    // The migrated schema is the schema of a database created new.
+    let read = |db: &TestDb| {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(db.dir.path().join("wasaga.db"))
+            .read_only(true);
+        async move {
+            let mut conn = sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .unwrap();
+            let rows = conn.fetch_all(schema).await.unwrap();
+            rows.iter()
+                .map(|r| {
+                    (
+                        r.get::<String, _>(0),
+                        r.get::<String, _>(1),
+                        r.get::<Option<String>, _>(3),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let new_schema = read(&current).await;
+    assert_eq!(read(&older).await, new_schema);
+    assert!(
+        new_schema
+            .iter()
+            .any(|(_, name, sql)| name == "saga_step_results"
+                && sql.as_deref().is_some_and(|s| s.contains("WITHOUT ROWID")))
+    );
 }

@@ -84,13 +84,32 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
         // Migrations through a one-connection pool: `Migrator::run` on a bare
-        // connection makes the caller's future lose `Send`.
+        // connection makes the caller's future lose `Send`. Foreign keys are
+        // off there, as SQLite's table-rebuild procedure requires (dropping a
+        // parent table with them on deletes its children), and checked after.
         let migrations = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            .connect_with(options.clone().foreign_keys(false))
             .await?;
+        let before = applied_migrations(&migrations).await?;
         MIGRATIONS.run(&migrations).await?;
+        // A full scan of every child table: only after a migration ran.
+        let dangling: Vec<(String, Option<i64>, String)> =
+            if applied_migrations(&migrations).await? > before {
+                sqlx::query_as("SELECT \"table\", rowid, parent FROM pragma_foreign_key_check")
+                    .fetch_all(&migrations)
+                    .await?
+            } else {
+                Vec::new()
+            };
         migrations.close().await;
+        if let Some((table, rowid, parent)) = dangling.first() {
+            return Err(StoreError::Corrupt(format!(
+                "after the migrations, {} row(s) refer to a missing parent, the first in {table} \
+                 (rowid {rowid:?}) to {parent}",
+                dangling.len()
+            )));
+        }
 
         let path = path.to_path_buf();
         let conn = tokio::task::spawn_blocking(move || open_writer(&path))
@@ -131,6 +150,23 @@ impl SqliteStore {
         self.catalog.keep(read_at, plugins.clone());
         Ok(plugins)
     }
+}
+
+/// How many migrations the database has had (none when it is new).
+async fn applied_migrations(pool: &SqlitePool) -> StoreResult<i64> {
+    let tracked: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+    )
+    .fetch_one(pool)
+    .await?;
+    if !tracked {
+        return Ok(0);
+    }
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// The writing connection, with the same settings as the sqlx ones, after

@@ -289,7 +289,11 @@ impl Driver<'_> {
         let row = self.running_row(index, phase, attempt);
         let mut t = self.transition();
         if phase == Phase::Execute {
-            t.saga.status = Some(SagaStatus::Running);
+            // Set only when it changes: rewriting the status costs the store
+            // an index write (SQLite rewrites the partial index of unfinished
+            // sagas whenever an update names the column).
+            t.saga.status =
+                (self.saga.status != SagaStatus::Running).then_some(SagaStatus::Running);
             t.saga.current_step_index = Some(index);
         }
         t.start = Some(row.clone());

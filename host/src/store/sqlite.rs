@@ -343,16 +343,25 @@ const FENCED_RESOURCE_INSERT: &str = "INSERT INTO provisioned_resources
 
 /// The saga row's update, last so that the fences above still see the lease
 /// (a final status releases it); `RETURNING` says whether the lease was held.
-const FENCED_SAGA_UPDATE: &str = "UPDATE saga_runs SET
-     updated_at = ?,
-     status = COALESCE(?, status),
-     current_step_index = COALESCE(?, current_step_index),
-     context = COALESCE(?, context),
-     error = COALESCE(?, error),
+/// `$status` sets the status or not: SQLite rewrites a partial index's entry
+/// whenever an UPDATE assigns a column of its condition, even to the same
+/// value, so a step that leaves the status alone must not name it, or each
+/// step's commit writes a page of `saga_runs_unfinished` for nothing.
+macro_rules! fenced_saga_update {
+    ($status:literal) => {
+        concat!(
+            "UPDATE saga_runs SET updated_at = ?1, ",
+            $status,
+            " current_step_index = COALESCE(?3, current_step_index),
+     context = COALESCE(?4, context),
+     error = COALESCE(?5, error),
      lease_owner = CASE WHEN ?6 THEN NULL ELSE lease_owner END,
      lease_expires_at = CASE WHEN ?6 THEN NULL ELSE lease_expires_at END
  WHERE id = ?7 AND lease_owner = ?8
- RETURNING cancel_requested";
+ RETURNING cancel_requested"
+        )
+    };
+}
 
 /// A transition: its statements, each fenced by the lease, so that without
 /// the lease nothing is written.
@@ -385,8 +394,13 @@ fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult<Applied> {
         }
     }
     let ends = t.saga.status.is_some_and(SagaStatus::is_final);
+    let update = match t.saga.status {
+        Some(_) => fenced_saga_update!("status = ?2,"),
+        // ?2 (NULL) is bound but unused.
+        None => fenced_saga_update!(""),
+    };
     let cancel_requested: Option<bool> = conn
-        .prepare_cached(FENCED_SAGA_UPDATE)?
+        .prepare_cached(update)?
         .query_row(
             params![
                 t.now.millis(),

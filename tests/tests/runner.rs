@@ -351,6 +351,27 @@ on_both! {
         assert!(matches!(store.apply(late).await, Err(StoreError::LeaseLost(_))));
     }
 
+    a_freed_slot_claims_the_sagas_waiting_for_one_without_a_poll(backend) {
+        // One slot and a poll too rare to matter: every saga after the first
+        // is claimed only because the slot freeing up claims again.
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        let runtime = RuntimeConfig { max_instances: 8, ..RuntimeConfig::default() };
+        let clock = Arc::new(ManualClock::new(Timestamp::now()));
+        let config = RunnerConfig { concurrency: 1, poll_every: Duration::from_secs(3600), ..RunnerConfig::default() };
+        let runner = Runner::new(store.clone(), PluginHost::new(runtime).unwrap(), config, clock);
+        runner.start();
+        let echo = install(store.as_ref(), "echo").await;
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            ids.push(create_saga(store.as_ref(), vec![echo.clone(), echo.clone()], json!({})).await);
+            runner.wake();
+        }
+        for id in ids {
+            assert_status(&wait_final(store.as_ref(), id, WITHIN).await, SagaStatus::Completed);
+        }
+    }
+
     a_step_interrupted_past_its_attempt_limit_fails(backend) {
         let db = TestDb::new(backend).await;
         let store = db.open().await;

@@ -52,6 +52,11 @@ struct RunnerInner {
     active: Mutex<HashMap<SagaId, Arc<ActiveSaga>>>,
     slots: Arc<Semaphore>,
     wake: Notify,
+    /// Sagas may be waiting for a slot: work was announced, or the last
+    /// claim found no free slot or filled them all. Only then does a slot
+    /// that frees up wake the claim loop; otherwise every saga's end would
+    /// cost a claim, a write transaction that finds nothing.
+    backlog: AtomicBool,
     /// Set at shutdown: claim nothing more, start no further step.
     draining: AtomicBool,
     /// Cancelled to stop every driver (the end of the shutdown grace).
@@ -106,6 +111,7 @@ impl Runner {
                 owner,
                 active: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
+                backlog: AtomicBool::new(true),
                 draining: AtomicBool::new(false),
                 stop_all: CancellationToken::new(),
                 drivers: TaskTracker::new(),
@@ -163,7 +169,15 @@ impl Runner {
 
     /// Work may be waiting (a saga was started, a lease released).
     pub fn wake(&self) {
+        self.inner.backlog.store(true, Ordering::SeqCst);
         self.inner.wake.notify_one();
+    }
+
+    /// A driving slot freed up: claim again if sagas may be waiting for one.
+    fn slot_freed(&self) {
+        if self.inner.backlog.load(Ordering::SeqCst) {
+            self.inner.wake.notify_one();
+        }
     }
 
     /// A cancel was recorded for `id`: interrupt its step in flight if this
@@ -284,9 +298,13 @@ impl Runner {
         let inner = &self.inner;
         let free = inner.slots.available_permits();
         if free == 0 {
+            inner.backlog.store(true, Ordering::SeqCst);
             return Ok(0);
         }
         let claimed = inner.store.claim_sagas(&self.claim(), free).await?;
+        // Fewer than asked for: none were left waiting. A `wake` racing
+        // with this leaves the loop a notification, so its work is claimed.
+        inner.backlog.store(claimed.len() >= free, Ordering::SeqCst);
         let mut started = 0;
         for claim in claimed {
             let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
@@ -331,7 +349,7 @@ impl Runner {
             }
             runner.inner.active.lock().expect("active lock").remove(&id);
             drop(permit);
-            runner.wake();
+            runner.slot_freed();
         };
         // On the Wasm threads where there are some: the saga's calls then
         // run in place, and its commits may too.

@@ -172,15 +172,16 @@ async fn start_saga(
     headers: HeaderMap,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<(StatusCode, Json<SagaRun>), ApiError> {
-    let request_hash = hex::encode(Sha256::digest(canonical(&body).as_bytes()));
     let request: StartSaga = serde_path_to_error::deserialize(&body).map_err(invalid_json)?;
-    let idempotency_key = match headers.get("idempotency-key") {
+    // With its key, the request's hash: a repeat must be the same request.
+    let idempotency = match headers.get("idempotency-key") {
         Some(v) => {
             let key = v.to_str().map_err(|_| {
                 ApiError::bad_request("the Idempotency-Key header must be visible ASCII")
             })?;
             check_label("Idempotency-Key", key)?;
-            Some(key.to_string())
+            let hash = hex::encode(Sha256::digest(canonical(&body).as_bytes()));
+            Some((key.to_string(), hash))
         }
         None => None,
     };
@@ -290,9 +291,9 @@ async fn start_saga(
         request.triggered_by,
         Timestamp::now(),
     );
-    let idempotency = idempotency_key
-        .as_deref()
-        .map(|key| (key, request_hash.as_str()));
+    let idempotency = idempotency
+        .as_ref()
+        .map(|(key, hash)| (key.as_str(), hash.as_str()));
     // With a free slot here, the saga is stored already claimed and
     // started by this host, and driven at once; else the runners claim it.
     let reservation = state.runner.reserve();

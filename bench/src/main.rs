@@ -31,6 +31,11 @@ use wasaga::model::Digest;
 use wasaga::plugin::{PluginHost, StepCall, parse_output};
 use wasaga::server::{Host, ServeOptions};
 
+/// The allocator the `wasaga` binary uses, so that the in-process host
+/// measured here runs as the server does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     quick: bool,
     out: Option<PathBuf>,

@@ -34,7 +34,7 @@ use wasaga::server::{Host, ServeOptions};
 /// The allocator the `wasaga` binary uses, so that the in-process host
 /// measured here runs as the server does.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: wasaga::Allocator = wasaga::Allocator;
 
 struct Args {
     quick: bool,

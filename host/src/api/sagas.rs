@@ -291,16 +291,19 @@ async fn start_saga(
         request.triggered_by,
         Timestamp::now(),
     );
-    let idempotency = idempotency
-        .as_ref()
-        .map(|(key, hash)| (key.as_str(), hash.as_str()));
     // With a free slot here, the saga is stored already claimed and
     // started by this host, and driven at once; else the runners claim it.
     let reservation = state.runner.reserve();
     let claim = reservation.as_ref().map(|_| state.runner.claim());
     match state
         .store
-        .create_saga(&saga, idempotency, claim.as_ref())
+        .create_saga(
+            &saga,
+            idempotency
+                .as_ref()
+                .map(|(key, hash)| (key.as_str(), hash.as_str())),
+            claim.as_ref(),
+        )
         .await?
     {
         CreateSaga::Created(created) => {

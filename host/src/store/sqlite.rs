@@ -310,7 +310,7 @@ fn row_values<'a>(id: &'a str, step: &'a StepResult) -> [Box<dyn rusqlite::ToSql
 }
 
 /// Writes a ledger row, unfenced: for a saga being created or claimed in
-/// this same transaction.
+/// this same transaction, or whose lease this transaction has checked.
 fn upsert_step(conn: &Connection, saga_id: &str, step: &StepResult) -> StoreResult<()> {
     const UPSERT: &str = concat!(
         step_insert!(),
@@ -322,27 +322,15 @@ fn upsert_step(conn: &Connection, saga_id: &str, step: &StepResult) -> StoreResu
     Ok(())
 }
 
-/// A ledger row upsert that writes only while `owner` holds the lease
-/// (binds: the row's twelve columns, then saga id, owner, and whether a
-/// cancel may be ignored).
-const FENCED_STEP_UPSERT: &str = concat!(
-    step_insert!(),
-    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
- WHERE EXISTS (SELECT 1 FROM saga_runs WHERE id = ? AND lease_owner = ? AND (? OR cancel_requested = 0))",
-    step_on_conflict!()
-);
-
-/// A resource insert fenced the same way (binds: saga id, step index, kind,
-/// external id, spec, created_at, then saga id and owner for the fence).
-const FENCED_RESOURCE_INSERT: &str = "INSERT INTO provisioned_resources
+/// A resource insert, numbered after the same resource's earlier specs
+/// (binds: saga id, step index, kind, external id, spec, created_at).
+const RESOURCE_INSERT: &str = "INSERT INTO provisioned_resources
      (saga_id, step_index, kind, external_id, spec, spec_version, created_at)
- SELECT ?1, ?2, ?3, ?4, ?5, version, ?6
- FROM (SELECT COALESCE(MAX(spec_version), 0) + 1 AS version FROM provisioned_resources
-       WHERE saga_id = ?1 AND kind = ?3 AND external_id = ?4)
- WHERE EXISTS (SELECT 1 FROM saga_runs WHERE id = ?1 AND lease_owner = ?7)";
+ SELECT ?1, ?2, ?3, ?4, ?5, COALESCE(MAX(spec_version), 0) + 1, ?6
+ FROM provisioned_resources WHERE saga_id = ?1 AND kind = ?3 AND external_id = ?4";
 
-/// The saga row's update, last so that the fences above still see the lease
-/// (a final status releases it); `RETURNING` says whether the lease was held.
+/// The saga row's update, fenced by the lease; `RETURNING` says whether the
+/// lease was held (no row: it was not) and whether a cancel was requested.
 /// `$status` sets the status or not: SQLite rewrites a partial index's entry
 /// whenever an UPDATE assigns a column of its condition, even to the same
 /// value, so a step that leaves the status alone must not name it, or each
@@ -363,43 +351,22 @@ macro_rules! fenced_saga_update {
     };
 }
 
-/// A transition: its statements, each fenced by the lease, so that without
-/// the lease nothing is written.
+/// A transition. The saga row's update goes first and is the fence: without
+/// the lease it matches no row, and the transition fails with nothing
+/// written. With it, the ledger rows and resources follow in the same write
+/// transaction, which no other writer can enter, so the lease it saw still
+/// holds and they need no fence of their own; a step's start is left out
+/// when the update found a cancel (a cancel blocks a step from starting to
+/// execute, never a result or compensation).
 fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult<Applied> {
     let id = t.saga_id.to_string();
-    let owner: &str = &t.owner;
-    let mut upsert = conn.prepare_cached(FENCED_STEP_UPSERT)?;
-    for (step, ignore_cancel) in t.ledger_rows() {
-        let fence: [Box<dyn rusqlite::ToSql>; 3] = [
-            Box::new(id.as_str()),
-            Box::new(owner),
-            Box::new(ignore_cancel),
-        ];
-        upsert.execute(rusqlite::params_from_iter(
-            row_values(&id, step).into_iter().chain(fence),
-        ))?;
-    }
-    if !t.resources.is_empty() {
-        let mut insert = conn.prepare_cached(FENCED_RESOURCE_INSERT)?;
-        for (step_index, resource) in &t.resources {
-            insert.execute(params![
-                id,
-                *step_index as i64,
-                resource.kind,
-                resource.external_id,
-                to_json(&resource.spec),
-                t.now.millis(),
-                owner,
-            ])?;
-        }
-    }
     let ends = t.saga.status.is_some_and(SagaStatus::is_final);
     let update = match t.saga.status {
         Some(_) => fenced_saga_update!("status = ?2,"),
         // ?2 (NULL) is bound but unused.
         None => fenced_saga_update!(""),
     };
-    let cancel_requested: Option<bool> = conn
+    let cancel_requested: bool = conn
         .prepare_cached(update)?
         .query_row(
             params![
@@ -410,15 +377,31 @@ fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult<Applied> {
                 t.saga.error.as_ref().map(to_json),
                 ends,
                 id,
-                owner,
+                t.owner,
             ],
             |r| r.get(0),
         )
-        .optional()?;
-    match cancel_requested {
-        None => Err(StoreError::LeaseLost(t.saga_id)),
-        Some(cancel_requested) => Ok(Applied::found(t, cancel_requested)),
+        .optional()?
+        .ok_or(StoreError::LeaseLost(t.saga_id))?;
+    for (step, ignore_cancel) in t.ledger_rows() {
+        if ignore_cancel || !cancel_requested {
+            upsert_step(conn, &id, step)?;
+        }
     }
+    if !t.resources.is_empty() {
+        let mut insert = conn.prepare_cached(RESOURCE_INSERT)?;
+        for (step_index, resource) in &t.resources {
+            insert.execute(params![
+                id,
+                *step_index as i64,
+                resource.kind,
+                resource.external_id,
+                to_json(&resource.spec),
+                t.now.millis(),
+            ])?;
+        }
+    }
+    Ok(Applied::found(t, cancel_requested))
 }
 
 #[async_trait]

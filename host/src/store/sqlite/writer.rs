@@ -7,7 +7,9 @@
 //! commits once, and only then answers each caller: group commit, several
 //! sagas' transitions for the price of one fsync, with every acknowledgement
 //! still meaning "durable". A write that fails is rolled back to its
-//! savepoint and answered with its error; the others of its batch commit.
+//! savepoint and answered with its error; the others of its batch commit. A
+//! write alone in its batch (every write at low load) skips the savepoint,
+//! two statements per commit: its failure rolls the transaction back.
 //!
 //! The thread calls SQLite directly (rusqlite, with cached prepared
 //! statements) rather than through sqlx's async connection, whose every
@@ -34,12 +36,15 @@ pub(super) const MAX_BATCH: usize = 512;
 /// What a job does once its batch's commit is known: answer its caller.
 type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 
-/// One queued write: runs its statements (inside the batch's transaction,
-/// in its own savepoint) and returns how to answer its caller, and whether
-/// the transaction is still sound (false: its savepoint could not be undone,
-/// so the whole batch must roll back). Given no connection (the transaction
-/// could not begin), it runs nothing.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> (Answer, bool) + Send>;
+/// One queued write: runs its statements inside the batch's transaction and
+/// returns how to answer its caller, and whether the transaction may still
+/// commit. Among others it runs in its own savepoint, rolled back if it
+/// fails; alone in its batch (the flag) it needs none, because its failure
+/// rolls the whole transaction back. False when its writes could not be
+/// undone in place: it failed alone, or its savepoint could not be rolled
+/// back. Given no connection (the transaction could not begin), it runs
+/// nothing.
+type Job = Box<dyn FnOnce(Option<&Connection>, bool) -> (Answer, bool) + Send>;
 
 /// The handle the store writes through; the thread ends when it is dropped.
 pub(super) struct Writer {
@@ -78,7 +83,7 @@ impl Writer {
 
     /// Runs `op` in the next batch and answers once that batch committed:
     /// its result if it did, otherwise why not. A failing `op` leaves
-    /// nothing behind (its savepoint is rolled back).
+    /// nothing behind (its savepoint, or its batch, is rolled back).
     pub(super) async fn write<T, F>(&self, op: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -146,8 +151,16 @@ where
     A: FnOnce() + Send + 'static,
 {
     let (reply, rx) = oneshot::channel();
-    let job: Job = Box::new(move |conn| {
-        let (result, sound) = match conn.map(|conn| in_savepoint(conn, op)) {
+    let job: Job = Box::new(move |conn, alone| {
+        let ran = conn.map(|conn| match alone {
+            true => {
+                let result = op(conn);
+                let sound = result.is_ok();
+                (result, sound)
+            }
+            false => in_savepoint(conn, op),
+        });
+        let (result, sound) = match ran {
             Some((result, sound)) => (Some(result), sound),
             None => (None, true),
         };
@@ -221,7 +234,8 @@ fn write_loop(shared: &Shared, mut rx: mpsc::Receiver<Job>) {
 }
 
 /// Runs `batch` (emptying it) in one transaction, each job in its own
-/// savepoint, commits once, and only then answers every job.
+/// savepoint unless it is alone, commits once, and only then answers every
+/// job.
 fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, answers: &mut Vec<Answer>) {
     if let Err(e) = conn
         .prepare_cached("BEGIN IMMEDIATE")
@@ -230,15 +244,16 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, answers: &mut Vec<Answe
         tracing::error!(error = %e, "SQLite could not begin a transaction");
         let why = format!("cannot begin a transaction: {e}");
         for job in batch.drain(..) {
-            job(None).0(Err(why.clone()));
+            job(None, false).0(Err(why.clone()));
         }
         return;
     }
     let mut sound = true;
+    let alone = batch.len() == 1;
     for job in batch.drain(..) {
         // A job that panics (a bug) takes its batch down, not the
         // writer: its caller sees the store fail, the others a rollback.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(conn)))) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(conn), alone))) {
             Ok((answer, job_sound)) => {
                 answers.push(answer);
                 sound &= job_sound;
@@ -261,7 +276,7 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, answers: &mut Vec<Answe
     } else {
         rollback(conn);
         Err(
-            "another write of the batch failed beyond its savepoint; the batch was rolled back"
+            "another write of the batch could not be undone alone; the batch was rolled back"
                 .into(),
         )
     };
@@ -274,5 +289,92 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, answers: &mut Vec<Answe
 fn rollback(conn: &Connection) {
     if let Err(e) = conn.execute_batch("ROLLBACK") {
         tracing::debug!(error = %e, "rollback");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn writer() -> Writer {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
+            .unwrap();
+        Writer::start(conn).unwrap()
+    }
+
+    /// A write that inserts `v`, then fails if `fail`.
+    async fn insert(w: &Writer, v: i64, fail: bool) -> StoreResult<()> {
+        w.write(move |c| {
+            c.execute("INSERT INTO t VALUES (?)", [v])?;
+            match fail {
+                true => Err(StoreError::Corrupt(format!("{v} fails"))),
+                false => Ok(()),
+            }
+        })
+        .await
+    }
+
+    async fn rows(w: &Writer) -> Vec<i64> {
+        w.write(|c| {
+            let mut s = c.prepare("SELECT v FROM t ORDER BY v")?;
+            let rows = s.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<i64>, _>>()?)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Failing writes leave nothing behind, whether alone in their batch
+    /// (no savepoint: the transaction rolls back) or beside writes that
+    /// succeed (their savepoint rolls back, the others commit).
+    async fn failures_leave_nothing(w: Writer) {
+        let failed = insert(&w, 1, true).await;
+        assert!(
+            matches!(failed, Err(StoreError::Corrupt(ref m)) if m == "1 fails"),
+            "{failed:?}"
+        );
+        insert(&w, 2, false).await.unwrap();
+        assert_eq!(rows(&w).await, [2], "alone");
+
+        // Hold the connection so the next writes queue up and share a batch.
+        let shared = w.shared.clone();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let _conn = shared.conn.lock().unwrap();
+            held_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        held_rx.recv().unwrap();
+        let (a, b, c) = tokio::join!(
+            insert(&w, 3, false),
+            insert(&w, 4, true),
+            insert(&w, 5, false)
+        );
+        holder.join().unwrap();
+        assert!(a.is_ok() && c.is_ok(), "{a:?} {c:?}");
+        assert!(
+            matches!(b, Err(StoreError::Corrupt(ref m)) if m == "4 fails"),
+            "{b:?}"
+        );
+        assert_eq!(rows(&w).await, [2, 3, 5], "in a batch");
+    }
+
+    #[test]
+    fn failures_leave_nothing_in_place() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        rt.block_on(failures_leave_nothing(writer()));
+    }
+
+    #[test]
+    fn failures_leave_nothing_through_the_thread() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(failures_leave_nothing(writer()));
     }
 }

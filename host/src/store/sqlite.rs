@@ -355,9 +355,9 @@ macro_rules! fenced_saga_update {
 /// the lease it matches no row, and the transition fails with nothing
 /// written. With it, the ledger rows and resources follow in the same write
 /// transaction, which no other writer can enter, so the lease it saw still
-/// holds and they need no fence of their own; a step's start is left out
-/// when the update found a cancel (a cancel blocks a step from starting to
-/// execute, never a result or compensation).
+/// holds and they need no fence of their own; a step's start is written
+/// only if [`Applied::found`] says the cancel the update saw allows it. The
+/// PostgreSQL store applies a transition the same way.
 fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult<Applied> {
     let id = t.saga_id.to_string();
     let ends = t.saga.status.is_some_and(SagaStatus::is_final);
@@ -383,10 +383,8 @@ fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult<Applied> {
         )
         .optional()?
         .ok_or(StoreError::LeaseLost(t.saga_id))?;
-    for (step, ignore_cancel) in t.ledger_rows() {
-        if ignore_cancel || !cancel_requested {
-            upsert_step(conn, &id, step)?;
-        }
+    for step in &t.steps {
+        upsert_step(conn, &id, step)?;
     }
     if !t.resources.is_empty() {
         let mut insert = conn.prepare_cached(RESOURCE_INSERT)?;
@@ -401,7 +399,11 @@ fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult<Applied> {
             ])?;
         }
     }
-    Ok(Applied::found(t, cancel_requested))
+    let applied = Applied::found(t, cancel_requested);
+    if let Some(step) = t.start.as_ref().filter(|_| applied.started) {
+        upsert_step(conn, &id, step)?;
+    }
+    Ok(applied)
 }
 
 #[async_trait]

@@ -26,6 +26,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+/// Bytes of free initial memory each Rust plugin is linked with: more than
+/// dlmalloc's first request (64 KiB and a little), which the SDK's allocator
+/// then serves without `memory.grow`.
+const INITIAL_HEAP: usize = 128 * 1024;
 /// Pinned so that a rebuild gives the same component.
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 
@@ -192,7 +197,11 @@ fn build_plugins(root: &Path, check: bool) -> Result<()> {
         });
     // Paths end up in panic messages; map them to fixed names so the bytes
     // do not depend on where the repository or the cargo home is.
+    // Room for a heap in the initial memory, so that a call to a step built
+    // on the SDK allocates without growing its memory (plugins/sdk/src/heap.rs
+    // says why that matters to the host).
     let rustflags = [
+        format!("-Clink-arg=--initial-heap={INITIAL_HEAP}"),
         format!("--remap-path-prefix={}=/wasaga", root.display()),
         format!("--remap-path-prefix={}=/cargo", home.display()),
         format!(

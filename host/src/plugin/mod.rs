@@ -758,6 +758,74 @@ mod tests {
         );
     }
 
+    /// A step built on the SDK allocates from the free end of its initial
+    /// memory and never grows it (plugins/sdk/src/heap.rs): a memory limit of
+    /// exactly the initial size lets echo run, one byte less does not even
+    /// let it start, and a step that does grow is stopped at the same limit.
+    #[tokio::test]
+    async fn sdk_steps_run_within_their_initial_memory() {
+        let host = PluginHost::new(RuntimeConfig {
+            wasm_threads: 0,
+            max_instances: 4,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let component = |name: &str| {
+            let path = format!("{}/../plugins/dist/{name}.wasm", env!("CARGO_MANIFEST_DIR"));
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+        };
+        let call = |context: &str| StepCall {
+            saga_id: "0190c0de-0000-7000-8000-000000000000".into(),
+            kind: "test".into(),
+            step_index: 3,
+            attempt: 1,
+            idempotency_key: "test:3:execute".into(),
+            inputs: r#"{"message":"hello"}"#.into(),
+            context: context.into(),
+        };
+        let initial_bytes = |plugin: &Plugin| {
+            let pages = plugin
+                .instance_pre
+                .component()
+                .resources_required()
+                .and_then(|r| r.max_initial_memory_size)
+                .expect("a memory");
+            pages * 65536
+        };
+        let run = |plugin: Arc<Plugin>, max_memory_bytes: u64, context: String| {
+            let host = host.clone();
+            async move {
+                let limits = StepLimits {
+                    max_memory_bytes,
+                    ..StepLimits::default()
+                };
+                host.execute(&plugin, call(&context), &limits, CancellationToken::new())
+                    .await
+                    .result
+            }
+        };
+
+        let echo = host.prepare(&component("echo")).await.unwrap();
+        let initial = initial_bytes(&echo);
+        // A context of 16 KiB makes the call allocate well beyond a few
+        // small strings.
+        let big = serde_json::json!({ "earlier": "x".repeat(16 << 10) }).to_string();
+        for context in ["{}".to_string(), big] {
+            let out = run(echo.clone(), initial, context).await.unwrap();
+            assert_eq!(out["echoed_at_step_3"], "hello");
+        }
+        let err = run(echo.clone(), initial - 1, "{}".into())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("memory limit"), "{err}");
+
+        let hog = host.prepare(&component("hog")).await.unwrap();
+        let err = run(hog.clone(), initial_bytes(&hog), "{}".into())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("memory limit"), "{err}");
+    }
+
     #[test]
     fn bytes_are_written_for_humans() {
         assert_eq!(format_bytes(64 << 20), "64 MiB");

@@ -58,10 +58,17 @@
 //!
 //! Build it as a component with `cargo xtask plugins` in the wasaga
 //! repository, or with `cargo build --target wasm32-unknown-unknown --release`
-//! followed by `wasm-tools component new`.
+//! followed by `wasm-tools component new`. Link with
+//! `-C link-arg=--initial-heap=131072` (as `cargo xtask plugins` does): the
+//! SDK's allocator then serves a call's allocations from the initial memory,
+//! and the host skips two `mprotect` calls per step (see the `allocator`
+//! feature).
 
 // The generated bindings name this crate by its path, from inside and outside.
 extern crate self as wasaga_step;
+
+#[cfg(all(feature = "allocator", target_arch = "wasm32"))]
+mod heap;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

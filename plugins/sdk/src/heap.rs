@@ -36,6 +36,8 @@ const PAGE: usize = 64 * 1024;
 unsafe extern "C" {
     /// Set by the linker: the first byte after the stack and static data.
     static __heap_base: u8;
+    /// Set by the linker: the end of the initial memory.
+    static __heap_end: u8;
 }
 
 /// Where dlmalloc gets memory from: the initial memory's free end once,
@@ -56,7 +58,10 @@ impl Source {
         }
         let base = (&raw const __heap_base) as usize;
         let base = base.checked_add(15)? & !15;
-        let end = wasm32::memory_size(0).checked_mul(PAGE)?;
+        // The linker's end of the initial memory, not the current size: a
+        // guest that grew the memory itself before its first allocation
+        // owns the pages it grew.
+        let end = (&raw const __heap_end) as usize;
         let free = end.checked_sub(base)?;
         (free >= size).then_some((base as *mut u8, free))
     }

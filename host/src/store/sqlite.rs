@@ -291,24 +291,6 @@ fn saga_on(conn: &Connection, id: &str) -> StoreResult<Option<SagaRun>> {
     .transpose()
 }
 
-/// A ledger row's twelve columns, in [`step_insert`]'s order.
-fn row_values<'a>(id: &'a str, step: &'a StepResult) -> [Box<dyn rusqlite::ToSql + 'a>; 12] {
-    [
-        Box::new(id),
-        Box::new(step.index as i64),
-        Box::new(step.phase.as_str()),
-        Box::new(step.status.as_str()),
-        Box::new(step.output.as_ref().map(to_json)),
-        Box::new(step.error.as_deref()),
-        Box::new(step.attempts as i64),
-        Box::new(step.compensate_attempts as i64),
-        Box::new(to_json(&step.logs)),
-        Box::new(step.started_at.map(Timestamp::millis)),
-        Box::new(step.finished_at.map(Timestamp::millis)),
-        Box::new(step.executed_by.as_deref()),
-    ]
-}
-
 /// Writes a ledger row, unfenced: for a saga being created or claimed in
 /// this same transaction, or whose lease this transaction has checked.
 fn upsert_step(conn: &Connection, saga_id: &str, step: &StepResult) -> StoreResult<()> {
@@ -317,8 +299,21 @@ fn upsert_step(conn: &Connection, saga_id: &str, step: &StepResult) -> StoreResu
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         step_on_conflict!()
     );
-    conn.prepare_cached(UPSERT)?
-        .execute(rusqlite::params_from_iter(row_values(saga_id, step)))?;
+    // The twelve columns, in `step_insert!`'s order.
+    conn.prepare_cached(UPSERT)?.execute(params![
+        saga_id,
+        step.index as i64,
+        step.phase.as_str(),
+        step.status.as_str(),
+        step.output.as_ref().map(to_json),
+        step.error.as_deref(),
+        step.attempts as i64,
+        step.compensate_attempts as i64,
+        to_json(&step.logs),
+        step.started_at.map(Timestamp::millis),
+        step.finished_at.map(Timestamp::millis),
+        step.executed_by.as_deref(),
+    ])?;
     Ok(())
 }
 

@@ -78,14 +78,28 @@ struct Row {
     baseline: String,
     ratio: String,
     target: String,
+    /// What measures this row alone (after a release build).
+    command: String,
 }
 
 struct Report {
     rows: Vec<Row>,
     notes: Vec<String>,
+    /// The command of the rows added next: see [`Report::measured_by`].
+    command: String,
 }
 
+/// The bench binary, as README's build leaves it.
+const BENCH: &str = "target/release/wasaga-bench";
+/// What the sections that start `wasaga serve` processes are given.
+const WITH_SERVER: &str = "--wasaga-bin target/release/wasaga";
+
 impl Report {
+    /// The rows added from now on are measured by `command`.
+    fn measured_by(&mut self, command: String) {
+        self.command = command;
+    }
+
     fn add(
         &mut self,
         section: &'static str,
@@ -102,6 +116,7 @@ impl Report {
             baseline,
             ratio,
             target: target.to_string(),
+            command: self.command.clone(),
         };
         println!(
             "{:<22} {:<58} {:>16}  baseline {:>16}  ratio {:>8}  {}",
@@ -177,6 +192,7 @@ fn native_echo(call: StepCall, limits: &StepLimits) -> serde_json::Map<String, s
 }
 
 async fn step_overhead(report: &mut Report, quick: bool) -> Result<()> {
+    report.measured_by(format!("{BENCH} --only step"));
     let n = if quick { 2_000 } else { 20_000 };
     let echo = wasaga_tests::component("echo");
     let limits = StepLimits::default();
@@ -455,6 +471,9 @@ async fn durable_throughput(report: &mut Report, quick: bool) -> Result<()> {
     let sagas = if quick { 100 } else { 1_000 };
     const STEPS: usize = 5;
     for concurrency in levels("WASAGA_BENCH_CONCURRENCY", &[1, 8, 64]) {
+        report.measured_by(format!(
+            "WASAGA_BENCH_CONCURRENCY={concurrency} {BENCH} --only throughput"
+        ));
         // The floor in rounds between the sagas' rounds: the shared disk's
         // speed drifts by 15 % or more within minutes (and from one minute
         // to the next), so a floor taken once, before the sagas, would judge
@@ -518,6 +537,7 @@ async fn durable_throughput(report: &mut Report, quick: bool) -> Result<()> {
 }
 
 async fn low_load_latency(report: &mut Report, quick: bool) -> Result<()> {
+    report.measured_by(format!("{BENCH} --only latency"));
     let n = if quick { 40 } else { 300 };
     let host = LocalHost::start(|_| {}).await?;
     let (_, mut latencies) = closed_loop(&host, n, 3, 1).await?;
@@ -603,6 +623,7 @@ async fn median_load(
 }
 
 async fn plugin_load(report: &mut Report, quick: bool) -> Result<()> {
+    report.measured_by(format!("{BENCH} --only load"));
     let python = polyglot("python-echo.wasm")?;
     let cases: Vec<(&str, Vec<u8>, usize)> = vec![
         (
@@ -711,6 +732,7 @@ async fn plugin_load(report: &mut Report, quick: bool) -> Result<()> {
 /// `wasaga serve` as a child process; its RSS idle and with 1,000 sagas in
 /// flight.
 async fn memory(report: &mut Report, quick: bool, bin: &Path) -> Result<()> {
+    report.measured_by(format!("{BENCH} --only memory {WITH_SERVER}"));
     let dir = tempfile::tempdir()?;
     let mut server = wasaga_tests::ServerProcess::start(
         bin.to_str().context("a UTF-8 path")?,
@@ -837,6 +859,9 @@ async fn several_hosts(report: &mut Report, quick: bool, bin: &Path) -> Result<(
     );
     let bin = bin.to_str().context("a UTF-8 path")?;
     for hosts in levels("WASAGA_BENCH_HOSTS", &[1, 2, 3]) {
+        report.measured_by(format!(
+            "WASAGA_BENCH_HOSTS={hosts} {BENCH} --only hosts {WITH_SERVER}"
+        ));
         let db = wasaga_tests::TestDb::new(wasaga_tests::Backend::Postgres).await;
         let url = db.url.replace("max_connections=6", "max_connections=16");
         let mut servers = Vec::new();
@@ -933,11 +958,15 @@ fn write_markdown(report: &Report, path: &Path, quick: bool) -> Result<()> {
     if quick {
         md.push_str("**Quick mode**: fewer samples; for checking that the benchmarks run, not for quoting.\n\n");
     }
-    md.push_str("| section | metric | value | baseline (same run) | ratio | target |\n|---|---|---|---|---|---|\n");
+    md.push_str(
+        "Each row's command measures it alone, after `cargo build --release -p wasaga -p wasaga-bench` \
+         (with `CARGO_TARGET_DIR` set, `target/` is that directory).\n\n",
+    );
+    md.push_str("| section | metric | value | baseline (same run) | ratio | target | command |\n|---|---|---|---|---|---|---|\n");
     for r in &report.rows {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            r.section, r.metric, r.value, r.baseline, r.ratio, r.target
+            "| {} | {} | {} | {} | {} | {} | `{}` |\n",
+            r.section, r.metric, r.value, r.baseline, r.ratio, r.target, r.command
         ));
     }
     md.push_str("\n## Notes\n\n");
@@ -955,6 +984,7 @@ async fn main() -> Result<()> {
     let mut report = Report {
         rows: Vec::new(),
         notes: Vec::new(),
+        command: String::new(),
     };
     let machine = std::thread::available_parallelism()
         .map(|n| n.get())

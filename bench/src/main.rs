@@ -229,8 +229,8 @@ async fn step_overhead(report: &mut Report, quick: bool) -> Result<()> {
             ..RuntimeConfig::default()
         })?;
         let plugin = host.prepare(&echo).await?;
-        let mut samples = Vec::with_capacity(n);
         let n = if idle.is_some() { n / 4 } else { n };
+        let mut samples = Vec::with_capacity(n);
         for i in 0..n + 1000 {
             if let Some(idle) = idle {
                 std::thread::sleep(idle);

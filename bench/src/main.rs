@@ -688,6 +688,8 @@ async fn plugin_load(report: &mut Report, quick: bool) -> Result<()> {
                 name: plugin.name.clone(),
                 size: bytes.len() as u64,
                 created_at: wasaga::model::Timestamp::now(),
+                current: true,
+                contract: None,
             };
             host.store.put_plugin(&info, bytes).await?;
         }

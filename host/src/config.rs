@@ -93,6 +93,12 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Largest component accepted. Default 64 MiB.
     pub max_component_bytes: usize,
+    /// The largest `max_output_bytes` a step may ask for. Default 16 MiB.
+    pub max_output_ceiling: usize,
+    /// Components compiled at once (each may take hundreds of MiB while it
+    /// compiles); further uploads wait their turn. Default: one per 2 GiB
+    /// of memory, at least 1, at most the number of CPUs.
+    pub max_concurrent_compiles: usize,
     /// Outgoing HTTP allowed per plugin name: `host[:port]` authorities.
     /// Plugins not listed may make no request.
     pub http_allow: BTreeMap<String, Vec<String>>,
@@ -113,9 +119,30 @@ impl Default for RuntimeConfig {
             max_wasm_stack: 512 * 1024,
             cache_dir: None,
             max_component_bytes: 64 * MIB as usize,
+            max_output_ceiling: 16 * MIB as usize,
+            max_concurrent_compiles: default_concurrent_compiles(),
             http_allow: BTreeMap::new(),
         }
     }
+}
+
+/// One compile per 2 GiB of physical memory (compiling an interpreter-based
+/// component peaks at about 320 MiB, and the host needs room for its
+/// instances too), between 1 and the number of CPUs.
+fn default_concurrent_compiles() -> usize {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(4 << 30);
+    ((memory / (2 << 30)) as usize).clamp(1, cpus)
 }
 
 /// Retry and backoff of failed step calls.
@@ -164,6 +191,20 @@ pub struct RunnerConfig {
     pub retry: RetryPolicy,
     /// This host's identity in leases. Default: random per process.
     pub node_id: Option<String>,
+    /// Log lines a step's ledger row keeps across all its calls (each call
+    /// is bounded by `StepLimits::max_log_lines` too). Default 2,000.
+    pub max_step_log_lines: usize,
+    /// Size of a saga's context (the merged outputs, as JSON text); a step
+    /// whose output would pass it fails for good. Default 16 MiB.
+    pub max_context_bytes: usize,
+    /// The shortest `poll-after` honoured: a shorter one (0 included) waits
+    /// this long, so a step cannot make the host spin. Default 10 ms.
+    pub min_poll_interval: Duration,
+    /// A step's total wait (`max_wait_ms`) when it does not say. Default
+    /// one hour.
+    pub default_max_wait: Duration,
+    /// The longest `max_wait_ms` a step may ask for. Default 7 days.
+    pub max_wait_ceiling: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -175,6 +216,11 @@ impl Default for RunnerConfig {
             poll_every: Duration::from_secs(1),
             retry: RetryPolicy::default(),
             node_id: None,
+            max_step_log_lines: 2_000,
+            max_context_bytes: 16 * MIB as usize,
+            min_poll_interval: Duration::from_millis(10),
+            default_max_wait: Duration::from_secs(3600),
+            max_wait_ceiling: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -182,9 +228,9 @@ impl Default for RunnerConfig {
 /// The HTTP server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Bearer token every `/v1` request must carry. `None`: no
-    /// authentication, allowed only on a loopback address.
-    pub token: Option<String>,
+    /// The bearer tokens `/v1` requests must carry, with their roles.
+    /// `None`: no authentication, allowed only on a loopback address.
+    pub tokens: Option<crate::api::Tokens>,
     /// Largest JSON request body. Default 1 MiB.
     pub max_json_bytes: usize,
     /// Time a request may take before it is answered 408. Default 30 s.
@@ -196,7 +242,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            token: None,
+            tokens: None,
             max_json_bytes: MIB as usize,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),

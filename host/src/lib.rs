@@ -8,13 +8,15 @@
 //!
 //! One module per seam: [`plugin`] (the Wasm runtime), [`store`]
 //! (persistence), [`runner`] (the saga state machine), [`api`] (HTTP),
-//! [`cli`] (the command line), [`model`] (the domain's nouns) and
-//! [`config`] (every tunable and its default).
+//! [`cli`] (the command line), [`model`] (the domain's nouns), [`plan`]
+//! (what a start request must be) and [`config`] (every tunable and its
+//! default).
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod model;
+pub mod plan;
 pub mod plugin;
 pub mod runner;
 pub mod server;

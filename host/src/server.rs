@@ -10,6 +10,7 @@
 use crate::api::{self, AppState};
 use crate::config::{RunnerConfig, RuntimeConfig, ServerConfig};
 use crate::model::{PluginInfo, Timestamp};
+use crate::plan::Planner;
 use crate::plugin::{PluginError, PluginHost};
 use crate::runner::{Clock, Runner, SystemClock};
 use crate::store::{self, Store, StoreError};
@@ -112,7 +113,11 @@ impl Host {
             plugins: plugins.clone(),
             runner: runner.clone(),
             server: Arc::new(options.server.clone()),
-            default_max_attempts: options.runner.retry.max_attempts,
+            planner: Arc::new(Planner {
+                runtime: plugins.config().clone(),
+                default_max_attempts: options.runner.retry.max_attempts,
+                max_wait_ceiling: options.runner.max_wait_ceiling,
+            }),
         };
         Ok(Host {
             store,
@@ -150,11 +155,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
-    if options.server.token.is_none() && !addr.ip().is_loopback() {
+    if options.server.tokens.is_none() && !addr.ip().is_loopback() {
         return Err(ServeError::NoTokenOnPublicAddress(addr));
     }
     let host = Host::start(&options).await?;
-    tracing::info!(%addr, auth = options.server.token.is_some(), "wasaga listening");
+    tracing::info!(%addr, auth = options.server.tokens.is_some(), "wasaga listening");
     let warm = (host.store.clone(), host.plugins.clone());
     tokio::spawn(async move { warm_plugins(warm.0, warm.1).await });
     axum::serve(listener, host.router())
@@ -178,6 +183,8 @@ async fn register_examples(store: &Arc<dyn Store>, plugins: &PluginHost) -> Resu
             name: plugin.name.clone(),
             size: bytes.len() as u64,
             created_at: Timestamp::now(),
+            current: true,
+            contract: Some(plugin.contract.as_str().to_string()),
         };
         store.put_plugin(&info, bytes).await?;
         tracing::info!(name, digest = %info.digest, "registered a bundled example plugin");

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasaga::model::{Digest, SagaDetail, SagaId, SagaRun, SagaStatus, StepSpec, Timestamp};
-use wasaga::store::Store;
+use wasaga::store::{NewSaga, Store};
 
 /// The repository's root.
 pub fn repo() -> PathBuf {
@@ -255,6 +255,8 @@ pub async fn install(store: &dyn Store, name: &str) -> StepSpec {
         name: name.to_string(),
         size: bytes.len() as u64,
         created_at: Timestamp::now(),
+        current: true,
+        contract: None,
     };
     store
         .put_plugin(&info, &bytes)
@@ -267,10 +269,12 @@ pub async fn install(store: &dyn Store, name: &str) -> StepSpec {
         timeout_ms: 30_000,
         max_memory_bytes: None,
         max_output_bytes: None,
+        max_wait_ms: None,
     }
 }
 
-/// Stores a new pending saga.
+/// Stores a new pending saga, ready to be claimed (at any time: also by a
+/// runner whose virtual clock lags real time).
 pub async fn create_saga(
     store: &dyn Store,
     plan: Vec<StepSpec>,
@@ -278,10 +282,20 @@ pub async fn create_saga(
 ) -> SagaId {
     let saga = SagaRun::pending("test", plan, inputs, None, None, Timestamp::now());
     let id = saga.id;
-    store
-        .create_saga(&saga, None, None)
+    let created = store
+        .create_saga(NewSaga {
+            ready_at: Some(Timestamp(0)),
+            saga,
+            idempotency: None,
+            lease: None,
+            ledger: Vec::new(),
+        })
         .await
         .expect("creating a saga");
+    assert!(
+        matches!(created, wasaga::store::CreateSaga::Created(_)),
+        "{created:?}"
+    );
     id
 }
 

@@ -65,6 +65,10 @@ impl ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     /// A failure that is ours, not the client's: logged in full here,
     /// answered with a generic message.
     pub fn internal(context: &str, error: impl std::fmt::Display) -> ApiError {
@@ -103,7 +107,51 @@ impl From<StoreError> for ApiError {
                 "unavailable",
                 "the server is shutting down",
             ),
+            StoreError::StorageFull(why) => {
+                tracing::error!(error = %why, "a write failed: the disk is full");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "storage_full",
+                    "the server's disk is full: nothing was stored; free space on the database's disk and retry",
+                )
+            }
             other => ApiError::internal("the database operation", other),
+        }
+    }
+}
+
+impl From<crate::plan::PlanError> for ApiError {
+    fn from(e: crate::plan::PlanError) -> ApiError {
+        use crate::plan::PlanError;
+        let message = e.to_string();
+        match e {
+            PlanError::Invalid(_) => ApiError::bad_request(message),
+            PlanError::UnknownPlugins(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_plugin", message)
+            }
+            PlanError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::runner::ActionError> for ApiError {
+    fn from(e: crate::runner::ActionError) -> ApiError {
+        use crate::runner::ActionError;
+        let message = e.to_string();
+        match e {
+            ActionError::NotFound(_) => ApiError::not_found(message),
+            ActionError::Conflict(_) => ApiError::conflict(message),
+            ActionError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::runner::StartError> for ApiError {
+    fn from(e: crate::runner::StartError) -> ApiError {
+        use crate::runner::StartError;
+        match e {
+            StartError::Store(e) => e.into(),
+            other => ApiError::internal("starting the saga", other),
         }
     }
 }

@@ -1,35 +1,38 @@
-//! HTTP API v1 (a contract: DESIGN.md): routes, authentication, limits and
-//! the OpenAPI document.
+//! HTTP API v1 (a contract: DESIGN.md): routes, authentication and roles,
+//! limits, and the OpenAPI document.
 //!
 //! One router per resource (`plugins`, `sagas`), each built with
 //! utoipa-axum's `OpenApiRouter`, which registers a handler's route and its
 //! OpenAPI path together, so `/v1/openapi.json` cannot drift from what is
-//! served. Every `/v1` request passes the bearer-token check (when a token
-//! is configured) and a request timeout; JSON bodies are capped at
-//! `max_json_bytes` and components at `max_component_bytes`. Handlers only
-//! read state and record requests; the runner does the rest.
+//! served (and a test checks every answer against it). Every `/v1` request
+//! passes the bearer-token check (when tokens are configured; see `auth`),
+//! a request timeout, and a check of its declared size before any of the
+//! body is read. Handlers only read state, check the caller's role, and
+//! submit to the runner, which decides every transition.
 
+mod auth;
 mod error;
 mod plugins;
 mod sagas;
 
+pub use auth::{Caller, Role, Tokens, TokensError};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
-pub use plugins::PluginList;
-pub use sagas::{SagaList, StartSaga};
+pub use plugins::{PluginList, UploadedPlugin};
+pub use sagas::SagaList;
 
 use crate::config::ServerConfig;
+use crate::plan::Planner;
 use crate::plugin::PluginHost;
 use crate::runner::Runner;
-use crate::store::Store;
+use crate::store::{Health, Store};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -40,8 +43,8 @@ pub struct AppState {
     pub plugins: PluginHost,
     pub runner: Runner,
     pub server: Arc<ServerConfig>,
-    /// `max_attempts` of a step that does not say.
-    pub default_max_attempts: u32,
+    /// The rules a start request is checked against.
+    pub planner: Arc<Planner>,
 }
 
 #[derive(OpenApi)]
@@ -54,7 +57,7 @@ pub struct AppState {
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(
-        (name = "plugins", description = "Step plugins: Wasm components implementing wasaga:step/step@0.1.x"),
+        (name = "plugins", description = "Step plugins: Wasm components implementing wasaga:step/step"),
         (name = "sagas", description = "Sagas: ordered steps run durably, compensated in reverse on failure or cancel"),
     )
 )]
@@ -113,6 +116,7 @@ pub fn app(state: AppState) -> Router {
                 "this route does not take that method",
             )
         })
+        .layer(middleware::from_fn_with_state(state.clone(), declared_size))
         .with_state(state)
 }
 
@@ -121,12 +125,19 @@ pub fn openapi_document(state: &AppState) -> utoipa::openapi::OpenApi {
     v1(state).1
 }
 
-/// `/healthz`: 200 when the database answers.
+/// `/healthz`: 200 when the database answers and takes writes; 503 when it
+/// does not answer, or answers but refuses writes (a full disk).
 async fn healthz(State(state): State<AppState>) -> Response {
+    let backend = state.store.backend();
     match state.store.health().await {
-        Ok(()) => (
+        Ok(Health::Ok) => (
             StatusCode::OK,
-            Json(serde_json::json!({"status": "ok", "database": state.store.backend()})),
+            Json(serde_json::json!({"status": "ok", "database": backend})),
+        )
+            .into_response(),
+        Ok(Health::Degraded(why)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "degraded", "database": backend, "message": why})),
         )
             .into_response(),
         Err(e) => {
@@ -141,32 +152,39 @@ async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Every `/v1` request needs `Authorization: Bearer <token>` when a token
-/// is configured. Both sides are hashed before the constant-time compare,
-/// so neither the token's bytes nor its length leak through timing.
-async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(expected) = state.server.token.as_deref() else {
-        return next.run(request).await;
-    };
-    let given = request
+/// The bearer token of a request, if it carries one.
+fn bearer(request: &Request) -> Option<&str> {
+    request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
-        });
-    let Some(given) = given else {
+        })
+}
+
+/// Every `/v1` request needs a known bearer token when tokens are
+/// configured; the caller it names rides along for the handlers (which
+/// check its role).
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let Some(tokens) = state.server.tokens.as_ref() else {
+        return next.run(request).await;
+    };
+    let Some(given) = bearer(&request) else {
         return ApiError::unauthorized("this server needs `Authorization: Bearer <token>`")
             .into_response();
     };
-    let matches: bool = Sha256::digest(given.trim().as_bytes())
-        .ct_eq(&Sha256::digest(expected.as_bytes()))
-        .into();
-    if !matches {
+    let Some(caller) = tokens.check(given) else {
         return ApiError::unauthorized("the bearer token is not valid").into_response();
-    }
+    };
+    request.extensions_mut().insert(caller);
     next.run(request).await
+}
+
+/// Whether a request is a plugin upload (which compiles, and takes bytes).
+fn is_upload(request: &Request) -> bool {
+    request.method() == Method::POST && request.uri().path().trim_end_matches('/') == "/v1/plugins"
 }
 
 /// Answers 503 with the error body when a request takes longer than the
@@ -174,7 +192,7 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
 /// interpreter-based one), so they get ten times as long.
 async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let mut limit = state.server.request_timeout;
-    if request.method() == axum::http::Method::POST && request.uri().path().ends_with("/plugins") {
+    if request.uri().path().ends_with("/plugins") && request.method() == Method::POST {
         limit = limit.saturating_mul(10);
     }
     match tokio::time::timeout(limit, next.run(request)).await {
@@ -192,4 +210,46 @@ async fn request_timeout(State(state): State<AppState>, request: Request, next: 
             response
         }
     }
+}
+
+/// Refuses a body larger than the route takes from its declared
+/// `Content-Length`, before any of it is read (and before `100 Continue`
+/// is sent). A small body on a request that takes none (a GET) is read
+/// and dropped, so the connection stays in step for the next request.
+async fn declared_size(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = if is_upload(&request) {
+        state.plugins.config().max_component_bytes
+    } else {
+        state.server.max_json_bytes
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(length) = declared
+        && length > limit as u64
+    {
+        let mut response = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is {length} bytes; this route takes at most {limit} bytes"),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    let bodiless = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+    );
+    if bodiless && declared.is_some_and(|n| n > 0) {
+        let (parts, body) = request.into_parts();
+        // Within the limit checked above: read it, then forget it.
+        let _ = axum::body::to_bytes(body, limit).await;
+        return next.run(Request::from_parts(parts, Body::empty())).await;
+    }
+    next.run(request).await
 }

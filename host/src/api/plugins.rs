@@ -3,11 +3,18 @@
 //! An upload is validated, compiled and pre-linked by the plugin runtime
 //! before it is stored, so a stored plugin is one that will run; the bytes
 //! then live in the database, where every host sharing it finds them.
+//!
+//! A name means its current upload: the latest upload (or re-upload) of a
+//! digest with that name. An upload that takes a name over from another
+//! digest says so (`previous`, and a warning in the log); re-uploading the
+//! older digest makes it current again. Only admins upload or delete.
 
 use super::AppState;
+use super::auth::{Caller, Role};
 use super::error::{ApiError, ErrorBody, RawBody};
 use crate::model::{Digest, PluginInfo, Timestamp};
-use crate::store::{DeletePlugin, PutPlugin};
+use crate::plan::resolve;
+use crate::store::DeletePlugin;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -31,6 +38,16 @@ pub struct PluginList {
     pub plugins: Vec<PluginInfo>,
 }
 
+/// An upload's answer: the plugin, and the digest its name meant before,
+/// when this upload took the name over.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UploadedPlugin {
+    #[serde(flatten)]
+    pub plugin: PluginInfo,
+    /// The digest that was current for this name until this upload.
+    pub previous: Option<Digest>,
+}
+
 /// Upload a plugin: the component's raw bytes.
 #[utoipa::path(
     post,
@@ -38,31 +55,56 @@ pub struct PluginList {
     tag = "plugins",
     request_body(content = Vec<u8>, content_type = "application/wasm", description = "a Wasm component implementing wasaga:step/step@0.1.x"),
     responses(
-        (status = 201, description = "stored", body = PluginInfo),
-        (status = 200, description = "the same digest was already stored", body = PluginInfo),
+        (status = 201, description = "stored", body = UploadedPlugin),
+        (status = 200, description = "the same digest was already stored (and is current again)", body = UploadedPlugin),
         (status = 400, description = "not a component", body = ErrorBody),
+        (status = 403, description = "only admins upload", body = ErrorBody),
         (status = 413, description = "too large", body = ErrorBody),
         (status = 422, description = "wrong world, unsupported imports, or an invalid name", body = ErrorBody),
     )
 )]
 async fn upload_plugin(
     State(state): State<AppState>,
+    caller: Caller,
     RawBody(bytes): RawBody,
-) -> Result<(StatusCode, Json<PluginInfo>), ApiError> {
+) -> Result<(StatusCode, Json<UploadedPlugin>), ApiError> {
+    caller.require(Role::Admin)?;
     let plugin = state.plugins.prepare(&bytes).await?;
     let info = PluginInfo {
         digest: plugin.digest.clone(),
         name: plugin.name.clone(),
         size: bytes.len() as u64,
         created_at: Timestamp::now(),
+        current: true,
+        contract: Some(plugin.contract.as_str().to_string()),
     };
-    match state.store.put_plugin(&info, &bytes).await? {
-        PutPlugin::Created(info) => {
-            tracing::info!(digest = %info.digest, name = %info.name, size = info.size, "plugin uploaded");
-            Ok((StatusCode::CREATED, Json(info)))
-        }
-        PutPlugin::Existing(info) => Ok((StatusCode::OK, Json(info))),
+    let put = state.store.put_plugin(&info, &bytes).await?;
+    let mut stored = put.info;
+    stored.contract = Some(plugin.contract.as_str().to_string());
+    if let Some(previous) = &put.previous {
+        tracing::warn!(
+            name = %stored.name,
+            digest = %stored.digest,
+            %previous,
+            actor = caller.actor().as_deref().unwrap_or("-"),
+            "plugin name now means another digest: sagas started from now on that name run the new one"
+        );
     }
+    if put.created {
+        tracing::info!(digest = %stored.digest, name = %stored.name, size = stored.size, "plugin uploaded");
+    }
+    let status = if put.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(UploadedPlugin {
+            plugin: stored,
+            previous: put.previous,
+        }),
+    ))
 }
 
 /// List plugins, newest first.
@@ -73,7 +115,7 @@ async fn list_plugins(State(state): State<AppState>) -> Result<Json<PluginList>,
     }))
 }
 
-/// A plugin by digest (`sha256:...`) or by name (the newest upload of it).
+/// A plugin by digest (`sha256:...`) or by name (its current upload).
 #[utoipa::path(
     get,
     path = "/plugins/{ref}",
@@ -85,24 +127,15 @@ async fn get_plugin(
     State(state): State<AppState>,
     Path(reference): Path<String>,
 ) -> Result<Json<PluginInfo>, ApiError> {
-    resolve(&state, &reference)
+    resolve(state.store.as_ref(), &reference)
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no plugin `{reference}`")))
-}
-
-/// A plugin reference: a digest, or a name meaning its newest upload.
-pub(super) async fn resolve(
-    state: &AppState,
-    reference: &str,
-) -> Result<Option<PluginInfo>, ApiError> {
-    if reference.starts_with("sha256:") {
-        let Ok(digest) = reference.parse::<Digest>() else {
-            return Ok(None);
-        };
-        return Ok(state.store.plugin(&digest).await?);
-    }
-    Ok(state.store.plugin_by_name(reference).await?)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no plugin `{}`",
+                reference.chars().take(100).collect::<String>()
+            ))
+        })
 }
 
 /// Delete a plugin by digest; refused while an unfinished saga pins it.
@@ -115,14 +148,17 @@ pub(super) async fn resolve(
     params(("ref" = String, Path, description = "the plugin's digest (sha256:...)")),
     responses(
         (status = 204, description = "deleted"),
+        (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "an unfinished saga pins it", body = ErrorBody),
     )
 )]
 async fn delete_plugin(
     State(state): State<AppState>,
+    caller: Caller,
     Path(digest): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Admin)?;
     let digest: Digest = digest
         .parse()
         .map_err(|e: crate::model::BadDigest| ApiError::not_found(e.to_string()))?;

@@ -1,7 +1,7 @@
 //! A small client of HTTP API v1, for the command line (and anyone who
 //! wants one in Rust). Errors carry the server's own message.
 
-use crate::api::{ErrorBody, PluginList, SagaList};
+use crate::api::{ErrorBody, PluginList, SagaList, UploadedPlugin};
 use crate::model::{PluginInfo, SagaDetail, SagaRun};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -50,8 +50,21 @@ impl Client {
         }
     }
 
-    fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
+    /// A request to the server's `/v1` route made of `segments`, each
+    /// percent-encoded as one path segment (an id or a name from the user
+    /// can hold `/`, `?` or `#`).
+    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+        let url = match url::Url::parse(&self.base) {
+            Ok(mut url) => {
+                if let Ok(mut path) = url.path_segments_mut() {
+                    path.pop_if_empty().push("v1").extend(segments);
+                }
+                url.to_string()
+            }
+            // Not a URL: let reqwest say why when the request is sent.
+            Err(_) => format!("{}/v1/{}", self.base, segments.join("/")),
+        };
+        let mut request = self.http.request(method, url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -94,9 +107,9 @@ impl Client {
     }
 
     /// Uploads a component; `true` when it was new.
-    pub async fn push_plugin(&self, bytes: Vec<u8>) -> Result<(PluginInfo, bool), ClientError> {
+    pub async fn push_plugin(&self, bytes: Vec<u8>) -> Result<(UploadedPlugin, bool), ClientError> {
         let request = self
-            .request(Method::POST, "/v1/plugins")
+            .request(Method::POST, &["plugins"])
             .header("content-type", "application/wasm")
             .body(bytes);
         let (status, info) = self.send(request).await?;
@@ -104,21 +117,20 @@ impl Client {
     }
 
     pub async fn plugins(&self) -> Result<Vec<PluginInfo>, ClientError> {
-        let (_, list): (_, PluginList) =
-            self.send(self.request(Method::GET, "/v1/plugins")).await?;
+        let (_, list): (_, PluginList) = self.send(self.request(Method::GET, &["plugins"])).await?;
         Ok(list.plugins)
     }
 
     pub async fn plugin(&self, reference: &str) -> Result<PluginInfo, ClientError> {
         Ok(self
-            .send(self.request(Method::GET, &format!("/v1/plugins/{reference}")))
+            .send(self.request(Method::GET, &["plugins", reference]))
             .await?
             .1)
     }
 
     pub async fn delete_plugin(&self, digest: &str) -> Result<(), ClientError> {
         let _: (_, serde_json::Value) = self
-            .send(self.request(Method::DELETE, &format!("/v1/plugins/{digest}")))
+            .send(self.request(Method::DELETE, &["plugins", digest]))
             .await?;
         Ok(())
     }
@@ -129,7 +141,7 @@ impl Client {
         body: &serde_json::Value,
         idempotency_key: Option<&str>,
     ) -> Result<(SagaRun, bool), ClientError> {
-        let mut request = self.request(Method::POST, "/v1/sagas").json(body);
+        let mut request = self.request(Method::POST, &["sagas"]).json(body);
         if let Some(key) = idempotency_key {
             request = request.header("idempotency-key", key);
         }
@@ -137,23 +149,24 @@ impl Client {
         Ok((saga, status == StatusCode::CREATED))
     }
 
-    pub async fn sagas(&self, query: &[(&str, String)]) -> Result<Vec<SagaRun>, ClientError> {
+    pub async fn sagas(&self, query: &[(&str, String)]) -> Result<SagaList, ClientError> {
         let (_, list): (_, SagaList) = self
-            .send(self.request(Method::GET, "/v1/sagas").query(query))
+            .send(self.request(Method::GET, &["sagas"]).query(query))
             .await?;
-        Ok(list.sagas)
+        Ok(list)
     }
 
     pub async fn saga(&self, id: &str) -> Result<SagaDetail, ClientError> {
         Ok(self
-            .send(self.request(Method::GET, &format!("/v1/sagas/{id}")))
+            .send(self.request(Method::GET, &["sagas", id]))
             .await?
             .1)
     }
 
-    pub async fn cancel_saga(&self, id: &str) -> Result<SagaRun, ClientError> {
+    /// `POST /v1/sagas/{id}/{action}` (cancel, pause, resume, retry).
+    pub async fn saga_action(&self, id: &str, action: &str) -> Result<SagaRun, ClientError> {
         Ok(self
-            .send(self.request(Method::POST, &format!("/v1/sagas/{id}/cancel")))
+            .send(self.request(Method::POST, &["sagas", id, action]))
             .await?
             .1)
     }

@@ -12,6 +12,7 @@ mod client;
 
 pub use client::{Client, ClientError};
 
+use crate::api::Tokens;
 use crate::config::{Allocator, RunnerConfig, RuntimeConfig, ServerConfig, StepLimits};
 use crate::model::{SagaDetail, SagaRun, SagaStatus, StepStatus};
 use crate::server::{self, ServeError, ServeOptions};
@@ -147,6 +148,18 @@ enum SagaCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Pause a saga between steps.
+    Pause {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Resume a paused saga.
+    Resume {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Follow a saga's progress until it ends.
     Watch {
         id: String,
@@ -210,7 +223,7 @@ struct ServeArgs {
     /// Address to listen on. Without a token, only a loopback address is allowed.
     #[arg(long, env = "WASAGA_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
-    /// Bearer token every /v1 request must carry.
+    /// The admin bearer token (labelled `admin`).
     #[arg(
         long,
         env = "WASAGA_TOKEN",
@@ -218,9 +231,13 @@ struct ServeArgs {
         conflicts_with = "token_file"
     )]
     token: Option<String>,
-    /// Read the token from this file (its first line).
+    /// Read the admin token from this file (its first line).
     #[arg(long, env = "WASAGA_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// More tokens, one per line `ROLE LABEL SECRET` (role viewer, operator
+    /// or admin; SECRET the token or sha256:<hex> of it; # comments).
+    #[arg(long, env = "WASAGA_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
     /// Do not register the bundled echo and fail plugins on an empty database.
     #[arg(long)]
     no_examples: bool,
@@ -303,6 +320,20 @@ impl ServeArgs {
         if token.as_deref() == Some("") {
             return Err("the token is empty".into());
         }
+        let mut tokens = match &token {
+            Some(token) => Some(Tokens::admin(token).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        if let Some(path) = &self.tokens_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let all = tokens.get_or_insert_with(Tokens::default);
+            all.add_file(&text)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if all.is_empty() {
+                return Err(format!("{} holds no token", path.display()));
+            }
+        }
         if self.max_memory > self.max_memory_ceiling {
             return Err(format!(
                 "--max-memory ({}) is above --max-memory-ceiling ({})",
@@ -349,9 +380,10 @@ impl ServeArgs {
                 ..Default::default()
             },
             node_id: self.node_id.clone(),
+            ..RunnerConfig::default()
         };
         let server = ServerConfig {
-            token,
+            tokens,
             max_json_bytes: self.max_json_body as usize,
             request_timeout: self.request_timeout,
             shutdown_grace: self.shutdown_grace,
@@ -484,7 +516,7 @@ async fn plugin(command: PluginCommand) -> Result<ExitCode, CliError> {
                 let verb = if created { "uploaded" } else { "already there" };
                 println!(
                     "{verb}: {} {} ({} bytes)",
-                    info.name, info.digest, info.size
+                    info.plugin.name, info.plugin.digest, info.plugin.size
                 );
             }
         }
@@ -606,13 +638,13 @@ async fn saga(command: SagaCommand) -> Result<ExitCode, CliError> {
             }
             let sagas = client(&server).sagas(&query).await?;
             if server.json {
-                print_json(&serde_json::json!({ "sagas": sagas }));
+                print_json(&sagas);
             } else {
                 println!(
                     "{:<36}  {:<16} {:<13} {:>5}  CREATED",
                     "ID", "KIND", "STATUS", "STEP"
                 );
-                for s in sagas {
+                for s in sagas.sagas {
                     println!(
                         "{:<36}  {:<16} {:<13} {:>5}  {}",
                         s.id,
@@ -620,8 +652,8 @@ async fn saga(command: SagaCommand) -> Result<ExitCode, CliError> {
                         s.status,
                         format!(
                             "{}/{}",
-                            s.current_step_index.min(s.plan.len() as u32),
-                            s.plan.len()
+                            s.current_step_index.min(s.steps_total),
+                            s.steps_total
                         ),
                         s.created_at
                     );
@@ -637,7 +669,7 @@ async fn saga(command: SagaCommand) -> Result<ExitCode, CliError> {
             }
         }
         SagaCommand::Cancel { id, server } => {
-            let saga = client(&server).cancel_saga(&id).await?;
+            let saga = client(&server).saga_action(&id, "cancel").await?;
             if server.json {
                 print_json(&saga);
             } else {
@@ -645,6 +677,25 @@ async fn saga(command: SagaCommand) -> Result<ExitCode, CliError> {
                     "cancel requested for saga {} (status {})",
                     saga.id, saga.status
                 );
+            }
+        }
+        SagaCommand::Pause { id, server } => {
+            let saga = client(&server).saga_action(&id, "pause").await?;
+            if server.json {
+                print_json(&saga);
+            } else {
+                println!(
+                    "pause requested for saga {} (status {})",
+                    saga.id, saga.status
+                );
+            }
+        }
+        SagaCommand::Resume { id, server } => {
+            let saga = client(&server).saga_action(&id, "resume").await?;
+            if server.json {
+                print_json(&saga);
+            } else {
+                println!("resumed saga {} (status {})", saga.id, saga.status);
             }
         }
         SagaCommand::Watch { id, server } => {

@@ -121,7 +121,49 @@ pub enum StepFailure {
     Host(String),
 }
 
+/// Which version of the step contract a plugin implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contract {
+    /// `wasaga:step@0.1.0`.
+    V0_1,
+    /// `wasaga:step@0.2.0`: `poll-after`, `secrets.get`.
+    V0_2,
+}
+
+impl Contract {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "0.1.0",
+            Contract::V0_2 => "0.2.0",
+        }
+    }
+}
+
+/// What a call that did not fail answered: its result, or (contract 0.2.0)
+/// "not done yet, call again after this long".
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress<T> {
+    Done(T),
+    PollAfter(Duration),
+}
+
+impl<T> Progress<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Progress<U> {
+        match self {
+            Progress::Done(t) => Progress::Done(f(t)),
+            Progress::PollAfter(d) => Progress::PollAfter(d),
+        }
+    }
+}
+
 impl StepFailure {
+    /// Whether the call was stopped from outside (its deadline) rather than
+    /// failing by itself.
+    pub fn is_interruption(&self) -> bool {
+        matches!(self, StepFailure::LimitExceeded(m) if m.starts_with("deadline"))
+            || matches!(self, StepFailure::Cancelled)
+    }
+
     /// Whether another attempt could succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(
@@ -205,6 +247,8 @@ pub struct Plugin {
     /// them against its instance.
     exports: bindings::PluginIndices,
     http_allow: Arc<[String]>,
+    /// The step contract it implements.
+    pub contract: Contract,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -414,6 +458,7 @@ impl PluginHost {
             instance_pre,
             exports,
             http_allow: Arc::from(Vec::new()),
+            contract: Contract::V0_1,
         };
         if known_name.is_none() {
             let outcome = self
@@ -496,7 +541,7 @@ impl PluginHost {
             limits.max_memory_bytes = bytes.min(config.max_memory_ceiling);
         }
         if let Some(bytes) = max_output_bytes {
-            limits.max_output_bytes = bytes.min(usize::MAX as u64) as usize;
+            limits.max_output_bytes = bytes.min(config.max_output_ceiling as u64) as usize;
         }
         limits
     }
@@ -509,12 +554,14 @@ impl PluginHost {
         call: StepCall,
         limits: &StepLimits,
         cancel: CancellationToken,
-    ) -> CallOutcome<Map<String, Value>> {
+    ) -> CallOutcome<Progress<Map<String, Value>>> {
         let max_output = limits.max_output_bytes;
         self.spawn_call(plugin, CallKind::Execute(call.into()), limits, cancel)
             .await
             .and_then(|returned| match returned {
-                CallReturn::Execute(Ok(text)) => parse_output(&text, max_output),
+                CallReturn::Execute(Ok(text)) => {
+                    parse_output(&text, max_output).map(Progress::Done)
+                }
                 CallReturn::Execute(Err(e)) => Err(step_error(e)),
                 _ => unreachable!("execute returns its result"),
             })
@@ -527,11 +574,11 @@ impl PluginHost {
         call: StepCall,
         limits: &StepLimits,
         cancel: CancellationToken,
-    ) -> CallOutcome<()> {
+    ) -> CallOutcome<Progress<()>> {
         self.spawn_call(plugin, CallKind::Compensate(call.into()), limits, cancel)
             .await
             .and_then(|returned| match returned {
-                CallReturn::Compensate(r) => r.map_err(step_error),
+                CallReturn::Compensate(r) => r.map(Progress::Done).map_err(step_error),
                 _ => unreachable!("compensate returns its result"),
             })
     }
@@ -802,6 +849,10 @@ mod tests {
                 host.execute(&plugin, call(&context), &limits, CancellationToken::new())
                     .await
                     .result
+                    .map(|progress| match progress {
+                        Progress::Done(out) => out,
+                        Progress::PollAfter(_) => panic!("echo does not wait"),
+                    })
             }
         };
 

@@ -1,35 +1,49 @@
-//! The saga runner: claims unfinished sagas under a lease, drives each
-//! through its state machine (execute, retry, compensate, cancel), and
-//! resumes what a crashed or departed host left.
+//! The saga runner: the only place that decides a saga's transitions. It
+//! starts sagas (the API submits them), claims ready ones under a lease,
+//! drives each through its state machine (execute, retry, wait, compensate,
+//! cancel, pause), applies the human actions (cancel, pause, resume, retry,
+//! resolve), and resumes what a crashed or departed host left.
 //!
-//! One runner per host. Its claim loop takes sagas whose lease is free or
-//! expired, up to `concurrency` at a time, whenever it is woken (a saga was
-//! started or released, a slot freed up) or the poll interval passes. A
-//! renewal loop extends the leases it holds and learns from the store about
-//! cancels sent to other hosts; a host that stops renewing (it crashed, or
-//! lost the database) loses its sagas to the others, which resume them
-//! exactly as after a restart. The state machine itself, one saga at a time,
-//! is in `saga`; every transition it makes goes to the store as one
-//! transaction fenced by the lease. Drivers run on the plugin runtime's
-//! threads (where there are some), so that a step's call needs no hand-off
-//! between threads.
+//! One runner per host. Its claim loop claims at most as many ready sagas
+//! as it has free driving slots, whenever it is woken (a saga was started
+//! or released, a slot freed up, a wait ended) or the poll interval passes.
+//! A claim only takes a lease: the driver decides what the saga does next,
+//! so a running mark this host writes is always followed by its call. A
+//! renewal loop extends the leases it
+//! holds and learns from the store about requests (cancel, pause) sent to
+//! other hosts; a host that stops renewing (it crashed, or lost the
+//! database) loses its sagas to the others, which resume them exactly as
+//! after a restart. The state machine itself, one saga at a time, is in
+//! `saga`; every change it makes goes to the store as one transaction
+//! fenced by the lease's fencing number and the saga's version. Drivers run
+//! on the plugin runtime's threads (where there are some), so that a step's
+//! call needs no hand-off between threads.
+//!
+//! A saga whose step waits (`poll-after`) or that is paused holds no slot,
+//! lease or instance: its row says when it is ready again, and a timer here
+//! wakes the claim loop then (other hosts find it at their next poll).
 //!
 //! Shutdown is graceful: claiming stops, steps in flight get a grace period
 //! to finish (their results are recorded), then they are interrupted and
 //! every lease is released, so another host (or this one, restarted) takes
 //! over at once.
 
+mod actions;
 pub mod clock;
 mod saga;
+mod start;
 
+pub use actions::ActionError;
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use start::StartError;
 
 use crate::config::{RetryPolicy, RunnerConfig};
-use crate::model::{SagaId, SagaStatus};
+use crate::model::{SagaId, SagaStatus, Timestamp};
 use crate::plugin::PluginHost;
-use crate::store::{Claim, ClaimedSaga, Notice, Store};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::store::{ClaimedSaga, Lease, Notice, Store};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast};
@@ -53,9 +67,9 @@ struct RunnerInner {
     slots: Arc<Semaphore>,
     wake: Notify,
     /// Sagas may be waiting for a slot: work was announced, or the last
-    /// claim found no free slot or filled them all. Only then does a slot
-    /// that frees up wake the claim loop; otherwise every saga's end would
-    /// cost a claim, a write transaction that finds nothing.
+    /// claim filled every slot. Only then does a slot that frees up wake
+    /// the claim loop; otherwise every saga's end would cost a claim, a
+    /// write transaction that finds nothing.
     backlog: AtomicBool,
     /// Set at shutdown: claim nothing more, start no further step.
     draining: AtomicBool,
@@ -63,6 +77,10 @@ struct RunnerInner {
     stop_all: CancellationToken,
     drivers: TaskTracker,
     loops: TaskTracker,
+    /// When parked sagas (waiting, or resumed) become ready: the timer
+    /// loop wakes the claim loop then.
+    wakeups: Mutex<BinaryHeap<Reverse<Timestamp>>>,
+    wakeup_added: Notify,
     events: broadcast::Sender<SagaEnded>,
 }
 
@@ -73,11 +91,6 @@ pub struct SagaEnded {
     pub status: SagaStatus,
 }
 
-/// A free driving slot, held for a saga this host is about to create.
-pub struct Reservation {
-    permit: OwnedSemaphorePermit,
-}
-
 /// A saga this host is driving.
 struct ActiveSaga {
     /// Fires when this host must stop working on the saga at once (lease
@@ -85,7 +98,13 @@ struct ActiveSaga {
     stop: CancellationToken,
     /// Fires on a user's cancel (or on `stop`): interrupts `execute`.
     cancel: CancellationToken,
+    /// A request (cancel or pause) was recorded: cuts a backoff short so
+    /// the driver reads it.
+    nudge: Notify,
     lease_lost: AtomicBool,
+    /// The fencing number of this host's current claim of the saga (a
+    /// re-claim after the lease expired, by this host, bumps it).
+    epoch: AtomicU64,
 }
 
 impl Runner {
@@ -116,6 +135,8 @@ impl Runner {
                 stop_all: CancellationToken::new(),
                 drivers: TaskTracker::new(),
                 loops: TaskTracker::new(),
+                wakeups: Mutex::new(BinaryHeap::new()),
+                wakeup_added: Notify::new(),
                 events: broadcast::channel(1024).0,
             }),
         }
@@ -126,7 +147,12 @@ impl Runner {
         &self.inner.owner
     }
 
-    /// Starts the claim, lease-renewal and notice loops.
+    /// The store this runner writes through.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Starts the claim, lease-renewal, notice and wake-up loops.
     pub fn start(&self) {
         let claim = self.clone();
         self.inner
@@ -140,9 +166,13 @@ impl Runner {
         self.inner
             .loops
             .spawn(async move { listen.notice_loop().await });
+        let timer = self.clone();
+        self.inner
+            .loops
+            .spawn(async move { timer.wakeup_loop().await });
     }
 
-    /// Wakes on other hosts' notices (new work, cancels) where the store
+    /// Wakes on other hosts' notices (new work, requests) where the store
     /// has them; the poll in `claim_loop` is only the fallback.
     async fn notice_loop(&self) {
         use futures::StreamExt;
@@ -159,7 +189,7 @@ impl Runner {
             tokio::select! {
                 notice = notices.next() => match notice {
                     Some(Notice::Work) => self.wake(),
-                    Some(Notice::Cancel(id)) => self.notify_cancel(id),
+                    Some(Notice::Request { id, cancel }) => self.notify_request(id, cancel),
                     None => return,
                 },
                 _ = inner.stop_all.cancelled() => return,
@@ -173,6 +203,47 @@ impl Runner {
         self.inner.wake.notify_one();
     }
 
+    /// Wakes the claim loop at `at`, when a parked saga becomes ready.
+    fn wake_at(&self, at: Timestamp) {
+        if at <= self.inner.clock.now() {
+            self.wake();
+            return;
+        }
+        self.inner
+            .wakeups
+            .lock()
+            .expect("wakeups lock")
+            .push(Reverse(at));
+        self.inner.wakeup_added.notify_one();
+    }
+
+    /// Sleeps until the earliest parked saga is ready, then wakes the
+    /// claim loop (on real time: a parked saga waits for the world).
+    async fn wakeup_loop(&self) {
+        let inner = &self.inner;
+        loop {
+            let next = {
+                let mut heap = inner.wakeups.lock().expect("wakeups lock");
+                let now = inner.clock.now();
+                let mut due = false;
+                while heap.peek().is_some_and(|Reverse(at)| *at <= now) {
+                    heap.pop();
+                    due = true;
+                }
+                if due {
+                    self.wake();
+                }
+                heap.peek().map(|Reverse(at)| now.until(*at))
+            };
+            let sleep = next.unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = inner.wakeup_added.notified() => {}
+                _ = inner.stop_all.cancelled() => return,
+            }
+        }
+    }
+
     /// A driving slot freed up: claim again if sagas may be waiting for one.
     fn slot_freed(&self) {
         if self.inner.backlog.load(Ordering::SeqCst) {
@@ -180,11 +251,14 @@ impl Runner {
         }
     }
 
-    /// A cancel was recorded for `id`: interrupt its step in flight if this
-    /// host runs it.
-    pub fn notify_cancel(&self, id: SagaId) {
+    /// A request (cancel, pause) was recorded for `id`: interrupt its step
+    /// in flight (a cancel) or cut its backoff short, if this host runs it.
+    fn notify_request(&self, id: SagaId, cancel: bool) {
         if let Some(active) = self.inner.active.lock().expect("active lock").get(&id) {
-            active.cancel.cancel();
+            if cancel {
+                active.cancel.cancel();
+            }
+            active.nudge.notify_one();
         }
         self.wake();
     }
@@ -195,36 +269,13 @@ impl Runner {
         self.inner.events.subscribe()
     }
 
-    /// A claim by this host, now: what a store needs to claim (and start)
-    /// sagas for this runner.
-    pub fn claim(&self) -> Claim {
-        let now = self.inner.clock.now();
-        Claim {
+    /// A lease for this host, from now.
+    fn lease(&self) -> Lease {
+        Lease {
             owner: self.inner.owner.clone(),
-            now,
-            lease_until: now.plus(self.inner.config.lease_ttl),
-            start_pending: true,
+            ttl: self.inner.config.lease_ttl,
+            now: self.inner.clock.now(),
         }
-    }
-
-    /// A driving slot for a saga about to be created here, if one is free:
-    /// the saga is then stored already claimed and started, and handed over
-    /// with [`Runner::adopt`], which saves a claim round trip.
-    pub fn reserve(&self) -> Option<Reservation> {
-        if self.inner.draining.load(Ordering::SeqCst) {
-            return None;
-        }
-        self.inner
-            .slots
-            .clone()
-            .try_acquire_owned()
-            .ok()
-            .map(|permit| Reservation { permit })
-    }
-
-    /// Drives a saga that was created already claimed by this host.
-    pub fn adopt(&self, reservation: Reservation, claimed: ClaimedSaga) {
-        self.drive(claimed, reservation.permit);
     }
 
     /// Sagas this host is driving now.
@@ -254,12 +305,12 @@ impl Runner {
         inner.stop_all.cancel();
         inner.loops.close();
         inner.loops.wait().await;
-        let left: Vec<SagaId> = inner
+        let left: Vec<(SagaId, u64)> = inner
             .active
             .lock()
             .expect("active lock")
-            .keys()
-            .copied()
+            .iter()
+            .map(|(id, a)| (*id, a.epoch.load(Ordering::SeqCst)))
             .collect();
         if !left.is_empty()
             && let Err(e) = inner.store.release_leases(&inner.owner, &left).await
@@ -293,7 +344,10 @@ impl Runner {
         }
     }
 
-    /// Claims as many sagas as there are free slots and starts driving them.
+    /// Claims at most as many sagas as there are free slots and drives
+    /// each in a slot of its own. A claim only takes the lease (it marks
+    /// nothing running), so a saga claimed when a start took the last slot
+    /// meanwhile is simply given back.
     async fn claim_once(&self) -> Result<usize, crate::store::StoreError> {
         let inner = &self.inner;
         let free = inner.slots.available_permits();
@@ -301,51 +355,65 @@ impl Runner {
             inner.backlog.store(true, Ordering::SeqCst);
             return Ok(0);
         }
-        let claimed = inner.store.claim_sagas(&self.claim(), free).await?;
+        let claimed = inner.store.claim_sagas(&self.lease(), free).await?;
         // Fewer than asked for: none were left waiting. A `wake` racing
         // with this leaves the loop a notification, so its work is claimed.
         inner.backlog.store(claimed.len() >= free, Ordering::SeqCst);
         let mut started = 0;
+        let mut overflow = Vec::new();
         for claim in claimed {
             let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
-                // More claimed than slots (a saga was adopted meanwhile):
-                // give it back.
-                let _ = inner
-                    .store
-                    .release_leases(&inner.owner, &[claim.saga.id])
-                    .await;
+                overflow.push((claim.saga.id, claim.epoch));
                 continue;
             };
-            if self.drive(claim, permit) {
+            if self.drive(claim, permit, None) {
                 started += 1;
             }
+        }
+        if !overflow.is_empty() {
+            inner.backlog.store(true, Ordering::SeqCst);
+            inner.store.release_leases(&inner.owner, &overflow).await?;
         }
         Ok(started)
     }
 
     /// Starts driving a claimed saga in its slot; false when this host is
-    /// already driving it (the claim only renewed its lease).
-    fn drive(&self, claim: ClaimedSaga, permit: OwnedSemaphorePermit) -> bool {
+    /// already driving it (the claim only renewed its lease, under a new
+    /// fencing number the driver takes up). `marked` is the step this host
+    /// marked running for it and has not called yet.
+    fn drive(
+        &self,
+        claim: ClaimedSaga,
+        permit: OwnedSemaphorePermit,
+        marked: Option<saga::Marked>,
+    ) -> bool {
         let inner = &self.inner;
         let id = claim.saga.id;
         let active = {
             let mut map = inner.active.lock().expect("active lock");
-            if map.contains_key(&id) {
+            if let Some(active) = map.get(&id) {
+                active.epoch.store(claim.epoch, Ordering::SeqCst);
                 return false;
             }
             let stop = inner.stop_all.child_token();
             let active = Arc::new(ActiveSaga {
                 cancel: stop.child_token(),
                 stop,
+                nudge: Notify::new(),
                 lease_lost: AtomicBool::new(false),
+                epoch: AtomicU64::new(claim.epoch),
             });
             map.insert(id, active.clone());
             active
         };
         let runner = self.clone();
         let driver = async move {
-            if let Some(status) = saga::drive(&runner.inner, claim, &active).await {
-                let _ = runner.inner.events.send(SagaEnded { id, status });
+            match saga::drive(&runner, claim, &active, marked).await {
+                saga::Ended::Final(status) => {
+                    let _ = runner.inner.events.send(SagaEnded { id, status });
+                }
+                saga::Ended::Parked(Some(at)) => runner.wake_at(at),
+                saga::Ended::Parked(None) | saga::Ended::Halted => {}
             }
             runner.inner.active.lock().expect("active lock").remove(&id);
             drop(permit);
@@ -377,9 +445,20 @@ impl Runner {
             if held.is_empty() {
                 continue;
             }
-            let ids: Vec<SagaId> = held.iter().map(|(id, _)| *id).collect();
-            let until = inner.clock.now().plus(inner.config.lease_ttl);
-            match inner.store.renew_leases(&inner.owner, &ids, until).await {
+            let leases: Vec<(SagaId, u64)> = held
+                .iter()
+                .map(|(id, a)| (*id, a.epoch.load(Ordering::SeqCst)))
+                .collect();
+            match inner
+                .store
+                .renew_leases(
+                    &inner.owner,
+                    &leases,
+                    inner.config.lease_ttl,
+                    inner.clock.now(),
+                )
+                .await
+            {
                 Ok(states) => {
                     for state in states {
                         let Some((_, active)) = held.iter().find(|(id, _)| *id == state.saga_id)
@@ -392,6 +471,9 @@ impl Runner {
                             active.stop.cancel();
                         } else if state.cancel_requested {
                             active.cancel.cancel();
+                            active.nudge.notify_one();
+                        } else if state.pause_requested {
+                            active.nudge.notify_one();
                         }
                     }
                 }

@@ -3,8 +3,10 @@
 //! Same tables and shapes as SQLite (`migrations/postgres`). Hosts claim
 //! sagas with `FOR UPDATE SKIP LOCKED` in short transactions, so two hosts
 //! never claim one saga and neither waits on the other's locks; every write
-//! of a transition is fenced by the lease (`WHERE lease_owner = $me`), so a
-//! host whose lease was taken over cannot write over the new owner. The
+//! of a transition is fenced by the lease's fencing number (bumped at every
+//! claim) and the saga's version, so a host whose lease was taken over, or
+//! two hosts started with one `--node-id`, cannot write over the new owner.
+//! Leases expire by the database's clock, never a host's. The
 //! runner's transitions are written in groups, one statement for all that
 //! arrive together ([`group`]); every other write is its own short
 //! transaction. Statements that lock several saga rows lock them in id
@@ -15,7 +17,8 @@
 macro_rules! json_ledger_columns {
     () => {
         "step_index BIGINT, phase TEXT, status TEXT, output TEXT, error TEXT, attempts BIGINT,
-         compensate_attempts BIGINT, logs TEXT, started_at BIGINT, finished_at BIGINT, executed_by TEXT"
+         compensate_attempts BIGINT, logs TEXT, started_at BIGINT, finished_at BIGINT, executed_by TEXT,
+         waiting_until BIGINT, polls BIGINT, wait_started_at BIGINT"
     };
 }
 
@@ -24,44 +27,46 @@ macro_rules! json_ledger_columns {
 macro_rules! json_ledger_values {
     () => {
         "r.step_index, r.phase, r.status, r.output, r.error, r.attempts, r.compensate_attempts, r.logs,
-         r.started_at, r.finished_at, r.executed_by"
+         r.started_at, r.finished_at, r.executed_by, r.waiting_until, r.polls, r.wait_started_at"
     };
 }
 
 mod group;
 
 use super::{
-    Applied, CancelSaga, Claim, ClaimedSaga, CreateSaga, DeletePlugin, LeaseState, Notice,
-    PluginRow, PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, StepRow,
-    Store, StoreError, StoreResult, Transition, ledger_row_json, pinned_by, start_of, to_json,
+    Applied, ClaimedSaga, CreateSaga, DeletePlugin, Fence, Health, Lease, LeaseState, NewSaga,
+    Notice, PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS,
+    SagaFilter, SagaRow, StepRow, Store, StoreError, StoreResult, SummaryRow, Transition,
+    ledger_row_json, pinned_by, pinned_digests, summary_columns, to_json,
 };
 use crate::model::{
-    Digest, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus, StepResult,
+    Digest, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaSummary, StepResult,
     Timestamp,
 };
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Transaction};
 use std::str::FromStr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
-const UNFINISHED: &str = "('pending', 'running', 'compensating')";
+/// The database's clock, in milliseconds since the epoch: the one clock
+/// every host sharing the database agrees on, for lease expiry and claims.
+const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
-/// [`SAGA_COLUMNS`] of the claim's updated rows (`s`).
-const CLAIMED_COLUMNS: &str = "s.id, s.kind, s.status, s.steps, s.inputs, s.current_step_index, \
-     s.context, s.error, s.cancel_requested, s.deployment_id, s.triggered_by, s.created_at, s.updated_at";
-
-/// NOTIFY channels: unclaimed work appeared, and a cancel for a saga id.
+/// NOTIFY channels: unclaimed work appeared, and a request (cancel, pause)
+/// for a saga id.
 const WORK_CHANNEL: &str = "wasaga_work";
-const CANCEL_CHANNEL: &str = "wasaga_cancel";
+const REQUEST_CHANNEL: &str = "wasaga_request";
 
 /// The PostgreSQL store. See the module docs.
-#[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
     group: group::Grouper,
+    /// Why writes fail, while they fail for want of space.
+    full: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -86,12 +91,25 @@ impl PgStore {
         Ok(PgStore {
             group: group::Grouper::start(pool.clone()),
             pool,
+            full: Mutex::new(None),
         })
     }
 
     /// The pool, for LISTEN/NOTIFY and tests.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Notes a write's outcome for `/healthz`: a full disk marks the store
+    /// degraded until a write succeeds.
+    fn note<T>(&self, result: StoreResult<T>) -> StoreResult<T> {
+        let mut full = self.full.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Err(StoreError::StorageFull(why)) => *full = Some(why.clone()),
+            Ok(_) => *full = None,
+            Err(_) => {}
+        }
+        result
     }
 }
 
@@ -142,63 +160,104 @@ async fn saga_by_id(conn: &mut PgConnection, id: &str) -> StoreResult<Option<Sag
     row.map(SagaRun::try_from).transpose()
 }
 
-async fn upsert_step(conn: &mut PgConnection, saga_id: &str, step: &StepResult) -> StoreResult<()> {
+/// Writes ledger rows (whole rows: insert or replace) in one statement.
+async fn upsert_steps(
+    conn: &mut PgConnection,
+    saga_id: &str,
+    steps: &[StepResult],
+) -> StoreResult<()> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = steps
+        .iter()
+        .map(|s| serde_json::Value::Object(ledger_row_json(s)))
+        .collect();
     sqlx::query(concat!(
         step_insert!(),
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        " SELECT $1, ",
+        json_ledger_values!(),
+        " FROM jsonb_to_recordset($2::jsonb) AS r(",
+        json_ledger_columns!(),
+        ")",
         step_on_conflict!()
     ))
     .bind(saga_id)
-    .bind(step.index as i64)
-    .bind(step.phase.as_str())
-    .bind(step.status.as_str())
-    .bind(step.output.as_ref().map(to_json))
-    .bind(step.error.as_deref())
-    .bind(step.attempts as i64)
-    .bind(step.compensate_attempts as i64)
-    .bind(to_json(&step.logs))
-    .bind(step.started_at.map(Timestamp::millis))
-    .bind(step.finished_at.map(Timestamp::millis))
-    .bind(step.executed_by.as_deref())
+    .bind(serde_json::Value::Array(rows).to_string())
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
+/// The fence of a transition as a condition on `saga_runs`, with `$8` the
+/// owner and `$9` the epoch.
+fn fence_condition(fence: &Fence) -> String {
+    match fence {
+        Fence::Lease { .. } => "lease_owner = $8 AND lease_epoch = $9".into(),
+        Fence::Unleased => format!("(lease_owner IS NULL OR lease_expires_at < {DB_NOW})"),
+        Fence::Version => "TRUE".into(),
+    }
+}
+
+/// A transition on its own (those the group statement does not take).
 async fn apply_transition(
     tx: &mut Transaction<'static, Postgres>,
     t: &Transition,
 ) -> StoreResult<Applied> {
     let id = t.saga_id.to_string();
-    let ends = t.saga.status.is_some_and(SagaStatus::is_final);
-    let cancel_requested: Option<bool> = sqlx::query_scalar(
-        "UPDATE saga_runs SET
-             updated_at = $1,
+    let u = &t.saga;
+    let (owner, epoch) = match &t.fence {
+        Fence::Lease { owner, epoch } => (Some(owner.to_string()), *epoch as i64),
+        _ => (None, 0),
+    };
+    let unleased = t.fence == Fence::Unleased;
+    let version: Option<i64> = sqlx::query_scalar(&format!(
+        "UPDATE saga_runs SET updated_at = $1, version = version + 1,
              status = COALESCE($2, status),
              current_step_index = COALESCE($3, current_step_index),
              context = COALESCE($4, context),
              error = COALESCE($5, error),
-             lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END,
-             lease_expires_at = CASE WHEN $6 THEN NULL ELSE lease_expires_at END
-         WHERE id = $7 AND lease_owner = $8
-         RETURNING cancel_requested",
-    )
+             cancel_requested = COALESCE($6, cancel_requested),
+             pause_requested = COALESCE($7, pause_requested),
+             actions = COALESCE($10, actions),
+             ready_at = CASE WHEN $11 THEN $12 ELSE ready_at END,
+             lease_owner = CASE WHEN $13 THEN NULL ELSE lease_owner END,
+             lease_expires_at = CASE WHEN $13 THEN NULL ELSE lease_expires_at END,
+             lease_epoch = CASE WHEN $14 THEN lease_epoch + 1 ELSE lease_epoch END
+         WHERE id = $15 AND version = $16 AND {} AND ($8::text IS NULL OR TRUE) AND ($9::bigint IS NULL OR TRUE)
+         RETURNING version",
+        fence_condition(&t.fence)
+    ))
     .bind(t.now.millis())
-    .bind(t.saga.status.map(SagaStatus::as_str))
-    .bind(t.saga.current_step_index.map(i64::from))
-    .bind(t.saga.context.as_ref().map(to_json))
-    .bind(t.saga.error.as_ref().map(to_json))
-    .bind(ends)
+    .bind(u.status.map(|s| s.as_str()))
+    .bind(u.current_step_index.map(i64::from))
+    .bind(u.context.as_ref().map(to_json))
+    .bind(u.error.as_ref().map(to_json))
+    .bind(u.cancel_requested)
+    .bind(u.pause_requested)
+    .bind(owner)
+    .bind(epoch)
+    .bind(u.actions.as_ref().map(to_json))
+    .bind(u.ready_at.is_some())
+    .bind(u.ready_at.flatten().map(Timestamp::millis))
+    .bind(t.release_lease || unleased)
+    .bind(unleased)
     .bind(&id)
-    .bind(&*t.owner)
+    .bind(t.version as i64)
     .fetch_optional(&mut **tx)
     .await?;
-    let Some(cancel_requested) = cancel_requested else {
-        return Err(StoreError::LeaseLost(t.saga_id));
+    let Some(version) = version else {
+        return diagnose(tx, t).await;
     };
-    for step in &t.steps {
-        upsert_step(tx, &id, step).await?;
+    if !t.remove_steps.is_empty() {
+        let indexes: Vec<i64> = t.remove_steps.iter().map(|i| i64::from(*i)).collect();
+        sqlx::query("DELETE FROM saga_step_results WHERE saga_id = $1 AND step_index = ANY($2)")
+            .bind(&id)
+            .bind(&indexes)
+            .execute(&mut **tx)
+            .await?;
     }
+    upsert_steps(tx, &id, &t.steps).await?;
     for (step_index, resource) in &t.resources {
         sqlx::query(
             "INSERT INTO provisioned_resources (saga_id, step_index, kind, external_id, spec, spec_version, created_at)
@@ -214,11 +273,97 @@ async fn apply_transition(
         .execute(&mut **tx)
         .await?;
     }
-    let applied = Applied::found(t, cancel_requested);
-    if let Some(step) = t.start.as_ref().filter(|_| applied.started) {
-        upsert_step(tx, &id, step).await?;
+    match &t.pins {
+        Pins::Keep => {}
+        Pins::Release => {
+            sqlx::query("DELETE FROM saga_plugin_pins WHERE saga_id = $1")
+                .bind(&id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Pins::Restore(digests) => {
+            if let Some(gone) = pin(tx, &id, digests).await? {
+                return Err(StoreError::PinFailed(gone));
+            }
+        }
     }
-    Ok(applied)
+    Ok(Applied::Done {
+        version: version as u64,
+    })
+}
+
+/// Why a transition matched no row: the lease is not the writer's (lost),
+/// or the version moved on (stale).
+async fn diagnose(conn: &mut PgConnection, t: &Transition) -> StoreResult<Applied> {
+    let found: Option<(Option<String>, i64, bool)> = sqlx::query_as(&format!(
+        "SELECT lease_owner, lease_epoch, (lease_expires_at IS NULL OR lease_expires_at < {DB_NOW})
+         FROM saga_runs WHERE id = $1"
+    ))
+    .bind(t.saga_id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((owner, epoch, expired)) = found else {
+        return Err(StoreError::LeaseLost(t.saga_id));
+    };
+    let fence_holds = match &t.fence {
+        Fence::Lease {
+            owner: mine,
+            epoch: my_epoch,
+        } => owner.as_deref() == Some(&**mine) && epoch as u64 == *my_epoch,
+        Fence::Unleased => owner.is_none() || expired,
+        Fence::Version => true,
+    };
+    if fence_holds {
+        Ok(Applied::Stale)
+    } else {
+        Err(StoreError::LeaseLost(t.saga_id))
+    }
+}
+
+/// Pins `digests` for a saga; names the first that is gone instead. The
+/// foreign key makes a concurrent delete lose (or this insert fail).
+async fn pin(
+    conn: &mut PgConnection,
+    saga_id: &str,
+    digests: &[Digest],
+) -> StoreResult<Option<Digest>> {
+    let texts: Vec<&str> = digests.iter().map(Digest::as_str).collect();
+    let inserted = sqlx::query(
+        "INSERT INTO saga_plugin_pins (digest, saga_id)
+         SELECT d, $2 FROM unnest($1::text[]) AS d ON CONFLICT DO NOTHING",
+    )
+    .bind(&texts)
+    .bind(saga_id)
+    .execute(&mut *conn)
+    .await;
+    match inserted {
+        Ok(_) => Ok(None),
+        Err(e) => {
+            let e = StoreError::from(e);
+            if !e.is_foreign_key() {
+                return Err(e);
+            }
+            Ok(Some(
+                first_gone(conn, digests)
+                    .await?
+                    .unwrap_or_else(|| digests[0].clone()),
+            ))
+        }
+    }
+}
+
+/// The first of `digests` no longer stored.
+async fn first_gone(conn: &mut PgConnection, digests: &[Digest]) -> StoreResult<Option<Digest>> {
+    let texts: Vec<&str> = digests.iter().map(Digest::as_str).collect();
+    let present: Vec<String> =
+        sqlx::query_scalar("SELECT digest FROM plugins WHERE digest = ANY($1)")
+            .bind(&texts)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(digests
+        .iter()
+        .find(|d| !present.iter().any(|p| p == d.as_str()))
+        .cloned())
 }
 
 #[async_trait]
@@ -227,14 +372,31 @@ impl Store for PgStore {
         "postgres"
     }
 
-    async fn health(&self) -> StoreResult<()> {
+    async fn health(&self) -> StoreResult<Health> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        let full = self.full.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(match full {
+            Some(why) => Health::Degraded(format!("writes fail: the disk is full ({why})")),
+            None => Health::Ok,
+        })
     }
 
     async fn put_plugin(&self, info: &PluginInfo, wasm: &[u8]) -> StoreResult<PutPlugin> {
+        let mut tx = self.pool.begin().await?;
+        // One upload of a name at a time, so `previous` is exact.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('wasaga-plugin:' || $1))")
+            .bind(&info.name)
+            .execute(&mut *tx)
+            .await?;
+        let previous: Option<String> = sqlx::query_scalar(
+            "SELECT digest FROM plugins WHERE name = $1 ORDER BY promoted_seq DESC LIMIT 1",
+        )
+        .bind(&info.name)
+        .fetch_optional(&mut *tx)
+        .await?;
         let inserted = sqlx::query(
-            "INSERT INTO plugins (digest, name, size, wasm, created_at) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO plugins (digest, name, size, wasm, created_at, promoted_seq)
+             VALUES ($1, $2, $3, $4, $5, nextval('plugins_promotion'))
              ON CONFLICT (digest) DO NOTHING",
         )
         .bind(info.digest.as_str())
@@ -242,33 +404,49 @@ impl Store for PgStore {
         .bind(info.size as i64)
         .bind(wasm)
         .bind(info.created_at.millis())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
-        if inserted == 1 {
-            return Ok(PutPlugin::Created(info.clone()));
+        let replaced = previous.filter(|d| d != info.digest.as_str());
+        if inserted == 0 && replaced.is_some() {
+            sqlx::query(
+                "UPDATE plugins SET promoted_seq = nextval('plugins_promotion') WHERE digest = $1",
+            )
+            .bind(info.digest.as_str())
+            .execute(&mut *tx)
+            .await?;
         }
-        let existing = self
-            .plugin(&info.digest)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("plugin {} vanished", info.digest)))?;
-        Ok(PutPlugin::Existing(existing))
+        let row: PluginRow = sqlx::query_as(&format!(
+            "SELECT {PLUGIN_COLUMNS} FROM plugins WHERE digest = $1"
+        ))
+        .bind(info.digest.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let result = tx.commit().await.map_err(StoreError::from);
+        self.note(result)?;
+        Ok(PutPlugin {
+            info: row.try_into()?,
+            created: inserted == 1,
+            previous: replaced
+                .map(|d| d.parse().map_err(|e| StoreError::Corrupt(format!("{e}"))))
+                .transpose()?,
+        })
     }
 
     async fn plugin(&self, digest: &Digest) -> StoreResult<Option<PluginInfo>> {
-        let row: Option<PluginRow> =
-            sqlx::query_as("SELECT digest, name, size, created_at FROM plugins WHERE digest = $1")
-                .bind(digest.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<PluginRow> = sqlx::query_as(&format!(
+            "SELECT {PLUGIN_COLUMNS} FROM plugins WHERE digest = $1"
+        ))
+        .bind(digest.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(PluginInfo::try_from).transpose()
     }
 
     async fn plugin_by_name(&self, name: &str) -> StoreResult<Option<PluginInfo>> {
-        let row: Option<PluginRow> = sqlx::query_as(
-            "SELECT digest, name, size, created_at FROM plugins WHERE name = $1
-             ORDER BY created_at DESC, seq DESC LIMIT 1",
-        )
+        let row: Option<PluginRow> = sqlx::query_as(&format!(
+            "SELECT {PLUGIN_COLUMNS} FROM plugins WHERE name = $1 ORDER BY promoted_seq DESC LIMIT 1"
+        ))
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
@@ -285,81 +463,84 @@ impl Store for PgStore {
     }
 
     async fn list_plugins(&self) -> StoreResult<Vec<PluginInfo>> {
-        let rows: Vec<PluginRow> = sqlx::query_as(
-            "SELECT digest, name, size, created_at FROM plugins ORDER BY created_at DESC, seq DESC",
-        )
+        let rows: Vec<PluginRow> = sqlx::query_as(&format!(
+            "SELECT {PLUGIN_COLUMNS} FROM plugins ORDER BY created_at DESC, seq DESC"
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(PluginInfo::try_from).collect()
     }
 
     async fn delete_plugin(&self, digest: &Digest) -> StoreResult<DeletePlugin> {
-        let mut tx = self.pool.begin().await?;
-        // Lock the plugin row: a saga starting now pins by digest after
-        // reading the plugin, which this lock orders against.
-        let exists: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM plugins WHERE digest = $1 FOR UPDATE")
-                .bind(digest.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        if exists.is_none() {
-            return Ok(DeletePlugin::NotFound);
-        }
-        let pinned: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT id FROM saga_runs WHERE status IN {UNFINISHED} AND strpos(steps, $1) > 0
-             ORDER BY created_at LIMIT 10"
-        ))
-        .bind(format!("\"{}\"", digest.as_str()))
-        .fetch_all(&mut *tx)
-        .await?;
-        if !pinned.is_empty() {
-            return pinned_by(&pinned);
-        }
-        sqlx::query("DELETE FROM plugins WHERE digest = $1")
+        let deleted = sqlx::query("DELETE FROM plugins WHERE digest = $1")
             .bind(digest.as_str())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(DeletePlugin::Deleted)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from);
+        match deleted {
+            Ok(done) if done.rows_affected() == 0 => Ok(DeletePlugin::NotFound),
+            Ok(_) => Ok(DeletePlugin::Deleted),
+            Err(e) if e.is_foreign_key() => {
+                let pinned: Vec<String> = sqlx::query_scalar(
+                    "SELECT p.saga_id FROM saga_plugin_pins p JOIN saga_runs s ON s.id = p.saga_id
+                     WHERE p.digest = $1 ORDER BY s.created_at LIMIT 10",
+                )
+                .bind(digest.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+                pinned_by(&pinned)
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    async fn create_saga(
-        &self,
-        saga: &SagaRun,
-        idempotency: Option<(&str, &str)>,
-        claim: Option<&Claim>,
-    ) -> StoreResult<CreateSaga> {
-        let started = claim.and_then(|c| start_of(saga, c));
-        let saga = started
-            .as_ref()
-            .map_or_else(|| saga.clone(), |(s, _)| s.clone());
-        // One statement: the saga, its first step's running mark (when
-        // it starts now) or a wake-up for the hosts (when it waits), atomic
-        // without an explicit transaction.
-        let first: Vec<serde_json::Value> = started
+    async fn create_saga(&self, new: NewSaga) -> StoreResult<CreateSaga> {
+        let NewSaga {
+            saga,
+            idempotency,
+            lease,
+            ledger,
+            ready_at,
+        } = new;
+        let rows: Vec<serde_json::Value> = ledger
             .iter()
-            .map(|(_, first)| serde_json::Value::Object(ledger_row_json(first, true)))
+            .map(|s| serde_json::Value::Object(ledger_row_json(s)))
             .collect();
-        // `wake` is a plain SELECT: it runs only if the result refers to it.
-        let (inserted, _woken): (i64, i64) = sqlx::query_as(concat!(
-            "WITH saga AS (
+        let digests: Vec<String> = pinned_digests(&saga.plan)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        // One statement: the saga, its pins, its first ledger rows, and a
+        // wake-up for the hosts when nobody holds it yet; atomic without an
+        // explicit transaction. `wake` is a plain SELECT: it runs only if
+        // the result refers to it.
+        let created: Result<(i64, i64), StoreError> = sqlx::query_as(&format!(
+            concat!(
+                "WITH saga AS (
                  INSERT INTO saga_runs (id, kind, status, steps, inputs, current_step_index, context, error,
-                     cancel_requested, deployment_id, triggered_by, idempotency_key, request_hash,
-                     lease_owner, lease_expires_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, FALSE, $8, $9, $10, $11, $12, $13, $14, $15)
+                     cancel_requested, pause_requested, deployment_id, triggered_by, template, template_version,
+                     actions, version, idempotency_key, request_hash, lease_owner, lease_epoch, lease_expires_at,
+                     ready_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, FALSE, FALSE, $8, $9, $10, $11, '[]', 0, $12, $13, $14,
+                     $15, CASE WHEN $14::text IS NULL THEN NULL ELSE {DB_NOW} + $16 END, $17, $18, $19)
                  ON CONFLICT (idempotency_key) DO NOTHING
                  RETURNING id
+             ), pins AS (
+                 INSERT INTO saga_plugin_pins (digest, saga_id)
+                 SELECT d, saga.id FROM saga, unnest($20::text[]) AS d
              ), first AS (",
-            step_insert!(),
-            " SELECT saga.id, ",
-            json_ledger_values!(),
-            " FROM saga, jsonb_to_recordset($16::jsonb) AS r(",
-            json_ledger_columns!(),
-            ")
+                step_insert!(),
+                " SELECT saga.id, ",
+                json_ledger_values!(),
+                " FROM saga, jsonb_to_recordset($21::jsonb) AS r(",
+                json_ledger_columns!(),
+                ")
              ), wake AS (
-                 SELECT pg_notify('wasaga_work', '') FROM saga WHERE $17
+                 SELECT pg_notify('wasaga_work', '') FROM saga WHERE $22
              )
-             SELECT (SELECT count(*) FROM saga), (SELECT count(*) FROM wake)",
+             SELECT (SELECT count(*) FROM saga), (SELECT count(*) FROM wake)"
+            ),
+            DB_NOW = DB_NOW
         ))
         .bind(saga.id.to_string())
         .bind(&saga.kind)
@@ -370,22 +551,39 @@ impl Store for PgStore {
         .bind(to_json(&saga.context))
         .bind(&saga.deployment_id)
         .bind(&saga.triggered_by)
-        .bind(idempotency.map(|(k, _)| k))
-        .bind(idempotency.map(|(_, h)| h))
-        .bind(claim.map(|c| c.owner.to_string()))
-        .bind(claim.map(|c| c.lease_until.millis()))
+        .bind(&saga.template)
+        .bind(saga.template_version.map(i64::from))
+        .bind(idempotency.as_ref().map(|(k, _)| k.as_str()))
+        .bind(idempotency.as_ref().map(|(_, h)| h.as_str()))
+        .bind(lease.as_ref().map(|l| l.owner.to_string()))
+        .bind(i64::from(lease.is_some()))
+        .bind(lease.as_ref().map_or(0, |l| l.ttl.as_millis() as i64))
+        .bind(ready_at.map(Timestamp::millis))
         .bind(saga.created_at.millis())
         .bind(saga.updated_at.millis())
-        .bind(serde_json::Value::Array(first).to_string())
-        // Unclaimed: wake the hosts waiting for work.
-        .bind(started.is_none())
+        .bind(&digests)
+        .bind(serde_json::Value::Array(rows).to_string())
+        .bind(lease.is_none() && ready_at.is_some())
         .fetch_one(&self.pool)
-        .await?;
+        .await
+        .map_err(StoreError::from);
+        let inserted = match self.note(created) {
+            Ok((inserted, _)) => inserted,
+            Err(e) if e.is_foreign_key() => {
+                let mut conn = self.pool.acquire().await?;
+                let plan = pinned_digests(&saga.plan);
+                let gone = first_gone(&mut conn, &plan).await?;
+                return Ok(CreateSaga::PluginGone(
+                    gone.unwrap_or_else(|| plan[0].clone()),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         if inserted == 1 {
             return Ok(CreateSaga::Created(ClaimedSaga {
+                epoch: u64::from(lease.is_some()),
                 saga,
-                first_step_started: started.is_some(),
-                ledger: started.map(|(_, first)| vec![first]).unwrap_or_default(),
+                ledger,
             }));
         }
         let Some((key, hash)) = idempotency else {
@@ -398,13 +596,13 @@ impl Store for PgStore {
         let mut conn = self.pool.acquire().await?;
         let (id, existing_hash): (String, Option<String>) =
             sqlx::query_as("SELECT id, request_hash FROM saga_runs WHERE idempotency_key = $1")
-                .bind(key)
+                .bind(&key)
                 .fetch_one(&mut *conn)
                 .await?;
         let found = saga_by_id(&mut conn, &id)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("saga {id} vanished")))?;
-        Ok(if existing_hash.as_deref() == Some(hash) {
+        Ok(if existing_hash.as_deref() == Some(hash.as_str()) {
             CreateSaga::Existing(found)
         } else {
             CreateSaga::KeyConflict(found.id)
@@ -441,116 +639,69 @@ impl Store for PgStore {
         }))
     }
 
-    async fn list_sagas(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaRun>> {
-        let rows: Vec<SagaRow> = sqlx::query_as(&format!(
-            "SELECT {SAGA_COLUMNS} FROM saga_runs
+    async fn list_sagas(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaSummary>> {
+        let (before_at, before_id) = match filter.before {
+            Some((at, id)) => (Some(at.millis()), Some(id.to_string())),
+            None => (None, None),
+        };
+        let rows: Vec<SummaryRow> = sqlx::query_as(&format!(
+            "SELECT {} FROM saga_runs
              WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2)
-               AND ($3::text IS NULL OR deployment_id = $3)
-             ORDER BY created_at DESC, id DESC LIMIT $4"
+               AND ($3::text IS NULL OR deployment_id = $3) AND ($4::text IS NULL OR template = $4)
+               AND ($5::bigint IS NULL OR (created_at, id) < ($5, $6::text))
+             ORDER BY created_at DESC, id DESC LIMIT $7",
+            summary_columns("json_array_length(steps::json)::bigint")
         ))
-        .bind(filter.status.map(SagaStatus::as_str))
+        .bind(filter.status.map(|s| s.as_str()))
         .bind(filter.kind.as_deref())
         .bind(filter.deployment_id.as_deref())
+        .bind(filter.template.as_deref())
+        .bind(before_at)
+        .bind(before_id)
         .bind(filter.limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(SagaRun::try_from).collect()
+        rows.into_iter().map(SagaSummary::try_from).collect()
     }
 
-    async fn request_cancel(&self, id: SagaId, now: Timestamp) -> StoreResult<CancelSaga> {
-        let mut tx = self.pool.begin().await?;
-        let row: Option<SagaRow> = sqlx::query_as(&format!(
-            "UPDATE saga_runs SET cancel_requested = TRUE, updated_at = $1
-             WHERE id = $2 AND status IN {UNFINISHED}
-             RETURNING {SAGA_COLUMNS}"
-        ))
-        .bind(now.millis())
-        .bind(id.to_string())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = row {
-            // Wakes whichever host runs it (see runner: LISTEN wasaga_cancel).
-            sqlx::query("SELECT pg_notify('wasaga_cancel', $1)")
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return Ok(CancelSaga::Requested(row.try_into()?));
-        }
-        Ok(match saga_by_id(&mut tx, &id.to_string()).await? {
-            Some(saga) => CancelSaga::AlreadyEnded(saga),
-            None => CancelSaga::NotFound,
-        })
-    }
-
-    async fn claim_sagas(&self, claim: &Claim, limit: usize) -> StoreResult<Vec<ClaimedSaga>> {
-        // One statement: take the lease of the oldest claimable sagas, start
-        // the pending ones (status and first step's running mark, the row
-        // `StepResult::first_attempt` makes, checked below), and return
-        // them with whether each was started.
-        let rows: Vec<(SagaRow, bool)> = sqlx::query(&format!(
-            concat!(
-                "WITH picked AS (
-                 SELECT id, $5 AND status = 'pending' AND NOT cancel_requested AND steps <> '[]' AS start
-                 FROM saga_runs
-                 WHERE status IN {UNFINISHED} AND (lease_owner IS NULL OR lease_expires_at < $2)
-                 ORDER BY created_at, id LIMIT $4
+    async fn claim_sagas(&self, claim: &Lease, limit: usize) -> StoreResult<Vec<ClaimedSaga>> {
+        let claimed_columns: String = SAGA_COLUMNS
+            .split(", ")
+            .map(|c| format!("s.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows: Vec<(SagaRow, i64)> = sqlx::query(&format!(
+            "WITH picked AS (
+                 SELECT id FROM saga_runs
+                 WHERE ready_at <= {DB_NOW} AND (lease_owner IS NULL OR lease_expires_at < {DB_NOW})
+                 ORDER BY ready_at, id LIMIT $3
                  FOR UPDATE SKIP LOCKED
-             ), claimed AS (
-                 UPDATE saga_runs s SET lease_owner = $1, lease_expires_at = $3,
-                     status = CASE WHEN picked.start THEN 'running' ELSE s.status END,
-                     updated_at = CASE WHEN picked.start THEN $2 ELSE s.updated_at END
-                 FROM picked WHERE s.id = picked.id
-                 RETURNING {CLAIMED_COLUMNS}, picked.start
-             ), first AS (",
-                step_insert!(),
-                " SELECT id, 0, 'execute', 'running', NULL, NULL, 1, 0, '[]', $2, NULL, $1
-                 FROM claimed WHERE start
              )
-             SELECT * FROM claimed"
-            ),
-            UNFINISHED = UNFINISHED,
-            CLAIMED_COLUMNS = CLAIMED_COLUMNS,
+             UPDATE saga_runs s SET lease_owner = $1, lease_expires_at = {DB_NOW} + $2,
+                 lease_epoch = s.lease_epoch + 1
+             FROM picked WHERE s.id = picked.id
+             RETURNING {claimed_columns}, s.lease_epoch"
         ))
         .bind(&*claim.owner)
-        .bind(claim.now.millis())
-        .bind(claim.lease_until.millis())
+        .bind(claim.ttl.as_millis() as i64)
         .bind(limit as i64)
-        .bind(claim.start_pending)
         .try_map(|row: sqlx::postgres::PgRow| {
             use sqlx::{FromRow, Row};
-            Ok((SagaRow::from_row(&row)?, row.try_get("start")?))
+            Ok((SagaRow::from_row(&row)?, row.try_get("lease_epoch")?))
         })
         .fetch_all(&self.pool)
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());
-        let mut resumed = Vec::new();
-        for (row, started) in rows {
-            let saga = SagaRun::try_from(row)?;
-            if started {
-                let spec = saga.plan.first().ok_or_else(|| {
-                    StoreError::Corrupt(format!("saga {} started with no steps", saga.id))
-                })?;
-                let first = StepResult::first_attempt(0, spec, &claim.owner, claim.now);
-                claimed.push(ClaimedSaga {
-                    saga,
-                    ledger: vec![first],
-                    first_step_started: true,
-                });
-            } else {
-                resumed.push(saga);
-            }
-        }
-        if !resumed.is_empty() {
-            // Sagas taken over or resumed: their ledgers as they are now
-            // that the lease is ours.
+        if !rows.is_empty() {
+            // Their ledgers as they are now that the lease is ours.
             let mut conn = self.pool.acquire().await?;
-            for saga in resumed {
+            for (row, epoch) in rows {
+                let saga = SagaRun::try_from(row)?;
                 let ledger = ledger(&mut conn, &saga).await?;
                 claimed.push(ClaimedSaga {
                     saga,
                     ledger,
-                    first_step_started: false,
+                    epoch: epoch as u64,
                 });
             }
         }
@@ -561,72 +712,87 @@ impl Store for PgStore {
     async fn renew_leases(
         &self,
         owner: &str,
-        ids: &[SagaId],
-        until: Timestamp,
+        held: &[(SagaId, u64)],
+        ttl: Duration,
+        _now: Timestamp,
     ) -> StoreResult<Vec<LeaseState>> {
-        let id_texts: Vec<String> = ids.iter().map(SagaId::to_string).collect();
-        let held: Vec<(String, bool)> = sqlx::query_as(
-            "WITH locked AS (
-                 SELECT id FROM saga_runs WHERE id = ANY($2) AND lease_owner = $3
-                 ORDER BY id FOR UPDATE
+        let ids: Vec<String> = held.iter().map(|(id, _)| id.to_string()).collect();
+        let epochs: Vec<i64> = held.iter().map(|(_, e)| *e as i64).collect();
+        let found: Vec<(String, bool, bool)> = sqlx::query_as(&format!(
+            "WITH mine AS (
+                 SELECT * FROM unnest($2::text[], $3::bigint[]) AS m(id, epoch)
+             ), locked AS (
+                 SELECT s.id FROM saga_runs s JOIN mine ON mine.id = s.id
+                 WHERE s.lease_owner = $4 AND s.lease_epoch = mine.epoch
+                 ORDER BY s.id FOR UPDATE OF s
              )
-             UPDATE saga_runs s SET lease_expires_at = $1
-             FROM locked WHERE s.id = locked.id AND s.lease_owner = $3
-             RETURNING s.id, s.cancel_requested",
-        )
-        .bind(until.millis())
-        .bind(&id_texts)
+             UPDATE saga_runs s SET lease_expires_at = {DB_NOW} + $1
+             FROM locked WHERE s.id = locked.id
+             RETURNING s.id, s.cancel_requested, s.pause_requested"
+        ))
+        .bind(ttl.as_millis() as i64)
+        .bind(&ids)
+        .bind(&epochs)
         .bind(owner)
         .fetch_all(&self.pool)
         .await?;
-        Ok(ids
+        Ok(held
             .iter()
-            .map(|id| {
+            .map(|(id, _)| {
                 let text = id.to_string();
-                let found = held.iter().find(|(h, _)| *h == text);
+                let row = found.iter().find(|(h, _, _)| *h == text);
                 LeaseState {
                     saga_id: *id,
-                    held: found.is_some(),
-                    cancel_requested: found.is_some_and(|(_, c)| *c),
+                    held: row.is_some(),
+                    cancel_requested: row.is_some_and(|r| r.1),
+                    pause_requested: row.is_some_and(|r| r.2),
                 }
             })
             .collect())
     }
 
-    async fn release_leases(&self, owner: &str, ids: &[SagaId]) -> StoreResult<()> {
-        let id_texts: Vec<String> = ids.iter().map(SagaId::to_string).collect();
+    async fn release_leases(&self, owner: &str, held: &[(SagaId, u64)]) -> StoreResult<()> {
+        let ids: Vec<String> = held.iter().map(|(id, _)| id.to_string()).collect();
+        let epochs: Vec<i64> = held.iter().map(|(_, e)| *e as i64).collect();
         sqlx::query(
-            "WITH locked AS (
-                 SELECT id FROM saga_runs WHERE id = ANY($1) AND lease_owner = $2
-                 ORDER BY id FOR UPDATE
+            "WITH mine AS (
+                 SELECT * FROM unnest($1::text[], $2::bigint[]) AS m(id, epoch)
+             ), locked AS (
+                 SELECT s.id FROM saga_runs s JOIN mine ON mine.id = s.id
+                 WHERE s.lease_owner = $3 AND s.lease_epoch = mine.epoch
+                 ORDER BY s.id FOR UPDATE OF s
              )
              UPDATE saga_runs s SET lease_owner = NULL, lease_expires_at = NULL
-             FROM locked WHERE s.id = locked.id AND s.lease_owner = $2",
+             FROM locked WHERE s.id = locked.id",
         )
-        .bind(&id_texts)
+        .bind(&ids)
+        .bind(&epochs)
         .bind(owner)
         .execute(&self.pool)
         .await?;
         // Other hosts may pick these up now rather than at their next poll.
-        sqlx::query("SELECT pg_notify('wasaga_work', '')")
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.announce_work().await
     }
 
     async fn notices(&self) -> StoreResult<Option<futures::stream::BoxStream<'static, Notice>>> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen_all([WORK_CHANNEL, CANCEL_CHANNEL]).await?;
+        listener.listen_all([WORK_CHANNEL, REQUEST_CHANNEL]).await?;
         let stream = futures::stream::unfold(listener, |mut listener| async move {
             loop {
                 match listener.try_recv().await {
-                    Ok(Some(n)) if n.channel() == CANCEL_CHANNEL => match n.payload().parse() {
-                        Ok(id) => return Some((Notice::Cancel(id), listener)),
-                        Err(_) => tracing::warn!(
-                            payload = n.payload(),
-                            "a cancel notice without a saga id"
-                        ),
-                    },
+                    Ok(Some(n)) if n.channel() == REQUEST_CHANNEL => {
+                        let (what, id) = n.payload().split_once(':').unwrap_or(("", ""));
+                        match id.parse() {
+                            Ok(id) => {
+                                let cancel = what == "cancel";
+                                return Some((Notice::Request { id, cancel }, listener));
+                            }
+                            Err(_) => tracing::warn!(
+                                payload = n.payload(),
+                                "a request notice without a saga id"
+                            ),
+                        }
+                    }
                     Ok(Some(_)) => return Some((Notice::Work, listener)),
                     // The connection dropped and will be re-established:
                     // notices may have been missed, so look for work.
@@ -642,13 +808,36 @@ impl Store for PgStore {
         Ok(Some(Box::pin(stream)))
     }
 
+    async fn announce_request(&self, id: SagaId, cancel: bool) -> StoreResult<()> {
+        let what = if cancel { "cancel" } else { "pause" };
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(REQUEST_CHANNEL)
+            .bind(format!("{what}:{id}"))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn announce_work(&self) -> StoreResult<()> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(WORK_CHANNEL)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn apply(&self, transition: Transition) -> StoreResult<Applied> {
-        if group::Grouper::fits(&transition) {
-            return self.group.apply(transition).await;
-        }
-        let mut tx = self.pool.begin().await?;
-        let applied = apply_transition(&mut tx, &transition).await?;
-        tx.commit().await?;
-        Ok(applied)
+        let result = if group::Grouper::fits(&transition) {
+            self.group.apply(transition).await
+        } else {
+            async {
+                let mut tx = self.pool.begin().await?;
+                let applied = apply_transition(&mut tx, &transition).await?;
+                tx.commit().await?;
+                Ok(applied)
+            }
+            .await
+        };
+        self.note(result)
     }
 }

@@ -18,12 +18,13 @@ mod catalog;
 mod writer;
 
 use super::{
-    Applied, CancelSaga, Claim, ClaimedSaga, CreateSaga, DeletePlugin, LeaseState, PluginRow,
-    PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, StepRow, Store,
-    StoreError, StoreResult, Transition, pinned_by, start_of, to_json,
+    Applied, ClaimedSaga, CreateSaga, DeletePlugin, Fence, Health, Lease, LeaseState, NewSaga,
+    PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS,
+    SagaFilter, SagaRow, StepRow, Store, StoreError, StoreResult, SummaryRow, Transition,
+    pinned_by, pinned_digests, summary_columns, to_json,
 };
 use crate::model::{
-    Digest, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus, StepResult,
+    Digest, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaSummary, StepResult,
     Timestamp,
 };
 use async_trait::async_trait;
@@ -52,10 +53,24 @@ pub struct SqliteStore {
     _lock: std::fs::File,
 }
 
+/// Settings of the embedded database that are not the user's to choose,
+/// except in tests of what happens when the disk fills up.
+#[derive(Debug, Clone, Default)]
+pub struct SqliteOptions {
+    /// `PRAGMA max_page_count` on the writing connection: past it, writes
+    /// fail exactly as on a full disk (`SQLITE_FULL`).
+    pub max_page_count: Option<u64>,
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`, runs the
     /// migrations, and releases leases left by a previous process.
     pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        SqliteStore::open_with(path, &SqliteOptions::default()).await
+    }
+
+    /// [`SqliteStore::open`], with options.
+    pub async fn open_with(path: &Path, settings: &SqliteOptions) -> StoreResult<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Locked(format!("cannot create {}: {e}", dir.display())))?;
@@ -112,7 +127,8 @@ impl SqliteStore {
         }
 
         let path = path.to_path_buf();
-        let conn = tokio::task::spawn_blocking(move || open_writer(&path))
+        let max_pages = settings.max_page_count;
+        let conn = tokio::task::spawn_blocking(move || open_writer(&path, max_pages))
             .await
             .map_err(|e| StoreError::WriteFailed(format!("opening the writer: {e}")))??;
         let reads = SqlitePoolOptions::new()
@@ -127,9 +143,7 @@ impl SqliteStore {
             _lock: lock,
         })
     }
-}
 
-impl SqliteStore {
     /// Every plugin's metadata: the in-memory copy, or the table read again
     /// when it changed since.
     async fn plugins(&self) -> StoreResult<Arc<Plugins>> {
@@ -137,9 +151,9 @@ impl SqliteStore {
             return Ok(plugins);
         }
         let read_at = self.catalog.read_begins();
-        let rows: Vec<PluginRow> = sqlx::query_as(
-            "SELECT digest, name, size, created_at FROM plugins ORDER BY created_at DESC, rowid DESC",
-        )
+        let rows: Vec<PluginRow> = sqlx::query_as(&format!(
+            "SELECT {PLUGIN_COLUMNS} FROM plugins ORDER BY created_at DESC, rowid DESC"
+        ))
         .fetch_all(&self.reads)
         .await?;
         let plugins = Arc::new(Plugins::new(
@@ -172,15 +186,19 @@ async fn applied_migrations(pool: &SqlitePool) -> StoreResult<i64> {
 /// The writing connection, with the same settings as the sqlx ones, after
 /// releasing every lease in the file: they are from a process that is gone
 /// (we hold the lock), so its sagas can resume now rather than at expiry.
-fn open_writer(path: &Path) -> StoreResult<Connection> {
+fn open_writer(path: &Path, max_page_count: Option<u64>) -> StoreResult<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // `journal_mode` answers with a row; the others answer nothing.
     conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    if let Some(pages) = max_page_count {
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+    }
     conn.set_prepared_statement_cache_capacity(64);
     let released = conn.execute(
-        "UPDATE saga_runs SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL",
+        "UPDATE saga_runs SET lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1
+         WHERE lease_owner IS NOT NULL",
         [],
     )?;
     if released > 0 {
@@ -188,20 +206,6 @@ fn open_writer(path: &Path) -> StoreResult<Connection> {
     }
     Ok(conn)
 }
-
-fn status_list(statuses: &[SagaStatus]) -> String {
-    statuses
-        .iter()
-        .map(|s| format!("'{s}'"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-const UNFINISHED: &[SagaStatus] = &[
-    SagaStatus::Pending,
-    SagaStatus::Running,
-    SagaStatus::Compensating,
-];
 
 /// A saga row read on the writer, in [`SAGA_COLUMNS`]' order.
 fn saga_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SagaRow> {
@@ -215,10 +219,15 @@ fn saga_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SagaRow> {
         context: r.get(6)?,
         error: r.get(7)?,
         cancel_requested: r.get(8)?,
-        deployment_id: r.get(9)?,
-        triggered_by: r.get(10)?,
-        created_at: r.get(11)?,
-        updated_at: r.get(12)?,
+        pause_requested: r.get(9)?,
+        deployment_id: r.get(10)?,
+        triggered_by: r.get(11)?,
+        template: r.get(12)?,
+        template_version: r.get(13)?,
+        actions: r.get(14)?,
+        version: r.get(15)?,
+        created_at: r.get(16)?,
+        updated_at: r.get(17)?,
     })
 }
 
@@ -236,16 +245,20 @@ fn step_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StepRow> {
         started_at: r.get(8)?,
         finished_at: r.get(9)?,
         executed_by: r.get(10)?,
+        waiting_until: r.get(11)?,
+        polls: r.get(12)?,
+        wait_started_at: r.get(13)?,
     })
 }
 
-/// A plugin row read on the writer.
+/// A plugin row read on the writer, in [`PLUGIN_COLUMNS`]' order.
 fn plugin_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PluginRow> {
     Ok(PluginRow {
         digest: r.get(0)?,
         name: r.get(1)?,
         size: r.get(2)?,
         created_at: r.get(3)?,
+        current: r.get(4)?,
     })
 }
 
@@ -291,15 +304,15 @@ fn saga_on(conn: &Connection, id: &str) -> StoreResult<Option<SagaRun>> {
     .transpose()
 }
 
-/// Writes a ledger row, unfenced: for a saga being created or claimed in
-/// this same transaction, or whose lease this transaction has checked.
+/// Writes a ledger row, unfenced: for a saga being created in this same
+/// transaction, or whose fence this transaction has checked.
 fn upsert_step(conn: &Connection, saga_id: &str, step: &StepResult) -> StoreResult<()> {
     const UPSERT: &str = concat!(
         step_insert!(),
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         step_on_conflict!()
     );
-    // The twelve columns, in `step_insert!`'s order.
+    // The columns, in `step_insert!`'s order.
     conn.prepare_cached(UPSERT)?.execute(params![
         saga_id,
         step.index as i64,
@@ -313,8 +326,27 @@ fn upsert_step(conn: &Connection, saga_id: &str, step: &StepResult) -> StoreResu
         step.started_at.map(Timestamp::millis),
         step.finished_at.map(Timestamp::millis),
         step.executed_by.as_deref(),
+        step.waiting_until.map(Timestamp::millis),
+        step.polls as i64,
+        step.wait_started_at.map(Timestamp::millis),
     ])?;
     Ok(())
+}
+
+/// Pins `digests` for `saga_id`, or names the first one that is gone. The
+/// foreign key is what makes this safe against a concurrent delete; the
+/// check before it only names the culprit.
+fn pin(conn: &Connection, saga_id: &str, digests: &[Digest]) -> StoreResult<Option<Digest>> {
+    let mut exists = conn.prepare_cached("SELECT 1 FROM plugins WHERE digest = ?")?;
+    let mut insert = conn
+        .prepare_cached("INSERT OR IGNORE INTO saga_plugin_pins (digest, saga_id) VALUES (?, ?)")?;
+    for digest in digests {
+        if !exists.exists([digest.as_str()])? {
+            return Ok(Some(digest.clone()));
+        }
+        insert.execute(params![digest.as_str(), saga_id])?;
+    }
+    Ok(None)
 }
 
 /// A resource insert, numbered after the same resource's earlier specs
@@ -324,60 +356,79 @@ const RESOURCE_INSERT: &str = "INSERT INTO provisioned_resources
  SELECT ?1, ?2, ?3, ?4, ?5, COALESCE(MAX(spec_version), 0) + 1, ?6
  FROM provisioned_resources WHERE saga_id = ?1 AND kind = ?3 AND external_id = ?4";
 
-/// The saga row's update, fenced by the lease; `RETURNING` says whether the
-/// lease was held (no row: it was not) and whether a cancel was requested.
-/// `$status` sets the status or not: SQLite rewrites a partial index's entry
-/// whenever an UPDATE assigns a column of its condition, even to the same
-/// value, so a step that leaves the status alone must not name it, or each
-/// step's commit writes a page of `saga_runs_unfinished` for nothing.
-macro_rules! fenced_saga_update {
-    ($status:literal) => {
-        concat!(
-            "UPDATE saga_runs SET updated_at = ?1, ",
-            $status,
-            " current_step_index = COALESCE(?3, current_step_index),
-     context = COALESCE(?4, context),
-     error = COALESCE(?5, error),
-     lease_owner = CASE WHEN ?6 THEN NULL ELSE lease_owner END,
-     lease_expires_at = CASE WHEN ?6 THEN NULL ELSE lease_expires_at END
- WHERE id = ?7 AND lease_owner = ?8
- RETURNING cancel_requested"
-        )
-    };
+/// Whether the fence of `t` holds, as a SQL condition over `saga_runs`
+/// with `?8` the owner, `?9` the epoch and `?10` now.
+fn fence_condition(fence: &Fence) -> &'static str {
+    match fence {
+        Fence::Lease { .. } => "lease_owner = ?8 AND lease_epoch = ?9",
+        Fence::Unleased => "(lease_owner IS NULL OR lease_expires_at < ?10)",
+        Fence::Version => "1",
+    }
 }
 
-/// A transition. The saga row's update goes first and is the fence: without
-/// the lease it matches no row, and the transition fails with nothing
-/// written. With it, the ledger rows and resources follow in the same write
-/// transaction, which no other writer can enter, so the lease it saw still
-/// holds and they need no fence of their own; a step's start is written
-/// only if [`Applied::found`] says the cancel the update saw allows it. The
-/// PostgreSQL store applies a transition the same way.
+/// A transition: see [`Store::apply`]. The saga row's update goes first
+/// and is the fence: unless the fence and the version hold it matches no
+/// row, and the transition writes nothing. With it, the rest follows in
+/// the same write transaction, which no other writer can enter.
 fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult<Applied> {
     let id = t.saga_id.to_string();
-    let ends = t.saga.status.is_some_and(SagaStatus::is_final);
-    let update = match t.saga.status {
-        Some(_) => fenced_saga_update!("status = ?2,"),
-        // ?2 (NULL) is bound but unused.
-        None => fenced_saga_update!(""),
+    let u = &t.saga;
+    // `?n IS NULL` keeps a column; the flags say whether an Option<Option>
+    // or a lease change is meant.
+    let sql = format!(
+        "UPDATE saga_runs SET updated_at = ?1, version = version + 1,
+             status = COALESCE(?2, status),
+             current_step_index = COALESCE(?3, current_step_index),
+             context = COALESCE(?4, context),
+             error = COALESCE(?5, error),
+             cancel_requested = COALESCE(?6, cancel_requested),
+             pause_requested = COALESCE(?7, pause_requested),
+             actions = COALESCE(?11, actions),
+             ready_at = CASE WHEN ?12 THEN ?13 ELSE ready_at END,
+             lease_owner = CASE WHEN ?14 THEN NULL ELSE lease_owner END,
+             lease_expires_at = CASE WHEN ?14 THEN NULL ELSE lease_expires_at END,
+             lease_epoch = CASE WHEN ?15 THEN lease_epoch + 1 ELSE lease_epoch END
+         WHERE id = ?16 AND version = ?17 AND {}
+         RETURNING version",
+        fence_condition(&t.fence)
+    );
+    let (owner, epoch) = match &t.fence {
+        Fence::Lease { owner, epoch } => (Some(&**owner), *epoch as i64),
+        _ => (None, 0),
     };
-    let cancel_requested: bool = conn
-        .prepare_cached(update)?
+    let unleased = t.fence == Fence::Unleased;
+    let version: Option<i64> = conn
+        .prepare_cached(&sql)?
         .query_row(
             params![
                 t.now.millis(),
-                t.saga.status.map(SagaStatus::as_str),
-                t.saga.current_step_index.map(i64::from),
-                t.saga.context.as_ref().map(to_json),
-                t.saga.error.as_ref().map(to_json),
-                ends,
+                u.status.map(|s| s.as_str()),
+                u.current_step_index.map(i64::from),
+                u.context.as_ref().map(to_json),
+                u.error.as_ref().map(to_json),
+                u.cancel_requested,
+                u.pause_requested,
+                owner,
+                epoch,
+                t.now.millis(),
+                u.actions.as_ref().map(to_json),
+                u.ready_at.is_some(),
+                u.ready_at.flatten().map(Timestamp::millis),
+                t.release_lease || unleased,
+                unleased,
                 id,
-                t.owner,
+                t.version as i64,
             ],
             |r| r.get(0),
         )
-        .optional()?
-        .ok_or(StoreError::LeaseLost(t.saga_id))?;
+        .optional()?;
+    let Some(version) = version else {
+        return diagnose(conn, t);
+    };
+    for index in &t.remove_steps {
+        conn.prepare_cached("DELETE FROM saga_step_results WHERE saga_id = ? AND step_index = ?")?
+            .execute(params![id, *index as i64])?;
+    }
     for step in &t.steps {
         upsert_step(conn, &id, step)?;
     }
@@ -394,11 +445,51 @@ fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult<Applied> {
             ])?;
         }
     }
-    let applied = Applied::found(t, cancel_requested);
-    if let Some(step) = t.start.as_ref().filter(|_| applied.started) {
-        upsert_step(conn, &id, step)?;
+    match &t.pins {
+        Pins::Keep => {}
+        Pins::Release => {
+            conn.prepare_cached("DELETE FROM saga_plugin_pins WHERE saga_id = ?")?
+                .execute([&id])?;
+        }
+        Pins::Restore(digests) => {
+            if let Some(gone) = pin(conn, &id, digests)? {
+                // Undone by the job's savepoint (or its batch's rollback).
+                return Err(StoreError::PinFailed(gone));
+            }
+        }
     }
-    Ok(applied)
+    Ok(Applied::Done {
+        version: version as u64,
+    })
+}
+
+/// Why a transition matched no row: the saga is gone, the lease is not
+/// this writer's (lost), or the version moved on (stale).
+fn diagnose(conn: &Connection, t: &Transition) -> StoreResult<Applied> {
+    let found: Option<(i64, Option<String>, i64, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT version, lease_owner, lease_epoch, lease_expires_at FROM saga_runs WHERE id = ?",
+        )?
+        .query_row([t.saga_id.to_string()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let Some((_, owner, epoch, expires)) = found else {
+        return Err(StoreError::LeaseLost(t.saga_id));
+    };
+    let fence_holds = match &t.fence {
+        Fence::Lease {
+            owner: mine,
+            epoch: my_epoch,
+        } => owner.as_deref() == Some(&**mine) && epoch as u64 == *my_epoch,
+        Fence::Unleased => owner.is_none() || expires.is_some_and(|e| e < t.now.millis()),
+        Fence::Version => true,
+    };
+    if fence_holds {
+        Ok(Applied::Stale)
+    } else {
+        Err(StoreError::LeaseLost(t.saga_id))
+    }
 }
 
 #[async_trait]
@@ -407,12 +498,15 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
-    async fn health(&self) -> StoreResult<()> {
+    async fn health(&self) -> StoreResult<Health> {
         sqlx::query("SELECT 1").execute(&self.reads).await?;
         if self.writer.is_closed() {
             return Err(StoreError::Closed);
         }
-        Ok(())
+        Ok(match self.writer.full() {
+            Some(why) => Health::Degraded(format!("writes fail: the disk is full ({why})")),
+            None => Health::Ok,
+        })
     }
 
     async fn put_plugin(&self, info: &PluginInfo, wasm: &[u8]) -> StoreResult<PutPlugin> {
@@ -420,27 +514,51 @@ impl Store for SqliteStore {
         let wasm = wasm.to_vec();
         let catalog = self.catalog.clone();
         self.writer
-            .write_then(move |conn| {
-                let inserted = conn
-                    .prepare_cached(
-                        "INSERT INTO plugins (digest, name, size, wasm, created_at) VALUES (?, ?, ?, ?, ?)
-                         ON CONFLICT (digest) DO NOTHING",
-                    )?
-                    .execute(params![
-                        info.digest.as_str(),
-                        info.name,
-                        info.size as i64,
-                        wasm,
-                        info.created_at.millis(),
-                    ])?;
-                if inserted == 1 {
-                    return Ok(PutPlugin::Created(info));
-                }
-                let row = conn
-                    .prepare_cached("SELECT digest, name, size, created_at FROM plugins WHERE digest = ?")?
-                    .query_row([info.digest.as_str()], plugin_row)?;
-                Ok(PutPlugin::Existing(row.try_into()?))
-            }, move || catalog.changed())
+            .write_then(
+                move |conn| {
+                    let previous: Option<String> = conn
+                        .prepare_cached(
+                            "SELECT digest FROM plugins WHERE name = ? ORDER BY promoted_seq DESC LIMIT 1",
+                        )?
+                        .query_row([&info.name], |r| r.get(0))
+                        .optional()?;
+                    let inserted = conn
+                        .prepare_cached(
+                            "INSERT INTO plugins (digest, name, size, wasm, created_at, promoted_seq)
+                             VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(promoted_seq), 0) + 1 FROM plugins))
+                             ON CONFLICT (digest) DO NOTHING",
+                        )?
+                        .execute(params![
+                            info.digest.as_str(),
+                            info.name,
+                            info.size as i64,
+                            wasm,
+                            info.created_at.millis(),
+                        ])?;
+                    let replaced = previous.filter(|d| d != info.digest.as_str());
+                    if inserted == 0 && replaced.is_some() {
+                        // A re-upload of an older digest makes it current again.
+                        conn.prepare_cached(
+                            "UPDATE plugins SET promoted_seq = (SELECT MAX(promoted_seq) + 1 FROM plugins)
+                             WHERE digest = ?",
+                        )?
+                        .execute([info.digest.as_str()])?;
+                    }
+                    let row = conn
+                        .prepare_cached(&format!(
+                            "SELECT {PLUGIN_COLUMNS} FROM plugins WHERE digest = ?"
+                        ))?
+                        .query_row([info.digest.as_str()], plugin_row)?;
+                    Ok(PutPlugin {
+                        info: row.try_into()?,
+                        created: inserted == 1,
+                        previous: replaced
+                            .map(|d| d.parse().map_err(|e| StoreError::Corrupt(format!("{e}"))))
+                            .transpose()?,
+                    })
+                },
+                move || catalog.changed(),
+            )
             .await
     }
 
@@ -471,47 +589,44 @@ impl Store for SqliteStore {
         self.writer
             .write_then(
                 move |conn| {
-                    let exists = conn
-                        .prepare_cached("SELECT 1 FROM plugins WHERE digest = ?")?
-                        .exists([digest.as_str()])?;
-                    if !exists {
-                        return Ok(DeletePlugin::NotFound);
-                    }
-                    // The plan is JSON text; a digest is 71 unique characters, so
-                    // a substring match is exact.
-                    let pinned = conn
-                        .prepare_cached(&format!(
-                            "SELECT id FROM saga_runs WHERE status IN ({}) AND instr(steps, ?) > 0
-                         ORDER BY created_at LIMIT 10",
-                            status_list(UNFINISHED)
-                        ))?
-                        .query_map([format!("\"{}\"", digest.as_str())], |r| {
-                            r.get::<_, String>(0)
-                        })?
-                        .collect::<Result<Vec<_>, _>>()?;
-                    if !pinned.is_empty() {
-                        return pinned_by(&pinned);
-                    }
-                    conn.prepare_cached("DELETE FROM plugins WHERE digest = ?")?
-                        .execute([digest.as_str()])?;
-                    Ok(DeletePlugin::Deleted)
+                    let deleted = match conn
+                        .prepare_cached("DELETE FROM plugins WHERE digest = ?")?
+                        .execute([digest.as_str()])
+                    {
+                        Ok(n) => n,
+                        Err(e) if super::error::sqlite_foreign_key(&e) => {
+                            let pinned = conn
+                                .prepare_cached(
+                                    "SELECT p.saga_id FROM saga_plugin_pins p JOIN saga_runs s ON s.id = p.saga_id
+                                     WHERE p.digest = ? ORDER BY s.created_at LIMIT 10",
+                                )?
+                                .query_map([digest.as_str()], |r| r.get::<_, String>(0))?
+                                .collect::<Result<Vec<_>, _>>()?;
+                            return pinned_by(&pinned);
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    Ok(if deleted == 0 {
+                        DeletePlugin::NotFound
+                    } else {
+                        DeletePlugin::Deleted
+                    })
                 },
                 move || catalog.changed(),
             )
             .await
     }
 
-    async fn create_saga(
-        &self,
-        saga: &SagaRun,
-        idempotency: Option<(&str, &str)>,
-        claim: Option<&Claim>,
-    ) -> StoreResult<CreateSaga> {
-        let saga = saga.clone();
-        let idempotency = idempotency.map(|(k, h)| (k.to_string(), h.to_string()));
-        let claim = claim.cloned();
+    async fn create_saga(&self, new: NewSaga) -> StoreResult<CreateSaga> {
         self.writer
             .write(move |conn| {
+                let NewSaga {
+                    saga,
+                    idempotency,
+                    lease,
+                    ledger,
+                    ready_at,
+                } = new;
                 if let Some((key, hash)) = &idempotency {
                     let existing: Option<(String, Option<String>)> = conn
                         .prepare_cached(
@@ -529,14 +644,13 @@ impl Store for SqliteStore {
                         });
                     }
                 }
-                let started = claim.as_ref().and_then(|c| start_of(&saga, c));
-                let saga = started.as_ref().map_or(saga, |(s, _)| s.clone());
                 let id = saga.id.to_string();
                 conn.prepare_cached(
                     "INSERT INTO saga_runs (id, kind, status, steps, inputs, current_step_index, context, error,
-                         cancel_requested, deployment_id, triggered_by, idempotency_key, request_hash,
-                         lease_owner, lease_expires_at, created_at, updated_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         cancel_requested, pause_requested, deployment_id, triggered_by, template, template_version,
+                         actions, version, idempotency_key, request_hash, lease_owner, lease_epoch, lease_expires_at,
+                         ready_at, created_at, updated_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, 0, ?, ?, ?, ?, '[]', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )?
                 .execute(params![
                     id,
@@ -548,23 +662,35 @@ impl Store for SqliteStore {
                     to_json(&saga.context),
                     saga.deployment_id,
                     saga.triggered_by,
+                    saga.template,
+                    saga.template_version.map(i64::from),
                     idempotency.as_ref().map(|(k, _)| k.as_str()),
                     idempotency.as_ref().map(|(_, h)| h.as_str()),
-                    claim.as_ref().map(|c| &*c.owner),
-                    claim.as_ref().map(|c| c.lease_until.millis()),
+                    lease.as_ref().map(|l| &*l.owner),
+                    i64::from(lease.is_some()),
+                    lease.as_ref().map(|l| l.now.plus(l.ttl).millis()),
+                    ready_at.map(Timestamp::millis),
                     saga.created_at.millis(),
                     saga.updated_at.millis(),
                 ])?;
-                if let Some((_, first)) = &started {
-                    upsert_step(conn, &id, first)?;
+                if let Some(gone) = pin(conn, &id, &pinned_digests(&saga.plan))? {
+                    // Undone by the job's savepoint (or its batch's rollback).
+                    return Err(StoreError::PinFailed(gone));
+                }
+                for row in &ledger {
+                    upsert_step(conn, &id, row)?;
                 }
                 Ok(CreateSaga::Created(ClaimedSaga {
+                    epoch: u64::from(lease.is_some()),
                     saga,
-                    first_step_started: started.is_some(),
-                    ledger: started.map(|(_, first)| vec![first]).unwrap_or_default(),
+                    ledger,
                 }))
             })
             .await
+            .or_else(|e| match e {
+                StoreError::PinFailed(gone) => Ok(CreateSaga::PluginGone(gone)),
+                other => Err(other),
+            })
     }
 
     async fn saga(&self, id: SagaId) -> StoreResult<Option<SagaDetail>> {
@@ -594,93 +720,63 @@ impl Store for SqliteStore {
         }))
     }
 
-    async fn list_sagas(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaRun>> {
-        let rows: Vec<SagaRow> = sqlx::query_as(&format!(
-            "SELECT {SAGA_COLUMNS} FROM saga_runs
+    async fn list_sagas(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaSummary>> {
+        let (before_at, before_id) = match filter.before {
+            Some((at, id)) => (Some(at.millis()), Some(id.to_string())),
+            None => (None, None),
+        };
+        let rows: Vec<SummaryRow> = sqlx::query_as(&format!(
+            "SELECT {} FROM saga_runs
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR deployment_id = ?3)
-             ORDER BY created_at DESC, id DESC LIMIT ?4"
+               AND (?4 IS NULL OR template = ?4)
+               AND (?5 IS NULL OR (created_at, id) < (?5, ?6))
+             ORDER BY created_at DESC, id DESC LIMIT ?7",
+            summary_columns("json_array_length(steps)")
         ))
-        .bind(filter.status.map(SagaStatus::as_str))
+        .bind(filter.status.map(|s| s.as_str()))
         .bind(filter.kind.as_deref())
         .bind(filter.deployment_id.as_deref())
+        .bind(filter.template.as_deref())
+        .bind(before_at)
+        .bind(before_id)
         .bind(filter.limit as i64)
         .fetch_all(&self.reads)
         .await?;
-        rows.into_iter().map(SagaRun::try_from).collect()
+        rows.into_iter().map(SagaSummary::try_from).collect()
     }
 
-    async fn request_cancel(&self, id: SagaId, now: Timestamp) -> StoreResult<CancelSaga> {
-        self.writer
-            .write(move |conn| {
-                let Some(saga) = saga_on(conn, &id.to_string())? else {
-                    return Ok(CancelSaga::NotFound);
-                };
-                if saga.status.is_final() {
-                    return Ok(CancelSaga::AlreadyEnded(saga));
-                }
-                conn.prepare_cached(
-                    "UPDATE saga_runs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
-                )?
-                .execute(params![now.millis(), id.to_string()])?;
-                Ok(CancelSaga::Requested(SagaRun {
-                    cancel_requested: true,
-                    updated_at: now,
-                    ..saga
-                }))
-            })
-            .await
-    }
-
-    async fn claim_sagas(&self, claim: &Claim, limit: usize) -> StoreResult<Vec<ClaimedSaga>> {
+    async fn claim_sagas(&self, claim: &Lease, limit: usize) -> StoreResult<Vec<ClaimedSaga>> {
         let claim = claim.clone();
         self.writer
             .write(move |conn| {
+                let now = claim.now.millis();
                 let rows = conn
                     .prepare_cached(&format!(
-                        "UPDATE saga_runs SET lease_owner = ?1, lease_expires_at = ?3
+                        "UPDATE saga_runs SET lease_owner = ?1, lease_expires_at = ?3, lease_epoch = lease_epoch + 1
                          WHERE id IN (
                              SELECT id FROM saga_runs
-                             WHERE status IN ({}) AND (lease_owner IS NULL OR lease_expires_at < ?2)
-                             ORDER BY created_at, id LIMIT ?4)
-                         RETURNING {SAGA_COLUMNS}",
-                        status_list(UNFINISHED)
+                             WHERE ready_at <= ?2 AND (lease_owner IS NULL OR lease_expires_at < ?2)
+                             ORDER BY ready_at, id LIMIT ?4)
+                         RETURNING {SAGA_COLUMNS}, lease_epoch",
                     ))?
                     .query_map(
                         params![
                             &*claim.owner,
-                            claim.now.millis(),
-                            claim.lease_until.millis(),
+                            now,
+                            claim.now.plus(claim.ttl).millis(),
                             limit as i64
                         ],
-                        saga_row,
+                        |r| Ok((saga_row(r)?, r.get::<_, i64>(18)?)),
                     )?
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut claimed = Vec::with_capacity(rows.len());
-                for row in rows {
+                for (row, epoch) in rows {
                     let saga = SagaRun::try_from(row)?;
-                    if let Some((saga, first)) = start_of(&saga, &claim) {
-                        let id = saga.id.to_string();
-                        conn.prepare_cached(
-                            "UPDATE saga_runs SET status = ?, updated_at = ? WHERE id = ?",
-                        )?
-                        .execute(params![
-                            saga.status.as_str(),
-                            saga.updated_at.millis(),
-                            id
-                        ])?;
-                        upsert_step(conn, &id, &first)?;
-                        claimed.push(ClaimedSaga {
-                            saga,
-                            ledger: vec![first],
-                            first_step_started: true,
-                        });
-                        continue;
-                    }
                     let ledger = ledger_on(conn, &saga)?;
                     claimed.push(ClaimedSaga {
                         saga,
                         ledger,
-                        first_step_started: false,
+                        epoch: epoch as u64,
                     });
                 }
                 claimed.sort_by_key(|c| (c.saga.created_at, c.saga.id));
@@ -692,26 +788,32 @@ impl Store for SqliteStore {
     async fn renew_leases(
         &self,
         owner: &str,
-        ids: &[SagaId],
-        until: Timestamp,
+        held: &[(SagaId, u64)],
+        ttl: Duration,
+        now: Timestamp,
     ) -> StoreResult<Vec<LeaseState>> {
         let owner = owner.to_string();
-        let ids = ids.to_vec();
+        let held = held.to_vec();
         self.writer
             .write(move |conn| {
                 let mut renew = conn.prepare_cached(
-                    "UPDATE saga_runs SET lease_expires_at = ? WHERE id = ? AND lease_owner = ?
-                     RETURNING cancel_requested",
+                    "UPDATE saga_runs SET lease_expires_at = ? WHERE id = ? AND lease_owner = ? AND lease_epoch = ?
+                     RETURNING cancel_requested, pause_requested",
                 )?;
-                let mut states = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let cancel: Option<bool> = renew
-                        .query_row(params![until.millis(), id.to_string(), owner], |r| r.get(0))
+                let until = now.plus(ttl).millis();
+                let mut states = Vec::with_capacity(held.len());
+                for (id, epoch) in held {
+                    let flags: Option<(bool, bool)> = renew
+                        .query_row(
+                            params![until, id.to_string(), owner, epoch as i64],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
                         .optional()?;
                     states.push(LeaseState {
                         saga_id: id,
-                        held: cancel.is_some(),
-                        cancel_requested: cancel.unwrap_or(false),
+                        held: flags.is_some(),
+                        cancel_requested: flags.is_some_and(|f| f.0),
+                        pause_requested: flags.is_some_and(|f| f.1),
                     });
                 }
                 Ok(states)
@@ -719,21 +821,25 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn release_leases(&self, owner: &str, ids: &[SagaId]) -> StoreResult<()> {
+    async fn release_leases(&self, owner: &str, held: &[(SagaId, u64)]) -> StoreResult<()> {
         let owner = owner.to_string();
-        let ids = ids.to_vec();
+        let held = held.to_vec();
         self.writer
             .write(move |conn| {
                 let mut release = conn.prepare_cached(
                     "UPDATE saga_runs SET lease_owner = NULL, lease_expires_at = NULL
-                     WHERE id = ? AND lease_owner = ?",
+                     WHERE id = ? AND lease_owner = ? AND lease_epoch = ?",
                 )?;
-                for id in ids {
-                    release.execute(params![id.to_string(), owner])?;
+                for (id, epoch) in held {
+                    release.execute(params![id.to_string(), owner, epoch as i64])?;
                 }
                 Ok(())
             })
             .await
+    }
+
+    async fn writable(&self) {
+        self.writer.writable().await
     }
 
     async fn apply(&self, transition: Transition) -> StoreResult<Applied> {

@@ -2,10 +2,11 @@
 //! sagas make at about the same time are written in one statement, so one
 //! round trip and one commit serve them all.
 //!
-//! A saga's transition is one saga-row `UPDATE` (fenced by the lease) and
-//! its ledger rows, written only through the update's result: a saga whose
-//! lease is lost writes nothing, and a step does not start to execute after
-//! a cancel. One statement is atomic without an explicit transaction. The
+//! A saga's transition is one saga-row `UPDATE` (fenced by the lease's
+//! fencing number and the saga's version) and its ledger rows, written only
+//! through the update's result: a saga whose lease is lost, or that changed
+//! since its runner read it, writes nothing. One statement is atomic
+//! without an explicit transaction. The
 //! rows are locked in id order before they are updated, as lease renewals
 //! lock theirs, so two statements of one host never wait on each other in a
 //! cycle. Each caller is answered once the statement has committed.
@@ -15,8 +16,10 @@
 //! its transitions is written again on its own, so one bad transition gets
 //! its own error and the others still land.
 
-use super::super::{Applied, StoreError, StoreResult, Transition, ledger_row_json, to_json};
-use crate::model::SagaStatus;
+use super::super::{
+    Applied, Fence, Pins, StoreError, StoreResult, Transition, ledger_row_json, to_json,
+};
+use super::DB_NOW;
 use serde_json::Value;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
@@ -50,12 +53,17 @@ impl Grouper {
         Grouper { queue }
     }
 
-    /// Whether `t` can be written in a group: no resources (they take a
-    /// version from the rows before them), and one ledger row per step,
-    /// which one `INSERT .. ON CONFLICT` needs.
+    /// Whether `t` can be written in a group: a lease holder's transition
+    /// with no resources (they take a version from the rows before them),
+    /// no rows removed or pins restored, and one ledger row per step, which
+    /// one `INSERT .. ON CONFLICT` needs.
     pub(super) fn fits(t: &Transition) -> bool {
         let mut indexes = HashSet::new();
-        t.resources.is_empty() && t.ledger_rows().all(|(step, _)| indexes.insert(step.index))
+        matches!(t.fence, Fence::Lease { .. })
+            && t.resources.is_empty()
+            && t.remove_steps.is_empty()
+            && !matches!(t.pins, Pins::Restore(_))
+            && t.steps.iter().all(|step| indexes.insert(step.index))
     }
 
     /// Writes `transition` (which [`Grouper::fits`]) with whatever others
@@ -132,41 +140,58 @@ async fn write_group(pool: &PgPool, mut group: Vec<Pending>) {
 
 /// The statement: see the module docs. `$1` holds the sagas' updates, `$2`
 /// their ledger rows, `$3` their ids (an index lookup, whatever the
-/// planner guesses of the JSON); it returns each saga whose lease held,
-/// with its cancel flag.
-const GROUP_STATEMENT: &str = concat!(
-    "WITH u AS (
+/// planner guesses of the JSON); it returns every saga it locked, with its
+/// lease and version as found and its new version if it was written.
+fn group_statement() -> String {
+    format!(
+        concat!(
+            "WITH u AS (
      SELECT * FROM jsonb_to_recordset($1::jsonb) AS u(
-         saga_id TEXT, owner TEXT, now BIGINT, status TEXT, current_step_index BIGINT,
-         context TEXT, error TEXT, ends BOOLEAN)
+         saga_id TEXT, owner TEXT, epoch BIGINT, version BIGINT, now BIGINT, status TEXT,
+         current_step_index BIGINT, context TEXT, error TEXT, cancel_requested BOOLEAN,
+         pause_requested BOOLEAN, actions TEXT, set_ready BOOLEAN, ready_at BIGINT, release BOOLEAN,
+         unpin BOOLEAN)
  ), locked AS (
-     SELECT id FROM saga_runs WHERE id = ANY($3) ORDER BY id FOR UPDATE
+     SELECT id, lease_owner, lease_epoch, version FROM saga_runs WHERE id = ANY($3) ORDER BY id FOR UPDATE
  ), saga AS (
      UPDATE saga_runs s SET
          updated_at = u.now,
+         version = s.version + 1,
          status = COALESCE(u.status, s.status),
          current_step_index = COALESCE(u.current_step_index, s.current_step_index),
          context = COALESCE(u.context, s.context),
          error = COALESCE(u.error, s.error),
-         lease_owner = CASE WHEN u.ends THEN NULL ELSE s.lease_owner END,
-         lease_expires_at = CASE WHEN u.ends THEN NULL ELSE s.lease_expires_at END
+         cancel_requested = COALESCE(u.cancel_requested, s.cancel_requested),
+         pause_requested = COALESCE(u.pause_requested, s.pause_requested),
+         actions = COALESCE(u.actions, s.actions),
+         ready_at = CASE WHEN u.set_ready THEN u.ready_at ELSE s.ready_at END,
+         lease_owner = CASE WHEN u.release THEN NULL ELSE s.lease_owner END,
+         lease_expires_at = CASE WHEN u.release THEN NULL ELSE s.lease_expires_at END
      FROM u, locked
      WHERE s.id = u.saga_id AND locked.id = s.id AND s.lease_owner = u.owner
-     RETURNING s.id, s.cancel_requested
+       AND s.lease_epoch = u.epoch AND s.version = u.version
+     RETURNING s.id, s.version
+ ), unpinned AS (
+     DELETE FROM saga_plugin_pins p USING saga, u
+     WHERE p.saga_id = saga.id AND u.saga_id = saga.id AND u.unpin
  ), ledger AS (",
-    step_insert!(),
-    " SELECT r.saga_id, ",
-    json_ledger_values!(),
-    " FROM jsonb_to_recordset($2::jsonb) AS r(saga_id TEXT, ",
-    json_ledger_columns!(),
-    ", ignore_cancel BOOLEAN)
-     JOIN saga ON saga.id = r.saga_id
-     WHERE r.ignore_cancel OR NOT saga.cancel_requested",
-    step_on_conflict!(),
-    "
+            step_insert!(),
+            " SELECT r.saga_id, ",
+            json_ledger_values!(),
+            " FROM jsonb_to_recordset($2::jsonb) AS r(saga_id TEXT, ",
+            json_ledger_columns!(),
+            ")
+     JOIN saga ON saga.id = r.saga_id",
+            step_on_conflict!(),
+            "
  )
- SELECT id, cancel_requested FROM saga"
-);
+ SELECT locked.id, locked.lease_owner, locked.lease_epoch, saga.version AS written,
+     ({DB_NOW}) AS db_now
+ FROM locked LEFT JOIN saga ON saga.id = locked.id"
+        ),
+        DB_NOW = DB_NOW
+    )
+}
 
 /// Writes `transitions` (of distinct sagas, each [`Grouper::fits`]) in one
 /// statement; each gets its own result, as a transaction of its own would.
@@ -179,36 +204,62 @@ async fn apply_together(
     let mut rows = Vec::new();
     for t in transitions {
         let id = t.saga_id.to_string();
-        for (step, ignore_cancel) in t.ledger_rows() {
-            let mut row = ledger_row_json(step, ignore_cancel);
+        for step in &t.steps {
+            let mut row = ledger_row_json(step);
             row.insert("saga_id".into(), id.clone().into());
             rows.push(Value::Object(row));
         }
+        let Fence::Lease { owner, epoch } = &t.fence else {
+            unreachable!("only lease holders' transitions are grouped")
+        };
+        let u = &t.saga;
         ids.push(id.clone());
         updates.push(serde_json::json!({
             "saga_id": id,
-            "owner": &*t.owner,
+            "owner": &**owner,
+            "epoch": epoch,
+            "version": t.version,
             "now": t.now.millis(),
-            "status": t.saga.status.map(SagaStatus::as_str),
-            "current_step_index": t.saga.current_step_index,
-            "context": t.saga.context.as_ref().map(to_json),
-            "error": t.saga.error.as_ref().map(to_json),
-            "ends": t.saga.status.is_some_and(SagaStatus::is_final),
+            "status": u.status.map(|s| s.as_str()),
+            "current_step_index": u.current_step_index,
+            "context": u.context.as_ref().map(to_json),
+            "error": u.error.as_ref().map(to_json),
+            "cancel_requested": u.cancel_requested,
+            "pause_requested": u.pause_requested,
+            "actions": u.actions.as_ref().map(to_json),
+            "set_ready": u.ready_at.is_some(),
+            "ready_at": u.ready_at.flatten().map(|t| t.millis()),
+            "release": t.release_lease,
+            "unpin": t.pins == Pins::Release,
         }));
     }
-    let held: HashMap<String, bool> = sqlx::query_as(GROUP_STATEMENT)
-        .bind(Value::Array(updates).to_string())
-        .bind(Value::Array(rows).to_string())
-        .bind(&ids)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .collect();
+    type Found = (String, Option<String>, i64, Option<i64>, i64);
+    let found: HashMap<String, (Option<String>, i64, Option<i64>)> =
+        sqlx::query_as::<_, Found>(&group_statement())
+            .bind(Value::Array(updates).to_string())
+            .bind(Value::Array(rows).to_string())
+            .bind(&ids)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|(id, owner, epoch, written, _)| (id, (owner, epoch, written)))
+            .collect();
     Ok(transitions
         .iter()
-        .map(|t| match held.get(&t.saga_id.to_string()) {
+        .map(|t| match found.get(&t.saga_id.to_string()) {
             None => Err(StoreError::LeaseLost(t.saga_id)),
-            Some(&cancel_requested) => Ok(Applied::found(t, cancel_requested)),
+            Some((_, _, Some(version))) => Ok(Applied::Done {
+                version: *version as u64,
+            }),
+            Some((owner, epoch, None)) => match &t.fence {
+                Fence::Lease {
+                    owner: mine,
+                    epoch: my_epoch,
+                } if owner.as_deref() == Some(&**mine) && *epoch as u64 == *my_epoch => {
+                    Ok(Applied::Stale)
+                }
+                _ => Err(StoreError::LeaseLost(t.saga_id)),
+            },
         })
         .collect())
 }

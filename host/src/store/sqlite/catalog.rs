@@ -21,7 +21,7 @@ pub(super) struct Plugins {
     /// Newest first (upload time, then insertion order), as listed.
     pub(super) newest_first: Vec<PluginInfo>,
     by_digest: HashMap<Digest, usize>,
-    /// The newest upload of each name.
+    /// The current plugin of each name.
     by_name: HashMap<String, usize>,
 }
 
@@ -32,7 +32,9 @@ impl Plugins {
         let mut by_name = HashMap::new();
         for (i, info) in newest_first.iter().enumerate() {
             by_digest.insert(info.digest.clone(), i);
-            by_name.entry(info.name.clone()).or_insert(i);
+            if info.current {
+                by_name.insert(info.name.clone(), i);
+            }
         }
         Plugins {
             newest_first,

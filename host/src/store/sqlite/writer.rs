@@ -33,8 +33,16 @@ use tokio::sync::{mpsc, oneshot};
 /// Most writes committed in one transaction.
 pub(super) const MAX_BATCH: usize = 512;
 
+/// Why a batch did not commit.
+#[derive(Debug, Clone)]
+enum CommitFailure {
+    /// The disk (or the database's page limit) is full.
+    Full(String),
+    Other(String),
+}
+
 /// What a job does once its batch's commit is known: answer its caller.
-type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Answer = Box<dyn FnOnce(Result<(), CommitFailure>) + Send>;
 
 /// One queued write: runs its statements inside the batch's transaction and
 /// returns how to answer its caller, and whether the transaction may still
@@ -44,7 +52,7 @@ type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// undone in place: it failed alone, or its savepoint could not be rolled
 /// back. Given no connection (the transaction could not begin), it runs
 /// nothing.
-type Job = Box<dyn FnOnce(Option<&Connection>, bool) -> (Answer, bool) + Send>;
+type Job = Box<dyn FnOnce(Option<&Connection>, bool) -> (Answer, bool, bool) + Send>;
 
 /// The handle the store writes through; the thread ends when it is dropped.
 pub(super) struct Writer {
@@ -58,6 +66,12 @@ struct Shared {
     conn: Mutex<Connection>,
     /// Jobs sent to the thread and not yet taken into a batch.
     queued: AtomicUsize,
+    /// Why writes fail, while they do for want of space (cleared by the
+    /// next commit that succeeds).
+    full: Mutex<Option<String>>,
+    /// Told whenever a commit succeeds after writes failed for want of
+    /// space, so that writers waiting for room retry at once.
+    recovered: tokio::sync::Notify,
 }
 
 impl Writer {
@@ -67,6 +81,8 @@ impl Writer {
         let shared = Arc::new(Shared {
             conn: Mutex::new(conn),
             queued: AtomicUsize::new(0),
+            full: Mutex::new(None),
+            recovered: tokio::sync::Notify::new(),
         });
         let thread = shared.clone();
         std::thread::Builder::new()
@@ -79,6 +95,25 @@ impl Writer {
     /// Whether the writer thread has stopped.
     pub(super) fn is_closed(&self) -> bool {
         self.jobs.is_closed()
+    }
+
+    /// Why writes fail, while they fail for want of space.
+    pub(super) fn full(&self) -> Option<String> {
+        self.shared
+            .full
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Resolves when a commit succeeds after writes failed for want of
+    /// space (or at once, if they do not fail now).
+    pub(super) async fn writable(&self) {
+        let notified = self.shared.recovered.notified();
+        if self.full().is_none() {
+            return;
+        }
+        notified.await;
     }
 
     /// Runs `op` in the next batch and answers once that batch committed:
@@ -136,7 +171,12 @@ impl Writer {
         };
         let (job, mut rx) = job(op, then);
         tokio::task::block_in_place(|| {
-            commit_batch(&conn, &mut vec![job], &mut Vec::with_capacity(1))
+            commit_batch(
+                &self.shared,
+                &conn,
+                &mut vec![job],
+                &mut Vec::with_capacity(1),
+            )
         });
         Ok(rx.try_recv().unwrap_or(Err(StoreError::Closed)))
     }
@@ -164,11 +204,12 @@ where
             Some((result, sound)) => (Some(result), sound),
             None => (None, true),
         };
+        let full = matches!(result, Some(Err(StoreError::StorageFull(_))));
         let answer: Answer = Box::new(move |commit| {
             then();
             let _ = reply.send(settle(commit, result));
         });
-        (answer, sound)
+        (answer, sound, full)
     });
     (job, rx)
 }
@@ -203,12 +244,13 @@ fn in_savepoint<T>(
 
 /// A job's answer from its own result (`None`: it never ran) and its
 /// batch's commit.
-fn settle<T>(commit: Result<(), String>, result: Option<StoreResult<T>>) -> StoreResult<T> {
+fn settle<T>(commit: Result<(), CommitFailure>, result: Option<StoreResult<T>>) -> StoreResult<T> {
     match (commit, result) {
         // A failed job answers its own error whatever became of the batch.
         (_, Some(Err(e))) => Err(e),
         (Ok(()), Some(Ok(value))) => Ok(value),
-        (Err(why), _) => Err(StoreError::WriteFailed(why)),
+        (Err(CommitFailure::Full(why)), _) => Err(StoreError::StorageFull(why)),
+        (Err(CommitFailure::Other(why)), _) => Err(StoreError::WriteFailed(why)),
         (Ok(()), None) => Err(StoreError::WriteFailed("the write never ran".into())),
     }
 }
@@ -229,34 +271,51 @@ fn write_loop(shared: &Shared, mut rx: mpsc::Receiver<Job>) {
             }
         }
         shared.queued.fetch_sub(batch.len(), Ordering::SeqCst);
-        commit_batch(&conn, &mut batch, &mut answers);
+        commit_batch(shared, &conn, &mut batch, &mut answers);
+    }
+}
+
+/// A failed statement of the writer itself (begin, commit), sorted.
+fn commit_failure(what: &str, e: &rusqlite::Error) -> CommitFailure {
+    let why = format!("{what}: {e}");
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => CommitFailure::Full(why),
+        _ => CommitFailure::Other(why),
     }
 }
 
 /// Runs `batch` (emptying it) in one transaction, each job in its own
 /// savepoint unless it is alone, commits once, and only then answers every
-/// job.
-fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, answers: &mut Vec<Answer>) {
+/// job. Keeps [`Shared::full`] up to date.
+fn commit_batch(
+    shared: &Shared,
+    conn: &Connection,
+    batch: &mut Vec<Job>,
+    answers: &mut Vec<Answer>,
+) {
     if let Err(e) = conn
         .prepare_cached("BEGIN IMMEDIATE")
         .and_then(|mut s| s.execute([]))
     {
         tracing::error!(error = %e, "SQLite could not begin a transaction");
-        let why = format!("cannot begin a transaction: {e}");
+        let failure = commit_failure("cannot begin a transaction", &e);
+        note_outcome(shared, Err(&failure), false);
         for job in batch.drain(..) {
-            job(None, false).0(Err(why.clone()));
+            job(None, false).0(Err(failure.clone()));
         }
         return;
     }
     let mut sound = true;
+    let mut full = false;
     let alone = batch.len() == 1;
     for job in batch.drain(..) {
         // A job that panics (a bug) takes its batch down, not the
         // writer: its caller sees the store fail, the others a rollback.
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(conn), alone))) {
-            Ok((answer, job_sound)) => {
+            Ok((answer, job_sound, job_full)) => {
                 answers.push(answer);
                 sound &= job_sound;
+                full |= job_full;
             }
             Err(_) => {
                 tracing::error!("a SQLite write panicked; rolling back its batch");
@@ -271,17 +330,35 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, answers: &mut Vec<Answe
             .map_err(|e| {
                 tracing::error!(error = %e, "SQLite commit failed");
                 rollback(conn);
-                format!("commit failed: {e}")
+                commit_failure("commit failed", &e)
             })
     } else {
         rollback(conn);
-        Err(
+        Err(CommitFailure::Other(
             "another write of the batch could not be undone alone; the batch was rolled back"
                 .into(),
-        )
+        ))
     };
+    note_outcome(shared, commit.as_ref().map(|_| ()), full);
     for answer in answers.drain(..) {
         answer(commit.clone());
+    }
+}
+
+/// Records whether writes fail for want of space: set by a full disk
+/// (in a statement or the commit), cleared by a commit that succeeds.
+fn note_outcome(shared: &Shared, commit: Result<(), &CommitFailure>, job_full: bool) {
+    let mut failing = shared.full.lock().unwrap_or_else(PoisonError::into_inner);
+    match commit {
+        Err(CommitFailure::Full(why)) => *failing = Some(why.clone()),
+        Ok(()) if job_full => *failing = Some("a write needed more room than the disk has".into()),
+        Ok(()) => {
+            if failing.take().is_some() {
+                tracing::info!("SQLite writes succeed again");
+                shared.recovered.notify_waiters();
+            }
+        }
+        Err(CommitFailure::Other(_)) => {}
     }
 }
 

@@ -18,7 +18,7 @@ async fn server(db: &TestDb, token: Option<&str>) -> TestServer {
     options.database_url = Some(db.url.clone());
     options.runtime.max_instances = 16;
     options.runner.poll_every = Duration::from_millis(50);
-    options.server.token = token.map(String::from);
+    options.server.tokens = token.map(|t| wasaga::api::Tokens::admin(t).unwrap());
     TestServer::start(options).await
 }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use wasaga::config::{RetryPolicy, RunnerConfig, RuntimeConfig};
 use wasaga::model::{Phase, SagaId, SagaStatus, StepSpec, StepStatus, Timestamp};
 use wasaga::plugin::PluginHost;
-use wasaga::runner::{Clock, ManualClock, Runner};
-use wasaga::store::{Claim, Store, StoreError, Transition};
+use wasaga::runner::{ManualClock, Runner};
+use wasaga::store::{Fence, Lease, Store, StoreError, Transition};
 use wasaga_tests::{
     Backend, Counter, TestDb, assert_status, create_saga, install, on_both, wait_final, wait_for,
 };
@@ -229,9 +229,12 @@ on_both! {
         let store = db.open().await;
         let echo = install(store.as_ref(), "echo").await;
         let id = create_saga(store.as_ref(), vec![echo.clone(), echo], json!({})).await;
-        store.request_cancel(id, Timestamp::now()).await.unwrap();
         let plugins = PluginHost::new(RuntimeConfig { max_instances: 8, ..RuntimeConfig::default() }).unwrap();
         let runner = Runner::new(store.clone(), plugins, RunnerConfig::default(), Arc::new(ManualClock::new(Timestamp::now())));
+        // Recorded before any runner claims it.
+        let requested = runner.cancel(id, Some("tester".into())).await.unwrap();
+        assert!(requested.cancel_requested);
+        assert_eq!(requested.actions.len(), 1);
         runner.start();
         let done = wait_final(store.as_ref(), id, WITHIN).await;
         assert_status(&done, SagaStatus::RolledBack);
@@ -248,14 +251,14 @@ on_both! {
         runtime.http_allow.extend([counter.allow()]);
         let rig = Rig::with(backend, runtime, RunnerConfig::default()).await;
         let step = rig.step("counter").await;
-        let store = rig.store.clone();
+        let runner = rig.runner.clone();
         // The cancel is committed while step 1's call is answered: step 1
         // completes, and step 2 must not start.
         counter.on_call(move |call| {
-            let store = store.clone();
+            let runner = runner.clone();
             async move {
                 if call.phase == "execute" && call.step == 1 {
-                    store.request_cancel(call.saga.parse().unwrap(), Timestamp::now()).await.unwrap();
+                    runner.cancel(call.saga.parse().unwrap(), None).await.unwrap();
                 }
             }
         });
@@ -267,26 +270,23 @@ on_both! {
         let calls: Vec<(String, u32)> = counter.calls_of(&id).into_iter().map(|c| (c.phase, c.step)).collect();
         let error = done.saga.error.unwrap();
         assert_eq!(error.reason, "cancelled");
-        if backend == Backend::Sqlite {
-            // One process, no notices: the runner learns of the cancel only
-            // at its next transition, after step 1 completed.
-            assert_eq!(done.steps[1].status, StepStatus::Compensated);
-            assert_eq!(
-                calls,
-                [("execute".into(), 0), ("execute".into(), 1), ("compensate".into(), 1), ("compensate".into(), 0)]
-            );
-            assert_eq!((error.failed_step, error.compensate_from_idx), (None, Some(1)));
-        } else {
-            // PostgreSQL notifies the runner at once: step 1 is either still
-            // in flight (interrupted) or just completed (compensated).
-            match done.steps[1].status {
-                StepStatus::Failed => {
-                    assert_eq!(done.steps[1].error.as_deref(), Some("interrupted by a cancel request"));
-                    assert_eq!(calls, [("execute".into(), 0), ("execute".into(), 1), ("compensate".into(), 0)]);
-                }
-                StepStatus::Compensated => assert_eq!(calls.len(), 4, "{calls:?}"),
-                other => panic!("step 1 ended {other}"),
+        // The cancel interrupts step 1 in flight (it fails, and being a
+        // 0.1.0 step it is not compensated), or arrives just as it
+        // completed (it is compensated); either way step 2 never starts.
+        match done.steps[1].status {
+            StepStatus::Failed => {
+                assert_eq!(done.steps[1].error.as_deref(), Some("interrupted by a cancel request"));
+                assert_eq!(calls, [("execute".into(), 0), ("execute".into(), 1), ("compensate".into(), 0)]);
+                assert_eq!((error.failed_step, error.compensate_from_idx), (Some(1), Some(0)));
             }
+            StepStatus::Compensated => {
+                assert_eq!(
+                    calls,
+                    [("execute".into(), 0), ("execute".into(), 1), ("compensate".into(), 1), ("compensate".into(), 0)]
+                );
+                assert_eq!((error.failed_step, error.compensate_from_idx), (None, Some(1)));
+            }
+            other => panic!("step 1 ended {other}"),
         }
     }
 
@@ -301,8 +301,7 @@ on_both! {
         .await;
         // Let the call get going, then cancel as the API does.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        rig.store.request_cancel(id, Timestamp::now()).await.unwrap();
-        rig.runner.notify_cancel(id);
+        rig.runner.cancel(id, None).await.unwrap();
         let done = wait_final(rig.store.as_ref(), id, WITHIN).await;
         assert_status(&done, SagaStatus::RolledBack);
         assert_eq!(done.steps[1].status, StepStatus::Failed);
@@ -320,24 +319,24 @@ on_both! {
         let step = install(store.as_ref(), "counter").await;
         let id = create_saga(store.as_ref(), vec![step.clone(), step], json!({"counter_url": counter.url()})).await;
         // A host claims the saga, marks step 0 running (attempt 1), and dies.
-        let clock = Arc::new(ManualClock::new(Timestamp::now()));
-        let now = clock.now();
-        let claimed = store.claim_sagas(&claim("dead-host", now, Duration::from_secs(15)), 10).await.unwrap();
+        let ttl = Duration::from_millis(500);
+        let now = Timestamp::now();
+        let claimed = store.claim_sagas(&claim("dead-host", now, ttl), 10).await.unwrap();
         assert_eq!(claimed.len(), 1);
-        let mut mark = Transition::new(id, Arc::from("dead-host"), now);
+        let dead = Fence::Lease { owner: Arc::from("dead-host"), epoch: claimed[0].epoch };
+        let mut mark = Transition::new(id, dead.clone(), 0, now);
         mark.saga.status = Some(SagaStatus::Running);
-        let mut row = running_row(&claimed[0].saga.plan[0], 0);
-        row.attempts = 1;
-        mark.start = Some(row);
+        mark.steps.push(running_row(&claimed[0].saga.plan[0], 0));
         store.apply(mark).await.unwrap();
         // Before the lease expires, nobody else may take it.
         let mut runtime = RuntimeConfig::default();
         runtime.http_allow.extend([counter.allow()]);
         let plugins = PluginHost::new(runtime).unwrap();
-        assert!(store.claim_sagas(&claim("other", now, Duration::from_secs(15)), 10).await.unwrap().is_empty());
-        // After it expires, a new runner resumes it.
-        clock.advance(Duration::from_secs(16));
-        let runner = Runner::new(store.clone(), plugins, RunnerConfig { poll_every: Duration::from_millis(50), ..RunnerConfig::default() }, clock.clone());
+        assert!(store.claim_sagas(&claim("other", now, ttl), 10).await.unwrap().is_empty());
+        // After it expires (by each database's own clock), a new runner
+        // resumes it.
+        tokio::time::sleep(ttl * 2).await;
+        let runner = Runner::new(store.clone(), plugins, RunnerConfig { poll_every: Duration::from_millis(50), ..RunnerConfig::default() }, Arc::new(wasaga::runner::SystemClock));
         runner.start();
         let done = wait_final(store.as_ref(), id, WITHIN).await;
         assert_status(&done, SagaStatus::Completed);
@@ -347,7 +346,7 @@ on_both! {
         assert_eq!(calls[0].attempt, 2);
         assert_eq!(calls[0].key, format!("{id}:0:execute"), "the same idempotency key");
         // The dead host's late write is refused: the lease is fenced.
-        let late = Transition::new(id, Arc::from("dead-host"), now);
+        let late = Transition::new(id, dead, done.saga.version, now);
         assert!(matches!(store.apply(late).await, Err(StoreError::LeaseLost(_))));
     }
 
@@ -381,7 +380,7 @@ on_both! {
         // Step 0 completed; step 1 was marked running twice by hosts that died.
         let claimed = store.claim_sagas(&claim("dead", now, Duration::ZERO), 10).await.unwrap();
         let plan = claimed[0].saga.plan.clone();
-        let mut t = Transition::new(id, Arc::from("dead"), now);
+        let mut t = Transition::new(id, Fence::Lease { owner: Arc::from("dead"), epoch: claimed[0].epoch }, 0, now);
         t.saga.status = Some(SagaStatus::Running);
         t.saga.current_step_index = Some(1);
         let mut done_row = running_row(&plan[0], 0);
@@ -442,20 +441,36 @@ on_both! {
     }
 }
 
-/// A claim as a host that only claims (and does not start) would make.
-fn claim(owner: &str, now: Timestamp, ttl: Duration) -> Claim {
-    Claim {
+/// A claim as a host would make it.
+fn claim(owner: &str, now: Timestamp, ttl: Duration) -> Lease {
+    Lease {
         owner: Arc::from(owner),
+        ttl,
         now,
-        lease_until: now.plus(ttl),
-        start_pending: false,
     }
 }
 
-/// A running ledger row for `spec` at `index`, as a host that then died
-/// would have written it.
+/// A running ledger row (attempt 1) for `spec` at `index`, as a host that
+/// then died would have written it.
 fn running_row(spec: &StepSpec, index: u32) -> wasaga::model::StepResult {
-    wasaga::model::StepResult::first_attempt(index, spec, "a-host-that-died", Timestamp::now())
+    wasaga::model::StepResult {
+        index,
+        name: spec.name.clone(),
+        plugin: spec.plugin.clone(),
+        status: StepStatus::Running,
+        phase: Phase::Execute,
+        attempts: 1,
+        compensate_attempts: 0,
+        output: None,
+        error: None,
+        logs: Vec::new(),
+        started_at: Some(Timestamp::now()),
+        finished_at: None,
+        executed_by: Some("a-host-that-died".into()),
+        waiting_until: None,
+        polls: 0,
+        wait_started_at: None,
+    }
 }
 
 #[test]

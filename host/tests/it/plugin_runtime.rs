@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use wasaga::config::{MIB, RuntimeConfig, StepLimits};
 use wasaga::model::{Digest, LogLevel};
-use wasaga::plugin::{LoadedFrom, Plugin, PluginError, PluginHost, StepCall, StepFailure};
+use wasaga::plugin::{
+    LoadedFrom, Plugin, PluginError, PluginHost, Progress, StepCall, StepFailure,
+};
 
 fn repo() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -57,6 +59,14 @@ fn call(step_index: u32, attempt: u32, inputs: serde_json::Value) -> StepCall {
     }
 }
 
+/// A call's result, which must be a finished (not waiting) success.
+fn done<T: std::fmt::Debug>(result: Result<Progress<T>, StepFailure>) -> T {
+    match result {
+        Ok(Progress::Done(value)) => value,
+        other => panic!("expected a finished success, got {other:?}"),
+    }
+}
+
 fn limits() -> StepLimits {
     StepLimits::default()
 }
@@ -78,7 +88,7 @@ async fn assert_echo_still_works(host: &PluginHost) {
             CancellationToken::new(),
         )
         .await;
-    assert_eq!(out.result.unwrap()["echoed_at_step_0"], "still here");
+    assert_eq!(done(out.result)["echoed_at_step_0"], "still here");
 }
 
 #[tokio::test]
@@ -95,7 +105,7 @@ async fn echo_puts_the_message_into_the_context_and_has_nothing_to_undo() {
             CancellationToken::new(),
         )
         .await;
-    let output = out.result.unwrap();
+    let output = done(out.result);
     assert_eq!(
         serde_json::Value::Object(output),
         serde_json::json!({"echoed_at_step_2": "hello"})
@@ -108,7 +118,7 @@ async fn echo_puts_the_message_into_the_context_and_has_nothing_to_undo() {
             CancellationToken::new(),
         )
         .await;
-    undo.result.unwrap();
+    done(undo.result);
 }
 
 #[tokio::test]
@@ -155,7 +165,7 @@ async fn flaky_fails_retryably_until_its_attempt() {
             CancellationToken::new(),
         )
         .await;
-    assert_eq!(out.result.unwrap()["flaky_succeeded_on_attempt_0"], 3);
+    assert_eq!(done(out.result)["flaky_succeeded_on_attempt_0"], 3);
 }
 
 #[tokio::test]
@@ -391,7 +401,7 @@ async fn outputs_must_be_json_objects_without_reserved_keys() {
         )
         .await;
     assert!(
-        out.result.unwrap().is_empty(),
+        done(out.result).is_empty(),
         "an empty output counts as {{}}"
     );
 }
@@ -408,7 +418,7 @@ async fn logs_and_resources_come_back_with_the_call() {
             CancellationToken::new(),
         )
         .await;
-    let output = out.result.unwrap();
+    let output = done(out.result);
     assert_eq!(output["vm_ids"].as_array().unwrap().len(), 3);
     let levels: Vec<LogLevel> = out.logs.iter().map(|l| l.level).collect();
     assert_eq!(
@@ -448,7 +458,7 @@ async fn log_lines_are_bounded_in_count_and_size() {
             CancellationToken::new(),
         )
         .await;
-    out.result.unwrap();
+    done(out.result);
     assert_eq!(out.logs.len(), 4, "{:?}", out.logs);
     assert_eq!(out.logs[2].message, "recording … [cut 11 bytes]");
     assert_eq!(
@@ -561,7 +571,7 @@ async fn outgoing_http_reaches_hosts_on_the_plugins_allowlist() {
             CancellationToken::new(),
         )
         .await;
-    assert_eq!(out.result.unwrap()["counted_3"], 2);
+    assert_eq!(done(out.result)["counted_3"], 2);
     let request = server.await.unwrap();
     assert!(
         request.starts_with(
@@ -747,7 +757,7 @@ async fn the_compile_cache_survives_a_restart_and_heals_corruption() {
             CancellationToken::new(),
         )
         .await;
-    assert_eq!(out.result.unwrap()["echoed_at_step_0"], "cached");
+    assert_eq!(done(out.result)["echoed_at_step_0"], "cached");
     drop(second);
 
     // Flip one byte in the middle of the entry: the checksum catches it.
@@ -772,7 +782,7 @@ async fn the_compile_cache_survives_a_restart_and_heals_corruption() {
             CancellationToken::new(),
         )
         .await;
-    assert_eq!(out.result.unwrap()["echoed_at_step_0"], "healed");
+    assert_eq!(done(out.result)["echoed_at_step_0"], "healed");
     assert_ne!(
         std::fs::read(&entry).unwrap(),
         file,
@@ -811,10 +821,13 @@ async fn many_calls_at_once_share_the_pool() {
             )
             .await
             .result
-            .unwrap()
         }
     });
-    let outputs = futures::future::join_all(calls).await;
+    let outputs: Vec<_> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(done)
+        .collect();
     for (i, output) in outputs.iter().enumerate() {
         assert_eq!(output[&format!("echoed_at_step_{i}")], i);
     }
@@ -833,7 +846,7 @@ async fn the_python_example_runs_with_wasi_and_captured_stdout() {
             CancellationToken::new(),
         )
         .await;
-    assert_eq!(out.result.unwrap()["py_echoed_at_step_1"], "from python");
+    assert_eq!(done(out.result)["py_echoed_at_step_1"], "from python");
     let messages: Vec<&str> = out.logs.iter().map(|l| l.message.as_str()).collect();
     assert!(
         messages.contains(&"[stdout] py-echo running step 1, attempt 1"),
@@ -874,7 +887,7 @@ async fn the_javascript_example_runs_with_wasi_and_captured_stdout() {
             CancellationToken::new(),
         )
         .await;
-    assert_eq!(out.result.unwrap()["js_echoed_at_step_0"], "from js");
+    assert_eq!(done(out.result)["js_echoed_at_step_0"], "from js");
     assert_eq!(out.resources.len(), 1);
     assert_eq!(out.resources[0].spec, serde_json::json!({"text": "hi"}));
     let messages: Vec<&str> = out.logs.iter().map(|l| l.message.as_str()).collect();

@@ -151,14 +151,12 @@ fn check(world: &World, case: &Case) -> Result<(), TestCaseError> {
         let cancel_seq = Arc::new(Mutex::new(None::<u64>));
         let (crash_tx, mut crash_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         {
-            let store = store.clone();
             let runner = runner.clone();
             let (seen, cancel_seq) = (seen.clone(), cancel_seq.clone());
             let case = case.clone();
             let saga = id.to_string();
             world.counter.on_call(move |call| {
-                let (store, runner, seen, cancel_seq, crash_tx, case, saga) = (
-                    store.clone(),
+                let (runner, seen, cancel_seq, crash_tx, case, saga) = (
                     runner.clone(),
                     seen.clone(),
                     cancel_seq.clone(),
@@ -177,13 +175,11 @@ fn check(world: &World, case: &Case) -> Result<(), TestCaseError> {
                     };
                     if case.cancel_at == Some(n) {
                         let id = saga.parse().unwrap();
-                        if let wasaga::store::CancelSaga::Requested(_) =
-                            store.request_cancel(id, Timestamp::now()).await.unwrap()
-                        {
+                        let current = runner.lock().unwrap().clone();
+                        if current.cancel(id, None).await.is_ok() {
                             *cancel_seq.lock().unwrap() = Some(call.seq);
                             CANCELS.fetch_add(1, Ordering::Relaxed);
                         }
-                        runner.lock().unwrap().notify_cancel(id);
                     }
                     if case.crash_at == Some(n) {
                         let _ = crash_tx.send(());

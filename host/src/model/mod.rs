@@ -1,0 +1,20 @@
+//! The saga domain's nouns: ids, digests, statuses, and the saga, step and
+//! plugin records that the store persists and the API returns.
+//!
+//! These types are shared by every seam, so they hold data and the rules
+//! that belong to the data (which statuses are final, what a digest looks
+//! like, how a timestamp is written), never behaviour of a seam. Their serde
+//! shapes are the JSON of HTTP API v1 (a contract: fields may be added, never
+//! renamed or removed).
+
+mod ids;
+mod saga;
+mod status;
+
+pub use ids::{BadDigest, Digest, SagaId, Timestamp};
+pub use saga::{
+    Action, LedgerLogLine, LogLine, PluginInfo, RecordedResource, SagaDetail, SagaError,
+    SagaResource, SagaRun, SagaSummary, StepResult, StepSpec,
+};
+pub(crate) use status::string_enum;
+pub use status::{ActionKind, LogLevel, Phase, SagaStatus, StepStatus, StopCause};

@@ -1,0 +1,283 @@
+//! The records: a saga ([`SagaRun`], [`SagaSummary`], [`SagaDetail`]), its
+//! ledger rows ([`StepResult`]), the resources its steps recorded, the
+//! human actions taken on it, and a stored plugin ([`PluginInfo`]).
+
+use super::{
+    ActionKind, Digest, LogLevel, Phase, SagaId, SagaStatus, StepStatus, StopCause, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+/// One line a plugin call logged (host `log`, or a captured stdout/stderr
+/// line, prefixed `[stdout]`/`[stderr]`; the host's own notes start `[host]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogLine {
+    pub level: LogLevel,
+    pub message: String,
+}
+
+/// A log line in a step's ledger: which call wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LedgerLogLine {
+    pub level: LogLevel,
+    pub message: String,
+    pub phase: Phase,
+    pub attempt: u32,
+}
+
+/// A resource a step recorded through `record-resource`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecordedResource {
+    pub kind: String,
+    pub external_id: String,
+    #[schema(value_type = Object)]
+    pub spec: Value,
+}
+
+/// A resource in a saga's ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SagaResource {
+    pub step_index: u32,
+    pub kind: String,
+    pub external_id: String,
+    #[schema(value_type = Object)]
+    pub spec: Value,
+    /// 1 for the first record of this (kind, external id); each later
+    /// record of the same resource bumps it.
+    pub spec_version: u32,
+    pub created_at: Timestamp,
+}
+
+/// One step of a saga, as pinned when the saga started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StepSpec {
+    /// The plugin's name when the saga started.
+    pub name: String,
+    /// The exact plugin that runs, whatever is uploaded later.
+    pub plugin: Digest,
+    /// Attempts per phase, the first call included.
+    pub max_attempts: u32,
+    /// Deadline of one call, in milliseconds.
+    pub timeout_ms: u64,
+    /// Memory limit of one call, when not the host's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_bytes: Option<u64>,
+    /// Output size limit, when not the host's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
+    /// The longest total wait a step may ask for with `poll-after`, when not
+    /// the host's default (one hour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_ms: Option<u64>,
+}
+
+/// Why a saga stopped short of `completed`. The original engine recorded
+/// `{compensate_from_idx, reason}`; `message` says it all in one sentence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SagaError {
+    /// One sentence for humans.
+    pub message: String,
+    /// The step whose failure (or interruption) stopped the saga, if any.
+    #[serde(default)]
+    pub failed_step: Option<u32>,
+    /// The step compensation started from, or `null` when no step needed
+    /// compensating.
+    #[serde(default)]
+    pub compensate_from_idx: Option<u32>,
+    /// The failure's own message, or `cancelled`.
+    pub reason: String,
+    /// Why it stopped, as a code: `step_failed` or `cancelled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<StopCause>,
+    /// Steps whose compensation failed after its retries (status `failed`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compensation_failed_steps: Vec<u32>,
+}
+
+/// A human action on a saga, kept on the saga (cancel, pause, resume,
+/// retry, resolve).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Action {
+    pub action: ActionKind,
+    /// The token's label (or `triggered_by`-style name) of who did it.
+    pub actor: Option<String>,
+    pub at: Timestamp,
+    pub note: Option<String>,
+    /// The step a resolve was about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_index: Option<u32>,
+}
+
+/// A saga, without its ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SagaRun {
+    pub id: SagaId,
+    pub kind: String,
+    pub status: SagaStatus,
+    /// The step being executed or compensated (or the next one to run).
+    pub current_step_index: u32,
+    #[schema(value_type = Object)]
+    pub inputs: Value,
+    /// What completed steps output, merged (a JSON object).
+    #[schema(value_type = Object)]
+    pub context: Map<String, Value>,
+    pub error: Option<SagaError>,
+    pub cancel_requested: bool,
+    /// A pause was asked for and takes effect between steps.
+    #[serde(default)]
+    pub pause_requested: bool,
+    pub deployment_id: Option<String>,
+    pub triggered_by: Option<String>,
+    /// The template it was started from, and its version.
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub template_version: Option<u32>,
+    /// The steps as pinned at start: plugin digests and per-step settings.
+    pub plan: Vec<StepSpec>,
+    /// Human actions taken on it, oldest first.
+    #[serde(default)]
+    pub actions: Vec<Action>,
+    /// Bumped by every change to the saga: what a writer expects to find.
+    #[serde(default)]
+    pub version: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl SagaRun {
+    /// A new saga, not started yet.
+    pub fn pending(
+        kind: impl Into<String>,
+        plan: Vec<StepSpec>,
+        inputs: Value,
+        deployment_id: Option<String>,
+        triggered_by: Option<String>,
+        now: Timestamp,
+    ) -> SagaRun {
+        SagaRun {
+            id: SagaId::new(),
+            kind: kind.into(),
+            status: SagaStatus::Pending,
+            current_step_index: 0,
+            inputs,
+            context: Map::new(),
+            error: None,
+            cancel_requested: false,
+            pause_requested: false,
+            deployment_id,
+            triggered_by,
+            template: None,
+            template_version: None,
+            plan,
+            actions: Vec::new(),
+            version: 0,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// What a list shows of it.
+    pub fn summary(&self) -> SagaSummary {
+        SagaSummary {
+            id: self.id,
+            kind: self.kind.clone(),
+            status: self.status,
+            current_step_index: self.current_step_index,
+            steps_total: self.plan.len() as u32,
+            error: self.error.clone(),
+            cancel_requested: self.cancel_requested,
+            pause_requested: self.pause_requested,
+            deployment_id: self.deployment_id.clone(),
+            triggered_by: self.triggered_by.clone(),
+            template: self.template.clone(),
+            template_version: self.template_version,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// A saga as `GET /v1/sagas` lists it: no inputs, context, plan or
+/// ledger, so that a page of a thousand stays small; the whole saga comes
+/// from `GET /v1/sagas/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SagaSummary {
+    pub id: SagaId,
+    pub kind: String,
+    pub status: SagaStatus,
+    pub current_step_index: u32,
+    /// How many steps the saga has.
+    pub steps_total: u32,
+    pub error: Option<SagaError>,
+    pub cancel_requested: bool,
+    pub pause_requested: bool,
+    pub deployment_id: Option<String>,
+    pub triggered_by: Option<String>,
+    pub template: Option<String>,
+    pub template_version: Option<u32>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A step's row in a saga's ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StepResult {
+    pub index: u32,
+    pub name: String,
+    pub plugin: Digest,
+    pub status: StepStatus,
+    /// The phase of the latest call: `execute`, or `compensate` once
+    /// compensation reached this step.
+    pub phase: Phase,
+    /// Calls of `execute` begun so far.
+    pub attempts: u32,
+    /// Calls of `compensate` begun so far.
+    pub compensate_attempts: u32,
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub logs: Vec<LedgerLogLine>,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    /// The host (its node id) that ran the latest attempt.
+    #[serde(default)]
+    pub executed_by: Option<String>,
+    /// When the step asked (with `poll-after`) to be called again: it is
+    /// waiting until then, holding nothing.
+    #[serde(default)]
+    pub waiting_until: Option<Timestamp>,
+    /// Calls that answered `poll-after` so far, in the current phase.
+    #[serde(default)]
+    pub polls: u32,
+    /// When the current phase's first wait began (bounds the total wait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_started_at: Option<Timestamp>,
+}
+
+/// A saga with its ledger and resources: `GET /v1/sagas/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SagaDetail {
+    #[serde(flatten)]
+    pub saga: SagaRun,
+    pub steps: Vec<StepResult>,
+    pub resources: Vec<SagaResource>,
+}
+
+/// A stored plugin, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PluginInfo {
+    pub digest: Digest,
+    pub name: String,
+    /// Size of the component in bytes.
+    pub size: u64,
+    pub created_at: Timestamp,
+    /// Whether this digest is what its name means now (the latest upload,
+    /// or re-upload, of that name).
+    #[serde(default)]
+    pub current: bool,
+    /// The version of the step contract it implements (`0.1.0`, `0.2.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
+}

@@ -1,0 +1,293 @@
+//! Turning a start request into a saga: every rule a start request must
+//! pass, in one place (the API's start and templates use it alike).
+//!
+//! A request names its steps by plugin reference (a digest, or a name
+//! meaning its current upload) with optional per-step settings; the plan
+//! pins each to a digest and fills in the defaults, checking every setting
+//! against the host's ceilings. Errors say which step and which field.
+
+use crate::config::RuntimeConfig;
+use crate::model::{Digest, PluginInfo, SagaRun, StepSpec, Timestamp};
+use crate::store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+use utoipa::ToSchema;
+
+/// Most steps in one saga.
+pub const MAX_STEPS: usize = 1_000;
+/// Longest kind, deployment id, triggered-by, or idempotency key.
+pub const MAX_LABEL: usize = 256;
+/// Highest `max_attempts` a step may ask for.
+pub const MAX_ATTEMPTS: u32 = 100;
+
+/// `POST /v1/sagas` body.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartSaga {
+    /// What the saga does, e.g. "provision". With a template, defaults to
+    /// the template's name.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The steps in order: each a plugin reference (digest or name), or an
+    /// object with the reference and per-step settings. Absent with a
+    /// template.
+    #[serde(default, deserialize_with = "steps")]
+    pub steps: Option<Vec<StepRequest>>,
+    /// Start from this template's latest version instead of `steps`.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// A JSON object every step sees; fixed for the saga's life.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub inputs: Option<Value>,
+    #[serde(default)]
+    pub deployment_id: Option<String>,
+    #[serde(default)]
+    pub triggered_by: Option<String>,
+}
+
+/// One step of a start request.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StepRequest {
+    /// A plugin digest (`sha256:...`) or name.
+    Ref(String),
+    Detailed(StepOptions),
+}
+
+/// Each step is a string or an object; say which is wrong and why, rather
+/// than serde's "did not match any variant".
+pub fn steps<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<StepRequest>>, D::Error> {
+    use serde::de::Error;
+    let Some(values) = Option::<Vec<Value>>::deserialize(d)? else {
+        return Ok(None);
+    };
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, step)| match step {
+            Value::String(reference) => Ok(StepRequest::Ref(reference)),
+            Value::Object(_) => StepOptions::deserialize(step)
+                .map(StepRequest::Detailed)
+                .map_err(|e| D::Error::custom(format!("steps[{i}]: {e}"))),
+            other => Err(D::Error::custom(format!(
+                "steps[{i}]: a step is a plugin reference (a string) or an object \
+                 {{plugin, max_attempts?, timeout_ms?, max_memory_bytes?, max_output_bytes?, max_wait_ms?}}, not {other}"
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// A step with its own settings.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepOptions {
+    /// A plugin digest or name.
+    pub plugin: String,
+    /// Attempts per phase, the first call included (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Deadline of one call in milliseconds (default 30000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Memory limit of one call, up to the host's ceiling (default 64 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_bytes: Option<u64>,
+    /// Size limit of the step's output, up to the host's ceiling (default 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
+    /// Longest total wait through `poll-after` (default one hour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_ms: Option<u64>,
+}
+
+impl StepRequest {
+    fn options(&self) -> StepOptions {
+        match self {
+            StepRequest::Ref(plugin) => StepOptions {
+                plugin: plugin.clone(),
+                max_attempts: None,
+                timeout_ms: None,
+                max_memory_bytes: None,
+                max_output_bytes: None,
+                max_wait_ms: None,
+            },
+            StepRequest::Detailed(options) => options.clone(),
+        }
+    }
+}
+
+/// Why a request cannot become a saga.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A malformed field (400); the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    /// Plugin references that resolve to nothing (422).
+    #[error("unknown plugin{}: {}", if .0.len() == 1 { "" } else { "s" }, .0.join(", "))]
+    UnknownPlugins(Vec<String>),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// The host's defaults and ceilings a plan is checked against.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    pub runtime: RuntimeConfig,
+    pub default_max_attempts: u32,
+    /// The longest `max_wait_ms` a step may ask for.
+    pub max_wait_ceiling: Duration,
+}
+
+/// A label field: 1 to [`MAX_LABEL`] bytes.
+pub fn check_label(field: &str, value: &str) -> Result<(), PlanError> {
+    if value.is_empty() || value.len() > MAX_LABEL {
+        return Err(PlanError::Invalid(format!(
+            "`{field}` must be 1 to {MAX_LABEL} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The saga's inputs: a JSON object (absent or null is `{}`).
+pub fn inputs_object(inputs: Option<Value>) -> Result<Value, PlanError> {
+    match inputs {
+        None | Some(Value::Null) => Ok(Value::Object(Map::new())),
+        Some(Value::Object(map)) => Ok(Value::Object(map)),
+        Some(_) => Err(PlanError::Invalid("`inputs` must be a JSON object".into())),
+    }
+}
+
+/// A plugin reference: a digest, or a name meaning its current upload.
+pub async fn resolve(store: &dyn Store, reference: &str) -> Result<Option<PluginInfo>, StoreError> {
+    if reference.starts_with("sha256:") {
+        let Ok(digest) = reference.parse::<Digest>() else {
+            return Ok(None);
+        };
+        return store.plugin(&digest).await;
+    }
+    store.plugin_by_name(reference).await
+}
+
+impl Planner {
+    /// Pins `steps` to digests with their settings checked and defaulted.
+    pub async fn steps(
+        &self,
+        store: &dyn Store,
+        steps: &[StepRequest],
+    ) -> Result<Vec<StepSpec>, PlanError> {
+        if steps.is_empty() || steps.len() > MAX_STEPS {
+            return Err(PlanError::Invalid(format!(
+                "`steps` must hold 1 to {MAX_STEPS} steps"
+            )));
+        }
+        let runtime = &self.runtime;
+        let defaults = &runtime.default_limits;
+        let mut plan = Vec::with_capacity(steps.len());
+        let mut unknown = Vec::new();
+        // A plan often names one plugin several times: look each up once.
+        let mut resolved: HashMap<String, Option<PluginInfo>> = HashMap::new();
+        for (i, step) in steps.iter().enumerate() {
+            let options = step.options();
+            let max_attempts = options.max_attempts.unwrap_or(self.default_max_attempts);
+            if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+                return Err(PlanError::Invalid(format!(
+                    "steps[{i}].max_attempts must be 1 to {MAX_ATTEMPTS}"
+                )));
+            }
+            let ceiling_ms = runtime.max_timeout_ceiling.as_millis() as u64;
+            let timeout_ms = options
+                .timeout_ms
+                .unwrap_or(defaults.timeout.as_millis() as u64);
+            if !(1..=ceiling_ms).contains(&timeout_ms) {
+                return Err(PlanError::Invalid(format!(
+                    "steps[{i}].timeout_ms must be 1 to {ceiling_ms}"
+                )));
+            }
+            if let Some(bytes) = options.max_memory_bytes
+                && (bytes == 0 || bytes > runtime.max_memory_ceiling)
+            {
+                return Err(PlanError::Invalid(format!(
+                    "steps[{i}].max_memory_bytes must be 1 to {} (this host's ceiling)",
+                    runtime.max_memory_ceiling
+                )));
+            }
+            if let Some(bytes) = options.max_output_bytes
+                && (bytes == 0 || bytes > runtime.max_output_ceiling as u64)
+            {
+                return Err(PlanError::Invalid(format!(
+                    "steps[{i}].max_output_bytes must be 1 to {} (this host's ceiling)",
+                    runtime.max_output_ceiling
+                )));
+            }
+            let wait_ceiling = self.max_wait_ceiling.as_millis() as u64;
+            if let Some(ms) = options.max_wait_ms
+                && ms > wait_ceiling
+            {
+                return Err(PlanError::Invalid(format!(
+                    "steps[{i}].max_wait_ms must be at most {wait_ceiling} (this host's ceiling)"
+                )));
+            }
+            if options.plugin.is_empty() || options.plugin.len() > MAX_LABEL {
+                return Err(PlanError::Invalid(format!(
+                    "steps[{i}]: a plugin reference is 1 to {MAX_LABEL} bytes"
+                )));
+            }
+            let info = match resolved.get(&options.plugin) {
+                Some(info) => info.clone(),
+                None => {
+                    let info = resolve(store, &options.plugin).await?;
+                    resolved.insert(options.plugin.clone(), info.clone());
+                    info
+                }
+            };
+            match info {
+                Some(info) => plan.push(StepSpec {
+                    name: info.name,
+                    plugin: info.digest,
+                    max_attempts,
+                    timeout_ms,
+                    max_memory_bytes: options.max_memory_bytes,
+                    max_output_bytes: options.max_output_bytes,
+                    max_wait_ms: options.max_wait_ms,
+                }),
+                None => unknown.push(format!("`{}` (steps[{i}])", options.plugin)),
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(PlanError::UnknownPlugins(unknown));
+        }
+        Ok(plan)
+    }
+
+    /// A pending saga from its parts, every field checked.
+    pub fn saga(
+        &self,
+        kind: String,
+        plan: Vec<StepSpec>,
+        inputs: Option<Value>,
+        deployment_id: Option<String>,
+        triggered_by: Option<String>,
+    ) -> Result<SagaRun, PlanError> {
+        check_label("kind", &kind)?;
+        for (field, value) in [
+            ("deployment_id", &deployment_id),
+            ("triggered_by", &triggered_by),
+        ] {
+            if let Some(value) = value {
+                check_label(field, value)?;
+            }
+        }
+        Ok(SagaRun::pending(
+            kind,
+            plan,
+            inputs_object(inputs)?,
+            deployment_id,
+            triggered_by,
+            Timestamp::now(),
+        ))
+    }
+}

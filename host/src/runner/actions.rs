@@ -1,0 +1,244 @@
+//! Human actions on a saga: cancel, pause and resume (and, on a `failed`
+//! saga, retry and resolve). The runner decides whether each is allowed in
+//! the saga's state (a `409` that says the state when not), and writes it
+//! fenced by the version it read: an action that races another change is
+//! decided again on the new state.
+//!
+//! A saga some host is driving is never written under that host's feet:
+//! cancel and pause are recorded as requests (a flag the driver reads at
+//! its next write, and a notice to whichever host runs it), which the
+//! driver carries out between steps. A saga nobody drives (paused, or
+//! parked in a wait) is moved directly, under a fence that fails if a host
+//! holds its lease. Every action is kept on the saga as `actions`.
+
+use super::Runner;
+use crate::model::{Action, ActionKind, SagaDetail, SagaId, SagaRun, SagaStatus, Timestamp};
+use crate::store::{Applied, Fence, StoreError, Transition};
+
+/// Why an action was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("no saga {0}")]
+    NotFound(SagaId),
+    /// Not allowed in the saga's state; the message says the state.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// How many times an action is decided again when the saga keeps changing
+/// under it.
+const MAX_RACES: usize = 20;
+
+/// What an action decided, from the saga as read.
+enum Decision {
+    /// Nothing to write (the action is already in effect).
+    Done,
+    Write(Box<Transition>),
+}
+
+impl Runner {
+    /// Reads the saga, asks `decide` what to write, writes it if nothing
+    /// changed meanwhile (else decides again), and returns the saga.
+    async fn act(
+        &self,
+        id: SagaId,
+        decide: impl Fn(&SagaDetail, Timestamp) -> Result<Decision, ActionError>,
+    ) -> Result<SagaRun, ActionError> {
+        let store = &self.inner.store;
+        for _ in 0..MAX_RACES {
+            let detail = store.saga(id).await?.ok_or(ActionError::NotFound(id))?;
+            let now = self.inner.clock.now();
+            let t = match decide(&detail, now)? {
+                Decision::Done => return Ok(detail.saga),
+                Decision::Write(t) => *t,
+            };
+            match store.apply(t.clone()).await {
+                Ok(Applied::Done { version }) => {
+                    let mut saga = detail.saga;
+                    apply_update(&mut saga, &t, version);
+                    return Ok(saga);
+                }
+                // Changed meanwhile, or a host holds it now: decide again.
+                Ok(Applied::Stale) | Err(StoreError::LeaseLost(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ActionError::Conflict(format!(
+            "saga {id} kept changing; try again"
+        )))
+    }
+
+    /// Asks a saga to stop: its step in flight is interrupted and the
+    /// steps whose work began are compensated. A paused or waiting saga is
+    /// made ready, so the next claim compensates it at once.
+    pub async fn cancel(&self, id: SagaId, actor: Option<String>) -> Result<SagaRun, ActionError> {
+        let saga = self
+            .act(id, |d, now| {
+                let s = &d.saga;
+                if s.status.is_final() {
+                    return Err(ActionError::Conflict(format!(
+                        "saga {id} has already ended ({})",
+                        s.status
+                    )));
+                }
+                if s.cancel_requested {
+                    return Ok(Decision::Done);
+                }
+                let mut t = Transition::new(id, Fence::Version, s.version, now);
+                t.saga.cancel_requested = Some(true);
+                t.saga.ready_at = Some(Some(now));
+                t.saga.actions = Some(with_action(s, ActionKind::Cancel, &actor, now, None, None));
+                Ok(Decision::Write(Box::new(t)))
+            })
+            .await?;
+        tracing::info!(saga = %id, "cancel requested");
+        self.announce(id, true).await;
+        Ok(saga)
+    }
+
+    /// Asks a saga to pause: no new step (or poll) starts; a step in flight
+    /// finishes; then it is `paused` until resumed.
+    pub async fn pause(&self, id: SagaId, actor: Option<String>) -> Result<SagaRun, ActionError> {
+        let saga = self
+            .act(id, |d, now| {
+                let s = &d.saga;
+                match s.status {
+                    status if status.is_final() => {
+                        return Err(ActionError::Conflict(format!(
+                            "saga {id} has already ended ({status})"
+                        )));
+                    }
+                    SagaStatus::Compensating => {
+                        return Err(ActionError::Conflict(format!(
+                            "saga {id} is compensating; a pause stops a saga going forward, not its compensation"
+                        )));
+                    }
+                    SagaStatus::Paused => return Ok(Decision::Done),
+                    _ => {}
+                }
+                if s.cancel_requested {
+                    return Err(ActionError::Conflict(format!(
+                        "saga {id} is being cancelled"
+                    )));
+                }
+                if s.pause_requested {
+                    return Ok(Decision::Done);
+                }
+                let mut t = Transition::new(id, Fence::Version, s.version, now);
+                t.saga.pause_requested = Some(true);
+                // A waiting saga is claimed now, and parked paused.
+                t.saga.ready_at = Some(Some(now));
+                t.saga.actions = Some(with_action(s, ActionKind::Pause, &actor, now, None, None));
+                Ok(Decision::Write(Box::new(t)))
+            })
+            .await?;
+        tracing::info!(saga = %id, "pause requested");
+        self.announce(id, false).await;
+        Ok(saga)
+    }
+
+    /// Resumes a paused saga where it stopped (a waiting step is called at
+    /// its time, not before), or withdraws a pause not yet in effect.
+    pub async fn resume(&self, id: SagaId, actor: Option<String>) -> Result<SagaRun, ActionError> {
+        let saga = self
+            .act(id, |d, now| {
+                let s = &d.saga;
+                let action = with_action(s, ActionKind::Resume, &actor, now, None, None);
+                match s.status {
+                    SagaStatus::Paused => {
+                        let started = !d.steps.is_empty();
+                        let ready = d
+                            .steps
+                            .iter()
+                            .filter_map(|r| r.waiting_until)
+                            .max()
+                            .map_or(now, |until| until.max(now));
+                        let mut t = Transition::new(id, Fence::Unleased, s.version, now);
+                        t.saga.status = Some(if started {
+                            SagaStatus::Running
+                        } else {
+                            SagaStatus::Pending
+                        });
+                        t.saga.pause_requested = Some(false);
+                        t.saga.ready_at = Some(Some(ready));
+                        t.saga.actions = Some(action);
+                        Ok(Decision::Write(Box::new(t)))
+                    }
+                    SagaStatus::Pending | SagaStatus::Running if s.pause_requested => {
+                        let mut t = Transition::new(id, Fence::Version, s.version, now);
+                        t.saga.pause_requested = Some(false);
+                        t.saga.actions = Some(action);
+                        Ok(Decision::Write(Box::new(t)))
+                    }
+                    status => Err(ActionError::Conflict(format!(
+                        "saga {id} is {status}, not paused"
+                    ))),
+                }
+            })
+            .await?;
+        tracing::info!(saga = %id, "resumed");
+        self.wake();
+        if let Err(e) = self.inner.store.announce_work().await {
+            tracing::debug!(error = %e, "announcing a resumed saga");
+        }
+        Ok(saga)
+    }
+
+    /// Tells whoever drives `id` (here or on another host) about a request.
+    async fn announce(&self, id: SagaId, cancel: bool) {
+        self.notify_request(id, cancel);
+        if let Err(e) = self.inner.store.announce_request(id, cancel).await {
+            tracing::debug!(error = %e, "announcing a request");
+        }
+    }
+}
+
+/// The saga's actions with one more.
+pub(super) fn with_action(
+    saga: &SagaRun,
+    action: ActionKind,
+    actor: &Option<String>,
+    at: Timestamp,
+    note: Option<String>,
+    step_index: Option<u32>,
+) -> Vec<Action> {
+    let mut actions = saga.actions.clone();
+    actions.push(Action {
+        action,
+        actor: actor.clone(),
+        at,
+        note,
+        step_index,
+    });
+    actions
+}
+
+/// The saga as a written transition left it (what an action answers).
+fn apply_update(saga: &mut SagaRun, t: &Transition, version: u64) {
+    let u = &t.saga;
+    if let Some(status) = u.status {
+        saga.status = status;
+    }
+    if let Some(index) = u.current_step_index {
+        saga.current_step_index = index;
+    }
+    if let Some(context) = &u.context {
+        saga.context = context.clone();
+    }
+    if let Some(error) = &u.error {
+        saga.error = Some(error.clone());
+    }
+    if let Some(flag) = u.cancel_requested {
+        saga.cancel_requested = flag;
+    }
+    if let Some(flag) = u.pause_requested {
+        saga.pause_requested = flag;
+    }
+    if let Some(actions) = &u.actions {
+        saga.actions = actions.clone();
+    }
+    saga.version = version;
+    saga.updated_at = t.now;
+}

@@ -1,0 +1,8 @@
+//! Tests of the `wasaga` package that need its built binary (the CLI, the
+//! SIGKILL crash test, several hosts) or its runtime alone, in one test
+//! binary.
+
+mod cli;
+mod crash;
+mod multihost;
+mod plugin_runtime;

@@ -1,0 +1,8 @@
+//! wasaga's end-to-end tests, in one test binary (one link, one process to
+//! start): each module is a part of the contract, against a real server on
+//! 127.0.0.1:0, real SQLite and PostgreSQL, and real components.
+
+mod api;
+mod runner;
+mod saga_properties;
+mod store;

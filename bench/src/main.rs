@@ -566,32 +566,6 @@ async fn low_load_latency(report: &mut Report, quick: bool) -> Result<()> {
     Ok(())
 }
 
-/// A component with a custom section appended: the same plugin, another digest.
-fn variant(bytes: &[u8], n: u32) -> Vec<u8> {
-    fn leb(mut v: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let name = b"wasaga-bench-variant";
-    let payload = n.to_le_bytes();
-    let mut content = Vec::new();
-    leb(name.len(), &mut content);
-    content.extend_from_slice(name);
-    content.extend_from_slice(&payload);
-    let mut out = bytes.to_vec();
-    out.push(0);
-    leb(content.len(), &mut out);
-    out.extend(content);
-    out
-}
-
 async fn median_load(
     bytes: &[u8],
     name: &str,
@@ -680,7 +654,7 @@ async fn plugin_load(report: &mut Report, quick: bool) -> Result<()> {
         components.push(polyglot("python-echo.wasm")?);
         components.push(polyglot("js-echo.wasm")?);
         let echo = wasaga_tests::component("echo");
-        components.extend((0..7).map(|i| variant(&echo, i)));
+        components.extend((0..7).map(|i| wasaga_tests::variant(&echo, i, 0)));
         for bytes in &components {
             let plugin = host.plugins.prepare(bytes).await?;
             let info = wasaga::model::PluginInfo {

@@ -225,6 +225,20 @@ impl Default for RunnerConfig {
     }
 }
 
+/// The store.
+#[derive(Debug, Clone, Default)]
+pub struct StoreConfig {
+    /// The embedded (SQLite) database's largest size; past it a write fails
+    /// as on a full disk: the API answers `507 storage_full`, `/healthz`
+    /// reports degraded, nothing acknowledged is lost, and sagas go on as
+    /// soon as a write succeeds again. `None`: as large as the disk allows.
+    /// PostgreSQL has quotas of its own.
+    pub max_database_bytes: Option<u64>,
+}
+
+/// SQLite's page size, which `StoreConfig::max_database_bytes` counts in.
+pub const SQLITE_PAGE_BYTES: u64 = 4096;
+
 /// The HTTP server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

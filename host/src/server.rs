@@ -8,7 +8,7 @@
 //! lease so another host, or this one restarted, resumes at once.
 
 use crate::api::{self, AppState};
-use crate::config::{RunnerConfig, RuntimeConfig, ServerConfig};
+use crate::config::{RunnerConfig, RuntimeConfig, ServerConfig, StoreConfig};
 use crate::model::{PluginInfo, Timestamp};
 use crate::plan::Planner;
 use crate::plugin::{PluginError, PluginHost};
@@ -35,6 +35,7 @@ pub struct ServeOptions {
     pub runtime: RuntimeConfig,
     pub runner: RunnerConfig,
     pub server: ServerConfig,
+    pub store: StoreConfig,
     /// Register `echo` and `fail` when no plugin is stored.
     pub examples: bool,
 }
@@ -47,6 +48,7 @@ impl ServeOptions {
             runtime: RuntimeConfig::default(),
             runner: RunnerConfig::default(),
             server: ServerConfig::default(),
+            store: StoreConfig::default(),
             examples: true,
         }
     }
@@ -90,7 +92,7 @@ impl Host {
     pub async fn start(options: &ServeOptions) -> Result<Host, ServeError> {
         std::fs::create_dir_all(&options.data_dir)?;
         let url = options.database_url();
-        let store = store::open(&url).await?;
+        let store = store::open_with(&url, &options.store).await?;
         let mut runtime = options.runtime.clone();
         if runtime.cache_dir.is_none() {
             runtime.cache_dir = Some(options.data_dir.join("cache"));

@@ -13,6 +13,10 @@
 //!   own tests, which cargo hands the freshly built binary).
 //! - [`component`]: the committed components in `plugins/dist`.
 
+mod http;
+
+pub use http::{Contract, Http};
+
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +37,21 @@ pub fn repo() -> PathBuf {
 pub fn component(name: &str) -> Vec<u8> {
     let path = repo().join("plugins/dist").join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// The same component with a custom section appended (`padding` bytes of
+/// it): the same plugin under another digest, and as large as a test needs.
+pub fn variant(bytes: &[u8], n: u32, padding: usize) -> Vec<u8> {
+    let mut data = n.to_le_bytes().to_vec();
+    data.resize(4 + padding, 0x5a);
+    let section = wasm_encoder::CustomSection {
+        name: "wasaga-test-variant".into(),
+        data: data.into(),
+    };
+    let mut out = bytes.to_vec();
+    out.push(wasm_encoder::Section::id(&section));
+    wasm_encoder::Encode::encode(&section, &mut out);
+    out
 }
 
 /// The machine's PostgreSQL (trust auth). `WASAGA_TEST_PG` overrides it.
@@ -345,7 +364,7 @@ pub async fn wait_for(
 /// Polls `GET {base}/v1/sagas/{id}` until `check` holds for the answer, and
 /// returns it; panics with the last answer after `within`.
 pub async fn poll_saga(
-    http: &reqwest::Client,
+    http: &Http,
     base: &str,
     id: &str,
     within: Duration,
@@ -373,7 +392,7 @@ pub async fn poll_saga(
 }
 
 /// Whether the server at `base` answers `/healthz` with 200.
-pub async fn healthy(http: &reqwest::Client, base: &str) -> bool {
+pub async fn healthy(http: &Http, base: &str) -> bool {
     http.get(format!("{base}/healthz"))
         .send()
         .await
@@ -383,7 +402,7 @@ pub async fn healthy(http: &reqwest::Client, base: &str) -> bool {
 /// The real server, in this process, on `127.0.0.1:0`.
 pub struct TestServer {
     pub base: String,
-    pub http: reqwest::Client,
+    pub http: Http,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), wasaga::server::ServeError>>>,
 }
@@ -398,7 +417,7 @@ impl TestServer {
         }));
         let mut server = TestServer {
             base,
-            http: reqwest::Client::new(),
+            http: Http::new(),
             shutdown: Some(tx),
             task: Some(task),
         };
@@ -421,8 +440,34 @@ impl TestServer {
         panic!("the test server did not become healthy");
     }
 
+    /// A server on `db` with settings that suit tests (a few instances, a
+    /// quick poll), adjusted by `adjust`.
+    pub async fn on(
+        db: &TestDb,
+        adjust: impl FnOnce(&mut wasaga::server::ServeOptions),
+    ) -> TestServer {
+        let mut options = wasaga::server::ServeOptions::new(db.dir.path());
+        options.database_url = Some(db.url.clone());
+        options.runtime.max_instances = 16;
+        options.runner.poll_every = Duration::from_millis(50);
+        adjust(&mut options);
+        TestServer::start(options).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The answer to `GET path`, as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
     }
 
     /// Graceful shutdown; returns what `run` returned.
@@ -487,7 +532,7 @@ impl ServerProcess {
             .strip_prefix("wasaga listening on ")
             .with_context(|| format!("unexpected first line: {line:?}"))?
             .to_string();
-        let http = reqwest::Client::new();
+        let http = Http::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if healthy(&http, &base).await {

@@ -24,6 +24,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Answer with `Retry-After: 1` (a transient failure).
+    pub retry_after: bool,
 }
 
 /// The error body (contract).
@@ -46,6 +48,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: false,
         }
     }
 
@@ -95,6 +98,11 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }
@@ -114,6 +122,16 @@ impl From<StoreError> for ApiError {
                     "storage_full",
                     "the server's disk is full: nothing was stored; free space on the database's disk and retry",
                 )
+            }
+            StoreError::WriteFailed(why) => {
+                tracing::warn!(error = %why, "a write did not happen");
+                let mut error = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the write did not happen (nothing was stored); retry",
+                );
+                error.retry_after = true;
+                error
             }
             other => ApiError::internal("the database operation", other),
         }

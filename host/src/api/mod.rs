@@ -76,18 +76,89 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The `/v1` routes and their OpenAPI document.
-pub fn v1(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(plugins::router(state))
+/// The answers any route may give beside its own, in the error body: a
+/// missing or unknown token (401), a timeout or shutdown (503), a failure
+/// of ours (500); and on routes that write: a body too large (413), a full
+/// disk (507). Documented on every operation, so the document lists every
+/// status the wire can carry (a test holds every answer to it).
+struct CommonErrors;
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let writes = [&mut item.post, &mut item.put, &mut item.delete];
+            for operation in writes.into_iter().flatten() {
+                for (status, what) in [
+                    ("413", "the body is larger than this route takes"),
+                    ("507", "the server's disk is full; nothing was stored"),
+                ] {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.into())
+                        .or_insert_with(|| error(what).into());
+                }
+            }
+            let all = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for operation in all.into_iter().flatten() {
+                for (status, what) in [
+                    ("401", "a token is needed, or the one given is not known"),
+                    ("500", "the server failed; its log says why"),
+                    (
+                        "503",
+                        "the request timed out, or the server is shutting down; retry",
+                    ),
+                ] {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.into())
+                        .or_insert_with(|| error(what).into());
+                }
+            }
+        }
+    }
+}
+
+/// The `/v1` routes (an upload may be `max_component_bytes`) and their
+/// OpenAPI document.
+fn v1(max_component_bytes: usize) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(plugins::router(max_component_bytes))
         .merge(sagas::router())
-        .split_for_parts()
+        .split_for_parts();
+    // After the routers merged their paths: the modifiers of `ApiDoc` run
+    // before there are any.
+    utoipa::Modify::modify(&CommonErrors, &mut openapi);
+    openapi.servers = Some(vec![utoipa::openapi::Server::new("/v1")]);
+    (routes, openapi)
+}
+
+/// The OpenAPI document, as served at `/v1/openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    v1(0).1
 }
 
 /// The whole application: `/v1` (authenticated, limited) and `/healthz`.
 pub fn app(state: AppState) -> Router {
-    let (v1_routes, mut openapi) = v1(&state);
-    openapi.servers = Some(vec![utoipa::openapi::Server::new("/v1")]);
+    let (v1_routes, openapi) = v1(state.plugins.config().max_component_bytes);
     let openapi = Arc::new(openapi);
     let v1_routes = v1_routes
         .route(
@@ -118,11 +189,6 @@ pub fn app(state: AppState) -> Router {
         })
         .layer(middleware::from_fn_with_state(state.clone(), declared_size))
         .with_state(state)
-}
-
-/// The OpenAPI document, as served at `/v1/openapi.json`.
-pub fn openapi_document(state: &AppState) -> utoipa::openapi::OpenApi {
-    v1(state).1
 }
 
 /// `/healthz`: 200 when the database answers and takes writes; 503 when it

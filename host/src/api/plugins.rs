@@ -23,9 +23,9 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub(super) fn router(state: &AppState) -> OpenApiRouter<AppState> {
+pub(super) fn router(max_component_bytes: usize) -> OpenApiRouter<AppState> {
     // A component may be megabytes: its own body limit, not the JSON one.
-    let limit = axum::extract::DefaultBodyLimit::max(state.plugins.config().max_component_bytes);
+    let limit = axum::extract::DefaultBodyLimit::max(max_component_bytes);
     OpenApiRouter::new()
         .routes(routes!(upload_plugin, list_plugins))
         .routes(routes!(get_plugin, delete_plugin))

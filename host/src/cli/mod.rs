@@ -271,6 +271,10 @@ struct ServeArgs {
     /// Largest component accepted by uploads.
     #[arg(long, env = "WASAGA_MAX_COMPONENT_SIZE", value_parser = parse_size, default_value = "64MiB")]
     max_component_size: u64,
+    /// The embedded database's largest size (SQLite); past it writes fail
+    /// as on a full disk (507 storage_full). Default: the disk's size.
+    #[arg(long, env = "WASAGA_MAX_DATABASE_SIZE", value_parser = parse_size)]
+    max_database_size: Option<u64>,
     /// Largest JSON request body.
     #[arg(long, env = "WASAGA_MAX_JSON_BODY", value_parser = parse_size, default_value = "1MiB")]
     max_json_body: u64,
@@ -394,6 +398,9 @@ impl ServeArgs {
             runtime,
             runner,
             server,
+            store: crate::config::StoreConfig {
+                max_database_bytes: self.max_database_size,
+            },
             examples: !self.no_examples,
         })
     }

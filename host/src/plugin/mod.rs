@@ -278,6 +278,8 @@ struct Inner {
     /// One permit per instance alive, so calls wait for a pool slot instead
     /// of failing when the pool is full.
     instances: Arc<Semaphore>,
+    /// One permit per compile in progress.
+    compiles: Arc<Semaphore>,
     /// The threads that run Wasm (`None`: calls run on the caller's runtime).
     wasm_runtime: Option<tokio::runtime::Runtime>,
     _ticker: engine::EpochTicker,
@@ -353,6 +355,7 @@ impl PluginHost {
         Ok(PluginHost {
             inner: Arc::new(Inner {
                 instances: Arc::new(Semaphore::new(config.max_instances.max(1) as usize)),
+                compiles: Arc::new(Semaphore::new(config.max_concurrent_compiles.max(1))),
                 engine,
                 linker,
                 config,
@@ -497,6 +500,9 @@ impl PluginHost {
 
     /// The compiled component: from the cache, or compiled on a blocking
     /// thread (seconds, for interpreter-based components) and cached.
+    /// Compiles take their turn ([`RuntimeConfig::max_concurrent_compiles`]
+    /// at once): each may take hundreds of MiB while it runs, so sixteen
+    /// uploads at once must not mean sixteen compiles at once.
     async fn compile(
         &self,
         digest: &Digest,
@@ -504,15 +510,29 @@ impl PluginHost {
     ) -> Result<(Component, LoadedFrom), PluginError> {
         let inner = self.inner.clone();
         let digest = digest.clone();
+        let cached = tokio::task::spawn_blocking({
+            let inner = inner.clone();
+            let digest = digest.clone();
+            move || {
+                inner
+                    .cache
+                    .as_ref()
+                    .and_then(|c| c.load(&inner.engine, &digest))
+            }
+        })
+        .await
+        .map_err(|e| PluginError::Host(format!("loading from the cache panicked: {e}")))?;
+        if let Some(component) = cached {
+            return Ok((component, LoadedFrom::Cache));
+        }
+        let _turn = inner
+            .compiles
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PluginError::Host("the plugin runtime is shutting down".into()))?;
         let bytes = bytes.to_vec();
         tokio::task::spawn_blocking(move || {
-            if let Some(component) = inner
-                .cache
-                .as_ref()
-                .and_then(|c| c.load(&inner.engine, &digest))
-            {
-                return Ok((component, LoadedFrom::Cache));
-            }
             let component = Component::new(&inner.engine, &bytes)
                 .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
             if let Some(cache) = &inner.cache {

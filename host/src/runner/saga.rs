@@ -280,12 +280,18 @@ impl Driver<'_> {
     /// One transition, with the database's transient failures retried:
     /// forever while the lease holds (a full disk retries as soon as a
     /// write succeeds again), never for a failure retrying cannot fix.
-    async fn apply(&self, t: Transition) -> Result<Applied, Halt> {
+    async fn apply(&self, mut t: Transition) -> Result<Applied, Halt> {
         let store = &self.runner.inner.store;
         let mut delay = Duration::from_millis(50);
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            // This host may have claimed the saga again meanwhile (its
+            // lease ran out while writes failed): write under the newest
+            // claim.
+            if let Fence::Lease { epoch, .. } = &mut t.fence {
+                *epoch = self.active.epoch.load(Ordering::SeqCst);
+            }
             match store.apply(t.clone()).await {
                 Ok(applied) => return Ok(applied),
                 Err(StoreError::LeaseLost(_)) => {

@@ -327,18 +327,23 @@ pub trait Store: Send + Sync + 'static {
 /// Opens the store a database URL names: `sqlite://path` (or a plain
 /// path) or `postgres://...`.
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::connect(url).await?))
-    } else if let Some(path) = url
+    open_with(url, &crate::config::StoreConfig::default()).await
+}
+
+/// [`open`], with the store's settings.
+pub async fn open_with(
+    url: &str,
+    config: &crate::config::StoreConfig,
+) -> StoreResult<Arc<dyn Store>> {
+    let sqlite_path = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
-    {
+        .or_else(|| (!url.contains("://")).then_some(url));
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(url).await?))
+    } else if let Some(path) = sqlite_path {
         Ok(Arc::new(
-            sqlite::SqliteStore::open(std::path::Path::new(path)).await?,
-        ))
-    } else if !url.contains("://") {
-        Ok(Arc::new(
-            sqlite::SqliteStore::open(std::path::Path::new(url)).await?,
+            sqlite::SqliteStore::open_with(std::path::Path::new(path), config).await?,
         ))
     } else {
         Err(StoreError::BadUrl(format!(

@@ -23,6 +23,7 @@ use super::{
     SagaFilter, SagaRow, StepRow, Store, StoreError, StoreResult, SummaryRow, Transition,
     pinned_by, pinned_digests, summary_columns, to_json,
 };
+use crate::config::{SQLITE_PAGE_BYTES, StoreConfig};
 use crate::model::{
     Digest, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaSummary, StepResult,
     Timestamp,
@@ -53,24 +54,15 @@ pub struct SqliteStore {
     _lock: std::fs::File,
 }
 
-/// Settings of the embedded database that are not the user's to choose,
-/// except in tests of what happens when the disk fills up.
-#[derive(Debug, Clone, Default)]
-pub struct SqliteOptions {
-    /// `PRAGMA max_page_count` on the writing connection: past it, writes
-    /// fail exactly as on a full disk (`SQLITE_FULL`).
-    pub max_page_count: Option<u64>,
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`, runs the
     /// migrations, and releases leases left by a previous process.
     pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
-        SqliteStore::open_with(path, &SqliteOptions::default()).await
+        SqliteStore::open_with(path, &StoreConfig::default()).await
     }
 
-    /// [`SqliteStore::open`], with options.
-    pub async fn open_with(path: &Path, settings: &SqliteOptions) -> StoreResult<SqliteStore> {
+    /// [`SqliteStore::open`], with the store's settings.
+    pub async fn open_with(path: &Path, settings: &StoreConfig) -> StoreResult<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Locked(format!("cannot create {}: {e}", dir.display())))?;
@@ -127,7 +119,11 @@ impl SqliteStore {
         }
 
         let path = path.to_path_buf();
-        let max_pages = settings.max_page_count;
+        // Past `max_page_count` a write fails exactly as on a full disk
+        // (SQLITE_FULL).
+        let max_pages = settings
+            .max_database_bytes
+            .map(|bytes| (bytes / SQLITE_PAGE_BYTES).max(1));
         let conn = tokio::task::spawn_blocking(move || open_writer(&path, max_pages))
             .await
             .map_err(|e| StoreError::WriteFailed(format!("opening the writer: {e}")))??;

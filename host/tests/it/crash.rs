@@ -15,7 +15,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_wasaga");
 const SAGAS: usize = 50;
 const STEPS: usize = 5;
 
-async fn upload_counter(http: &reqwest::Client, base: &str) {
+async fn upload_counter(http: &wasaga_tests::Http, base: &str) {
     let r = http
         .post(format!("{base}/v1/plugins"))
         .body(component("counter"))
@@ -54,7 +54,7 @@ async fn sigkill_mid_run_loses_nothing_and_reruns_no_completed_step() {
         "--allow-http".into(),
         format!("counter={}", counter.addr),
     ];
-    let http = reqwest::Client::new();
+    let http = wasaga_tests::Http::new();
     let mut server = ServerProcess::start(BIN, &args, dir.path().join("first.log"))
         .await
         .unwrap();
@@ -177,7 +177,7 @@ async fn sigterm_lets_steps_finish_releases_leases_and_a_restart_runs_nothing_tw
         "--allow-http".into(),
         format!("counter={}", counter.addr),
     ];
-    let http = reqwest::Client::new();
+    let http = wasaga_tests::Http::new();
     let mut server = ServerProcess::start(BIN, &args, dir.path().join("first.log"))
         .await
         .unwrap();

@@ -64,7 +64,7 @@ async fn three_hosts_one_killed_every_saga_completes_once() {
     for node in ["host-a", "host-b", "host-c"] {
         hosts.push(start_host(&db, node, &counter, &lease).await);
     }
-    let http = reqwest::Client::new();
+    let http = wasaga_tests::Http::new();
     let r = http
         .post(format!("{}/v1/plugins", hosts[0].base))
         .body(component("counter"))
@@ -194,7 +194,7 @@ async fn a_cancel_sent_to_any_host_interrupts_the_step_where_it_runs() {
     let slow = ["--lease-ttl", "60s", "--poll-interval", "30s"];
     let a = start_host(&db, "host-a", &counter, &slow).await;
     let b = start_host(&db, "host-b", &counter, &slow).await;
-    let http = reqwest::Client::new();
+    let http = wasaga_tests::Http::new();
     http.post(format!("{}/v1/plugins", a.base))
         .body(component("spin"))
         .send()

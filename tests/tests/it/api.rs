@@ -845,3 +845,85 @@ async fn the_openapi_document_matches_the_router() {
         );
     }
 }
+
+/// The document describes the wire: the served document is the library's
+/// (which the test client checks every answer against), its enums are
+/// spelled as the API spells them, and the check rejects what the document
+/// does not allow.
+#[tokio::test]
+async fn the_openapi_document_is_what_answers_are_checked_against() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = server_with(&db, |_| {}).await;
+    let served: Value = server.get_json("/v1/openapi.json").await;
+    let library = serde_json::to_value(wasaga::api::openapi_document()).unwrap();
+    assert_eq!(served, library);
+    let schemas = &served["components"]["schemas"];
+    assert_eq!(
+        schemas["SagaStatus"]["enum"],
+        json!([
+            "pending",
+            "running",
+            "paused",
+            "compensating",
+            "completed",
+            "rolled_back",
+            "failed"
+        ])
+    );
+    assert_eq!(
+        schemas["LogLevel"]["enum"],
+        json!(["trace", "debug", "info", "warn", "error"])
+    );
+    assert_eq!(schemas["Phase"]["enum"], json!(["execute", "compensate"]));
+    assert_eq!(
+        schemas["StepStatus"]["enum"],
+        json!([
+            "running",
+            "completed",
+            "failed",
+            "compensating",
+            "compensated",
+            "compensation_failed"
+        ])
+    );
+
+    let contract = wasaga_tests::Contract::new(served);
+    let get = reqwest::Method::GET;
+    let id = "/sagas/019ac4f2-6b1e-7c3a-9d2e-5f1a2b3c4d5e";
+    let saga = server
+        .http
+        .post(server.url("/v1/sagas"))
+        .json(&json!({"kind": "k", "steps": ["echo"]}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let mut detail = server
+        .get_json(&format!("/v1/sagas/{}", saga["id"].as_str().unwrap()))
+        .await;
+    let body = |v: &Value| serde_json::to_vec(v).unwrap();
+    assert!(
+        contract
+            .check(&get, id, 200, "application/json", &body(&detail))
+            .is_ok()
+    );
+    detail["status"] = json!("Pending");
+    let why = contract
+        .check(&get, id, 200, "application/json", &body(&detail))
+        .unwrap_err();
+    assert!(why.contains("Pending"), "{why}");
+    let why = contract
+        .check(&get, id, 201, "application/json", &body(&detail))
+        .unwrap_err();
+    assert!(why.contains("status 201 is not documented"), "{why}");
+    let why = contract
+        .check(&get, "/sagas", 200, "application/json", b"{\"sagas\": 1}")
+        .unwrap_err();
+    assert!(why.contains("sagas"), "{why}");
+    let why = contract
+        .check(&get, id, 404, "application/json", b"{\"error\": \"gone\"}")
+        .unwrap_err();
+    assert!(why.contains("error"), "{why}");
+}

@@ -334,10 +334,14 @@ fn commit_batch(
             })
     } else {
         rollback(conn);
-        Err(CommitFailure::Other(
-            "another write of the batch could not be undone alone; the batch was rolled back"
-                .into(),
-        ))
+        let why = "another write of the batch could not be undone alone; the batch was rolled back";
+        // A full disk rolls SQLite's whole transaction back: every write of
+        // the batch failed for want of space.
+        Err(if full {
+            CommitFailure::Full(format!("{why} (the disk is full)"))
+        } else {
+            CommitFailure::Other(why.into())
+        })
     };
     note_outcome(shared, commit.as_ref().map(|_| ()), full);
     for answer in answers.drain(..) {

@@ -226,7 +226,7 @@ impl Default for RunnerConfig {
 }
 
 /// The store.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StoreConfig {
     /// The embedded (SQLite) database's largest size; past it a write fails
     /// as on a full disk: the API answers `507 storage_full`, `/healthz`
@@ -234,6 +234,19 @@ pub struct StoreConfig {
     /// soon as a write succeeds again. `None`: as large as the disk allows.
     /// PostgreSQL has quotas of its own.
     pub max_database_bytes: Option<u64>,
+    /// How long `/healthz` reports degraded after a write failed for want
+    /// of space (small writes may still succeed on a nearly full disk).
+    /// Default 30 s: a monitor that scrapes every 15 s sees it.
+    pub degraded_for: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            max_database_bytes: None,
+            degraded_for: Duration::from_secs(30),
+        }
+    }
 }
 
 /// SQLite's page size, which `StoreConfig::max_database_bytes` counts in.

@@ -399,6 +399,20 @@ pub async fn healthy(http: &Http, base: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// With `WASAGA_TEST_LOG` set (an env-filter, e.g. `info` or
+/// `wasaga=debug`), the servers a test runs in this process log to stderr.
+pub fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("WASAGA_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
 /// The real server, in this process, on `127.0.0.1:0`.
 pub struct TestServer {
     pub base: String,
@@ -409,6 +423,7 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(options: wasaga::server::ServeOptions) -> TestServer {
+        init_logging();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

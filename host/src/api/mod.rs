@@ -187,7 +187,7 @@ pub fn app(state: AppState) -> Router {
                 "this route does not take that method",
             )
         })
-        .layer(middleware::from_fn_with_state(state.clone(), declared_size))
+        .layer(middleware::from_fn_with_state(state.clone(), body_limits))
         .with_state(state)
 }
 
@@ -278,15 +278,26 @@ async fn request_timeout(State(state): State<AppState>, request: Request, next: 
     }
 }
 
-/// Refuses a body larger than the route takes from its declared
-/// `Content-Length`, before any of it is read (and before `100 Continue`
-/// is sent). A small body on a request that takes none (a GET) is read
-/// and dropped, so the connection stays in step for the next request.
-async fn declared_size(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Reads every request's body before routing, within the route's limit:
+/// a body larger than that is refused from its declared `Content-Length`,
+/// before any of it is read (and before `100 Continue` is sent), or as
+/// soon as it passes the limit when no length is declared. A route that
+/// does not use its body (a GET, a cancel, a 404) then still leaves the
+/// connection in step for the next request, instead of hyper closing it
+/// under a client that is about to reuse it.
+async fn body_limits(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let limit = if is_upload(&request) {
         state.plugins.config().max_component_bytes
     } else {
         state.server.max_json_bytes
+    };
+    let too_large = |what: String| {
+        let mut response =
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", what).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
     };
     let declared = request
         .headers()
@@ -296,26 +307,25 @@ async fn declared_size(State(state): State<AppState>, request: Request, next: Ne
     if let Some(length) = declared
         && length > limit as u64
     {
-        let mut response = ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("the request body is {length} bytes; this route takes at most {limit} bytes"),
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return response;
+        return too_large(format!(
+            "the request body is {length} bytes; this route takes at most {limit} bytes"
+        ));
     }
-    let bodiless = matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
-    );
-    if bodiless && declared.is_some_and(|n| n > 0) {
-        let (parts, body) = request.into_parts();
-        // Within the limit checked above: read it, then forget it.
-        let _ = axum::body::to_bytes(body, limit).await;
-        return next.run(Request::from_parts(parts, Body::empty())).await;
-    }
-    next.run(request).await
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let length_limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if length_limit {
+                return too_large(format!(
+                    "the request body is larger than this route takes ({limit} bytes)"
+                ));
+            }
+            return ApiError::bad_request(format!("cannot read the request body: {e}"))
+                .into_response();
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }

@@ -400,6 +400,7 @@ impl ServeArgs {
             server,
             store: crate::config::StoreConfig {
                 max_database_bytes: self.max_database_size,
+                ..crate::config::StoreConfig::default()
             },
             examples: !self.no_examples,
         })

@@ -40,6 +40,7 @@ macro_rules! step_on_conflict {
 mod error;
 pub mod postgres;
 mod rows;
+pub mod space;
 pub mod sqlite;
 
 pub use error::{StoreError, StoreResult, redact_url};
@@ -340,7 +341,9 @@ pub async fn open_with(
         .or_else(|| url.strip_prefix("sqlite:"))
         .or_else(|| (!url.contains("://")).then_some(url));
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::connect(url).await?))
+        Ok(Arc::new(
+            postgres::PgStore::connect_with(url, config).await?,
+        ))
     } else if let Some(path) = sqlite_path {
         Ok(Arc::new(
             sqlite::SqliteStore::open_with(std::path::Path::new(path), config).await?,

@@ -33,6 +33,7 @@ macro_rules! json_ledger_values {
 
 mod group;
 
+use super::space::Space;
 use super::{
     Applied, ClaimedSaga, CreateSaga, DeletePlugin, Fence, Health, Lease, LeaseState, NewSaga,
     Notice, PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS,
@@ -47,7 +48,6 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Transaction};
 use std::str::FromStr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -65,8 +65,8 @@ const REQUEST_CHANNEL: &str = "wasaga_request";
 pub struct PgStore {
     pool: PgPool,
     group: group::Grouper,
-    /// Why writes fail, while they fail for want of space.
-    full: Mutex<Option<String>>,
+    /// Writes failing for want of space.
+    space: Space,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -80,6 +80,14 @@ impl PgStore {
     /// advisory lock). A `max_connections=N` query parameter sizes the pool
     /// (default 16).
     pub async fn connect(url: &str) -> StoreResult<PgStore> {
+        PgStore::connect_with(url, &crate::config::StoreConfig::default()).await
+    }
+
+    /// [`PgStore::connect`], with the store's settings.
+    pub async fn connect_with(
+        url: &str,
+        config: &crate::config::StoreConfig,
+    ) -> StoreResult<PgStore> {
         let (url, max_connections) = split_pool_size(url)?;
         let options = PgConnectOptions::from_str(&url)?.application_name("wasaga");
         let pool = PgPoolOptions::new()
@@ -91,7 +99,7 @@ impl PgStore {
         Ok(PgStore {
             group: group::Grouper::start(pool.clone()),
             pool,
-            full: Mutex::new(None),
+            space: Space::new(config.degraded_for),
         })
     }
 
@@ -103,10 +111,9 @@ impl PgStore {
     /// Notes a write's outcome for `/healthz`: a full disk marks the store
     /// degraded until a write succeeds.
     fn note<T>(&self, result: StoreResult<T>) -> StoreResult<T> {
-        let mut full = self.full.lock().unwrap_or_else(|e| e.into_inner());
         match &result {
-            Err(StoreError::StorageFull(why)) => *full = Some(why.clone()),
-            Ok(_) => *full = None,
+            Err(StoreError::StorageFull(why)) => self.space.failed(why),
+            Ok(_) => self.space.succeeded(),
             Err(_) => {}
         }
         result
@@ -374,9 +381,8 @@ impl Store for PgStore {
 
     async fn health(&self) -> StoreResult<Health> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
-        let full = self.full.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(match full {
-            Some(why) => Health::Degraded(format!("writes fail: the disk is full ({why})")),
+        Ok(match self.space.degraded() {
+            Some(why) => Health::Degraded(why),
             None => Health::Ok,
         })
     }
@@ -806,6 +812,10 @@ impl Store for PgStore {
             }
         });
         Ok(Some(Box::pin(stream)))
+    }
+
+    async fn writable(&self) {
+        self.space.writable().await
     }
 
     async fn announce_request(&self, id: SagaId, cancel: bool) -> StoreResult<()> {

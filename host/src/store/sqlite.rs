@@ -17,6 +17,7 @@
 mod catalog;
 mod writer;
 
+use super::space::Space;
 use super::{
     Applied, ClaimedSaga, CreateSaga, DeletePlugin, Fence, Health, Lease, LeaseState, NewSaga,
     PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS,
@@ -134,7 +135,7 @@ impl SqliteStore {
             .await?;
         Ok(SqliteStore {
             reads,
-            writer: Writer::start(conn)?,
+            writer: Writer::start(conn, Space::new(settings.degraded_for))?,
             catalog: Arc::default(),
             _lock: lock,
         })
@@ -499,8 +500,8 @@ impl Store for SqliteStore {
         if self.writer.is_closed() {
             return Err(StoreError::Closed);
         }
-        Ok(match self.writer.full() {
-            Some(why) => Health::Degraded(format!("writes fail: the disk is full ({why})")),
+        Ok(match self.writer.space().degraded() {
+            Some(why) => Health::Degraded(why),
             None => Health::Ok,
         })
     }
@@ -835,7 +836,7 @@ impl Store for SqliteStore {
     }
 
     async fn writable(&self) {
-        self.writer.writable().await
+        self.writer.space().writable().await
     }
 
     async fn apply(&self, transition: Transition) -> StoreResult<Applied> {

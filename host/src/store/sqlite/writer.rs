@@ -24,6 +24,7 @@
 //! worth a good part of an fsync. Under load the queue is rarely empty, so
 //! writes still share commits.
 
+use super::super::space::Space;
 use super::super::{StoreError, StoreResult};
 use rusqlite::Connection;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,23 +67,18 @@ struct Shared {
     conn: Mutex<Connection>,
     /// Jobs sent to the thread and not yet taken into a batch.
     queued: AtomicUsize,
-    /// Why writes fail, while they do for want of space (cleared by the
-    /// next commit that succeeds).
-    full: Mutex<Option<String>>,
-    /// Told whenever a commit succeeds after writes failed for want of
-    /// space, so that writers waiting for room retry at once.
-    recovered: tokio::sync::Notify,
+    /// Writes failing for want of space, and the writers waiting for room.
+    space: Arc<Space>,
 }
 
 impl Writer {
     /// Starts the writer thread on `conn`.
-    pub(super) fn start(conn: Connection) -> StoreResult<Writer> {
+    pub(super) fn start(conn: Connection, space: Space) -> StoreResult<Writer> {
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
         let shared = Arc::new(Shared {
             conn: Mutex::new(conn),
             queued: AtomicUsize::new(0),
-            full: Mutex::new(None),
-            recovered: tokio::sync::Notify::new(),
+            space: Arc::new(space),
         });
         let thread = shared.clone();
         std::thread::Builder::new()
@@ -97,23 +93,9 @@ impl Writer {
         self.jobs.is_closed()
     }
 
-    /// Why writes fail, while they fail for want of space.
-    pub(super) fn full(&self) -> Option<String> {
-        self.shared
-            .full
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Resolves when a commit succeeds after writes failed for want of
-    /// space (or at once, if they do not fail now).
-    pub(super) async fn writable(&self) {
-        let notified = self.shared.recovered.notified();
-        if self.full().is_none() {
-            return;
-        }
-        notified.await;
+    /// Writes failing for want of space.
+    pub(super) fn space(&self) -> &Space {
+        &self.shared.space
     }
 
     /// Runs `op` in the next batch and answers once that batch committed:
@@ -309,6 +291,16 @@ fn commit_batch(
     let mut full = false;
     let alone = batch.len() == 1;
     for job in batch.drain(..) {
+        // Some failures (a full disk among them) make SQLite roll the
+        // whole transaction back: a job run after that would run in
+        // autocommit mode and stay written whatever the batch's fate. The
+        // rest of the batch is answered unrun instead.
+        if conn.is_autocommit() {
+            sound = false;
+            let (answer, _, _) = job(None, false);
+            answers.push(answer);
+            continue;
+        }
         // A job that panics (a bug) takes its batch down, not the
         // writer: its caller sees the store fail, the others a rollback.
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(conn), alone))) {
@@ -349,19 +341,15 @@ fn commit_batch(
     }
 }
 
-/// Records whether writes fail for want of space: set by a full disk
-/// (in a statement or the commit), cleared by a commit that succeeds.
+/// Records whether writes fail for want of space: a full disk (in a
+/// statement or the commit), or a commit that succeeds.
 fn note_outcome(shared: &Shared, commit: Result<(), &CommitFailure>, job_full: bool) {
-    let mut failing = shared.full.lock().unwrap_or_else(PoisonError::into_inner);
     match commit {
-        Err(CommitFailure::Full(why)) => *failing = Some(why.clone()),
-        Ok(()) if job_full => *failing = Some("a write needed more room than the disk has".into()),
-        Ok(()) => {
-            if failing.take().is_some() {
-                tracing::info!("SQLite writes succeed again");
-                shared.recovered.notify_waiters();
-            }
-        }
+        Err(CommitFailure::Full(why)) => shared.space.failed(why),
+        Ok(()) if job_full => shared
+            .space
+            .failed("a write needed more room than the disk has"),
+        Ok(()) => shared.space.succeeded(),
         Err(CommitFailure::Other(_)) => {}
     }
 }
@@ -382,7 +370,7 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
             .unwrap();
-        Writer::start(conn).unwrap()
+        Writer::start(conn, Space::new(std::time::Duration::from_secs(1))).unwrap()
     }
 
     /// A write that inserts `v`, then fails if `fail`.

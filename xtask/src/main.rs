@@ -488,26 +488,38 @@ fn build_js(root: &Path, target: &Path) -> Result<()> {
     )
 }
 
-/// Runs the criterion micro-benchmark and the end-to-end bench binary, in
-/// release builds; the full run writes BENCHMARKS.md.
+/// Runs the criterion micro-benchmark and the end-to-end bench binary; the
+/// full run (release builds) writes BENCHMARKS.md. `--quick` only shows
+/// that every benchmark still runs, so it uses the test profile's build
+/// (dependencies optimized, wasaga not) rather than building the whole
+/// dependency tree a second time in release: in CI that second build was
+/// the largest part of a cold run.
 fn run_benches(root: &Path, quick: bool) -> Result<()> {
     build_polyglot(root, false)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let (profile, dir) = if quick {
+        ("dev", "debug")
+    } else {
+        ("release", "release")
+    };
     run(
         Command::new(&cargo).current_dir(root).args([
             "build",
-            "--release",
+            "--profile",
+            profile,
             "-p",
             "wasaga",
             "-p",
             "wasaga-bench",
         ]),
-        "cargo build --release -p wasaga -p wasaga-bench",
+        &format!("cargo build --profile {profile} -p wasaga -p wasaga-bench"),
     )?;
     let mut criterion = Command::new(&cargo);
-    criterion
-        .current_dir(root)
-        .args(["bench", "-p", "wasaga", "--bench", "step_overhead", "--"]);
+    criterion.current_dir(root).args(["bench", "-p", "wasaga"]);
+    if quick {
+        criterion.args(["--profile", "dev"]);
+    }
+    criterion.args(["--bench", "step_overhead", "--"]);
     if quick {
         criterion.args(["--warm-up-time", "0.5", "--measurement-time", "1"]);
     }
@@ -518,12 +530,12 @@ fn run_benches(root: &Path, quick: bool) -> Result<()> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let release = target.join("release");
-    let mut bench = Command::new(release.join("wasaga-bench"));
+    let bin = target.join(dir);
+    let mut bench = Command::new(bin.join("wasaga-bench"));
     bench
         .current_dir(root)
         .arg("--wasaga-bin")
-        .arg(release.join("wasaga"));
+        .arg(bin.join("wasaga"));
     if quick {
         bench.arg("--quick");
     } else {

@@ -897,6 +897,35 @@ mod tests {
         assert!(err.to_string().contains("memory limit"), "{err}");
     }
 
+    /// Compiles take turns: with one allowed at a time, an upload waits
+    /// while another compile holds the turn, and goes on once it is free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compiles_take_turns() {
+        let host = PluginHost::new(RuntimeConfig {
+            wasm_threads: 0,
+            max_instances: 4,
+            max_concurrent_compiles: 1,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let echo = std::fs::read(format!(
+            "{}/../plugins/dist/echo.wasm",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let turn = host.inner.compiles.clone().acquire_owned().await.unwrap();
+        let waiting = tokio::spawn({
+            let host = host.clone();
+            async move { host.prepare(&echo).await.map(|p| p.name.clone()) }
+        });
+        // A compile of echo takes tens of milliseconds; this one cannot
+        // start while the turn is held, however long that is.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiting.is_finished(), "a compile ran without its turn");
+        drop(turn);
+        assert_eq!(waiting.await.unwrap().unwrap(), "echo");
+    }
+
     #[test]
     fn bytes_are_written_for_humans() {
         assert_eq!(format_bytes(64 << 20), "64 MiB");

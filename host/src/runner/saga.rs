@@ -554,9 +554,11 @@ impl Driver<'_> {
         let attempt = if waited { done } else { done + 1 };
         let max = self.spec(index).max_attempts;
         if attempt > max {
-            // Each earlier attempt was interrupted (its host died mid-call).
+            // Its last call was cut short (its host died mid-call), and no
+            // attempt is left.
             let why = format!(
-                "the step was interrupted {done} times (attempt limit {max}) without finishing"
+                "the step's last call was cut short (its host stopped mid-call) and all {max} \
+                 attempts are used: it did not finish"
             );
             let row = self.row(index, phase);
             self.step_failed(index, phase, row, why, true).await?;

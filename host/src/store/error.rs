@@ -167,7 +167,28 @@ pub fn redact_url(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{StoreError, redact_url};
+
+    /// What retrying cannot fix is not retried (a corrupt row, a broken
+    /// constraint); a busy database, a lost connection or a full disk are.
+    #[test]
+    fn only_transient_failures_are_worth_retrying() {
+        let sqlite = |code| {
+            StoreError::from(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+        };
+        assert!(sqlite(rusqlite::ffi::SQLITE_BUSY).is_transient());
+        assert!(sqlite(rusqlite::ffi::SQLITE_FULL).is_storage_full());
+        assert!(sqlite(rusqlite::ffi::SQLITE_FULL).is_transient());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_CONSTRAINT).is_transient());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_CORRUPT).is_transient());
+        assert!(!StoreError::Corrupt("a bad row".into()).is_transient());
+        assert!(StoreError::WriteFailed("the batch rolled back".into()).is_transient());
+        assert!(StoreError::from(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(!StoreError::from(sqlx::Error::RowNotFound).is_transient());
+    }
 
     #[test]
     fn urls_lose_their_passwords() {

@@ -289,6 +289,20 @@ async fn errors_print_the_servers_message_not_a_backtrace() {
         stderr(&out)
     );
 
+    // An id from the user is one path segment, whatever it holds (the
+    // client once sent `a/b?c` as a path and a query, and got "no route").
+    let out = wasaga(
+        &server,
+        &["saga", "show", "a/b?c#d"],
+        &[("WASAGA_TOKEN", "t0ken")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: no saga `a/b?c#d` (saga ids are UUIDs) (404 Not Found, not_found)"
+    );
+
     let unreachable = std::process::Command::new(wasaga_binary())
         .args(["saga", "list", "--server", "http://127.0.0.1:9"])
         .output()

@@ -6,3 +6,4 @@ mod cli;
 mod crash;
 mod multihost;
 mod plugin_runtime;
+mod soak;

@@ -350,3 +350,165 @@ async fn a_full_disk_is_a_clear_507_and_nothing_is_lost() {
     }
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_saga_keeps_is_bounded() {
+    // Defect 6: a step's logs across attempts, its output and the saga's
+    // context had no bound but memory. Now each has one, and passing it
+    // says which.
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = TestServer::on(&db, |o| {
+        o.runner.max_step_log_lines = 4;
+        o.runner.max_context_bytes = 1000;
+    })
+    .await;
+    let ledger = server
+        .http
+        .post(server.url("/v1/plugins"))
+        .body(component("ledger"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ledger.status(), StatusCode::CREATED);
+    let start = |body: Value| server.http.post(server.url("/v1/sagas")).json(&body).send();
+
+    // The ledger plugin logs five lines: the row keeps four, the last of
+    // which says what was dropped.
+    let saga: Value = start(json!({"kind": "logs", "steps": ["ledger"]}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let done = &wait_all_final(&server, &[saga["id"].as_str().unwrap().to_string()]).await[0];
+    assert_eq!(done["status"], "completed");
+    let logs = done["steps"][0]["logs"].as_array().unwrap();
+    assert_eq!(logs.len(), 4, "{logs:?}");
+    assert_eq!(
+        logs[3]["message"],
+        "[host] 2 more log lines dropped: a step keeps at most 4 lines across its calls"
+    );
+
+    // A context past its limit fails the step that would pass it.
+    let saga: Value = start(
+        json!({"kind": "ctx", "steps": ["echo", "echo"], "inputs": {"message": "x".repeat(600)}}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let done = &wait_all_final(&server, &[saga["id"].as_str().unwrap().to_string()]).await[0];
+    assert_eq!(done["status"], "rolled_back");
+    assert_eq!(done["steps"][0]["status"], "compensated");
+    assert_eq!(
+        done["steps"][1]["error"],
+        "the saga's context would be 1.2 KiB with this step's output, beyond the limit of 1000 bytes"
+    );
+
+    // An output limit above the host's ceiling is refused at start.
+    let r = start(
+        json!({"kind": "out", "steps": [{"plugin": "echo", "max_output_bytes": 1u64 << 40}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "steps[0].max_output_bytes must be 1 to 16777216 (this host's ceiling)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_returns_summaries_not_whole_sagas() {
+    // Defect 6: a list returned every saga's inputs and context; a few big
+    // lists at once took memory by the gigabyte.
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = TestServer::on(&db, |_| {}).await;
+    let big = "i".repeat(200_000);
+    for _ in 0..3 {
+        let r = server
+            .http
+            .post(server.url("/v1/sagas"))
+            .json(
+                &json!({"kind": "big", "steps": ["echo"], "inputs": {"message": "m", "big": big}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let r = server
+        .http
+        .get(server.url("/v1/sagas?limit=1000"))
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(text.len() < 10_000, "a list of 3 is {} bytes", text.len());
+    let list: Value = serde_json::from_str(&text).unwrap();
+    let first = &list["sagas"][0];
+    assert_eq!(first["steps_total"], 1);
+    for absent in ["inputs", "context", "plan", "steps"] {
+        assert!(
+            first.get(absent).is_none(),
+            "{absent} in a summary: {first}"
+        );
+    }
+    assert_eq!(list["next_cursor"], Value::Null);
+}
+
+on_both! {
+    a_delete_and_starts_that_name_the_plugin_never_strand_a_saga(backend) {
+        // Defect 2: a DELETE answered 204 while starts naming the plugin
+        // were accepted, and those sagas failed later with "not in the
+        // store". Now every accepted saga runs, or the delete is refused.
+        let db = TestDb::new(backend).await;
+        let server = TestServer::on(&db, |o| o.examples = false).await;
+        let mut stranded = 0;
+        let mut deleted = 0;
+        for round in 0..6u32 {
+            let bytes = variant(&component("echo"), round, 0);
+            let plugin: Value = server.http.post(server.url("/v1/plugins")).body(bytes).send().await.unwrap().json().await.unwrap();
+            let digest = plugin["digest"].as_str().unwrap().to_string();
+            let starts = (0..12).map(|i| {
+                let http = server.http.clone();
+                let url = server.url("/v1/sagas");
+                let step = if i % 2 == 0 { digest.clone() } else { "echo".to_string() };
+                async move {
+                    let r = http.post(&url).json(&json!({"kind": "race", "steps": [step], "inputs": {"message": i}})).send().await.unwrap();
+                    let status = r.status();
+                    (status, r.json::<Value>().await.unwrap())
+                }
+            });
+            let delete = {
+                let http = server.http.clone();
+                let url = server.url(&format!("/v1/plugins/{digest}"));
+                async move { http.delete(&url).send().await.unwrap().status() }
+            };
+            let (started, delete_status) = tokio::join!(futures::future::join_all(starts), delete);
+            let mut accepted = Vec::new();
+            for (status, body) in started {
+                match status {
+                    StatusCode::CREATED => accepted.push(body["id"].as_str().unwrap().to_string()),
+                    StatusCode::UNPROCESSABLE_ENTITY => assert_eq!(body["error"]["code"], "unknown_plugin"),
+                    other => panic!("round {round}: {other} {body}"),
+                }
+            }
+            match delete_status {
+                StatusCode::NO_CONTENT => deleted += 1,
+                StatusCode::CONFLICT => {}
+                other => panic!("round {round}: delete answered {other}"),
+            }
+            for saga in wait_all_final(&server, &accepted).await {
+                if saga["status"] != "completed" {
+                    stranded += 1;
+                    eprintln!("stranded: {saga}");
+                }
+            }
+        }
+        assert_eq!(stranded, 0, "accepted sagas whose plugin was deleted under them");
+        eprintln!("{deleted} of 6 deletes won their race");
+    }
+}

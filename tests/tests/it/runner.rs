@@ -398,7 +398,7 @@ on_both! {
         assert_eq!(done.steps[1].status, StepStatus::Failed);
         assert_eq!(
             done.steps[1].error.as_deref(),
-            Some("the step was interrupted 2 times (attempt limit 2) without finishing")
+            Some("the step's last call was cut short (its host stopped mid-call) and all 2 attempts are used: it did not finish")
         );
         assert_eq!(done.steps[0].status, StepStatus::Compensated);
     }

@@ -238,7 +238,13 @@ async fn step_overhead(report: &mut Report, quick: bool) -> Result<()> {
             let c = call(i as u32);
             let started = Instant::now();
             let out = host
-                .execute(&plugin, c, &limits, CancellationToken::new())
+                .execute(
+                    &plugin,
+                    c,
+                    &limits,
+                    CancellationToken::new(),
+                    std::sync::Arc::default(),
+                )
                 .await;
             let elapsed = started.elapsed();
             out.result

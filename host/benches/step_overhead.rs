@@ -47,7 +47,13 @@ fn step_overhead(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async {
                 let out = host
-                    .execute(&plugin, call(), &limits, CancellationToken::new())
+                    .execute(
+                        &plugin,
+                        call(),
+                        &limits,
+                        CancellationToken::new(),
+                        std::sync::Arc::default(),
+                    )
                     .await;
                 out.result.unwrap()
             })

@@ -8,7 +8,6 @@
 //! them, so that `wasaga serve --help`, README's configuration reference and
 //! the code agree.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -99,9 +98,10 @@ pub struct RuntimeConfig {
     /// compiles); further uploads wait their turn. Default: one per 2 GiB
     /// of memory, at least 1, at most the number of CPUs.
     pub max_concurrent_compiles: usize,
-    /// Outgoing HTTP allowed per plugin name: `host[:port]` authorities.
-    /// Plugins not listed may make no request.
-    pub http_allow: BTreeMap<String, Vec<String>>,
+    /// Outbound HTTP requests one call may make. Default 32.
+    pub max_http_requests: usize,
+    /// Bytes of one response body a call may read. Default 16 MiB.
+    pub max_http_response_bytes: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -121,7 +121,8 @@ impl Default for RuntimeConfig {
             max_component_bytes: 64 * MIB as usize,
             max_output_ceiling: 16 * MIB as usize,
             max_concurrent_compiles: default_concurrent_compiles(),
-            http_allow: BTreeMap::new(),
+            max_http_requests: 32,
+            max_http_response_bytes: 16 * MIB,
         }
     }
 }

@@ -15,10 +15,12 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod grants;
 pub mod model;
 pub mod plan;
 pub mod plugin;
 pub mod runner;
+pub mod secrets;
 pub mod server;
 pub mod store;
 

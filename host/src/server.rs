@@ -9,10 +9,12 @@
 
 use crate::api::{self, AppState};
 use crate::config::{RunnerConfig, RuntimeConfig, ServerConfig, StoreConfig};
+use crate::grants::AccessBook;
 use crate::model::{PluginInfo, Timestamp};
 use crate::plan::Planner;
 use crate::plugin::{PluginError, PluginHost};
 use crate::runner::{Clock, Runner, SystemClock};
+use crate::secrets::SecretBox;
 use crate::store::{self, Store, StoreError};
 use std::future::Future;
 use std::path::PathBuf;
@@ -36,6 +38,8 @@ pub struct ServeOptions {
     pub runner: RunnerConfig,
     pub server: ServerConfig,
     pub store: StoreConfig,
+    /// The key secrets are sealed with (`None`: secrets cannot be set).
+    pub secrets_key_file: Option<PathBuf>,
     /// Register `echo` and `fail` when no plugin is stored.
     pub examples: bool,
 }
@@ -49,6 +53,7 @@ impl ServeOptions {
             runner: RunnerConfig::default(),
             server: ServerConfig::default(),
             store: StoreConfig::default(),
+            secrets_key_file: None,
             examples: true,
         }
     }
@@ -69,6 +74,9 @@ pub enum ServeError {
     Plugin(#[from] PluginError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A setting that cannot work (a secrets key file that is not a key).
+    #[error("{0}")]
+    Config(String),
     #[error(
         "refusing to listen on {0} without a token: anyone who can reach it could run code here. \
          Set WASAGA_TOKEN (or --token-file), or listen on a loopback address"
@@ -101,12 +109,20 @@ impl Host {
         if options.examples {
             register_examples(&store, &plugins).await?;
         }
+        let key = match &options.secrets_key_file {
+            Some(path) => Some(Arc::new(
+                SecretBox::from_file(path).map_err(|e| ServeError::Config(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let access = Arc::new(AccessBook::new(store.clone(), key));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let runner = Runner::new(
+        let runner = Runner::with_access(
             store.clone(),
             plugins.clone(),
             options.runner.clone(),
             clock,
+            access,
         );
         tracing::info!(database = %store::redact_url(&url), node = runner.owner(), "host starting");
         runner.start();

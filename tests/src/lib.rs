@@ -236,9 +236,32 @@ impl Counter {
         format!("http://{}", self.addr)
     }
 
-    /// The `--allow-http` entry for the `counter` plugin.
-    pub fn allow(&self) -> (String, Vec<String>) {
-        ("counter".into(), vec![self.addr.to_string()])
+    /// The grants that let the `counter` plugin reach this endpoint.
+    pub fn grants(&self) -> wasaga::grants::Grants {
+        wasaga::grants::Grants {
+            http: vec![self.url().parse().expect("an origin")],
+            ..Default::default()
+        }
+    }
+
+    /// Grants `counter` this endpoint, straight in the store (as the API
+    /// would).
+    pub async fn grant(&self, store: &dyn Store) {
+        store
+            .put_grants("counter", &self.grants(), Timestamp::now())
+            .await
+            .expect("granting counter");
+    }
+
+    /// Grants `counter` this endpoint through a server's API.
+    pub async fn grant_on(&self, http: &Http, base: &str) {
+        let r = http
+            .put(format!("{base}/v1/plugins/counter/grants"))
+            .json(&self.grants())
+            .send()
+            .await
+            .expect("PUT grants");
+        assert!(r.status().is_success(), "granting counter: {}", r.status());
     }
 
     pub fn calls(&self) -> Vec<Call> {

@@ -12,13 +12,16 @@
 
 mod auth;
 mod error;
+mod grants;
 mod plugins;
 mod sagas;
+mod secrets;
 
 pub use auth::{Caller, Role, Tokens, TokensError};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use plugins::{PluginList, UploadedPlugin};
 pub use sagas::SagaList;
+pub use secrets::{PutSecret, SecretList};
 
 use crate::config::ServerConfig;
 use crate::plan::Planner;
@@ -59,6 +62,7 @@ pub struct AppState {
     tags(
         (name = "plugins", description = "Step plugins: Wasm components implementing wasaga:step/step"),
         (name = "sagas", description = "Sagas: ordered steps run durably, compensated in reverse on failure or cancel"),
+        (name = "secrets", description = "Write-only secrets a step can use (or read, when granted) without them being stored or shown in plain text"),
     )
 )]
 struct ApiDoc;
@@ -142,7 +146,9 @@ impl utoipa::Modify for CommonErrors {
 fn v1(max_component_bytes: usize) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (routes, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(plugins::router(max_component_bytes))
+        .merge(grants::router())
         .merge(sagas::router())
+        .merge(secrets::router())
         .split_for_parts();
     // After the routers merged their paths: the modifiers of `ApiDoc` run
     // before there are any.

@@ -163,6 +163,53 @@ impl Client {
             .1)
     }
 
+    /// `PUT /v1/plugins/{name}/grants`.
+    pub async fn put_grants(
+        &self,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<crate::grants::Grants, ClientError> {
+        Ok(self
+            .send(
+                self.request(Method::PUT, &["plugins", name, "grants"])
+                    .json(body),
+            )
+            .await?
+            .1)
+    }
+
+    pub async fn grants(&self, name: &str) -> Result<crate::grants::Grants, ClientError> {
+        Ok(self
+            .send(self.request(Method::GET, &["plugins", name, "grants"]))
+            .await?
+            .1)
+    }
+
+    /// `PUT /v1/secrets/{name}`.
+    pub async fn put_secret(
+        &self,
+        name: &str,
+        value: &str,
+        origins: &[String],
+    ) -> Result<(), ClientError> {
+        let body = serde_json::json!({"value": value, "origins": origins});
+        let _: (_, serde_json::Value) = self
+            .send(self.request(Method::PUT, &["secrets", name]).json(&body))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn secrets(&self) -> Result<crate::api::SecretList, ClientError> {
+        Ok(self.send(self.request(Method::GET, &["secrets"])).await?.1)
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> Result<(), ClientError> {
+        let _: (_, serde_json::Value) = self
+            .send(self.request(Method::DELETE, &["secrets", name]))
+            .await?;
+        Ok(())
+    }
+
     /// `POST /v1/sagas/{id}/{action}` (cancel, pause, resume, retry).
     pub async fn saga_action(&self, id: &str, action: &str) -> Result<SagaRun, ClientError> {
         Ok(self

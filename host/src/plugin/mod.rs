@@ -24,9 +24,12 @@ mod validate;
 
 pub use cache::LoadedFrom;
 pub use sandbox::format_bytes;
+pub use validate::plugin_name;
 
 use crate::config::{RuntimeConfig, StepLimits};
+use crate::grants::Access;
 use crate::model::{Digest, LogLine, RecordedResource};
+use crate::secrets;
 use sandbox::{CallState, ContractViolation, MemoryLimitExceeded};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -157,6 +160,21 @@ impl<T> Progress<T> {
 }
 
 impl StepFailure {
+    /// The same failure with secrets' values redacted from its message.
+    fn redact(&mut self, pairs: &[(&str, &str)]) {
+        match self {
+            StepFailure::Retryable(m)
+            | StepFailure::Fatal(m)
+            | StepFailure::InvalidOutput(m)
+            | StepFailure::ContractViolation(m)
+            | StepFailure::Trap(m)
+            | StepFailure::LimitExceeded(m)
+            | StepFailure::ExportTypes(m)
+            | StepFailure::Host(m) => *m = secrets::redact(m, pairs),
+            StepFailure::Cancelled => {}
+        }
+    }
+
     /// Whether the call was stopped from outside (its deadline) rather than
     /// failing by itself.
     pub fn is_interruption(&self) -> bool {
@@ -246,7 +264,6 @@ pub struct Plugin {
     /// The step export's functions, looked up once; each call type-checks
     /// them against its instance.
     exports: bindings::PluginIndices,
-    http_allow: Arc<[String]>,
     /// The step contract it implements.
     pub contract: Contract,
 }
@@ -460,7 +477,6 @@ impl PluginHost {
             loaded_from,
             instance_pre,
             exports,
-            http_allow: Arc::from(Vec::new()),
             contract: Contract::V0_1,
         };
         if known_name.is_none() {
@@ -470,6 +486,7 @@ impl PluginHost {
                     CallKind::Name,
                     &self.inner.config.default_limits,
                     CancellationToken::new(),
+                    Arc::default(),
                 )
                 .await;
             let name = match outcome.result {
@@ -486,14 +503,6 @@ impl PluginHost {
             validate::plugin_name(&name)?;
             plugin.name = name;
         }
-        plugin.http_allow = Arc::from(
-            self.inner
-                .config
-                .http_allow
-                .get(&plugin.name)
-                .cloned()
-                .unwrap_or_default(),
-        );
         tracing::debug!(digest = %digest, name = %plugin.name, ?loaded_from, "plugin ready");
         Ok(Arc::new(plugin))
     }
@@ -567,16 +576,21 @@ impl PluginHost {
     }
 
     /// Calls `execute`: the output is the JSON object to merge into the
-    /// saga's context, checked against the output rules.
+    /// saga's context, checked against the output rules. What the call may
+    /// reach is `access`; every granted secret's value is redacted from
+    /// what it returns, logs and records.
     pub async fn execute(
         &self,
         plugin: &Arc<Plugin>,
         call: StepCall,
         limits: &StepLimits,
         cancel: CancellationToken,
+        access: Arc<Access>,
     ) -> CallOutcome<Progress<Map<String, Value>>> {
         let max_output = limits.max_output_bytes;
-        self.spawn_call(plugin, CallKind::Execute(call.into()), limits, cancel)
+        let kind = CallKind::Execute(call.into());
+        let outcome = self
+            .spawn_call(plugin, kind, limits, cancel, access.clone())
             .await
             .and_then(|returned| match returned {
                 CallReturn::Execute(Ok(text)) => {
@@ -584,23 +598,36 @@ impl PluginHost {
                 }
                 CallReturn::Execute(Err(e)) => Err(step_error(e)),
                 _ => unreachable!("execute returns its result"),
-            })
+            });
+        redacted(outcome, &access, |output, pairs| {
+            if let Progress::Done(map) = output {
+                let mut value = Value::Object(std::mem::take(map));
+                secrets::redact_json(&mut value, pairs);
+                if let Value::Object(redacted) = value {
+                    *map = redacted;
+                }
+            }
+        })
     }
 
-    /// Calls `compensate`.
+    /// Calls `compensate`, under `access` as [`PluginHost::execute`].
     pub async fn compensate(
         &self,
         plugin: &Arc<Plugin>,
         call: StepCall,
         limits: &StepLimits,
         cancel: CancellationToken,
+        access: Arc<Access>,
     ) -> CallOutcome<Progress<()>> {
-        self.spawn_call(plugin, CallKind::Compensate(call.into()), limits, cancel)
+        let kind = CallKind::Compensate(call.into());
+        let outcome = self
+            .spawn_call(plugin, kind, limits, cancel, access.clone())
             .await
             .and_then(|returned| match returned {
                 CallReturn::Compensate(r) => r.map(Progress::Done).map_err(step_error),
                 _ => unreachable!("compensate returns its result"),
-            })
+            });
+        redacted(outcome, &access, |_, _| {})
     }
 
     /// Runs the call on the Wasm threads: in place when called from them
@@ -611,13 +638,15 @@ impl PluginHost {
         kind: CallKind,
         limits: &StepLimits,
         cancel: CancellationToken,
+        access: Arc<Access>,
     ) -> CallOutcome<CallReturn> {
         let rt = match self.runtime() {
             Some(rt) if !self.on_runtime() => rt,
             _ => {
                 // As a spawned call's task would, a panic (a host bug) fails
                 // the call, not its caller.
-                let call = std::panic::AssertUnwindSafe(self.call(plugin, kind, limits, cancel));
+                let call =
+                    std::panic::AssertUnwindSafe(self.call(plugin, kind, limits, cancel, access));
                 return futures::FutureExt::catch_unwind(call)
                     .await
                     .unwrap_or_else(|_| {
@@ -628,7 +657,7 @@ impl PluginHost {
         let host = self.clone();
         let plugin = plugin.clone();
         let limits = limits.clone();
-        let task = rt.spawn(async move { host.call(&plugin, kind, &limits, cancel).await });
+        let task = rt.spawn(async move { host.call(&plugin, kind, &limits, cancel, access).await });
         match task.await {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -638,13 +667,17 @@ impl PluginHost {
     }
 
     /// One call in a fresh store: instantiate from the pre-linked instance,
-    /// call, drop.
+    /// call, drop. The call is raced against its deadline and its cancel,
+    /// so it ends on time wherever the guest is: running Wasm (the epoch
+    /// callback interrupts it) or waiting in a host call (a sleep, a poll,
+    /// an outbound request), where no Wasm runs to notice.
     async fn call(
         &self,
         plugin: &Plugin,
         kind: CallKind,
         limits: &StepLimits,
         cancel: CancellationToken,
+        access: Arc<Access>,
     ) -> CallOutcome<CallReturn> {
         let started = Instant::now();
         let _permit = match self.inner.instances.clone().acquire_owned().await {
@@ -655,9 +688,14 @@ impl PluginHost {
                 ));
             }
         };
+        let deadline = started + limits.timeout;
+        let http = sandbox::HttpLimits {
+            max_requests: self.inner.config.max_http_requests,
+            max_response_bytes: self.inner.config.max_http_response_bytes,
+        };
         let mut store = Store::new(
             &self.inner.engine,
-            CallState::new(limits, plugin.http_allow.clone()),
+            CallState::new(limits, access, http, deadline),
         );
         store.limiter(|state| &mut state.limiter);
         if let Some(fuel) = limits.fuel
@@ -667,11 +705,11 @@ impl PluginHost {
                 "fuel limits need fuel metering on (--fuel): {e}"
             )));
         }
-        let deadline = started + limits.timeout;
         let timeout_ms = limits.timeout.as_millis();
         store.set_epoch_deadline(1);
+        let interrupt = cancel.clone();
         store.epoch_deadline_callback(move |_| {
-            if cancel.is_cancelled() {
+            if interrupt.is_cancelled() {
                 return Err(wasmtime::Error::new(Interrupted::Cancelled));
             }
             if Instant::now() >= deadline {
@@ -681,7 +719,7 @@ impl PluginHost {
             Ok(UpdateDeadline::Yield(1))
         });
 
-        let result = async {
+        let work = async {
             let instance = plugin.instance_pre.instantiate_async(&mut store).await?;
             let typed = plugin
                 .exports
@@ -697,8 +735,17 @@ impl PluginHost {
                     CallReturn::Compensate(step.call_compensate(&mut store, &state).await?)
                 }
             })
-        }
-        .await;
+        };
+        // Whichever comes first; dropping the call's future abandons the
+        // guest wherever it is (its store is dropped with it).
+        let result = tokio::select! {
+            biased;
+            result = work => result,
+            _ = cancel.cancelled() => Err(wasmtime::Error::new(Interrupted::Cancelled)),
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                Err(wasmtime::Error::new(Interrupted::Deadline(timeout_ms)))
+            }
+        };
         let (logs, resources) = store.into_data().finish();
         let result =
             result.map_err(|e| classify(e, limits, self.inner.config.max_wasm_stack, &logs));
@@ -709,6 +756,33 @@ impl PluginHost {
             elapsed: started.elapsed(),
         }
     }
+}
+
+/// A call's outcome with every granted secret's value replaced by
+/// `[secret:NAME]` in its logs, its recorded resources, its error, and (by
+/// `output`) its result.
+fn redacted<T>(
+    mut outcome: CallOutcome<T>,
+    access: &Access,
+    output: impl FnOnce(&mut T, &[(&str, &str)]),
+) -> CallOutcome<T> {
+    let pairs = access.redactions();
+    if pairs.is_empty() {
+        return outcome;
+    }
+    for line in &mut outcome.logs {
+        line.message = secrets::redact(&line.message, &pairs);
+    }
+    for resource in &mut outcome.resources {
+        resource.kind = secrets::redact(&resource.kind, &pairs);
+        resource.external_id = secrets::redact(&resource.external_id, &pairs);
+        secrets::redact_json(&mut resource.spec, &pairs);
+    }
+    match &mut outcome.result {
+        Ok(value) => output(value, &pairs),
+        Err(failure) => failure.redact(&pairs),
+    }
+    outcome
 }
 
 fn step_error(e: StepError) -> StepFailure {
@@ -866,13 +940,19 @@ mod tests {
                     max_memory_bytes,
                     ..StepLimits::default()
                 };
-                host.execute(&plugin, call(&context), &limits, CancellationToken::new())
-                    .await
-                    .result
-                    .map(|progress| match progress {
-                        Progress::Done(out) => out,
-                        Progress::PollAfter(_) => panic!("echo does not wait"),
-                    })
+                host.execute(
+                    &plugin,
+                    call(&context),
+                    &limits,
+                    CancellationToken::new(),
+                    Arc::default(),
+                )
+                .await
+                .result
+                .map(|progress| match progress {
+                    Progress::Done(out) => out,
+                    Progress::PollAfter(_) => panic!("echo does not wait"),
+                })
             }
         };
 

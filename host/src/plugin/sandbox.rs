@@ -4,7 +4,7 @@
 //! preopened directories, no environment or arguments, no sockets or name
 //! lookup; clocks and random allowed), stdout and stderr captured line by line
 //! into the call's log, `wasi:http` whose every request is checked against
-//! the plugin's allowlist (empty unless the operator grants hosts), and the
+//! the plugin's grants (none unless an admin grants origins), and the
 //! two host imports of the step world: `log` and `record-resource`. All of it
 //! is bounded by the call's [`StepLimits`]: a guest cannot grow the host's
 //! memory by logging, printing or recording without end. Breaches of the
@@ -14,9 +14,11 @@
 
 use super::bindings::wasaga::step::{host, types};
 use crate::config::StepLimits;
+use crate::grants::{Access, Origin};
 use crate::model::{LogLevel, LogLine, RecordedResource};
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWrite;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -47,14 +49,22 @@ pub(crate) struct CallState {
 pub(crate) struct ContractViolation(pub String);
 
 impl CallState {
-    pub(crate) fn new(limits: &StepLimits, http_allow: Arc<[String]>) -> CallState {
+    pub(crate) fn new(
+        limits: &StepLimits,
+        access: Arc<Access>,
+        http: HttpLimits,
+        deadline: Instant,
+    ) -> CallState {
         let log = Arc::new(Mutex::new(CallLog::new(limits)));
         CallState {
             wasi: None,
             http: WasiHttpCtx::new(),
             http_policy: HttpPolicy {
-                allow: http_allow,
+                access,
                 log: log.clone(),
+                limits: http,
+                deadline,
+                sent: 0,
             },
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.max_memory_bytes),
@@ -434,24 +444,126 @@ pub fn format_bytes(bytes: u64) -> String {
     format!("{bytes} bytes")
 }
 
-/// Outgoing `wasi:http` requests: allowed only to the authorities
-/// (`host[:port]`) granted to this plugin; everything else is refused with
-/// `HTTP-request-denied`, and the refusal is written to the call's log.
-struct HttpPolicy {
-    allow: Arc<[String]>,
+/// Outgoing `wasi:http` requests, as the plugin's grants allow them: to a
+/// granted origin (scheme, host, port), with `{{secret:NAME}}` in header
+/// values replaced by a granted secret whose origins include the request's,
+/// at most `max_requests` per call, each bounded by the call's remaining
+/// deadline, each response body by `max_response_bytes`. Every request is
+/// one line of the call's log (method, origin and path: no query, headers
+/// or body); a refusal says which rule, never a secret's value.
+pub(crate) struct HttpPolicy {
+    access: Arc<Access>,
     log: Arc<Mutex<CallLog>>,
+    limits: HttpLimits,
+    deadline: Instant,
+    sent: usize,
 }
 
+/// The bounds of a call's outbound HTTP.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HttpLimits {
+    pub max_requests: usize,
+    pub max_response_bytes: u64,
+}
+
+/// `{{secret:NAME}}`, as written in a header value.
+const SECRET_OPEN: &str = "{{secret:";
+const SECRET_CLOSE: &str = "}}";
+
 impl HttpPolicy {
-    fn allows(&self, uri: &http::Uri) -> bool {
-        let Some(authority) = uri.authority() else {
-            return false;
-        };
-        self.allow.iter().any(|allowed| {
-            allowed.eq_ignore_ascii_case(authority.as_str())
-                || (!allowed.contains(':') && allowed.eq_ignore_ascii_case(authority.host()))
-        })
+    fn note(&self, level: LogLevel, message: &str) {
+        self.log.lock().expect("call log lock").push(level, message);
     }
+
+    /// `value` with its `{{secret:NAME}}`s replaced, or why it may not be
+    /// sent to `origin`. The reason names the secret and the rule, never a
+    /// value.
+    fn substitute(&self, value: &str, origin: &Origin) -> Result<Option<String>, String> {
+        if !value.contains(SECRET_OPEN) {
+            return Ok(None);
+        }
+        let mut out = String::with_capacity(value.len());
+        let mut rest = value;
+        while let Some(at) = rest.find(SECRET_OPEN) {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + SECRET_OPEN.len()..];
+            let Some(end) = after.find(SECRET_CLOSE) else {
+                return Err("a `{{secret:` has no closing `}}`".into());
+            };
+            let name = &after[..end];
+            let secret = match self.access.secrets.get(name) {
+                Some(secret) => secret,
+                None if self.access.missing.iter().any(|m| m == name) => {
+                    return Err(format!(
+                        "secret `{name}` is granted to this plugin but not set (or this host has no secrets key)"
+                    ));
+                }
+                None => return Err(format!("secret `{name}` is not granted to this plugin")),
+            };
+            if !secret.origins.iter().any(|o| o.allows(origin)) {
+                return Err(format!(
+                    "secret `{name}` may not be sent to {origin} (its origins: {})",
+                    list(&secret.origins)
+                ));
+            }
+            out.push_str(&secret.value);
+            rest = &after[end + SECRET_CLOSE.len()..];
+        }
+        out.push_str(rest);
+        Ok(Some(out))
+    }
+
+    /// The request as it may go out, or why not.
+    fn admit(
+        &mut self,
+        mut request: http::Request<wasmtime_wasi_http::WasiBody>,
+    ) -> Result<(http::Request<wasmtime_wasi_http::WasiBody>, Origin), String> {
+        self.sent += 1;
+        if self.sent > self.limits.max_requests {
+            return Err(format!(
+                "this call already made {} requests, the limit per call (--max-http-requests)",
+                self.limits.max_requests
+            ));
+        }
+        let origin = Origin::of(request.uri())
+            .ok_or_else(|| "the request has no http(s) origin".to_string())?;
+        if !self.access.allows(&origin) {
+            return Err(if self.access.http.is_empty() {
+                format!("{origin} is not granted: this plugin may make no HTTP requests")
+            } else {
+                format!(
+                    "{origin} is not granted to this plugin (its grants: {})",
+                    list(&self.access.http)
+                )
+            });
+        }
+        for value in request.headers_mut().values_mut() {
+            let Ok(text) = value.to_str() else {
+                continue;
+            };
+            let replaced = self
+                .substitute(text, &origin)
+                .map_err(|why| format!("a header uses a secret: {why}"))?;
+            if let Some(replaced) = replaced {
+                let mut header = http::HeaderValue::from_str(&replaced)
+                    .map_err(|_| "a secret's value is not allowed in a header".to_string())?;
+                header.set_sensitive(true);
+                *value = header;
+            }
+        }
+        Ok((request, origin))
+    }
+}
+
+fn list(origins: &[Origin]) -> String {
+    if origins.is_empty() {
+        return "none".into();
+    }
+    origins
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 type HttpResponseFuture = Box<
@@ -470,33 +582,117 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpPolicy {
         options: Option<wasmtime_wasi_http::RequestOptions>,
         fut: Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> HttpResponseFuture {
-        if !self.allows(request.uri()) {
-            let message = if self.allow.is_empty() {
-                format!(
-                    "[host] outgoing HTTP to {} refused: this plugin may make no HTTP requests (see --allow-http)",
-                    request.uri().authority().map(|a| a.as_str()).unwrap_or("?")
-                )
-            } else {
-                format!(
-                    "[host] outgoing HTTP to {} refused: not in this plugin's allowlist ({})",
-                    request.uri().authority().map(|a| a.as_str()).unwrap_or("?"),
-                    self.allow.join(", ")
-                )
-            };
-            self.log
-                .lock()
-                .expect("call log lock")
-                .push(LogLevel::Warn, &message);
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        }
         _ = fut;
+        let method = request.method().clone();
+        let target = format!(
+            "{}{}",
+            Origin::of(request.uri()).map_or_else(|| "?".to_string(), |o| o.to_string()),
+            request.uri().path()
+        );
+        let (request, _origin) = match self.admit(request) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                self.note(
+                    LogLevel::Warn,
+                    &format!("[host] http {method} {target} refused: {why}"),
+                );
+                return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+            }
+        };
+        // Every wait of the request ends at the call's deadline at the
+        // latest (the call itself is cut there too).
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let bounded = |asked: Option<Duration>| Some(asked.map_or(remaining, |a| a.min(remaining)));
+        let options = wasmtime_wasi_http::RequestOptions {
+            connect_timeout: bounded(options.and_then(|o| o.connect_timeout)),
+            first_byte_timeout: bounded(options.and_then(|o| o.first_byte_timeout)),
+            between_bytes_timeout: bounded(options.and_then(|o| o.between_bytes_timeout)),
+        };
+        let log = self.log.clone();
+        let max_body = self.limits.max_response_bytes;
         Box::new(async move {
             use http_body_util::BodyExt;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
-            ))
+            let started = Instant::now();
+            let sent = wasmtime_wasi_http::default_send_request(request, Some(options)).await;
+            let ms = started.elapsed().as_millis();
+            let note = |line: String| {
+                log.lock()
+                    .expect("call log lock")
+                    .push(LogLevel::Info, &line)
+            };
+            match sent {
+                Ok((response, io)) => {
+                    note(format!(
+                        "http {method} {target} -> {} ({ms} ms)",
+                        response.status().as_u16()
+                    ));
+                    let (parts, body) = response.into_parts();
+                    let limited = LimitedBody {
+                        inner: body.boxed_unsync(),
+                        left: max_body,
+                        limit: max_body,
+                        log: log.clone(),
+                    };
+                    Ok((
+                        http::Response::from_parts(parts, limited.boxed_unsync()),
+                        Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
+                    ))
+                }
+                Err(e) => {
+                    note(format!("http {method} {target} -> error: {e} ({ms} ms)"));
+                    Err(e)
+                }
+            }
         })
+    }
+}
+
+/// A response body that fails once it passes its limit: a step cannot make
+/// the host buffer an unbounded answer for it.
+struct LimitedBody {
+    inner: wasmtime_wasi_http::WasiBody,
+    left: u64,
+    limit: u64,
+    log: Arc<Mutex<CallLog>>,
+}
+
+impl http_body::Body for LimitedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let len = data.len() as u64;
+            if len > self.left {
+                let limit = self.limit;
+                self.left = 0;
+                self.log.lock().expect("call log lock").push(
+                    LogLevel::Warn,
+                    &format!(
+                        "[host] a response body passed {} (--max-http-response): the rest is refused",
+                        format_bytes(limit)
+                    ),
+                );
+                return std::task::Poll::Ready(Some(Err(
+                    wasmtime_wasi_http::Error::HttpResponseBodySize(Some(limit)),
+                )));
+            }
+            self.left -= len;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

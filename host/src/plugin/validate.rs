@@ -178,7 +178,7 @@ pub(super) fn exports(
 }
 
 /// A plugin's name: 1 to 64 lowercase letters, digits and dashes.
-pub(super) fn plugin_name(name: &str) -> Result<(), PluginError> {
+pub fn plugin_name(name: &str) -> Result<(), PluginError> {
     let reason = if name.is_empty() {
         Some("it is empty".to_string())
     } else if name.len() > 64 {

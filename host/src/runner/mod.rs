@@ -38,6 +38,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use start::StartError;
 
 use crate::config::{RetryPolicy, RunnerConfig};
+use crate::grants::AccessBook;
 use crate::model::{SagaId, SagaStatus, Timestamp};
 use crate::plugin::PluginHost;
 use crate::store::{ClaimedSaga, Lease, Notice, Store};
@@ -59,6 +60,8 @@ pub struct Runner {
 struct RunnerInner {
     store: Arc<dyn Store>,
     plugins: PluginHost,
+    /// What each plugin may reach (grants, secrets).
+    access: Arc<AccessBook>,
     config: RunnerConfig,
     clock: Arc<dyn Clock>,
     /// This host's identity in leases.
@@ -108,11 +111,25 @@ struct ActiveSaga {
 }
 
 impl Runner {
+    /// A runner whose plugins reach what their grants say, with no secrets
+    /// key (granted secrets count as missing).
     pub fn new(
         store: Arc<dyn Store>,
         plugins: PluginHost,
         config: RunnerConfig,
         clock: Arc<dyn Clock>,
+    ) -> Runner {
+        let access = Arc::new(AccessBook::new(store.clone(), None));
+        Runner::with_access(store, plugins, config, clock, access)
+    }
+
+    /// [`Runner::new`], with the access book (and its secrets key).
+    pub fn with_access(
+        store: Arc<dyn Store>,
+        plugins: PluginHost,
+        config: RunnerConfig,
+        clock: Arc<dyn Clock>,
+        access: Arc<AccessBook>,
     ) -> Runner {
         let owner: Arc<str> = Arc::from(
             config
@@ -125,6 +142,7 @@ impl Runner {
                 slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
                 store,
                 plugins,
+                access,
                 config,
                 clock,
                 owner,
@@ -150,6 +168,11 @@ impl Runner {
     /// The store this runner writes through.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// What each plugin may reach.
+    pub fn access(&self) -> &Arc<AccessBook> {
+        &self.inner.access
     }
 
     /// Starts the claim, lease-renewal, notice and wake-up loops.
@@ -189,6 +212,11 @@ impl Runner {
             tokio::select! {
                 notice = notices.next() => match notice {
                     Some(Notice::Work) => self.wake(),
+                    Some(Notice::AccessChanged) => inner.access.changed(),
+                    Some(Notice::Reconnected) => {
+                        inner.access.changed();
+                        self.wake();
+                    }
                     Some(Notice::Request { id, cancel }) => self.notify_request(id, cancel),
                     None => return,
                 },

@@ -697,17 +697,26 @@ impl Driver<'_> {
                 spec.max_memory_bytes,
                 spec.max_output_bytes,
             );
+            let access = match self.runner.inner.access.access(&spec.name).await {
+                Ok(access) => access,
+                Err(e) => {
+                    return CallOutcome::failed(StepFailure::Host(format!(
+                        "reading what plugin `{}` is granted: {e}",
+                        spec.name
+                    )));
+                }
+            };
             let call = self.call(index, phase, attempt);
             match phase {
                 Phase::Execute => {
                     plugins
-                        .execute(&plugin, call, &limits, self.active.cancel.clone())
+                        .execute(&plugin, call, &limits, self.active.cancel.clone(), access)
                         .await
                 }
                 // A user's cancel does not stop compensation; only losing
                 // the lease or the end of a shutdown grace does.
                 Phase::Compensate => plugins
-                    .compensate(&plugin, call, &limits, self.active.stop.clone())
+                    .compensate(&plugin, call, &limits, self.active.stop.clone(), access)
                     .await
                     .and_then(|progress| Ok(progress.map(|()| Map::new()))),
             }

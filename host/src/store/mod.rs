@@ -46,10 +46,12 @@ pub mod sqlite;
 pub use error::{StoreError, StoreResult, redact_url};
 pub(crate) use rows::*;
 
+use crate::grants::Grants;
 use crate::model::{
     Action, Digest, PluginInfo, RecordedResource, SagaDetail, SagaError, SagaId, SagaRun,
     SagaStatus, SagaSummary, StepResult, Timestamp,
 };
+use crate::secrets::{SealedSecret, SecretInfo, SecretName};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -240,11 +242,16 @@ pub enum Applied {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notice {
     /// Work may be waiting: a saga was started unclaimed, or leases were
-    /// released (also sent after a lost connection, when notices may have
-    /// been missed).
+    /// released.
     Work,
+    /// The connection that listens was lost and made again: notices may
+    /// have been missed (look for work, read access again).
+    Reconnected,
     /// A request was recorded for this saga: a cancel (`true`) or a pause.
     Request { id: SagaId, cancel: bool },
+    /// A grant or a secret changed: what plugins may reach is to be read
+    /// again.
+    AccessChanged,
 }
 
 /// How the store is doing, for `/healthz`.
@@ -309,6 +316,29 @@ pub trait Store: Send + Sync + 'static {
     /// be driving it). Nothing to do where no other host can share the
     /// database.
     async fn announce_request(&self, _id: SagaId, _cancel: bool) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// What a plugin name is granted, if anything.
+    async fn grants(&self, plugin_name: &str) -> StoreResult<Option<Grants>>;
+    /// Replaces what a plugin name is granted.
+    async fn put_grants(
+        &self,
+        plugin_name: &str,
+        grants: &Grants,
+        now: Timestamp,
+    ) -> StoreResult<()>;
+    /// Stores a secret (a new one, or a new value and origins for one).
+    async fn put_secret(&self, secret: &SealedSecret) -> StoreResult<()>;
+    /// Every secret, by name, without values.
+    async fn list_secrets(&self) -> StoreResult<Vec<SecretInfo>>;
+    /// `false` when there was none of that name.
+    async fn delete_secret(&self, name: &SecretName) -> StoreResult<bool>;
+    /// The sealed secrets of these names that exist.
+    async fn sealed_secrets(&self, names: &[SecretName]) -> StoreResult<Vec<SealedSecret>>;
+
+    /// Tells the other hosts that a grant or secret changed.
+    async fn announce_access(&self) -> StoreResult<()> {
         Ok(())
     }
 

@@ -36,14 +36,17 @@ mod group;
 use super::space::Space;
 use super::{
     Applied, ClaimedSaga, CreateSaga, DeletePlugin, Fence, Health, Lease, LeaseState, NewSaga,
-    Notice, PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS,
-    SagaFilter, SagaRow, StepRow, Store, StoreError, StoreResult, SummaryRow, Transition,
-    ledger_row_json, pinned_by, pinned_digests, summary_columns, to_json,
+    Notice, PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin, ResourceRow, SAGA_COLUMNS, SECRET_COLUMNS,
+    STEP_COLUMNS, SagaFilter, SagaRow, SecretRow, StepRow, Store, StoreError, StoreResult,
+    SummaryRow, Transition, grants_from_row, ledger_row_json, pinned_by, pinned_digests,
+    summary_columns, to_json,
 };
+use crate::grants::Grants;
 use crate::model::{
     Digest, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaSummary, StepResult,
     Timestamp,
 };
+use crate::secrets::{SealedSecret, SecretInfo, SecretName};
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Transaction};
@@ -60,6 +63,8 @@ const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 /// for a saga id.
 const WORK_CHANNEL: &str = "wasaga_work";
 const REQUEST_CHANNEL: &str = "wasaga_request";
+/// A grant or secret changed.
+const ACCESS_CHANNEL: &str = "wasaga_access";
 
 /// The PostgreSQL store. See the module docs.
 pub struct PgStore {
@@ -782,7 +787,9 @@ impl Store for PgStore {
 
     async fn notices(&self) -> StoreResult<Option<futures::stream::BoxStream<'static, Notice>>> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen_all([WORK_CHANNEL, REQUEST_CHANNEL]).await?;
+        listener
+            .listen_all([WORK_CHANNEL, REQUEST_CHANNEL, ACCESS_CHANNEL])
+            .await?;
         let stream = futures::stream::unfold(listener, |mut listener| async move {
             loop {
                 match listener.try_recv().await {
@@ -799,14 +806,17 @@ impl Store for PgStore {
                             ),
                         }
                     }
+                    Ok(Some(n)) if n.channel() == ACCESS_CHANNEL => {
+                        return Some((Notice::AccessChanged, listener));
+                    }
                     Ok(Some(_)) => return Some((Notice::Work, listener)),
                     // The connection dropped and will be re-established:
-                    // notices may have been missed, so look for work.
-                    Ok(None) => return Some((Notice::Work, listener)),
+                    // notices may have been missed.
+                    Ok(None) => return Some((Notice::Reconnected, listener)),
                     Err(e) => {
                         tracing::warn!(error = %e, "listening for notices failed; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
-                        return Some((Notice::Work, listener));
+                        return Some((Notice::Reconnected, listener));
                     }
                 }
             }
@@ -816,6 +826,97 @@ impl Store for PgStore {
 
     async fn writable(&self) {
         self.space.writable().await
+    }
+
+    async fn grants(&self, plugin_name: &str) -> StoreResult<Option<Grants>> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT http, secrets FROM plugin_grants WHERE plugin_name = $1")
+                .bind(plugin_name)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(http, secrets)| grants_from_row(&http, &secrets))
+            .transpose()
+    }
+
+    async fn put_grants(
+        &self,
+        plugin_name: &str,
+        grants: &Grants,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let written = sqlx::query(
+            "INSERT INTO plugin_grants (plugin_name, http, secrets, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (plugin_name) DO UPDATE SET
+                 http = excluded.http, secrets = excluded.secrets, updated_at = excluded.updated_at",
+        )
+        .bind(plugin_name)
+        .bind(to_json(&grants.http))
+        .bind(to_json(&grants.secrets))
+        .bind(now.millis())
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(StoreError::from);
+        self.note(written)
+    }
+
+    async fn put_secret(&self, s: &SealedSecret) -> StoreResult<()> {
+        let written = sqlx::query(
+            "INSERT INTO secrets (name, nonce, ciphertext, origins, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (name) DO UPDATE SET nonce = excluded.nonce, ciphertext = excluded.ciphertext,
+                 origins = excluded.origins, updated_at = excluded.updated_at",
+        )
+        .bind(s.name.as_str())
+        .bind(&s.nonce)
+        .bind(&s.ciphertext)
+        .bind(to_json(&s.origins))
+        .bind(s.created_at.millis())
+        .bind(s.updated_at.millis())
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(StoreError::from);
+        self.note(written)
+    }
+
+    async fn list_secrets(&self) -> StoreResult<Vec<SecretInfo>> {
+        let rows: Vec<SecretRow> = sqlx::query_as(&format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| SealedSecret::try_from(r).map(|s| SecretInfo::from(&s)))
+            .collect()
+    }
+
+    async fn delete_secret(&self, name: &SecretName) -> StoreResult<bool> {
+        Ok(sqlx::query("DELETE FROM secrets WHERE name = $1")
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            > 0)
+    }
+
+    async fn sealed_secrets(&self, names: &[SecretName]) -> StoreResult<Vec<SealedSecret>> {
+        let names: Vec<&str> = names.iter().map(SecretName::as_str).collect();
+        let rows: Vec<SecretRow> = sqlx::query_as(&format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ANY($1)"
+        ))
+        .bind(&names)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(SealedSecret::try_from).collect()
+    }
+
+    async fn announce_access(&self) -> StoreResult<()> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(ACCESS_CHANNEL)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn announce_request(&self, id: SagaId, cancel: bool) -> StoreResult<()> {

@@ -288,3 +288,42 @@ pub(crate) fn pinned_digests(plan: &[StepSpec]) -> Vec<Digest> {
     }
     digests
 }
+
+/// A secret row as stored.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct SecretRow {
+    pub name: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub origins: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The secret columns every query selects, in [`SecretRow`]'s order.
+pub(crate) const SECRET_COLUMNS: &str = "name, nonce, ciphertext, origins, created_at, updated_at";
+
+impl TryFrom<SecretRow> for crate::secrets::SealedSecret {
+    type Error = StoreError;
+    fn try_from(r: SecretRow) -> StoreResult<Self> {
+        Ok(crate::secrets::SealedSecret {
+            name: r
+                .name
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("{e}")))?,
+            nonce: r.nonce,
+            ciphertext: r.ciphertext,
+            origins: from_json("secret origins", &r.origins)?,
+            created_at: Timestamp(r.created_at),
+            updated_at: Timestamp(r.updated_at),
+        })
+    }
+}
+
+/// A grants row as stored: (http, secrets) JSON.
+pub(crate) fn grants_from_row(http: &str, secrets: &str) -> StoreResult<crate::grants::Grants> {
+    Ok(crate::grants::Grants {
+        http: from_json("grants http", http)?,
+        secrets: from_json("grants secrets", secrets)?,
+    })
+}

@@ -20,15 +20,17 @@ mod writer;
 use super::space::Space;
 use super::{
     Applied, ClaimedSaga, CreateSaga, DeletePlugin, Fence, Health, Lease, LeaseState, NewSaga,
-    PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin, ResourceRow, SAGA_COLUMNS, STEP_COLUMNS,
-    SagaFilter, SagaRow, StepRow, Store, StoreError, StoreResult, SummaryRow, Transition,
-    pinned_by, pinned_digests, summary_columns, to_json,
+    PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin, ResourceRow, SAGA_COLUMNS, SECRET_COLUMNS,
+    STEP_COLUMNS, SagaFilter, SagaRow, SecretRow, StepRow, Store, StoreError, StoreResult,
+    SummaryRow, Transition, grants_from_row, pinned_by, pinned_digests, summary_columns, to_json,
 };
 use crate::config::{SQLITE_PAGE_BYTES, StoreConfig};
+use crate::grants::Grants;
 use crate::model::{
     Digest, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaSummary, StepResult,
     Timestamp,
 };
+use crate::secrets::{SealedSecret, SecretInfo, SecretName};
 use async_trait::async_trait;
 use catalog::{Catalog, Plugins};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -837,6 +839,100 @@ impl Store for SqliteStore {
 
     async fn writable(&self) {
         self.writer.space().writable().await
+    }
+
+    async fn grants(&self, plugin_name: &str) -> StoreResult<Option<Grants>> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT http, secrets FROM plugin_grants WHERE plugin_name = ?")
+                .bind(plugin_name)
+                .fetch_optional(&self.reads)
+                .await?;
+        row.map(|(http, secrets)| grants_from_row(&http, &secrets))
+            .transpose()
+    }
+
+    async fn put_grants(
+        &self,
+        plugin_name: &str,
+        grants: &Grants,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let name = plugin_name.to_string();
+        let (http, secrets) = (to_json(&grants.http), to_json(&grants.secrets));
+        self.writer
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO plugin_grants (plugin_name, http, secrets, updated_at) VALUES (?, ?, ?, ?)
+                     ON CONFLICT (plugin_name) DO UPDATE SET
+                         http = excluded.http, secrets = excluded.secrets, updated_at = excluded.updated_at",
+                )?
+                .execute(params![name, http, secrets, now.millis()])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn put_secret(&self, secret: &SealedSecret) -> StoreResult<()> {
+        let s = secret.clone();
+        self.writer
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO secrets (name, nonce, ciphertext, origins, created_at, updated_at)
+                     VALUES (?, ?, ?, ?, ?, ?)
+                     ON CONFLICT (name) DO UPDATE SET nonce = excluded.nonce,
+                         ciphertext = excluded.ciphertext, origins = excluded.origins,
+                         updated_at = excluded.updated_at",
+                )?
+                .execute(params![
+                    s.name.as_str(),
+                    s.nonce,
+                    s.ciphertext,
+                    to_json(&s.origins),
+                    s.created_at.millis(),
+                    s.updated_at.millis(),
+                ])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn list_secrets(&self) -> StoreResult<Vec<SecretInfo>> {
+        let rows: Vec<SecretRow> = sqlx::query_as(&format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"
+        ))
+        .fetch_all(&self.reads)
+        .await?;
+        rows.into_iter()
+            .map(|r| SealedSecret::try_from(r).map(|s| SecretInfo::from(&s)))
+            .collect()
+    }
+
+    async fn delete_secret(&self, name: &SecretName) -> StoreResult<bool> {
+        let name = name.to_string();
+        self.writer
+            .write(move |conn| {
+                Ok(conn
+                    .prepare_cached("DELETE FROM secrets WHERE name = ?")?
+                    .execute([name])?
+                    > 0)
+            })
+            .await
+    }
+
+    async fn sealed_secrets(&self, names: &[SecretName]) -> StoreResult<Vec<SealedSecret>> {
+        let mut found = Vec::with_capacity(names.len());
+        for name in names {
+            let row: Option<SecretRow> = sqlx::query_as(&format!(
+                "SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ?"
+            ))
+            .bind(name.as_str())
+            .fetch_optional(&self.reads)
+            .await?;
+            if let Some(row) = row {
+                found.push(row.try_into()?);
+            }
+        }
+        Ok(found)
     }
 
     async fn apply(&self, transition: Transition) -> StoreResult<Applied> {

@@ -15,7 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_wasaga");
 const SAGAS: usize = 50;
 const STEPS: usize = 5;
 
-async fn upload_counter(http: &wasaga_tests::Http, base: &str) {
+async fn upload_counter(http: &wasaga_tests::Http, base: &str, counter: &Counter) {
+    counter.grant_on(http, base).await;
     let r = http
         .post(format!("{base}/v1/plugins"))
         .body(component("counter"))
@@ -51,14 +52,12 @@ async fn sigkill_mid_run_loses_nothing_and_reruns_no_completed_step() {
         "--no-examples".into(),
         "--concurrency".into(),
         "16".into(),
-        "--allow-http".into(),
-        format!("counter={}", counter.addr),
     ];
     let http = wasaga_tests::Http::new();
     let mut server = ServerProcess::start(BIN, &args, dir.path().join("first.log"))
         .await
         .unwrap();
-    upload_counter(&http, &server.base).await;
+    upload_counter(&http, &server.base, &counter).await;
 
     let mut ids = Vec::new();
     for i in 0..SAGAS {
@@ -174,14 +173,12 @@ async fn sigterm_lets_steps_finish_releases_leases_and_a_restart_runs_nothing_tw
         "4".into(),
         "--shutdown-grace".into(),
         "20s".into(),
-        "--allow-http".into(),
-        format!("counter={}", counter.addr),
     ];
     let http = wasaga_tests::Http::new();
     let mut server = ServerProcess::start(BIN, &args, dir.path().join("first.log"))
         .await
         .unwrap();
-    upload_counter(&http, &server.base).await;
+    upload_counter(&http, &server.base, &counter).await;
     let mut ids = Vec::new();
     for _ in 0..8 {
         let body = json!({"kind": "drain", "steps": vec!["counter"; 5], "inputs": {"counter_url": counter.url()}});

@@ -11,7 +11,7 @@ use wasaga_tests::{Backend, Counter, ServerProcess, TestDb, component, poll_saga
 
 const BIN: &str = env!("CARGO_BIN_EXE_wasaga");
 
-async fn start_host(db: &TestDb, node: &str, counter: &Counter, extra: &[&str]) -> ServerProcess {
+async fn start_host(db: &TestDb, node: &str, extra: &[&str]) -> ServerProcess {
     let dir = db.dir.path().join(node);
     let mut args = vec![
         "--database".to_string(),
@@ -21,8 +21,6 @@ async fn start_host(db: &TestDb, node: &str, counter: &Counter, extra: &[&str]) 
         "--node-id".into(),
         node.into(),
         "--no-examples".into(),
-        "--allow-http".into(),
-        format!("counter={}", counter.addr),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -62,7 +60,7 @@ async fn three_hosts_one_killed_every_saga_completes_once() {
     ];
     let mut hosts = Vec::new();
     for node in ["host-a", "host-b", "host-c"] {
-        hosts.push(start_host(&db, node, &counter, &lease).await);
+        hosts.push(start_host(&db, node, &lease).await);
     }
     let http = wasaga_tests::Http::new();
     let r = http
@@ -72,6 +70,8 @@ async fn three_hosts_one_killed_every_saga_completes_once() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
+    // Granted through one host; every host reads grants from the database.
+    counter.grant_on(&http, &hosts[1].base).await;
 
     // Start the sagas round-robin through all three hosts' APIs: an upload
     // to one host is usable on all.
@@ -188,12 +188,11 @@ async fn three_hosts_one_killed_every_saga_completes_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_sent_to_any_host_interrupts_the_step_where_it_runs() {
     let db = TestDb::new(Backend::Postgres).await;
-    let counter = Counter::start().await;
     // Leases renew every 20 s here, so only a notice can carry the cancel
     // across in time.
     let slow = ["--lease-ttl", "60s", "--poll-interval", "30s"];
-    let a = start_host(&db, "host-a", &counter, &slow).await;
-    let b = start_host(&db, "host-b", &counter, &slow).await;
+    let a = start_host(&db, "host-a", &slow).await;
+    let b = start_host(&db, "host-b", &slow).await;
     let http = wasaga_tests::Http::new();
     http.post(format!("{}/v1/plugins", a.base))
         .body(component("spin"))

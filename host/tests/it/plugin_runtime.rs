@@ -86,6 +86,7 @@ async fn assert_echo_still_works(host: &PluginHost) {
             call(0, 1, serde_json::json!({"message": "still here"})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     assert_eq!(done(out.result)["echoed_at_step_0"], "still here");
@@ -103,6 +104,7 @@ async fn echo_puts_the_message_into_the_context_and_has_nothing_to_undo() {
             call(2, 1, serde_json::json!({"message": "hello"})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     let output = done(out.result);
@@ -116,6 +118,7 @@ async fn echo_puts_the_message_into_the_context_and_has_nothing_to_undo() {
             call(2, 1, serde_json::json!({})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     done(undo.result);
@@ -131,6 +134,7 @@ async fn fail_fails_fatally_with_its_message() {
             call(0, 1, serde_json::json!({})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     assert_eq!(
@@ -151,6 +155,7 @@ async fn flaky_fails_retryably_until_its_attempt() {
                 call(0, attempt, inputs.clone()),
                 &limits(),
                 CancellationToken::new(),
+                Arc::default(),
             )
             .await;
         let failure = out.result.unwrap_err();
@@ -163,6 +168,7 @@ async fn flaky_fails_retryably_until_its_attempt() {
             call(0, 3, inputs),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     assert_eq!(done(out.result)["flaky_succeeded_on_attempt_0"], 3);
@@ -183,6 +189,7 @@ async fn a_loop_is_stopped_at_its_deadline() {
             call(0, 1, serde_json::json!({})),
             &limits,
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     let elapsed = started.elapsed();
@@ -211,7 +218,13 @@ async fn a_cancel_stops_a_call_in_flight() {
         at
     });
     let out = host
-        .execute(&spin, call(0, 1, serde_json::json!({})), &limits(), cancel)
+        .execute(
+            &spin,
+            call(0, 1, serde_json::json!({})),
+            &limits(),
+            cancel,
+            Arc::default(),
+        )
         .await;
     let stopped = Instant::now();
     let cancelled_at = canceller.await.unwrap();
@@ -233,6 +246,7 @@ async fn unbounded_allocation_hits_the_memory_limit() {
             call(0, 1, serde_json::json!({})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     let failure = out.result.unwrap_err();
@@ -251,6 +265,7 @@ async fn unbounded_allocation_hits_the_memory_limit() {
             call(0, 1, serde_json::json!({})),
             &small,
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     let failure = out.result.unwrap_err().to_string();
@@ -271,6 +286,7 @@ async fn unbounded_recursion_is_a_stack_overflow_trap() {
             call(0, 1, serde_json::json!({})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     assert_eq!(
@@ -285,6 +301,7 @@ async fn unbounded_recursion_is_a_stack_overflow_trap() {
             call(0, 1, serde_json::json!({"recurse_frame_bytes": 512})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     assert_eq!(
@@ -304,6 +321,7 @@ async fn a_panic_is_a_trap_that_quotes_the_panic() {
             call(0, 2, serde_json::json!({})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     let failure = out.result.unwrap_err();
@@ -334,6 +352,7 @@ async fn a_64_mb_output_is_refused_by_memory_or_output_limit() {
             call(0, 1, serde_json::json!({})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     let failure = out.result.unwrap_err().to_string();
@@ -352,6 +371,7 @@ async fn a_64_mb_output_is_refused_by_memory_or_output_limit() {
             call(0, 1, serde_json::json!({})),
             &roomy,
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     let failure = out.result.unwrap_err();
@@ -383,6 +403,7 @@ async fn outputs_must_be_json_objects_without_reserved_keys() {
                 call(0, 1, serde_json::json!({"bloat_raw": raw})),
                 &limits(),
                 CancellationToken::new(),
+                Arc::default(),
             )
             .await;
         let failure = out.result.unwrap_err();
@@ -398,6 +419,7 @@ async fn outputs_must_be_json_objects_without_reserved_keys() {
             call(0, 1, serde_json::json!({"bloat_raw": ""})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     assert!(
@@ -416,6 +438,7 @@ async fn logs_and_resources_come_back_with_the_call() {
             call(1, 1, serde_json::json!({"ledger_resources": 3})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     let output = done(out.result);
@@ -456,6 +479,7 @@ async fn log_lines_are_bounded_in_count_and_size() {
             call(0, 1, serde_json::json!({})),
             &tight,
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     done(out.result);
@@ -477,6 +501,7 @@ async fn a_resource_spec_that_is_not_json_breaks_the_contract() {
             call(0, 1, serde_json::json!({"ledger_raw_spec": "{size: big"})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     let failure = out.result.unwrap_err();
@@ -498,6 +523,7 @@ async fn a_failing_compensate_is_reported() {
             call(4, 2, serde_json::json!({})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     assert_eq!(
@@ -507,7 +533,7 @@ async fn a_failing_compensate_is_reported() {
 }
 
 #[tokio::test]
-async fn outgoing_http_is_refused_without_an_allowlist() {
+async fn outgoing_http_is_refused_without_a_grant() {
     let host = host();
     let counter = prepare(&host, "counter").await;
     let out = host
@@ -520,6 +546,7 @@ async fn outgoing_http_is_refused_without_an_allowlist() {
             ),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     let failure = out.result.unwrap_err();
@@ -530,16 +557,16 @@ async fn outgoing_http_is_refused_without_an_allowlist() {
         )
     );
     assert!(
-        out.logs.iter().any(|l| l.message.contains(
-            "outgoing HTTP to 127.0.0.1:9 refused: this plugin may make no HTTP requests"
-        )),
+        out.logs.iter().any(|l| l.message
+            == "[host] http GET http://127.0.0.1:9/count refused: http://127.0.0.1:9 is not granted: \
+                this plugin may make no HTTP requests"),
         "{:?}",
         out.logs
     );
 }
 
 #[tokio::test]
-async fn outgoing_http_reaches_hosts_on_the_plugins_allowlist() {
+async fn outgoing_http_reaches_the_plugins_granted_origins_and_is_audited() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -553,12 +580,12 @@ async fn outgoing_http_reaches_hosts_on_the_plugins_allowlist() {
             .unwrap();
         String::from_utf8_lossy(&request[..n]).into_owned()
     });
-    let mut config = RuntimeConfig::default();
-    config
-        .http_allow
-        .insert("counter".into(), vec![addr.to_string()]);
-    let host = PluginHost::new(config).unwrap();
+    let host = PluginHost::new(RuntimeConfig::default()).unwrap();
     let counter = prepare(&host, "counter").await;
+    let access = Arc::new(wasaga::grants::Access {
+        http: vec![format!("http://{addr}").parse().unwrap()],
+        ..Default::default()
+    });
     let out = host
         .execute(
             &counter,
@@ -569,9 +596,23 @@ async fn outgoing_http_reaches_hosts_on_the_plugins_allowlist() {
             ),
             &limits(),
             CancellationToken::new(),
+            access,
         )
         .await;
+    let audit: Vec<&str> = out
+        .logs
+        .iter()
+        .map(|l| l.message.as_str())
+        .filter(|m| m.starts_with("http "))
+        .collect();
     assert_eq!(done(out.result)["counted_3"], 2);
+    // One line per request: method, origin and path; no query string.
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    let prefix = format!("http GET http://{addr}/count -> 200 (");
+    assert!(
+        audit[0].starts_with(&prefix) && audit[0].ends_with(" ms)"),
+        "{audit:?}"
+    );
     let request = server.await.unwrap();
     assert!(
         request.starts_with(
@@ -755,6 +796,7 @@ async fn the_compile_cache_survives_a_restart_and_heals_corruption() {
             call(0, 1, serde_json::json!({"message": "cached"})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     assert_eq!(done(out.result)["echoed_at_step_0"], "cached");
@@ -780,6 +822,7 @@ async fn the_compile_cache_survives_a_restart_and_heals_corruption() {
             call(0, 1, serde_json::json!({"message": "healed"})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     assert_eq!(done(out.result)["echoed_at_step_0"], "healed");
@@ -818,6 +861,7 @@ async fn many_calls_at_once_share_the_pool() {
                 call(i, 1, serde_json::json!({"message": i})),
                 &limits(),
                 CancellationToken::new(),
+                Arc::default(),
             )
             .await
             .result
@@ -844,6 +888,7 @@ async fn the_python_example_runs_with_wasi_and_captured_stdout() {
             call(1, 1, serde_json::json!({"message": "from python"})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     assert_eq!(done(out.result)["py_echoed_at_step_1"], "from python");
@@ -862,6 +907,7 @@ async fn the_python_example_runs_with_wasi_and_captured_stdout() {
             call(1, 1, serde_json::json!({"py_fail": "on purpose"})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     assert_eq!(
@@ -885,6 +931,7 @@ async fn the_javascript_example_runs_with_wasi_and_captured_stdout() {
             ),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     assert_eq!(done(out.result)["js_echoed_at_step_0"], "from js");
@@ -901,6 +948,7 @@ async fn the_javascript_example_runs_with_wasi_and_captured_stdout() {
             call(0, 1, serde_json::json!({"js_fail": "on purpose"})),
             &limits(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
     assert_eq!(

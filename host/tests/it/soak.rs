@@ -164,8 +164,6 @@ async fn soak(backend: Backend) {
         "--no-examples".into(),
         "--concurrency".into(),
         "16".into(),
-        "--allow-http".into(),
-        format!("counter={}", counter.addr),
         "--poll-interval".into(),
         "100ms".into(),
         // A dead host's sagas move on after this (PostgreSQL keeps the
@@ -197,6 +195,7 @@ async fn soak(backend: Backend) {
         .await
         .unwrap();
     assert!(r.status().is_success());
+    counter.grant_on(&http, &server.base).await;
     let base = Arc::new(Mutex::new(server.base.clone()));
 
     // Clients start sagas through the kills, retrying with their keys.

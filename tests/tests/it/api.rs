@@ -798,6 +798,11 @@ async fn the_openapi_document_matches_the_router() {
         "POST /sagas/{id}/cancel",
         "POST /sagas/{id}/pause",
         "POST /sagas/{id}/resume",
+        "PUT /plugins/{ref}/grants",
+        "GET /plugins/{ref}/grants",
+        "PUT /secrets/{name}",
+        "GET /secrets",
+        "DELETE /secrets/{name}",
     ];
     contract.sort();
     assert_eq!(
@@ -814,7 +819,8 @@ async fn the_openapi_document_matches_the_router() {
                 "{digest}",
                 "sha256:0000000000000000000000000000000000000000000000000000000000000000",
             )
-            .replace("{id}", "019ac4f2-6b1e-7c3a-9d2e-5f1a2b3c4d5e");
+            .replace("{id}", "019ac4f2-6b1e-7c3a-9d2e-5f1a2b3c4d5e")
+            .replace("{name}", "some-name");
         let r = server
             .http
             .request(method.parse().unwrap(), server.url(&format!("/v1{path}")))

@@ -34,10 +34,8 @@ on_both! {
         // a claim had marked it running and then given the saga back.
         let counter = Counter::start().await;
         let db = TestDb::new(backend).await;
-        let server = TestServer::on(&db, |o| {
-            o.runner.concurrency = 4;
-            o.runtime.http_allow.extend([counter.allow()]);
-        }).await;
+        let server = TestServer::on(&db, |o| o.runner.concurrency = 4).await;
+        counter.grant_on(&server.http, &server.base).await;
         let r = server.http.post(server.url("/v1/plugins")).body(component("counter")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::CREATED);
         let clients = (0..8).map(|_| {

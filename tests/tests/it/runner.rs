@@ -247,9 +247,8 @@ on_both! {
 
     cancel_between_steps_starts_no_further_step(backend) {
         let counter = Counter::start().await;
-        let mut runtime = RuntimeConfig::default();
-        runtime.http_allow.extend([counter.allow()]);
-        let rig = Rig::with(backend, runtime, RunnerConfig::default()).await;
+        let rig = Rig::new(backend).await;
+        counter.grant(rig.store.as_ref()).await;
         let step = rig.step("counter").await;
         let runner = rig.runner.clone();
         // The cancel is committed while step 1's call is answered: step 1
@@ -329,9 +328,8 @@ on_both! {
         mark.steps.push(running_row(&claimed[0].saga.plan[0], 0));
         store.apply(mark).await.unwrap();
         // Before the lease expires, nobody else may take it.
-        let mut runtime = RuntimeConfig::default();
-        runtime.http_allow.extend([counter.allow()]);
-        let plugins = PluginHost::new(runtime).unwrap();
+        counter.grant(store.as_ref()).await;
+        let plugins = PluginHost::new(RuntimeConfig::default()).unwrap();
         assert!(store.claim_sagas(&claim("other", now, ttl), 10).await.unwrap().is_empty());
         // After it expires (by each database's own clock), a new runner
         // resumes it.
@@ -406,9 +404,9 @@ on_both! {
     graceful_shutdown_releases_leases_and_a_new_runner_finishes(backend) {
         let counter = Counter::start().await;
         counter.set_delay(Duration::from_millis(200));
-        let mut runtime = RuntimeConfig::default();
-        runtime.http_allow.extend([counter.allow()]);
+        let runtime = RuntimeConfig::default();
         let rig = Rig::with(backend, runtime.clone(), RunnerConfig::default()).await;
+        counter.grant(rig.store.as_ref()).await;
         let step = rig.step("counter").await;
         let id = rig.start(vec![step.clone(); 6], json!({"counter_url": counter.url()})).await;
         wait_for(rig.store.as_ref(), id, WITHIN, |d| d.steps.len() >= 2).await;

@@ -107,11 +107,10 @@ fn world() -> World {
         .build()
         .unwrap();
     let counter = rt.block_on(Counter::start());
-    let mut runtime = RuntimeConfig {
+    let runtime = RuntimeConfig {
         max_instances: 16,
         ..RuntimeConfig::default()
     };
-    runtime.http_allow.extend([counter.allow()]);
     let plugins = PluginHost::new(runtime).unwrap();
     World {
         rt,
@@ -136,6 +135,7 @@ fn check(world: &World, case: &Case) -> Result<(), TestCaseError> {
         let db = TestDb::new(Backend::Sqlite).await;
         let store = db.open().await;
         let spec = install(store.as_ref(), "counter").await;
+        world.counter.grant(store.as_ref()).await;
         let plan: Vec<StepSpec> = vec![spec; case.steps.len()];
         let clock = Arc::new(ManualClock::new(Timestamp::now()));
         let runner = Arc::new(Mutex::new(Runner::new(

@@ -1,0 +1,335 @@
+//! `wasaga saga`: start, list, show, cancel, pause, resume and watch sagas.
+
+use super::{CliError, ServerArgs, client, print_json};
+use crate::cli::Client;
+use crate::model::{SagaDetail, SagaRun, SagaStatus, StepStatus};
+use clap::Subcommand;
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit codes of `saga watch` and `saga start --wait`.
+pub const EXIT_ROLLED_BACK: u8 = 3;
+pub const EXIT_FAILED: u8 = 4;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum SagaCommand {
+    /// Start a saga.
+    Start {
+        /// What the saga does, e.g. provision.
+        #[arg(long)]
+        kind: String,
+        /// A step: a plugin name or digest. Repeat, in order.
+        #[arg(long = "step", required = true)]
+        steps: Vec<String>,
+        /// The saga's inputs, a JSON object.
+        #[arg(long, default_value = "{}")]
+        inputs: String,
+        /// Attempts per step (default: the server's).
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Deadline of each step call, e.g. 30s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        #[arg(long)]
+        deployment_id: Option<String>,
+        #[arg(long)]
+        triggered_by: Option<String>,
+        /// Makes retrying this command safe: the same key and request give the same saga.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Watch it until it ends.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List sagas, newest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        deployment_id: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show a saga with its ledger and resources.
+    Show {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Cancel a saga: interrupt its step in flight and compensate.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Pause a saga between steps.
+    Pause {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Resume a paused saga.
+    Resume {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Follow a saga's progress until it ends.
+    Watch {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+pub(super) async fn run(command: SagaCommand) -> Result<ExitCode, CliError> {
+    match command {
+        SagaCommand::Start {
+            kind,
+            steps,
+            inputs,
+            max_attempts,
+            timeout,
+            deployment_id,
+            triggered_by,
+            idempotency_key,
+            wait,
+            server,
+        } => {
+            let inputs: serde_json::Value = serde_json::from_str(&inputs)
+                .map_err(|e| CliError::Usage(format!("--inputs is not JSON: {e}")))?;
+            let steps: Vec<serde_json::Value> = steps
+                .into_iter()
+                .map(|plugin| {
+                    if max_attempts.is_none() && timeout.is_none() {
+                        serde_json::Value::String(plugin)
+                    } else {
+                        let mut step = serde_json::json!({ "plugin": plugin });
+                        if let Some(n) = max_attempts {
+                            step["max_attempts"] = n.into();
+                        }
+                        if let Some(t) = timeout {
+                            step["timeout_ms"] = (t.as_millis() as u64).into();
+                        }
+                        step
+                    }
+                })
+                .collect();
+            let mut body = serde_json::json!({ "kind": kind, "steps": steps, "inputs": inputs });
+            if let Some(d) = deployment_id {
+                body["deployment_id"] = d.into();
+            }
+            if let Some(t) = triggered_by {
+                body["triggered_by"] = t.into();
+            }
+            let client = client(&server);
+            let (saga, created) = client.start_saga(&body, idempotency_key.as_deref()).await?;
+            if server.json && !wait {
+                print_json(&saga);
+            } else if !server.json {
+                let verb = if created {
+                    "started"
+                } else {
+                    "already started"
+                };
+                println!(
+                    "{verb} saga {} ({}, {} steps)",
+                    saga.id,
+                    saga.kind,
+                    saga.plan.len()
+                );
+            }
+            if wait {
+                return watch(&client, &saga.id.to_string(), server.json).await;
+            }
+        }
+        SagaCommand::List {
+            status,
+            kind,
+            deployment_id,
+            limit,
+            server,
+        } => {
+            let mut query = vec![("limit", limit.to_string())];
+            for (key, value) in [
+                ("status", status),
+                ("kind", kind),
+                ("deployment_id", deployment_id),
+            ] {
+                if let Some(value) = value {
+                    query.push((key, value));
+                }
+            }
+            let sagas = client(&server).sagas(&query).await?;
+            if server.json {
+                print_json(&sagas);
+            } else {
+                println!(
+                    "{:<36}  {:<16} {:<13} {:>5}  CREATED",
+                    "ID", "KIND", "STATUS", "STEP"
+                );
+                for s in sagas.sagas {
+                    println!(
+                        "{:<36}  {:<16} {:<13} {:>5}  {}",
+                        s.id,
+                        s.kind,
+                        s.status,
+                        format!(
+                            "{}/{}",
+                            s.current_step_index.min(s.steps_total),
+                            s.steps_total
+                        ),
+                        s.created_at
+                    );
+                }
+            }
+        }
+        SagaCommand::Show { id, server } => {
+            let detail = client(&server).saga(&id).await?;
+            if server.json {
+                print_json(&detail);
+            } else {
+                print_saga(&detail);
+            }
+        }
+        SagaCommand::Cancel { id, server } => {
+            let saga = client(&server).saga_action(&id, "cancel").await?;
+            if server.json {
+                print_json(&saga);
+            } else {
+                println!(
+                    "cancel requested for saga {} (status {})",
+                    saga.id, saga.status
+                );
+            }
+        }
+        SagaCommand::Pause { id, server } => {
+            let saga = client(&server).saga_action(&id, "pause").await?;
+            if server.json {
+                print_json(&saga);
+            } else {
+                println!(
+                    "pause requested for saga {} (status {})",
+                    saga.id, saga.status
+                );
+            }
+        }
+        SagaCommand::Resume { id, server } => {
+            let saga = client(&server).saga_action(&id, "resume").await?;
+            if server.json {
+                print_json(&saga);
+            } else {
+                println!("resumed saga {} (status {})", saga.id, saga.status);
+            }
+        }
+        SagaCommand::Watch { id, server } => {
+            return watch(&client(&server), &id, server.json).await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_saga(d: &SagaDetail) {
+    let s = &d.saga;
+    println!("saga {}  kind {}  status {}", s.id, s.kind, s.status);
+    if let Some(e) = &s.error {
+        println!("error: {}", e.message);
+    }
+    for (i, spec) in s.plan.iter().enumerate() {
+        let row = d.steps.iter().find(|r| r.index as usize == i);
+        let status = row.map_or("not started".to_string(), |r| r.status.to_string());
+        let attempts = row.map_or(String::new(), |r| {
+            if r.compensate_attempts > 0 {
+                format!(
+                    " (attempts {}, compensations {})",
+                    r.attempts, r.compensate_attempts
+                )
+            } else {
+                format!(" (attempts {})", r.attempts)
+            }
+        });
+        println!("  {i:>3}  {:<20} {status}{attempts}", spec.name);
+        if let Some(error) = row.and_then(|r| r.error.as_deref()) {
+            println!("       error: {error}");
+        }
+    }
+    if !d.resources.is_empty() {
+        println!("resources:");
+        for r in &d.resources {
+            println!(
+                "  step {}  {} {}  {}",
+                r.step_index, r.kind, r.external_id, r.spec
+            );
+        }
+    }
+    println!("context: {}", serde_json::Value::Object(s.context.clone()));
+}
+
+fn exit_for(status: SagaStatus) -> ExitCode {
+    match status {
+        SagaStatus::RolledBack => ExitCode::from(EXIT_ROLLED_BACK),
+        SagaStatus::Failed => ExitCode::from(EXIT_FAILED),
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+/// Polls the saga and prints each change until it ends.
+async fn watch(client: &Client, id: &str, json: bool) -> Result<ExitCode, CliError> {
+    let mut seen: BTreeMap<u32, (StepStatus, u32, u32)> = BTreeMap::new();
+    let mut last_status: Option<SagaStatus> = None;
+    let mut interval = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        interval.tick().await;
+        let detail = client.saga(id).await?;
+        let saga: &SagaRun = &detail.saga;
+        if !json {
+            if last_status != Some(saga.status) {
+                println!("saga {} {}", saga.id, saga.status);
+                last_status = Some(saga.status);
+            }
+            for row in &detail.steps {
+                let now = (row.status, row.attempts, row.compensate_attempts);
+                if seen.get(&row.index) == Some(&now) {
+                    continue;
+                }
+                seen.insert(row.index, now);
+                let attempt = match row.status {
+                    StepStatus::Compensating
+                    | StepStatus::Compensated
+                    | StepStatus::CompensationFailed => row.compensate_attempts,
+                    _ => row.attempts,
+                };
+                let error = row
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                println!(
+                    "  step {} {} {} (attempt {attempt}){error}",
+                    row.index, row.name, row.status
+                );
+            }
+        }
+        if saga.status.is_final() {
+            if json {
+                print_json(&detail);
+            } else if let Some(error) = &saga.error {
+                println!("{}: {}", saga.status, error.message);
+            } else {
+                println!(
+                    "{}: context {}",
+                    saga.status,
+                    serde_json::Value::Object(saga.context.clone())
+                );
+            }
+            return Ok(exit_for(saga.status));
+        }
+    }
+}

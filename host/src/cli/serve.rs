@@ -1,0 +1,297 @@
+//! `wasaga serve`: every flag of a host, with its environment variable and
+//! its default from `config`, and the run from startup to a graceful
+//! shutdown at SIGTERM or Ctrl-C.
+
+use super::CliError;
+use crate::api::Tokens;
+use crate::config::{Allocator, RunnerConfig, RuntimeConfig, ServerConfig, StepLimits};
+use crate::server::{self, ServeOptions};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AllocatorArg {
+    Pooling,
+    OnDemand,
+}
+
+/// Sizes: 65536, 64KiB, 64 MiB, 1GiB (KB, MB and GB are powers of ten).
+fn parse_size(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|e| format!("`{text}` is not a size like 64MiB: {e}"))
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// Where the embedded database and the compile cache live.
+    #[arg(long, env = "WASAGA_DATA_DIR", default_value = "./wasaga-data")]
+    data_dir: PathBuf,
+    /// sqlite://PATH or postgres://USER@HOST/DB (default: SQLite in the data directory).
+    #[arg(long, env = "WASAGA_DATABASE_URL", hide_env_values = true)]
+    database: Option<String>,
+    /// Address to listen on. Without a token, only a loopback address is allowed.
+    #[arg(long, env = "WASAGA_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// The admin bearer token (labelled `admin`).
+    #[arg(
+        long,
+        env = "WASAGA_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// Read the admin token from this file (its first line).
+    #[arg(long, env = "WASAGA_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// More tokens, one per line `ROLE LABEL SECRET` (role viewer, operator
+    /// or admin; SECRET the token or sha256:<hex> of it; # comments).
+    #[arg(long, env = "WASAGA_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// Do not register the bundled echo and fail plugins on an empty database.
+    #[arg(long)]
+    no_examples: bool,
+    /// Log format.
+    #[arg(long, env = "WASAGA_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Sagas driven at once by this host.
+    #[arg(long, env = "WASAGA_CONCURRENCY", default_value_t = RunnerConfig::default().concurrency)]
+    concurrency: usize,
+    /// Plugin calls in flight at once (pool slots).
+    #[arg(long, env = "WASAGA_MAX_INSTANCES", default_value_t = RuntimeConfig::default().max_instances)]
+    max_instances: u32,
+    /// Threads that run Wasm (0: share the server's threads).
+    #[arg(long, env = "WASAGA_WASM_THREADS")]
+    wasm_threads: Option<usize>,
+    /// Instance allocation strategy.
+    #[arg(long, env = "WASAGA_ALLOCATOR", value_enum, default_value = "pooling")]
+    allocator: AllocatorArg,
+    /// Default deadline of a step call (steps may set timeout_ms).
+    #[arg(long, env = "WASAGA_STEP_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    step_timeout: Duration,
+    /// Default memory limit of a step call.
+    #[arg(long, env = "WASAGA_MAX_MEMORY", value_parser = parse_size, default_value = "64MiB")]
+    max_memory: u64,
+    /// The most memory a step may ask for.
+    #[arg(long, env = "WASAGA_MAX_MEMORY_CEILING", value_parser = parse_size, default_value = "1GiB")]
+    max_memory_ceiling: u64,
+    /// Default size limit of a step's output.
+    #[arg(long, env = "WASAGA_MAX_OUTPUT", value_parser = parse_size, default_value = "1MiB")]
+    max_output: u64,
+    /// Largest component accepted by uploads.
+    #[arg(long, env = "WASAGA_MAX_COMPONENT_SIZE", value_parser = parse_size, default_value = "64MiB")]
+    max_component_size: u64,
+    /// The embedded database's largest size (SQLite); past it writes fail
+    /// as on a full disk (507 storage_full). Default: the disk's size.
+    #[arg(long, env = "WASAGA_MAX_DATABASE_SIZE", value_parser = parse_size)]
+    max_database_size: Option<u64>,
+    /// Largest JSON request body.
+    #[arg(long, env = "WASAGA_MAX_JSON_BODY", value_parser = parse_size, default_value = "1MiB")]
+    max_json_body: u64,
+    /// Default attempts per step and phase.
+    #[arg(long, env = "WASAGA_MAX_ATTEMPTS", default_value_t = 3)]
+    max_attempts: u32,
+    /// Meter fuel, and give each call this many units (off by default).
+    #[arg(long, env = "WASAGA_FUEL")]
+    fuel: Option<u64>,
+    /// Delay before the first retry (doubles each retry, ±20 %).
+    #[arg(long, env = "WASAGA_RETRY_BACKOFF", value_parser = humantime::parse_duration, default_value = "200ms")]
+    retry_backoff: Duration,
+    /// Longest delay between retries.
+    #[arg(long, env = "WASAGA_RETRY_BACKOFF_MAX", value_parser = humantime::parse_duration, default_value = "30s")]
+    retry_backoff_max: Duration,
+    /// How long a saga's claim lasts without renewal.
+    #[arg(long, env = "WASAGA_LEASE_TTL", value_parser = humantime::parse_duration, default_value = "15s")]
+    lease_ttl: Duration,
+    /// How often the database is polled for work when nothing wakes the host.
+    #[arg(long, env = "WASAGA_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
+    poll_interval: Duration,
+    /// This host's identity in leases (default: random per process).
+    #[arg(long, env = "WASAGA_NODE_ID")]
+    node_id: Option<String>,
+    /// The key secrets are sealed with: a file of 64 hex characters (every
+    /// host sharing a database uses the same one). Without it, secrets
+    /// cannot be set.
+    #[arg(long, env = "WASAGA_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
+    /// Outbound HTTP requests one step call may make.
+    #[arg(long, env = "WASAGA_MAX_HTTP_REQUESTS", default_value_t = RuntimeConfig::default().max_http_requests)]
+    max_http_requests: usize,
+    /// Largest response body one step call may read.
+    #[arg(long, env = "WASAGA_MAX_HTTP_RESPONSE", value_parser = parse_size, default_value = "16MiB")]
+    max_http_response: u64,
+    /// Time for requests and steps in flight to finish at shutdown.
+    #[arg(long, env = "WASAGA_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
+    shutdown_grace: Duration,
+    /// Time a request may take before it is answered 503.
+    #[arg(long, env = "WASAGA_REQUEST_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    request_timeout: Duration,
+}
+
+impl ServeArgs {
+    fn options(&self) -> Result<ServeOptions, String> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(token.trim().to_string()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("reading {}: {e}", path.display()))?;
+                Some(text.lines().next().unwrap_or_default().trim().to_string())
+            }
+            (None, None) => None,
+        };
+        if token.as_deref() == Some("") {
+            return Err("the token is empty".into());
+        }
+        let mut tokens = match &token {
+            Some(token) => Some(Tokens::admin(token).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        if let Some(path) = &self.tokens_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let all = tokens.get_or_insert_with(Tokens::default);
+            all.add_file(&text)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if all.is_empty() {
+                return Err(format!("{} holds no token", path.display()));
+            }
+        }
+        if self.max_memory > self.max_memory_ceiling {
+            return Err(format!(
+                "--max-memory ({}) is above --max-memory-ceiling ({})",
+                self.max_memory, self.max_memory_ceiling
+            ));
+        }
+        let defaults = RuntimeConfig::default();
+        let runtime = RuntimeConfig {
+            default_limits: StepLimits {
+                timeout: self.step_timeout,
+                max_memory_bytes: self.max_memory,
+                fuel: self.fuel,
+                max_output_bytes: self.max_output as usize,
+                ..StepLimits::default()
+            },
+            max_memory_ceiling: self.max_memory_ceiling,
+            max_instances: self.max_instances,
+            wasm_threads: self.wasm_threads.unwrap_or(defaults.wasm_threads),
+            allocator: match self.allocator {
+                AllocatorArg::Pooling => Allocator::Pooling,
+                AllocatorArg::OnDemand => Allocator::OnDemand,
+            },
+            fuel: self.fuel.is_some(),
+            max_component_bytes: self.max_component_size as usize,
+            max_http_requests: self.max_http_requests,
+            max_http_response_bytes: self.max_http_response,
+            ..defaults
+        };
+        let runner = RunnerConfig {
+            concurrency: self.concurrency,
+            lease_ttl: self.lease_ttl,
+            lease_renew_every: self.lease_ttl / 3,
+            poll_every: self.poll_interval,
+            retry: crate::config::RetryPolicy {
+                max_attempts: self.max_attempts,
+                initial_backoff: self.retry_backoff,
+                max_backoff: self.retry_backoff_max,
+                ..Default::default()
+            },
+            node_id: self.node_id.clone(),
+            ..RunnerConfig::default()
+        };
+        let server = ServerConfig {
+            tokens,
+            max_json_bytes: self.max_json_body as usize,
+            request_timeout: self.request_timeout,
+            shutdown_grace: self.shutdown_grace,
+        };
+        Ok(ServeOptions {
+            database_url: self.database.clone(),
+            data_dir: self.data_dir.clone(),
+            runtime,
+            runner,
+            server,
+            secrets_key_file: self.secrets_key_file.clone(),
+            store: crate::config::StoreConfig {
+                max_database_bytes: self.max_database_size,
+                ..crate::config::StoreConfig::default()
+            },
+            examples: !self.no_examples,
+        })
+    }
+}
+
+/// Why a command failed.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,wasmtime=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
+}
+
+pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
+    init_logging(args.log_format);
+    let options = args.options().map_err(CliError::Usage)?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
+    // On stdout, for scripts (and tests) that ask for port 0.
+    println!("wasaga listening on http://{}", listener.local_addr()?);
+    server::run(options, listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves at SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
+        _ = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("512 KiB"), Ok(512 * 1024));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("3 parsecs").is_err());
+    }
+}

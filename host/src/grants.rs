@@ -1,0 +1,399 @@
+//! What an uploaded plugin may reach: outbound HTTP origins and secrets,
+//! granted per plugin name by an admin, stored in the database (so every
+//! host sees the same grants), and nothing else.
+//!
+//! An origin is `scheme://host[:port]`: scheme `https` or `http`, the port
+//! defaulting to 443 or 80, no path; a host may start with `*.` to mean any
+//! subdomain (not the domain itself). A request goes out only if its
+//! scheme, host and port all match one granted origin. A secret is granted
+//! `use` (it may be substituted into a request's header, `{{secret:NAME}}`,
+//! toward an origin both the secret and the plugin allow) or `read` (also
+//! readable by a contract 0.2.0 step through `secrets.get`).
+//!
+//! [`AccessBook`] assembles, per plugin name, the [`Access`] a call gets
+//! (origins, and the granted secrets decrypted), and keeps it for a few
+//! seconds: a grant or secret changed through this host takes effect at
+//! once, one changed through another host as soon as its notice arrives
+//! (PostgreSQL), or at the latest when the cached copy expires.
+
+use crate::secrets::{SecretBox, SecretName};
+use crate::store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use utoipa::ToSchema;
+use zeroize::Zeroizing;
+
+crate::model::string_enum! {
+    /// How a plugin may use a secret.
+    pub enum SecretMode {
+        /// Substituted into outbound request headers (`{{secret:NAME}}`);
+        /// the step never sees it.
+        Use,
+        /// `use`, and readable by the step (`secrets.get`, contract 0.2.0).
+        Read,
+    }
+}
+
+/// A granted origin: `scheme://host[:port]`, the host maybe `*.domain`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Origin {
+    https: bool,
+    /// Lowercase; without the `*.` of a wildcard.
+    host: String,
+    /// `*.host`: any subdomain of `host`.
+    wildcard: bool,
+    port: u16,
+}
+
+/// Why a text is not an origin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{text}` is not an origin: {why} (an origin is scheme://host[:port], scheme https or http, no path)"
+)]
+pub struct BadOrigin {
+    text: String,
+    why: String,
+}
+
+impl FromStr for Origin {
+    type Err = BadOrigin;
+
+    fn from_str(text: &str) -> Result<Origin, BadOrigin> {
+        let bad = |why: &str| BadOrigin {
+            text: text.chars().take(200).collect(),
+            why: why.to_string(),
+        };
+        let (scheme, rest) = text.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        let https = match scheme {
+            "https" => true,
+            "http" => false,
+            _ => return Err(bad("the scheme must be https or http")),
+        };
+        // `*.` is not a URL's: parse what follows it.
+        let (wildcard, rest) = match rest.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, rest),
+        };
+        let url =
+            url::Url::parse(&format!("{scheme}://{rest}")).map_err(|e| bad(&e.to_string()))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad("it holds a user name or password"));
+        }
+        if url.path() != "/" || rest.ends_with('/') {
+            return Err(bad("it has a path"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("it has a query or fragment"));
+        }
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => d.to_ascii_lowercase(),
+            Some(url::Host::Ipv4(ip)) if !wildcard => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) if !wildcard => format!("[{ip}]"),
+            Some(_) => return Err(bad("`*.` goes before a domain name, not an address")),
+            None => return Err(bad("no host")),
+        };
+        if wildcard && !host.contains('.') {
+            return Err(bad("`*.` must be followed by a domain with a dot"));
+        }
+        let port = url.port_or_known_default().ok_or_else(|| bad("no port"))?;
+        Ok(Origin {
+            https,
+            host,
+            wildcard,
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.https { "https" } else { "http" };
+        let star = if self.wildcard { "*." } else { "" };
+        let default = if self.https { 443 } else { 80 };
+        write!(f, "{scheme}://{star}{}", self.host)?;
+        if self.port != default {
+            write!(f, ":{}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Origin {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Origin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Origin {
+    /// The origin of a request's URI (scheme, host, port), if it has one.
+    pub fn of(uri: &http::Uri) -> Option<Origin> {
+        let https = match uri.scheme_str()? {
+            "https" => true,
+            "http" => false,
+            _ => return None,
+        };
+        let host = uri.host()?.to_ascii_lowercase();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        Some(Origin {
+            https,
+            host,
+            wildcard: false,
+            port,
+        })
+    }
+
+    /// Whether this (granted) origin allows the request origin `other`.
+    pub fn allows(&self, other: &Origin) -> bool {
+        if self.https != other.https || self.port != other.port {
+            return false;
+        }
+        if self.wildcard {
+            other
+                .host
+                .strip_suffix(&self.host)
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.'))
+        } else {
+            self.host == other.host
+        }
+    }
+}
+
+/// What one plugin name is granted (`PUT /v1/plugins/{name}/grants`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Origins it may send HTTP requests to.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>, example = json!(["https://api.example.com"]))]
+    pub http: Vec<Origin>,
+    /// Secrets it may use (in request headers) or read.
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<String, SecretMode>)]
+    pub secrets: BTreeMap<SecretName, SecretMode>,
+}
+
+/// A secret a call may use: its value (zeroed when dropped) and origins.
+pub struct GrantedSecret {
+    pub mode: SecretMode,
+    pub value: Zeroizing<String>,
+    pub origins: Vec<Origin>,
+}
+
+impl fmt::Debug for GrantedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrantedSecret")
+            .field("mode", &self.mode)
+            .field("value", &"[secret]")
+            .field("origins", &self.origins)
+            .finish()
+    }
+}
+
+/// What one call of a plugin may reach.
+#[derive(Debug, Default)]
+pub struct Access {
+    pub http: Vec<Origin>,
+    /// Granted secrets that exist, by name.
+    pub secrets: BTreeMap<String, GrantedSecret>,
+    /// Granted secrets that do not exist (not set, or deleted).
+    pub missing: Vec<String>,
+}
+
+impl Access {
+    /// Whether a request to `origin` may go out.
+    pub fn allows(&self, origin: &Origin) -> bool {
+        self.http.iter().any(|g| g.allows(origin))
+    }
+
+    /// Every granted secret's value with its name, longest first (so that
+    /// one value containing another is replaced whole).
+    pub fn redactions(&self) -> Vec<(&str, &str)> {
+        let mut pairs: Vec<(&str, &str)> = self
+            .secrets
+            .iter()
+            .filter(|(_, s)| !s.value.is_empty())
+            .map(|(name, s)| (s.value.as_str(), name.as_str()))
+            .collect();
+        pairs.sort_by_key(|(value, _)| std::cmp::Reverse(value.len()));
+        pairs
+    }
+}
+
+/// How long a plugin's assembled access is reused before it is read again.
+const FRESH_FOR: Duration = Duration::from_secs(5);
+
+/// Assembles and caches each plugin name's [`Access`].
+pub struct AccessBook {
+    store: Arc<dyn Store>,
+    key: Option<Arc<SecretBox>>,
+    /// Bumped by every change this host learns of.
+    version: AtomicU64,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+/// An assembled access: the version it was read at, and when.
+type Cached = (u64, Instant, Arc<Access>);
+
+impl AccessBook {
+    pub fn new(store: Arc<dyn Store>, key: Option<Arc<SecretBox>>) -> AccessBook {
+        AccessBook {
+            store,
+            key,
+            version: AtomicU64::new(0),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The secrets key, when one is configured.
+    pub fn key(&self) -> Option<&Arc<SecretBox>> {
+        self.key.as_ref()
+    }
+
+    /// A grant or secret changed: assemble every access again.
+    pub fn changed(&self) {
+        self.version.fetch_add(1, Ordering::SeqCst);
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// What a call of the plugin named `name` may reach.
+    pub async fn access(&self, name: &str) -> Result<Arc<Access>, StoreError> {
+        let version = self.version.load(Ordering::SeqCst);
+        if let Some((v, at, access)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            && *v == version
+            && at.elapsed() < FRESH_FOR
+        {
+            return Ok(access.clone());
+        }
+        let access = Arc::new(self.assemble(name).await?);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if self.version.load(Ordering::SeqCst) == version {
+            cache.insert(name.to_string(), (version, Instant::now(), access.clone()));
+        }
+        Ok(access)
+    }
+
+    async fn assemble(&self, name: &str) -> Result<Access, StoreError> {
+        let Some(grants) = self.store.grants(name).await? else {
+            return Ok(Access::default());
+        };
+        let mut access = Access {
+            http: grants.http,
+            ..Access::default()
+        };
+        if grants.secrets.is_empty() {
+            return Ok(access);
+        }
+        let names: Vec<SecretName> = grants.secrets.keys().cloned().collect();
+        let sealed = self.store.sealed_secrets(&names).await?;
+        for (name, mode) in grants.secrets {
+            let Some(secret) = sealed.iter().find(|s| s.name == name) else {
+                access.missing.push(name.to_string());
+                continue;
+            };
+            let Some(key) = &self.key else {
+                // Stored, but this host has no key to open it: as missing.
+                access.missing.push(name.to_string());
+                continue;
+            };
+            let value = key.open(secret)?;
+            access.secrets.insert(
+                name.to_string(),
+                GrantedSecret {
+                    mode,
+                    value,
+                    origins: secret.origins.clone(),
+                },
+            );
+        }
+        Ok(access)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(s: &str) -> Origin {
+        s.parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn origins_are_scheme_host_and_port() {
+        assert_eq!(
+            origin("https://API.example.com").to_string(),
+            "https://api.example.com"
+        );
+        assert_eq!(
+            origin("https://api.example.com:443").to_string(),
+            "https://api.example.com"
+        );
+        assert_eq!(
+            origin("http://127.0.0.1:9400").to_string(),
+            "http://127.0.0.1:9400"
+        );
+        assert_eq!(
+            origin("https://*.example.com").to_string(),
+            "https://*.example.com"
+        );
+        for (bad, why) in [
+            ("api.example.com", "no scheme"),
+            ("ftp://example.com", "https or http"),
+            ("https://example.com/v2", "path"),
+            ("https://example.com/", "path"),
+            ("https://example.com?x=1", "query"),
+            ("https://user:pw@example.com", "user name"),
+            ("https://*.com", "domain with a dot"),
+            ("https://*.10.0.0.1", "not an address"),
+            ("https://", "`https://`"),
+        ] {
+            let err = bad.parse::<Origin>().unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_grant_matches_scheme_host_and_port_exactly() {
+        let of = |u: &str| Origin::of(&u.parse::<http::Uri>().unwrap()).unwrap();
+        let api = origin("https://api.example.com");
+        assert!(api.allows(&of("https://api.example.com/v2/droplets?x=1")));
+        assert!(api.allows(&of("https://API.example.com:443/")));
+        assert!(
+            !api.allows(&of("http://api.example.com/")),
+            "the scheme counts"
+        );
+        assert!(
+            !api.allows(&of("https://api.example.com:8443/")),
+            "the port counts"
+        );
+        assert!(!api.allows(&of("https://api.example.com.evil.net/")));
+        assert!(!api.allows(&of("https://eu.api.example.com/")));
+        let any = origin("https://*.example.com");
+        assert!(any.allows(&of("https://eu.api.example.com/")));
+        assert!(any.allows(&of("https://api.example.com/")));
+        assert!(
+            !any.allows(&of("https://example.com/")),
+            "not the domain itself"
+        );
+        assert!(!any.allows(&of("https://badexample.com/")));
+        let local = origin("http://127.0.0.1:9400");
+        assert!(local.allows(&of("http://127.0.0.1:9400/x")));
+        assert!(!local.allows(&of("http://127.0.0.1:9401/x")));
+    }
+}

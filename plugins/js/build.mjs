@@ -1,13 +1,13 @@
-// Builds echo.js into a component: node build.mjs <wit dir> <output.wasm>
-// (`cargo xtask polyglot` runs it with the repository's wit/ and
-// target/polyglot/js-echo.wasm).
+// Builds a step written in JavaScript into a component:
+//   node build.mjs <wit dir> <source.js> <output.wasm>
+// (`cargo xtask polyglot` runs it for echo.js and http-resource.js with the
+// repository's wit/, writing into target/polyglot/).
 import { componentize } from '@bytecodealliance/componentize-js';
 import { readFile, writeFile } from 'node:fs/promises';
-import { fileURLToPath } from 'node:url';
+import { resolve } from 'node:path';
 
-const [witPath = '../../wit', out = 'js-echo.wasm'] = process.argv.slice(2);
-const here = fileURLToPath(new URL('.', import.meta.url));
-const sourcePath = `${here}echo.js`;
+const [witPath = '../../wit', source = 'echo.js', out = 'js-echo.wasm'] = process.argv.slice(2);
+const sourcePath = resolve(source);
 
 const { component } = await componentize({
   sourcePath,

@@ -13,8 +13,10 @@
 //!   own tests, which cargo hands the freshly built binary).
 //! - [`component`]: the committed components in `plugins/dist`.
 
+mod cloud;
 mod http;
 
+pub use cloud::Cloud;
 pub use http::{Contract, Http};
 
 use anyhow::{Context, Result, bail};
@@ -37,6 +39,29 @@ pub fn repo() -> PathBuf {
 pub fn component(name: &str) -> Vec<u8> {
     let path = repo().join("plugins/dist").join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// A component `cargo xtask polyglot` builds (the Python and JavaScript
+/// examples; README's test command builds them first).
+pub fn polyglot(file: &str) -> Vec<u8> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let path = target.join("polyglot").join(file);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "reading {}: {e}\nbuild the polyglot examples first: cargo xtask polyglot",
+            path.display()
+        )
+    })
+}
+
+/// A secrets key file (64 random hex characters) in `dir`.
+pub fn secrets_key_file(dir: &Path) -> PathBuf {
+    let path = dir.join("secrets.key");
+    let key: [u8; 32] = rand::random();
+    std::fs::write(&path, hex::encode(key)).expect("writing a secrets key");
+    path
 }
 
 /// The same component with a custom section appended (`padding` bytes of

@@ -390,16 +390,21 @@ fn build_polyglot(root: &Path, always: bool) -> Result<()> {
         build_python(root, &out, &python)?;
         stamp(&python, &python_sources)?;
     }
-    let js = out.join("js-echo.wasm");
-    let js_sources = [
-        wit,
-        std::fs::read(root.join("plugins/js/echo.js"))?,
-        std::fs::read(root.join("plugins/js/build.mjs"))?,
-        std::fs::read(root.join("plugins/js/package-lock.json"))?,
-    ];
-    if always || !fresh(&js, &js_sources) {
-        build_js(root, &js)?;
-        stamp(&js, &js_sources)?;
+    for (source, output) in [
+        ("echo.js", "js-echo.wasm"),
+        ("http-resource.js", "js-http-resource.wasm"),
+    ] {
+        let js = out.join(output);
+        let js_sources = [
+            wit.clone(),
+            std::fs::read(root.join("plugins/js").join(source))?,
+            std::fs::read(root.join("plugins/js/build.mjs"))?,
+            std::fs::read(root.join("plugins/js/package-lock.json"))?,
+        ];
+        if always || !fresh(&js, &js_sources) {
+            build_js(root, source, &js)?;
+            stamp(&js, &js_sources)?;
+        }
     }
     Ok(())
 }
@@ -463,7 +468,7 @@ fn build_python(root: &Path, out: &Path, target: &Path) -> Result<()> {
     )
 }
 
-fn build_js(root: &Path, target: &Path) -> Result<()> {
+fn build_js(root: &Path, source: &str, target: &Path) -> Result<()> {
     let dir = root.join("plugins").join("js");
     if !dir
         .join("node_modules")
@@ -483,8 +488,9 @@ fn build_js(root: &Path, target: &Path) -> Result<()> {
             .current_dir(&dir)
             .arg("build.mjs")
             .arg(root.join("wit"))
+            .arg(source)
             .arg(target),
-        "node build.mjs (plugins/js)",
+        &format!("node build.mjs {source} (plugins/js)"),
     )
 }
 

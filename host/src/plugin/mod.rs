@@ -1006,6 +1006,44 @@ mod tests {
         assert_eq!(waiting.await.unwrap().unwrap(), "echo");
     }
 
+    /// Every granted secret's value becomes `[secret:NAME]` in all a call
+    /// leaves behind: log lines, recorded resources (kind, id and spec),
+    /// the error, and the output.
+    #[test]
+    fn a_calls_traces_of_a_secret_are_redacted() {
+        use crate::grants::{GrantedSecret, SecretMode};
+        let mut access = Access::default();
+        access.secrets.insert(
+            "tok".into(),
+            GrantedSecret {
+                mode: SecretMode::Read,
+                value: "s3cret".to_string().into(),
+                origins: Vec::new(),
+            },
+        );
+        let outcome = CallOutcome::<Progress<Map<String, Value>>> {
+            result: Err(StepFailure::Fatal("refused: s3cret".into())),
+            logs: vec![LogLine {
+                level: crate::model::LogLevel::Info,
+                message: "token s3cret".into(),
+            }],
+            resources: vec![RecordedResource {
+                kind: "key".into(),
+                external_id: "id-s3cret".into(),
+                spec: serde_json::json!({"auth": ["Bearer s3cret"]}),
+            }],
+            elapsed: Duration::ZERO,
+        };
+        let done = redacted(outcome, &access, |_, _| {});
+        assert_eq!(done.logs[0].message, "token [secret:tok]");
+        assert_eq!(done.resources[0].external_id, "id-[secret:tok]");
+        assert_eq!(done.resources[0].spec["auth"][0], "Bearer [secret:tok]");
+        assert_eq!(
+            done.result.unwrap_err(),
+            StepFailure::Fatal("refused: [secret:tok]".into())
+        );
+    }
+
     #[test]
     fn bytes_are_written_for_humans() {
         assert_eq!(format_bytes(64 << 20), "64 MiB");

@@ -130,6 +130,15 @@ fn fresh_row(spec: &StepSpec, index: u32, phase: Phase) -> StepResult {
     }
 }
 
+/// "1 attempt", "3 attempts".
+fn attempts(n: u32) -> String {
+    if n == 1 {
+        "1 attempt".into()
+    } else {
+        format!("{n} attempts")
+    }
+}
+
 fn attempts_of(row: Option<&StepResult>, phase: Phase) -> u32 {
     row.map_or(0, |r| match phase {
         Phase::Execute => r.attempts,
@@ -768,7 +777,7 @@ impl Driver<'_> {
             Err(failure) => {
                 let interrupted = failure.is_interruption();
                 let why = if failure.is_retryable() {
-                    format!("{failure} (after {attempt} attempts)")
+                    format!("{failure} (after {})", attempts(attempt))
                 } else {
                     failure.to_string()
                 };
@@ -1204,7 +1213,7 @@ impl Driver<'_> {
             }
             Err(failure) => {
                 let why = if failure.is_retryable() {
-                    format!("{failure} (after {attempt} attempts)")
+                    format!("{failure} (after {})", attempts(attempt))
                 } else {
                     failure.to_string()
                 };

@@ -314,3 +314,126 @@ async fn errors_print_the_servers_message_not_a_backtrace() {
         stderr(&unreachable)
     );
 }
+
+/// `plugin grant|grants` and `secret set|list|delete`: a secret's value
+/// comes from stdin (never an argument) and is never printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_and_secrets_from_the_command_line() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut options = ServeOptions::new(db.dir.path());
+    options.database_url = Some(db.url.clone());
+    options.secrets_key_file = Some(wasaga_tests::secrets_key_file(db.dir.path()));
+    let server = TestServer::start(options).await;
+
+    let out = wasaga(
+        &server,
+        &[
+            "plugin",
+            "grant",
+            "deployer",
+            "--http",
+            "https://API.example.com",
+            "--http",
+            "http://127.0.0.1:9400",
+            "--secret",
+            "do-token=use",
+        ],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "deployer may send HTTP to: http://127.0.0.1:9400, https://api.example.com\ndeployer may use secret do-token\n"
+    );
+    let out = wasaga(&server, &["plugin", "grants", "deployer", "--json"], &[]).await;
+    let grants: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(grants["secrets"]["do-token"], "use");
+    let out = wasaga(
+        &server,
+        &[
+            "plugin",
+            "grant",
+            "deployer",
+            "--http",
+            "https://x.example.com/path",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("`https://x.example.com/path` is not an origin: it has a path"),
+        "{}",
+        stderr(&out)
+    );
+    let out = wasaga(
+        &server,
+        &["plugin", "grant", "deployer", "--secret", "do-token=write"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+
+    let mut set = std::process::Command::new(wasaga_binary())
+        .args([
+            "secret",
+            "set",
+            "do-token",
+            "--origin",
+            "https://api.digitalocean.com",
+            "--server",
+            &server.base,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        set.stdin
+            .take()
+            .unwrap()
+            .write_all(b"dop_v1_s3cret\n")
+            .unwrap();
+    }
+    let out = set.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "secret do-token set (origins: https://api.digitalocean.com)\n"
+    );
+    let out = wasaga(&server, &["secret", "list"], &[]).await;
+    assert!(stdout(&out).contains("do-token"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("https://api.digitalocean.com"));
+    assert!(!stdout(&out).contains("dop_v1_s3cret"));
+    let out = wasaga(&server, &["secret", "delete", "do-token"], &[]).await;
+    assert_eq!(stdout(&out), "secret do-token deleted\n");
+    let out = wasaga(&server, &["secret", "delete", "do-token"], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: no secret `do-token` (404 Not Found, not_found)"
+    );
+    // Nothing on stdin: refused, nothing set.
+    let empty = std::process::Command::new(wasaga_binary())
+        .args([
+            "secret",
+            "set",
+            "other",
+            "--origin",
+            "https://a.example.com",
+            "--server",
+            &server.base,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(empty.status.code(), Some(1));
+    assert!(
+        stderr(&empty).contains("no value on stdin"),
+        "{}",
+        stderr(&empty)
+    );
+}

@@ -237,3 +237,145 @@ async fn sigterm_lets_steps_finish_releases_leases_and_a_restart_runs_nothing_tw
     assert_eq!(calls.len(), 8 * 5, "every step ran exactly once: {calls:?}");
     assert!(calls.iter().all(|c| c.attempt == 1));
 }
+
+/// A kill between a real API's create and the commit of the step's result:
+/// the step runs again with the same idempotency key, and the provider
+/// (the test cloud, which honours the key) holds one resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_create_and_commit_creates_nothing_twice() {
+    let cloud = wasaga_tests::Cloud::start("crash-t0ken").await;
+    let (created_tx, mut created_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    cloud.on_create(move || {
+        let created_tx = created_tx.clone();
+        async move {
+            // The resource exists; hold the answer until the host is gone.
+            let _ = created_tx.send(());
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let key = wasaga_tests::secrets_key_file(dir.path());
+    let args = vec![
+        "--data-dir".to_string(),
+        dir.path().display().to_string(),
+        "--no-examples".into(),
+        "--secrets-key-file".into(),
+        key.display().to_string(),
+    ];
+    let http = wasaga_tests::Http::new();
+    let mut server = ServerProcess::start(BIN, &args, dir.path().join("first.log"))
+        .await
+        .unwrap();
+    let base = server.base.clone();
+    let r = http
+        .post(format!("{base}/v1/plugins"))
+        .body(component("http-resource"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let r = http
+        .put(format!("{base}/v1/secrets/cloud-token"))
+        .json(&json!({"value": "crash-t0ken", "origins": [cloud.origin()]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = http
+        .put(format!("{base}/v1/plugins/http-resource/grants"))
+        .json(&json!({"http": [cloud.origin()], "secrets": {"cloud-token": "use"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(format!("{base}/v1/sagas"))
+        .json(&json!({"kind": "provision", "steps": ["http-resource"], "inputs": {"api": cloud.origin(), "name": "db-1"}}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::timeout(Duration::from_secs(60), created_rx.recv())
+        .await
+        .expect("the step called the cloud");
+    server.kill();
+    assert_eq!(cloud.resources().len(), 1, "created before the kill");
+
+    let server = ServerProcess::start(BIN, &args, dir.path().join("second.log"))
+        .await
+        .unwrap();
+    let saga = poll_saga(&http, &server.base, &id, Duration::from_secs(60), |s| {
+        s["status"] == "completed"
+    })
+    .await;
+    assert_eq!(
+        saga["steps"][0]["attempts"], 2,
+        "the interrupted call ran again"
+    );
+    let resources = cloud.resources();
+    assert_eq!(
+        resources.len(),
+        1,
+        "the key made the second create the first: {resources:?}"
+    );
+    assert_eq!(cloud.counts().0, 2, "two calls to create");
+    let id_in_cloud = resources.keys().next().unwrap();
+    assert_eq!(saga["context"]["resource_id"], id_in_cloud.as_str());
+    assert_eq!(saga["resources"].as_array().unwrap().len(), 1);
+}
+
+/// SIGTERM while a step waits in a host call (a minute's sleep): the host
+/// gives it the grace period, then interrupts it, and exits; a restart
+/// runs the step again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_step_waiting_in_a_host_call_exits_within_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--data-dir".to_string(),
+        dir.path().display().to_string(),
+        "--no-examples".into(),
+        "--shutdown-grace".into(),
+        "2s".into(),
+    ];
+    let http = wasaga_tests::Http::new();
+    let mut server = ServerProcess::start(BIN, &args, dir.path().join("first.log"))
+        .await
+        .unwrap();
+    let r = http
+        .post(format!("{}/v1/plugins", server.base))
+        .body(component("fetch"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let r = http
+        .post(format!("{}/v1/sagas", server.base))
+        .json(&json!({"kind": "sleepy", "steps": [{"plugin": "fetch", "timeout_ms": 120000}], "inputs": {"sleep_ms": 60000}}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    poll_saga(&http, &server.base, &id, Duration::from_secs(60), |s| {
+        s["steps"][0]["status"] == "running"
+    })
+    .await;
+    let asked = Instant::now();
+    let status = server.terminate();
+    let took = asked.elapsed();
+    assert!(status.success(), "wasaga serve exited with {status}");
+    assert!(
+        took < Duration::from_secs(30),
+        "shutdown took {took:?}: the one-minute sleep was not interrupted"
+    );
+    let log = std::fs::read_to_string(dir.path().join("first.log")).unwrap();
+    assert!(
+        log.contains("steps still running after the grace period; interrupting them"),
+        "{log}"
+    );
+}

@@ -11,33 +11,7 @@ use wasaga::model::{Digest, LogLevel};
 use wasaga::plugin::{
     LoadedFrom, Plugin, PluginError, PluginHost, Progress, StepCall, StepFailure,
 };
-
-fn repo() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn component(name: &str) -> Vec<u8> {
-    let path = repo().join("plugins/dist").join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
-
-/// The Python and JavaScript examples are built by `cargo xtask polyglot`
-/// (README's test command runs it first).
-fn polyglot(file: &str) -> Vec<u8> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
-    let path = target.join("polyglot").join(file);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "reading {}: {e}\nbuild the polyglot examples first: cargo xtask polyglot",
-            path.display()
-        )
-    })
-}
+use wasaga_tests::{component, polyglot, repo};
 
 fn host() -> PluginHost {
     PluginHost::new(RuntimeConfig {

@@ -69,6 +69,7 @@ extern crate self as wasaga_step;
 
 #[cfg(all(feature = "allocator", target_arch = "wasm32"))]
 mod heap;
+pub mod http;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -77,8 +78,19 @@ use serde_json::{Map, Value};
 #[doc(hidden)]
 pub mod __bindings {
     wit_bindgen::generate!({
-        path: "../../wit/step.wit",
-        world: "plugin",
+        path: [
+            "../../wit/step.wit",
+            "../wit/io.wit",
+            "../wit/clocks.wit",
+            "../wit/random.wit",
+            "../wit/filesystem.wit",
+            "../wit/sockets.wit",
+            "../wit/cli.wit",
+            "../wit/http.wit",
+            "wit",
+        ],
+        world: "wasaga:sdk/plugin",
+        generate_all,
         pub_export_macro: true,
         export_macro_name: "__export_plugin",
         default_bindings_module: "wasaga_step::__bindings",
@@ -168,7 +180,8 @@ impl SagaState {
             if text.is_empty() {
                 return Ok(Value::Object(Map::new()));
             }
-            serde_json::from_str(text).map_err(|e| fatal(format!("the host sent invalid {what} JSON: {e}")))
+            serde_json::from_str(text)
+                .map_err(|e| fatal(format!("the host sent invalid {what} JSON: {e}")))
         };
         Ok(SagaState {
             inputs: parse("inputs", &state.inputs)?,
@@ -261,7 +274,11 @@ impl Output {
             OutputBody::Object(map) => map,
             OutputBody::Raw(text) => match serde_json::from_str(&text)? {
                 Value::Object(map) => map,
-                other => return Err(fatal(format!("a step's output must be a JSON object, not {other}"))),
+                other => {
+                    return Err(fatal(format!(
+                        "a step's output must be a JSON object, not {other}"
+                    )));
+                }
             },
         };
         map.insert(key.into(), serde_json::to_value(value)?);
@@ -272,7 +289,9 @@ impl Output {
     pub fn from_serialize(value: &impl Serialize) -> StepResult<Self> {
         match serde_json::to_value(value)? {
             Value::Object(map) => Ok(Output(OutputBody::Object(map))),
-            other => Err(fatal(format!("a step's output must be a JSON object, not {other}"))),
+            other => Err(fatal(format!(
+                "a step's output must be a JSON object, not {other}"
+            ))),
         }
     }
 

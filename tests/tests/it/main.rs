@@ -5,6 +5,7 @@
 mod api;
 mod fuzz;
 mod hardening;
+mod real_steps;
 mod runner;
 mod saga_properties;
 mod store;

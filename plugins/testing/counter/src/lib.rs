@@ -19,7 +19,17 @@
 //! because its world adds `wasi:http/outgoing-handler` to the step world.
 
 wit_bindgen::generate!({
-    path: ["../../../wit/step.wit", "wit"],
+    path: [
+        "../../../wit/step.wit",
+        "../../wit/io.wit",
+        "../../wit/clocks.wit",
+        "../../wit/random.wit",
+        "../../wit/filesystem.wit",
+        "../../wit/sockets.wit",
+        "../../wit/cli.wit",
+        "../../wit/http.wit",
+        "wit",
+    ],
     world: "wasaga:counter/counter",
     generate_all,
 });
@@ -50,23 +60,33 @@ fn report(state: &SagaState, inputs: &serde_json::Value, phase: &str) -> Result<
     let (scheme, authority) = match url.split_once("://") {
         Some(("http", rest)) => (Scheme::Http, rest.trim_end_matches('/')),
         Some(("https", rest)) => (Scheme::Https, rest.trim_end_matches('/')),
-        _ => return Err(StepError::Fatal(format!("counter_url `{url}` is not an http(s) URL"))),
+        _ => {
+            return Err(StepError::Fatal(format!(
+                "counter_url `{url}` is not an http(s) URL"
+            )));
+        }
     };
     let path = format!(
         "/count?saga={}&step={}&phase={phase}&attempt={}&key={}",
         state.saga_id, state.step_index, state.attempt, state.idempotency_key
     );
     let request = OutgoingRequest::new(Fields::new());
-    request.set_method(&Method::Get).map_err(|()| StepError::Fatal("bad method".into()))?;
-    request.set_scheme(Some(&scheme)).map_err(|()| StepError::Fatal("bad scheme".into()))?;
+    request
+        .set_method(&Method::Get)
+        .map_err(|()| StepError::Fatal("bad method".into()))?;
+    request
+        .set_scheme(Some(&scheme))
+        .map_err(|()| StepError::Fatal("bad scheme".into()))?;
     request
         .set_authority(Some(authority))
         .map_err(|()| StepError::Fatal(format!("bad authority `{authority}`")))?;
-    request.set_path_with_query(Some(&path)).map_err(|()| StepError::Fatal("bad path".into()))?;
+    request
+        .set_path_with_query(Some(&path))
+        .map_err(|()| StepError::Fatal("bad path".into()))?;
     let refused = |e: ErrorCode| match e {
-        ErrorCode::HttpRequestDenied => {
-            StepError::Fatal(format!("the host refused outgoing HTTP to {authority}: {e:?}"))
-        }
+        ErrorCode::HttpRequestDenied => StepError::Fatal(format!(
+            "the host refused outgoing HTTP to {authority}: {e:?}"
+        )),
         other => StepError::Retryable(format!("counter request to {authority} failed: {other:?}")),
     };
     let pending = outgoing_handler::handle(request, None).map_err(refused)?;
@@ -92,7 +112,9 @@ impl Guest for Counter {
         report(&state, &inputs, "execute")?;
         let index = state.step_index;
         if listed(&inputs, "counter_fail_at", index) {
-            return Err(StepError::Fatal(format!("counter: step {index} fails on purpose")));
+            return Err(StepError::Fatal(format!(
+                "counter: step {index} fails on purpose"
+            )));
         }
         let retry_until = inputs
             .get("counter_retry_until")

@@ -21,13 +21,21 @@ impl Step for Flaky {
                 state.attempt
             )));
         }
-        Output::new().with(format!("flaky_succeeded_on_attempt_{}", state.step_index), state.attempt)
+        Output::new().with(
+            format!("flaky_succeeded_on_attempt_{}", state.step_index),
+            state.attempt,
+        )
     }
 
     fn compensate(state: &SagaState) -> StepResult<()> {
-        let succeed_on: u32 = state.input_opt("flaky_compensate_succeed_on_attempt")?.unwrap_or(1);
+        let succeed_on: u32 = state
+            .input_opt("flaky_compensate_succeed_on_attempt")?
+            .unwrap_or(1);
         if state.attempt < succeed_on {
-            return Err(retryable(format!("flaky: compensate attempt {}", state.attempt)));
+            return Err(retryable(format!(
+                "flaky: compensate attempt {}",
+                state.attempt
+            )));
         }
         Ok(())
     }

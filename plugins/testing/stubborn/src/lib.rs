@@ -16,7 +16,10 @@ impl Step for Stubborn {
     }
 
     fn compensate(state: &SagaState) -> StepResult<()> {
-        Err(retryable(format!("stubborn: cannot undo step {} (attempt {})", state.step_index, state.attempt)))
+        Err(retryable(format!(
+            "stubborn: cannot undo step {} (attempt {})",
+            state.step_index, state.attempt
+        )))
     }
 }
 

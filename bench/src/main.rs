@@ -22,6 +22,11 @@
 //!   example; restart of a host with 20 plugins until all are ready.
 //! - memory: RSS of `wasaga serve` idle and with 1,000 sagas in flight.
 //! - several hosts on PostgreSQL: steps/s with 1, 2 and 3 `wasaga serve`.
+//! - outbound HTTP: one GET from a step through the host's `wasi:http`
+//!   (grant check, audit, limits); baseline: the same GET through reqwest,
+//!   on a new connection and on a pooled one.
+//! - I/O-bound scale: 2,000 sagas at once whose one step waits 1 s on a
+//!   local server; wall time and the server's peak RSS; baseline: one wait.
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -929,6 +934,262 @@ async fn several_hosts(report: &mut Report, quick: bool, bin: &Path) -> Result<(
     Ok(())
 }
 
+/// One outbound GET from a step, through the host's `wasi:http` (grant
+/// check, audit line, body limit), against the same GET made natively with
+/// reqwest: on a fresh connection each time (as the host makes one per
+/// request) and on a pooled one.
+async fn outbound_http(report: &mut Report, quick: bool) -> Result<()> {
+    report.measured_by(format!("{BENCH} --only http"));
+    let n = if quick { 300 } else { 3_000 };
+    let cloud = wasaga_tests::Cloud::start("bench-token").await;
+    let url = format!("{}/v2/bytes?n=64", cloud.origin());
+    let host = PluginHost::new(RuntimeConfig::default())?;
+    let fetch = host.prepare(&wasaga_tests::component("fetch")).await?;
+    let access = std::sync::Arc::new(wasaga::grants::Access {
+        http: vec![cloud.origin().parse()?],
+        ..Default::default()
+    });
+    let limits = StepLimits::default();
+    let step = |requests: serde_json::Value| {
+        let (host, fetch, access, limits) = (&host, &fetch, access.clone(), &limits);
+        async move {
+            let c = StepCall {
+                inputs: json!({ "requests": requests }).to_string(),
+                ..call(0)
+            };
+            let started = Instant::now();
+            let out = host
+                .execute(fetch, c, limits, CancellationToken::new(), access)
+                .await;
+            let elapsed = started.elapsed();
+            let out = out
+                .result
+                .map_err(|e| anyhow::anyhow!("fetch failed: {e}"))?;
+            let wasaga::plugin::Progress::Done(output) = out else {
+                bail!("fetch did not finish");
+            };
+            let answered = output["responses"].as_array().context("responses")?;
+            anyhow::ensure!(
+                answered.iter().all(|r| r["status"] == 200),
+                "the GET failed: {output:?}"
+            );
+            Ok::<_, anyhow::Error>(elapsed)
+        }
+    };
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let pooled = reqwest::Client::new();
+    let native = |client: &reqwest::Client| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let started = Instant::now();
+            let body = client
+                .get(&url)
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
+            let elapsed = started.elapsed();
+            anyhow::ensure!(body.len() == 64, "a 64-byte body");
+            Ok::<_, anyhow::Error>(elapsed)
+        }
+    };
+    // Interleaved, so that each kind sees the same machine.
+    let (mut with_get, mut without, mut on_fresh, mut on_pooled) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let get = json!([{ "url": url }]);
+    for i in 0..n + 100 {
+        let a = step(get.clone()).await?;
+        let b = step(json!([])).await?;
+        let c = native(&fresh).await?;
+        let d = native(&pooled).await?;
+        if i >= 100 {
+            with_get.push(a);
+            without.push(b);
+            on_fresh.push(c);
+            on_pooled.push(d);
+        }
+    }
+    for samples in [&mut with_get, &mut without, &mut on_fresh, &mut on_pooled] {
+        samples.sort();
+    }
+    let (step_p50, bare_p50) = (pct(&with_get, 0.5), pct(&without, 0.5));
+    let (fresh_p50, pooled_p50) = (pct(&on_fresh, 0.5), pct(&on_pooled, 0.5));
+    let added = |base: Duration| {
+        format!(
+            "+{:.0} µs",
+            (step_p50.as_secs_f64() - base.as_secs_f64()) * 1e6
+        )
+    };
+    report.add(
+        "outbound HTTP",
+        "a step making one GET (64-byte body) to a local server: p50",
+        us(step_p50),
+        format!("{} reqwest, new connection", us(fresh_p50)),
+        added(fresh_p50),
+        "≤ +300 µs",
+    );
+    report.add(
+        "outbound HTTP",
+        "the same step making one GET: p50, against a pooled connection",
+        us(step_p50),
+        format!("{} reqwest, pooled", us(pooled_p50)),
+        added(pooled_p50),
+        "",
+    );
+    report.add(
+        "outbound HTTP",
+        "the same step making no request: p50",
+        us(bare_p50),
+        format!("{} with the GET", us(step_p50)),
+        format!(
+            "GET adds {:.0} µs",
+            (step_p50.as_secs_f64() - bare_p50.as_secs_f64()) * 1e6
+        ),
+        "",
+    );
+    report.add(
+        "outbound HTTP",
+        "a step making one GET: p99",
+        us(pct(&with_get, 0.99)),
+        format!("{} reqwest, new connection", us(pct(&on_fresh, 0.99))),
+        format!(
+            "+{:.0} µs",
+            (pct(&with_get, 0.99).as_secs_f64() - pct(&on_fresh, 0.99).as_secs_f64()) * 1e6
+        ),
+        "",
+    );
+    Ok(())
+}
+
+/// Peak resident set size of a process (`VmHWM`), from /proc.
+fn peak_rss_bytes(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The flags README recommends for steps that mostly wait on other
+/// services: drive every saga at once, and allocate instances on demand
+/// (a pool would reserve a slot sized for the memory ceiling per instance).
+const IO_FLAGS: &str = "--concurrency 2000 --max-instances 2000 --allocator on-demand";
+
+/// I/O-bound scale: `wasaga serve` (with `IO_FLAGS`, or
+/// `WASAGA_BENCH_IO_FLAGS` when set) given
+/// 2,000 sagas at once, each one step waiting 1 s on a local server's
+/// answer; wall time from the first start to the last completion (from the
+/// sagas' own timestamps), and the server's peak RSS.
+async fn io_bound(report: &mut Report, quick: bool, bin: &Path) -> Result<()> {
+    let flags = std::env::var("WASAGA_BENCH_IO_FLAGS").unwrap_or_else(|_| IO_FLAGS.into());
+    report.measured_by(format!("{BENCH} --only io {WITH_SERVER}"));
+    let sagas: usize = if quick { 500 } else { 2_000 };
+    const WAIT_MS: u64 = 1_000;
+    let cloud = wasaga_tests::Cloud::start("bench-token").await;
+    let dir = tempfile::tempdir()?;
+    let mut args = vec!["--data-dir".to_string(), dir.path().display().to_string()];
+    args.extend(flags.split_whitespace().map(str::to_string));
+    let mut server = wasaga_tests::ServerProcess::start(
+        bin.to_str().context("a UTF-8 path")?,
+        &args,
+        dir.path().join("serve.log"),
+    )
+    .await?;
+    let pid = server.child.id().to_string();
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/v1/plugins", server.base))
+        .body(wasaga_tests::component("fetch"))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "uploading fetch: {}", r.status());
+    let r = http
+        .put(format!("{}/v1/plugins/fetch/grants", server.base))
+        .json(&json!({ "http": [cloud.origin()] }))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "granting fetch: {}", r.status());
+    let idle = rss_bytes(&pid).context("reading the server's RSS")?;
+    let body = json!({
+        "kind": "io",
+        "steps": [{ "plugin": "fetch", "timeout_ms": 60_000 }],
+        "inputs": { "requests": [{ "url": format!("{}/v2/slow?ms={WAIT_MS}", cloud.origin()) }] },
+    });
+    use futures::StreamExt;
+    let posts = futures::stream::iter(0..sagas).map(|_| {
+        let (http, body, url) = (
+            http.clone(),
+            body.clone(),
+            format!("{}/v1/sagas", server.base),
+        );
+        async move {
+            let r = http.post(url).json(&body).send().await?;
+            anyhow::ensure!(r.status() == 201, "starting a saga: {}", r.status());
+            Ok::<_, anyhow::Error>(())
+        }
+    });
+    let results: Vec<Result<()>> = posts.buffer_unordered(256).collect().await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    let db = dir.path().join("wasaga.db");
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}?mode=ro",
+        db.display()
+    ))
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (first, last) = loop {
+        let (done, unfinished, first, last): (i64, i64, Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'completed'), \
+                    count(*) FILTER (WHERE status NOT IN ('completed', 'rolled_back', 'failed')), \
+                    min(created_at), max(updated_at) FROM saga_runs",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        if unfinished == 0 {
+            anyhow::ensure!(
+                done as usize == sagas,
+                "{} of {sagas} sagas did not complete",
+                sagas as i64 - done
+            );
+            break (first.unwrap_or(0), last.unwrap_or(0));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the sagas did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let peak = peak_rss_bytes(&pid).context("reading the server's peak RSS")?;
+    server.terminate();
+    let wall = Duration::from_millis((last - first).max(0) as u64);
+    let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1 << 20) as f64);
+    let shown = if flags.is_empty() {
+        "default flags".to_string()
+    } else {
+        flags.clone()
+    };
+    report.notes.push(format!(
+        "I/O-bound scale: `wasaga serve` with {shown}; the {sagas} sagas are posted 256 at a time; \
+         wall time is from the first saga's creation to the last one's completion, as the database records them."
+    ));
+    report.add(
+        "I/O-bound scale",
+        format!("{sagas} sagas, one step each waiting {WAIT_MS} ms on a local server: wall time"),
+        ms(wall),
+        format!("{WAIT_MS} ms (one wait)"),
+        format!("{:.2}×", wall.as_secs_f64() * 1e3 / WAIT_MS as f64),
+        "≤ 3 s",
+    );
+    report.add(
+        "I/O-bound scale",
+        format!("{sagas} sagas waiting at once: peak RSS of wasaga serve"),
+        mib(peak),
+        mib(idle) + " idle",
+        format!("{:.1}×", peak as f64 / idle as f64),
+        "≤ 1 GiB",
+    );
+    Ok(())
+}
+
 fn write_markdown(report: &Report, path: &Path, quick: bool) -> Result<()> {
     let mut md = String::new();
     md.push_str("# Benchmarks\n\n");
@@ -995,6 +1256,15 @@ async fn main() -> Result<()> {
         match &args.wasaga_bin {
             Some(bin) => memory(&mut report, args.quick, bin).await?,
             None => eprintln!("memory: skipped (needs --wasaga-bin)"),
+        }
+    }
+    if wanted("http") {
+        outbound_http(&mut report, args.quick).await?;
+    }
+    if wanted("io") {
+        match &args.wasaga_bin {
+            Some(bin) => io_bound(&mut report, args.quick, bin).await?,
+            None => eprintln!("I/O-bound scale: skipped (needs --wasaga-bin)"),
         }
     }
     if wanted("hosts") {

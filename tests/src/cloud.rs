@@ -47,11 +47,18 @@ pub struct Cloud {
 }
 
 impl Cloud {
-    /// Starts a cloud that accepts `token`.
+    /// Starts a cloud on `127.0.0.1:0` that accepts `token`.
     pub async fn start(token: &str) -> Cloud {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Cloud::start_on("127.0.0.1:0", token)
+            .await
+            .expect("binding 127.0.0.1:0")
+    }
+
+    /// Starts a cloud listening on `addr` that accepts `token`.
+    pub async fn start_on(addr: &str, token: &str) -> std::io::Result<Cloud> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let cloud = Cloud {
-            addr: listener.local_addr().unwrap(),
+            addr: listener.local_addr()?,
             inner: Arc::new(Mutex::new(Inner {
                 token: token.to_string(),
                 ..Inner::default()
@@ -66,7 +73,7 @@ impl Cloud {
             .route("/v2/hang", get(hang))
             .with_state(cloud.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        cloud
+        Ok(cloud)
     }
 
     /// Its origin, `http://127.0.0.1:PORT`.

@@ -27,6 +27,9 @@
 //!   on a new connection and on a pooled one.
 //! - I/O-bound scale: 2,000 sagas at once whose one step waits 1 s on a
 //!   local server; wall time and the server's peak RSS; baseline: one wait.
+//! - durable waits: 10,000 sagas whose one step polls 5 times 1 s apart
+//!   (`poll-after`); wall time, peak RSS and CPU seconds of the server;
+//!   baseline: the same wait as a sleep inside the call.
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -674,7 +677,7 @@ async fn plugin_load(report: &mut Report, quick: bool) -> Result<()> {
                 size: bytes.len() as u64,
                 created_at: wasaga::model::Timestamp::now(),
                 current: true,
-                contract: None,
+                contract: plugin.contract.as_str().to_string(),
             };
             host.store.put_plugin(&info, bytes).await?;
         }
@@ -772,7 +775,6 @@ async fn memory(report: &mut Report, quick: bool, bin: &Path) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server.terminate();
-    let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1 << 20) as f64);
     report.add(
         "memory",
         "RSS of wasaga serve, idle",
@@ -1077,6 +1079,158 @@ fn peak_rss_bytes(pid: &str) -> Option<u64> {
 /// (a pool would reserve a slot sized for the memory ceiling per instance).
 const IO_FLAGS: &str = "--concurrency 2000 --max-instances 2000 --allocator on-demand";
 
+/// A `wasaga serve` process on SQLite in a temporary directory, driven
+/// over HTTP, for the sections that measure the server as users run it.
+struct ServedHost {
+    server: wasaga_tests::ServerProcess,
+    pid: String,
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl ServedHost {
+    async fn start(bin: &Path, flags: &str) -> Result<ServedHost> {
+        let dir = tempfile::tempdir()?;
+        let mut args = vec!["--data-dir".to_string(), dir.path().display().to_string()];
+        args.extend(flags.split_whitespace().map(str::to_string));
+        let server = wasaga_tests::ServerProcess::start(
+            bin.to_str().context("a UTF-8 path")?,
+            &args,
+            dir.path().join("serve.log"),
+        )
+        .await?;
+        let pid = server.child.id().to_string();
+        Ok(ServedHost {
+            server,
+            pid,
+            dir,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// Uploads a bundled plugin and grants it `origins`.
+    async fn install(&self, plugin: &str, origins: &[String]) -> Result<()> {
+        let base = &self.server.base;
+        let r = self
+            .http
+            .post(format!("{base}/v1/plugins"))
+            .body(wasaga_tests::component(plugin))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "uploading {plugin}: {}",
+            r.status()
+        );
+        if !origins.is_empty() {
+            let r = self
+                .http
+                .put(format!("{base}/v1/plugins/{plugin}/grants"))
+                .json(&json!({ "http": origins }))
+                .send()
+                .await?;
+            anyhow::ensure!(r.status().is_success(), "granting {plugin}: {}", r.status());
+        }
+        Ok(())
+    }
+
+    /// Starts `n` sagas, 256 requests at a time, the body of each made
+    /// just before it is posted.
+    async fn start_sagas(&self, n: usize, body: impl Fn() -> serde_json::Value) -> Result<()> {
+        use futures::StreamExt;
+        let url = format!("{}/v1/sagas", self.server.base);
+        let posts = futures::stream::iter(0..n).map(|_| {
+            let request = self.http.post(&url).json(&body());
+            async move {
+                let r = request.send().await?;
+                anyhow::ensure!(r.status() == 201, "starting a saga: {}", r.status());
+                Ok::<_, anyhow::Error>(())
+            }
+        });
+        let results: Vec<Result<()>> = posts.buffer_unordered(256).collect().await;
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        Ok(())
+    }
+
+    /// Waits until every saga has ended, checks that all `n` completed,
+    /// and returns the time from the first one's creation to the last one's
+    /// completion, as the database records them, and the total polls.
+    async fn wait_completed(&self, n: usize) -> Result<(Duration, i64)> {
+        let db = self.dir.path().join("wasaga.db");
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+            "sqlite://{}?mode=ro",
+            db.display()
+        ))
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(900);
+        loop {
+            let (done, unfinished, first, last): (i64, i64, Option<i64>, Option<i64>) =
+                sqlx::query_as(
+                    "SELECT count(*) FILTER (WHERE status = 'completed'), \
+                            count(*) FILTER (WHERE status NOT IN ('completed', 'rolled_back', 'failed')), \
+                            min(created_at), max(updated_at) FROM saga_runs",
+                )
+                .fetch_one(&mut conn)
+                .await?;
+            if unfinished == 0 {
+                anyhow::ensure!(
+                    done as usize == n,
+                    "{} of {n} sagas did not complete",
+                    n as i64 - done
+                );
+                let (polls,): (i64,) =
+                    sqlx::query_as("SELECT coalesce(sum(polls), 0) FROM saga_steps")
+                        .fetch_one(&mut conn)
+                        .await?;
+                let wall =
+                    Duration::from_millis((last.unwrap_or(0) - first.unwrap_or(0)).max(0) as u64);
+                return Ok((wall, polls));
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the sagas did not finish");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn rss(&self) -> Result<u64> {
+        rss_bytes(&self.pid).context("reading the server's RSS")
+    }
+
+    fn peak_rss(&self) -> Result<u64> {
+        peak_rss_bytes(&self.pid).context("reading the server's peak RSS")
+    }
+
+    /// CPU time (user and system) the server has used so far.
+    fn cpu(&self) -> Result<Duration> {
+        cpu_time(&self.pid).context("reading the server's CPU time")
+    }
+
+    fn stop(mut self) {
+        self.server.terminate();
+    }
+}
+
+/// CPU time (user + system) of a process, from /proc/PID/stat.
+fn cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at state,
+    // field 3; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second: u64 = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100);
+    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
 /// I/O-bound scale: `wasaga serve` (with `IO_FLAGS`, or
 /// `WASAGA_BENCH_IO_FLAGS` when set) given
 /// 2,000 sagas at once, each one step waiting 1 s on a local server's
@@ -1088,80 +1242,18 @@ async fn io_bound(report: &mut Report, quick: bool, bin: &Path) -> Result<()> {
     let sagas: usize = if quick { 500 } else { 2_000 };
     const WAIT_MS: u64 = 1_000;
     let cloud = wasaga_tests::Cloud::start("bench-token").await;
-    let dir = tempfile::tempdir()?;
-    let mut args = vec!["--data-dir".to_string(), dir.path().display().to_string()];
-    args.extend(flags.split_whitespace().map(str::to_string));
-    let mut server = wasaga_tests::ServerProcess::start(
-        bin.to_str().context("a UTF-8 path")?,
-        &args,
-        dir.path().join("serve.log"),
-    )
-    .await?;
-    let pid = server.child.id().to_string();
-    let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{}/v1/plugins", server.base))
-        .body(wasaga_tests::component("fetch"))
-        .send()
-        .await?;
-    anyhow::ensure!(r.status().is_success(), "uploading fetch: {}", r.status());
-    let r = http
-        .put(format!("{}/v1/plugins/fetch/grants", server.base))
-        .json(&json!({ "http": [cloud.origin()] }))
-        .send()
-        .await?;
-    anyhow::ensure!(r.status().is_success(), "granting fetch: {}", r.status());
-    let idle = rss_bytes(&pid).context("reading the server's RSS")?;
+    let host = ServedHost::start(bin, &flags).await?;
+    host.install("fetch", &[cloud.origin()]).await?;
+    let idle = host.rss()?;
     let body = json!({
         "kind": "io",
         "steps": [{ "plugin": "fetch", "timeout_ms": 60_000 }],
         "inputs": { "requests": [{ "url": format!("{}/v2/slow?ms={WAIT_MS}", cloud.origin()) }] },
     });
-    use futures::StreamExt;
-    let posts = futures::stream::iter(0..sagas).map(|_| {
-        let (http, body, url) = (
-            http.clone(),
-            body.clone(),
-            format!("{}/v1/sagas", server.base),
-        );
-        async move {
-            let r = http.post(url).json(&body).send().await?;
-            anyhow::ensure!(r.status() == 201, "starting a saga: {}", r.status());
-            Ok::<_, anyhow::Error>(())
-        }
-    });
-    let results: Vec<Result<()>> = posts.buffer_unordered(256).collect().await;
-    results.into_iter().collect::<Result<Vec<()>>>()?;
-    let db = dir.path().join("wasaga.db");
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
-        "sqlite://{}?mode=ro",
-        db.display()
-    ))
-    .await?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let (first, last) = loop {
-        let (done, unfinished, first, last): (i64, i64, Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status = 'completed'), \
-                    count(*) FILTER (WHERE status NOT IN ('completed', 'rolled_back', 'failed')), \
-                    min(created_at), max(updated_at) FROM saga_runs",
-        )
-        .fetch_one(&mut conn)
-        .await?;
-        if unfinished == 0 {
-            anyhow::ensure!(
-                done as usize == sagas,
-                "{} of {sagas} sagas did not complete",
-                sagas as i64 - done
-            );
-            break (first.unwrap_or(0), last.unwrap_or(0));
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the sagas did not finish");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let peak = peak_rss_bytes(&pid).context("reading the server's peak RSS")?;
-    server.terminate();
-    let wall = Duration::from_millis((last - first).max(0) as u64);
-    let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1 << 20) as f64);
+    host.start_sagas(sagas, || body.clone()).await?;
+    let (wall, _) = host.wait_completed(sagas).await?;
+    let peak = host.peak_rss()?;
+    host.stop();
     let shown = if flags.is_empty() {
         "default flags".to_string()
     } else {
@@ -1186,6 +1278,120 @@ async fn io_bound(report: &mut Report, quick: bool, bin: &Path) -> Result<()> {
         mib(idle) + " idle",
         format!("{:.1}×", peak as f64 / idle as f64),
         "≤ 1 GiB",
+    );
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What one way of waiting cost: wall time, polls, peak RSS, CPU.
+struct WaitCost {
+    wall: Duration,
+    polls: i64,
+    peak: u64,
+    cpu: Duration,
+}
+
+/// Runs `sagas` one-step sagas on a fresh `wasaga serve` with `flags`.
+async fn wait_cost(
+    bin: &Path,
+    flags: &str,
+    sagas: usize,
+    plugin: &str,
+    origins: &[String],
+    body: impl Fn() -> serde_json::Value,
+) -> Result<WaitCost> {
+    let host = ServedHost::start(bin, flags).await?;
+    host.install(plugin, origins).await?;
+    let cpu_before = host.cpu()?;
+    host.start_sagas(sagas, body).await?;
+    let (wall, polls) = host.wait_completed(sagas).await?;
+    let cost = WaitCost {
+        wall,
+        polls,
+        peak: host.peak_rss()?,
+        cpu: host.cpu()? - cpu_before,
+    };
+    host.stop();
+    Ok(cost)
+}
+
+/// The flags for the in-call sleep: every saga driven and every instance
+/// alive at once.
+fn sleep_flags(sagas: usize) -> String {
+    format!("--concurrency {sagas} --max-instances {sagas} --allocator on-demand")
+}
+
+/// Waiting is cheap: `sagas` sagas whose one step (the `poll` test plugin,
+/// contract 0.2.0) answers `poll-after` 1 s apart until 4.5 s after its
+/// saga was posted, so 5 polls when the host keeps up, on `wasaga serve`
+/// with default flags; beside the same wait done as a 5 s sleep inside the
+/// call (`fetch` with `sleep_ms`), with concurrency and instances for all.
+async fn durable_waits(report: &mut Report, quick: bool, bin: &Path) -> Result<()> {
+    report.measured_by(format!("{BENCH} --only waits {WITH_SERVER}"));
+    let sagas: usize = if quick { 500 } else { 10_000 };
+    const POLLS: u64 = 5;
+    const EVERY_MS: u64 = 1_000;
+    let polling = wait_cost(bin, "", sagas, "poll", &[], || {
+        json!({
+            "kind": "waits",
+            "steps": [{ "plugin": "poll" }],
+            "inputs": { "until_ms": epoch_ms() + (POLLS - 1) * EVERY_MS + EVERY_MS / 2, "poll_ms": EVERY_MS },
+        })
+    })
+    .await?;
+    let sleeping = wait_cost(bin, &sleep_flags(sagas), sagas, "fetch", &[], || {
+        json!({
+            "kind": "waits",
+            "steps": [{ "plugin": "fetch", "timeout_ms": 120_000 }],
+            "inputs": { "sleep_ms": POLLS * EVERY_MS },
+        })
+    })
+    .await?;
+    report.notes.push(format!(
+        "Durable waits: {sagas} sagas posted 256 at a time to `wasaga serve` with default flags (concurrency 64); \
+         each step polls 1 s apart until 4.5 s after its saga was posted ({:.2} polls per saga measured: \
+         fewer than 5 where the first call came late). Baseline: the same sagas on a server started with `{}`, \
+         the step sleeping 5 s in `wasi:clocks` inside its call. Wall time is from the first saga's creation \
+         to the last one's completion; CPU is the server's user + system time from the first post to the end.",
+        polling.polls as f64 / sagas as f64,
+        sleep_flags(sagas)
+    ));
+    let what = format!("{sagas} sagas, one step waiting 5 s");
+    report.add(
+        "Durable waits",
+        format!("{what} by polling 1 s apart: wall time"),
+        ms(polling.wall),
+        format!("{} (sleep in call)", ms(sleeping.wall)),
+        format!(
+            "{:.2}×",
+            polling.wall.as_secs_f64() / sleeping.wall.as_secs_f64()
+        ),
+        "≈ 5 s",
+    );
+    report.add(
+        "Durable waits",
+        format!("{what} by polling: peak RSS of wasaga serve"),
+        mib(polling.peak),
+        format!("{} (sleep in call)", mib(sleeping.peak)),
+        format!("{:.2}×", polling.peak as f64 / sleeping.peak as f64),
+        "≤ 300 MiB",
+    );
+    report.add(
+        "Durable waits",
+        format!("{what} by polling: CPU seconds of wasaga serve"),
+        format!("{:.1} s", polling.cpu.as_secs_f64()),
+        format!("{:.1} s (sleep in call)", sleeping.cpu.as_secs_f64()),
+        format!(
+            "{:.2}×",
+            polling.cpu.as_secs_f64() / sleeping.cpu.as_secs_f64()
+        ),
+        "",
     );
     Ok(())
 }
@@ -1265,6 +1471,12 @@ async fn main() -> Result<()> {
         match &args.wasaga_bin {
             Some(bin) => io_bound(&mut report, args.quick, bin).await?,
             None => eprintln!("I/O-bound scale: skipped (needs --wasaga-bin)"),
+        }
+    }
+    if wanted("waits") {
+        match &args.wasaga_bin {
+            Some(bin) => durable_waits(&mut report, args.quick, bin).await?,
+            None => eprintln!("durable waits: skipped (needs --wasaga-bin)"),
         }
     }
     if wanted("hosts") {

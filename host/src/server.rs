@@ -202,7 +202,7 @@ async fn register_examples(store: &Arc<dyn Store>, plugins: &PluginHost) -> Resu
             size: bytes.len() as u64,
             created_at: Timestamp::now(),
             current: true,
-            contract: Some(plugin.contract.as_str().to_string()),
+            contract: plugin.contract.as_str().to_string(),
         };
         store.put_plugin(&info, bytes).await?;
         tracing::info!(name, digest = %info.digest, "registered a bundled example plugin");

@@ -1,7 +1,8 @@
 // Builds a step written in JavaScript into a component:
 //   node build.mjs <wit dir> <source.js> <output.wasm>
-// (`cargo xtask polyglot` runs it for echo.js and http-resource.js with the
-// repository's wit/, writing into target/polyglot/).
+// (`cargo xtask polyglot` runs it for each example with the contract it is
+// written against, wit/ for 0.1.0 or wit/0.2.0/, writing into
+// target/polyglot/).
 import { componentize } from '@bytecodealliance/componentize-js';
 import { readFile, writeFile } from 'node:fs/promises';
 import { resolve } from 'node:path';

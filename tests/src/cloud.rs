@@ -4,7 +4,11 @@
 //!
 //! - `POST /v2/resources` `{name}`: creates a resource (`201 {id, name}`);
 //!   the same `Idempotency-Key` again returns the same resource (`200`).
-//! - `GET /v2/resources/{id}`, `DELETE /v2/resources/{id}` (`204`, `404`).
+//! - `GET /v2/resources/{id}`: the resource with its `status`, `booting`
+//!   until it has been asked for `boot_checks` times (see
+//!   [`Cloud::boot_after`]; 0 by default, so `active` at once), then
+//!   `active`: what a step that waits for a resource to be ready polls.
+//! - `DELETE /v2/resources/{id}` (`204`, `404`).
 //! - `GET /v2/echo-headers`: the request's headers, as JSON.
 //! - `GET /v2/bytes?n=N`: a body of N bytes.
 //! - `GET /v2/slow?ms=N`: answers after N ms.
@@ -37,6 +41,10 @@ struct Inner {
     deletes: usize,
     unauthorized: usize,
     hook: Option<CreateHook>,
+    /// How many `GET`s a new resource answers `booting` to.
+    boot_checks: u32,
+    /// `GET`s of each resource so far.
+    checks: HashMap<String, u32>,
 }
 
 /// A running test cloud.
@@ -90,6 +98,12 @@ impl Cloud {
     pub fn counts(&self) -> (usize, usize, usize) {
         let i = self.inner.lock().unwrap();
         (i.creates, i.deletes, i.unauthorized)
+    }
+
+    /// New resources answer `booting` to their first `checks` `GET`s, then
+    /// `active`.
+    pub fn boot_after(&self, checks: u32) {
+        self.inner.lock().unwrap().boot_checks = checks;
     }
 
     /// Runs `hook` on every create after the resource exists and before
@@ -171,10 +185,19 @@ async fn show(
     if !cloud.authorized(&headers) {
         return unauthorized();
     }
-    match cloud.inner.lock().unwrap().resources.get(&id) {
-        Some(r) => Json(r.clone()).into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
-    }
+    let mut inner = cloud.inner.lock().unwrap();
+    let Some(mut resource) = inner.resources.get(&id).cloned() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let boot_checks = inner.boot_checks;
+    let checks = inner.checks.entry(id).or_default();
+    *checks += 1;
+    resource["status"] = json!(if *checks > boot_checks {
+        "active"
+    } else {
+        "booting"
+    });
+    Json(resource).into_response()
 }
 
 async fn delete(

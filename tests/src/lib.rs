@@ -194,6 +194,8 @@ pub struct Call {
     pub key: String,
     /// Order of arrival across all calls.
     pub seq: u64,
+    /// When it arrived.
+    pub at: std::time::SystemTime,
 }
 
 type Hook = Arc<dyn Fn(Call) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
@@ -235,10 +237,20 @@ impl Counter {
                                 attempt: q.get("attempt").and_then(|s| s.parse().ok()).unwrap_or(0),
                                 key: q.get("key").cloned().unwrap_or_default(),
                                 seq: calls.len() as u64,
+                                at: std::time::SystemTime::now(),
                             };
                             calls.push(call.clone());
-                            call
+                            let seen = calls
+                                .iter()
+                                .filter(|c| {
+                                    c.saga == call.saga
+                                        && c.step == call.step
+                                        && c.phase == call.phase
+                                })
+                                .count();
+                            (call, seen)
                         };
+                        let (call, seen) = call;
                         let hook = state.hook.lock().unwrap().clone();
                         if let Some(hook) = hook {
                             hook(call).await;
@@ -247,7 +259,9 @@ impl Counter {
                         if !delay.is_zero() {
                             tokio::time::sleep(delay).await;
                         }
-                        "counted"
+                        // How many calls of this step and phase it has seen
+                        // (the `poll` plugin counts its polls by it).
+                        seen.to_string()
                     }
                 },
             ),
@@ -272,21 +286,31 @@ impl Counter {
     /// Grants `counter` this endpoint, straight in the store (as the API
     /// would).
     pub async fn grant(&self, store: &dyn Store) {
+        self.grant_to("counter", store).await;
+    }
+
+    /// Grants the plugin named `plugin` this endpoint, straight in the store.
+    pub async fn grant_to(&self, plugin: &str, store: &dyn Store) {
         store
-            .put_grants("counter", &self.grants(), Timestamp::now())
+            .put_grants(plugin, &self.grants(), Timestamp::now())
             .await
-            .expect("granting counter");
+            .unwrap_or_else(|e| panic!("granting {plugin}: {e}"));
     }
 
     /// Grants `counter` this endpoint through a server's API.
     pub async fn grant_on(&self, http: &Http, base: &str) {
+        self.grant_on_to("counter", http, base).await;
+    }
+
+    /// Grants the plugin named `plugin` this endpoint through a server's API.
+    pub async fn grant_on_to(&self, plugin: &str, http: &Http, base: &str) {
         let r = http
-            .put(format!("{base}/v1/plugins/counter/grants"))
+            .put(format!("{base}/v1/plugins/{plugin}/grants"))
             .json(&self.grants())
             .send()
             .await
             .expect("PUT grants");
-        assert!(r.status().is_success(), "granting counter: {}", r.status());
+        assert!(r.status().is_success(), "granting {plugin}: {}", r.status());
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -313,6 +337,24 @@ impl Counter {
     }
 }
 
+/// The step contract a committed component implements, from the world
+/// `plugins/dist/manifest.json` records for it (`0.1.0`, `0.2.0`).
+pub fn contract_of(name: &str) -> String {
+    let path = repo().join("plugins/dist/manifest.json");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("reading the manifest"))
+            .expect("the manifest is JSON");
+    let world = &manifest["components"][format!("{name}.wasm")]["world"];
+    world
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w.as_str()?.strip_prefix("export wasaga:step/step@"))
+        .next()
+        .unwrap_or_else(|| panic!("{name}.wasm exports no step in the manifest"))
+        .to_string()
+}
+
 /// Uploads a committed component straight into a store (as the API would
 /// after validating it) and returns its step spec.
 pub async fn install(store: &dyn Store, name: &str) -> StepSpec {
@@ -323,7 +365,7 @@ pub async fn install(store: &dyn Store, name: &str) -> StepSpec {
         size: bytes.len() as u64,
         created_at: Timestamp::now(),
         current: true,
-        contract: None,
+        contract: contract_of(name),
     };
     store
         .put_plugin(&info, &bytes)

@@ -210,23 +210,48 @@ fn build_plugins(root: &Path, check: bool) -> Result<()> {
         ),
     ]
     .join(" ");
-    let mut cmd = Command::new(route.cargo());
-    cmd.current_dir(&plugins_dir)
-        .env("PATH", debian_first_path(route))
-        .env("CARGO_ENCODED_RUSTFLAGS", rustflags.replace(' ', "\x1f"))
-        .env_remove("RUSTFLAGS")
-        .args(["build", "--release", "--locked", "--target", WASM_TARGET])
-        .arg("--target-dir")
-        .arg(&plugin_target);
-    if route == Route::DebianBuildStd {
-        let lld = rustup_sysroot()?.join("lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld");
-        ensure!(lld.exists(), "rust-lld not found at {}", lld.display());
-        cmd.env("RUSTC_BOOTSTRAP", "1")
-            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", lld)
-            .arg("-Zbuild-std=std,panic_abort");
+    // Cargo unifies features within one build, so the crates that build the
+    // SDK on contract 0.1.0 (its `contract-0-1` feature) are built apart
+    // from the rest, which get the newest contract.
+    let mut old_contract = Vec::new();
+    for name in plugin_crates(root)? {
+        let manifest = ["examples", "testing"]
+            .iter()
+            .map(|group| plugins_dir.join(group).join(&name).join("Cargo.toml"))
+            .find(|path| path.exists())
+            .context("a plugin crate's Cargo.toml")?;
+        if std::fs::read_to_string(&manifest)?.contains("\"contract-0-1\"") {
+            old_contract.push(name);
+        }
     }
-    let status = cmd.status().context("running cargo for the plugins")?;
-    ensure!(status.success(), "building the plugins failed");
+    let mut newest: Vec<String> = vec!["--workspace".into()];
+    for name in &old_contract {
+        newest.extend(["--exclude".into(), name.clone()]);
+    }
+    let old: Vec<String> = old_contract
+        .iter()
+        .flat_map(|name| ["-p".to_string(), name.clone()])
+        .collect();
+    for selection in [newest, old].into_iter().filter(|s| !s.is_empty()) {
+        let mut cmd = Command::new(route.cargo());
+        cmd.current_dir(&plugins_dir)
+            .env("PATH", debian_first_path(route))
+            .env("CARGO_ENCODED_RUSTFLAGS", rustflags.replace(' ', "\x1f"))
+            .env_remove("RUSTFLAGS")
+            .args(["build", "--release", "--locked", "--target", WASM_TARGET])
+            .args(&selection)
+            .arg("--target-dir")
+            .arg(&plugin_target);
+        if route == Route::DebianBuildStd {
+            let lld = rustup_sysroot()?.join("lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld");
+            ensure!(lld.exists(), "rust-lld not found at {}", lld.display());
+            cmd.env("RUSTC_BOOTSTRAP", "1")
+                .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", lld)
+                .arg("-Zbuild-std=std,panic_abort");
+        }
+        let status = cmd.status().context("running cargo for the plugins")?;
+        ensure!(status.success(), "building the plugins failed");
+    }
 
     let release = plugin_target.join(WASM_TARGET).join("release");
     let mut manifest = Manifest {
@@ -379,30 +404,39 @@ fn polyglot_dir(root: &Path) -> PathBuf {
 fn build_polyglot(root: &Path, always: bool) -> Result<()> {
     let out = polyglot_dir(root);
     std::fs::create_dir_all(&out)?;
-    let wit = std::fs::read(root.join("wit/step.wit"))?;
-    let python = out.join("python-echo.wasm");
-    let python_sources = [
-        wit.clone(),
-        std::fs::read(root.join("plugins/python/echo/app.py"))?,
-        COMPONENTIZE_PY.as_bytes().to_vec(),
-    ];
-    if always || !fresh(&python, &python_sources) {
-        build_python(root, &out, &python)?;
-        stamp(&python, &python_sources)?;
+    // Each example names the contract it is written against: the echo
+    // examples stay on 0.1.0 (so a 0.1.0 component in each language stays
+    // in the test set), the wait examples use 0.2.0's `poll-after`.
+    let (v0_1, v0_2) = (root.join("wit"), root.join("wit/0.2.0"));
+    for (app, wit, output) in [
+        ("echo", &v0_1, "python-echo.wasm"),
+        ("wait", &v0_2, "python-wait.wasm"),
+    ] {
+        let python = out.join(output);
+        let sources = [
+            std::fs::read(wit.join("step.wit"))?,
+            std::fs::read(root.join("plugins/python").join(app).join("app.py"))?,
+            COMPONENTIZE_PY.as_bytes().to_vec(),
+        ];
+        if always || !fresh(&python, &sources) {
+            build_python(root, &out, app, wit, &python)?;
+            stamp(&python, &sources)?;
+        }
     }
-    for (source, output) in [
-        ("echo.js", "js-echo.wasm"),
-        ("http-resource.js", "js-http-resource.wasm"),
+    for (source, wit, output) in [
+        ("echo.js", &v0_1, "js-echo.wasm"),
+        ("http-resource.js", &v0_1, "js-http-resource.wasm"),
+        ("wait.js", &v0_2, "js-wait.wasm"),
     ] {
         let js = out.join(output);
         let js_sources = [
-            wit.clone(),
+            std::fs::read(wit.join("step.wit"))?,
             std::fs::read(root.join("plugins/js").join(source))?,
             std::fs::read(root.join("plugins/js/build.mjs"))?,
             std::fs::read(root.join("plugins/js/package-lock.json"))?,
         ];
         if always || !fresh(&js, &js_sources) {
-            build_js(root, source, &js)?;
+            build_js(root, source, wit, &js)?;
             stamp(&js, &js_sources)?;
         }
     }
@@ -442,7 +476,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn build_python(root: &Path, out: &Path, target: &Path) -> Result<()> {
+fn build_python(root: &Path, out: &Path, app: &str, wit: &Path, target: &Path) -> Result<()> {
     let venv = out.join("venv-py");
     let bin = venv.join("bin");
     if !bin.join("componentize-py").exists() {
@@ -455,20 +489,21 @@ fn build_python(root: &Path, out: &Path, target: &Path) -> Result<()> {
             &format!("pip install {COMPONENTIZE_PY}"),
         )?;
     }
-    let app = root.join("plugins").join("python").join("echo");
-    let wit = root.join("wit");
     run(
         Command::new(bin.join("componentize-py"))
-            .current_dir(&app)
+            .current_dir(root.join("plugins").join("python").join(app))
             .arg("-d")
-            .arg(&wit)
+            .arg(wit)
             .args(["-w", "plugin", "componentize", "app", "-o"])
             .arg(target),
-        "componentize-py -d wit -w plugin componentize app (plugins/python/echo)",
+        &format!(
+            "componentize-py -d {} -w plugin componentize app (plugins/python/{app})",
+            wit.display()
+        ),
     )
 }
 
-fn build_js(root: &Path, source: &str, target: &Path) -> Result<()> {
+fn build_js(root: &Path, source: &str, wit: &Path, target: &Path) -> Result<()> {
     let dir = root.join("plugins").join("js");
     if !dir
         .join("node_modules")
@@ -487,7 +522,7 @@ fn build_js(root: &Path, source: &str, target: &Path) -> Result<()> {
         Command::new("node")
             .current_dir(&dir)
             .arg("build.mjs")
-            .arg(root.join("wit"))
+            .arg(wit)
             .arg(source)
             .arg(target),
         &format!("node build.mjs {source} (plugins/js)"),

@@ -76,11 +76,10 @@ async fn upload_plugin(
         size: bytes.len() as u64,
         created_at: Timestamp::now(),
         current: true,
-        contract: Some(plugin.contract.as_str().to_string()),
+        contract: plugin.contract.as_str().to_string(),
     };
     let put = state.store.put_plugin(&info, &bytes).await?;
-    let mut stored = put.info;
-    stored.contract = Some(plugin.contract.as_str().to_string());
+    let stored = put.info;
     if let Some(previous) = &put.previous {
         tracing::warn!(
             name = %stored.name,

@@ -31,6 +31,10 @@ pub(super) enum SagaCommand {
         /// Deadline of each step call, e.g. 30s.
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
+        /// The longest each step may wait by asking to be called again
+        /// (`poll-after`), in total, e.g. 10m (default: the server's).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_wait: Option<Duration>,
         #[arg(long)]
         deployment_id: Option<String>,
         #[arg(long)]
@@ -97,6 +101,7 @@ pub(super) async fn run(command: SagaCommand) -> Result<ExitCode, CliError> {
             inputs,
             max_attempts,
             timeout,
+            max_wait,
             deployment_id,
             triggered_by,
             idempotency_key,
@@ -108,7 +113,7 @@ pub(super) async fn run(command: SagaCommand) -> Result<ExitCode, CliError> {
             let steps: Vec<serde_json::Value> = steps
                 .into_iter()
                 .map(|plugin| {
-                    if max_attempts.is_none() && timeout.is_none() {
+                    if max_attempts.is_none() && timeout.is_none() && max_wait.is_none() {
                         serde_json::Value::String(plugin)
                     } else {
                         let mut step = serde_json::json!({ "plugin": plugin });
@@ -117,6 +122,9 @@ pub(super) async fn run(command: SagaCommand) -> Result<ExitCode, CliError> {
                         }
                         if let Some(t) = timeout {
                             step["timeout_ms"] = (t.as_millis() as u64).into();
+                        }
+                        if let Some(t) = max_wait {
+                            step["max_wait_ms"] = (t.as_millis() as u64).into();
                         }
                         step
                     }
@@ -246,13 +254,16 @@ fn print_saga(d: &SagaDetail) {
         let row = d.steps.iter().find(|r| r.index as usize == i);
         let status = row.map_or("not started".to_string(), |r| r.status.to_string());
         let attempts = row.map_or(String::new(), |r| {
+            let mut counts = format!("attempts {}", r.attempts);
             if r.compensate_attempts > 0 {
-                format!(
-                    " (attempts {}, compensations {})",
-                    r.attempts, r.compensate_attempts
-                )
-            } else {
-                format!(" (attempts {})", r.attempts)
+                counts += &format!(", compensations {}", r.compensate_attempts);
+            }
+            if r.polls > 0 {
+                counts += &format!(", polls {}", r.polls);
+            }
+            match r.waiting_until {
+                Some(at) => format!(" ({counts}; waiting until {at})"),
+                None => format!(" ({counts})"),
             }
         });
         println!("  {i:>3}  {:<20} {status}{attempts}", spec.name);
@@ -282,7 +293,7 @@ fn exit_for(status: SagaStatus) -> ExitCode {
 
 /// Polls the saga and prints each change until it ends.
 async fn watch(client: &Client, id: &str, json: bool) -> Result<ExitCode, CliError> {
-    let mut seen: BTreeMap<u32, (StepStatus, u32, u32)> = BTreeMap::new();
+    let mut seen: BTreeMap<u32, (StepStatus, u32, u32, u32)> = BTreeMap::new();
     let mut last_status: Option<SagaStatus> = None;
     let mut interval = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -295,7 +306,7 @@ async fn watch(client: &Client, id: &str, json: bool) -> Result<ExitCode, CliErr
                 last_status = Some(saga.status);
             }
             for row in &detail.steps {
-                let now = (row.status, row.attempts, row.compensate_attempts);
+                let now = (row.status, row.attempts, row.compensate_attempts, row.polls);
                 if seen.get(&row.index) == Some(&now) {
                     continue;
                 }
@@ -311,8 +322,12 @@ async fn watch(client: &Client, id: &str, json: bool) -> Result<ExitCode, CliErr
                     .as_deref()
                     .map(|e| format!(": {e}"))
                     .unwrap_or_default();
+                let waiting = row
+                    .waiting_until
+                    .map(|at| format!(", waiting until {at} (poll {})", row.polls))
+                    .unwrap_or_default();
                 println!(
-                    "  step {} {} {} (attempt {attempt}){error}",
+                    "  step {} {} {} (attempt {attempt}){waiting}{error}",
                     row.index, row.name, row.status
                 );
             }

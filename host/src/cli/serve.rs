@@ -115,6 +115,13 @@ pub(super) struct ServeArgs {
     /// How often the database is polled for work when nothing wakes the host.
     #[arg(long, env = "WASAGA_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
     poll_interval: Duration,
+    /// A step's total wait by `poll-after` when the start request does not
+    /// give its `max_wait_ms` (default one hour).
+    #[arg(long, env = "WASAGA_MAX_WAIT", value_parser = humantime::parse_duration)]
+    max_wait: Option<Duration>,
+    /// The largest `max_wait_ms` a start request may give (default 7 days).
+    #[arg(long, env = "WASAGA_MAX_WAIT_CEILING", value_parser = humantime::parse_duration)]
+    max_wait_ceiling: Option<Duration>,
     /// This host's identity in leases (default: random per process).
     #[arg(long, env = "WASAGA_NODE_ID")]
     node_id: Option<String>,
@@ -171,6 +178,18 @@ impl ServeArgs {
                 self.max_memory, self.max_memory_ceiling
             ));
         }
+        let runner_defaults = RunnerConfig::default();
+        let max_wait = self.max_wait.unwrap_or(runner_defaults.default_max_wait);
+        let max_wait_ceiling = self
+            .max_wait_ceiling
+            .unwrap_or(runner_defaults.max_wait_ceiling);
+        if max_wait > max_wait_ceiling {
+            return Err(format!(
+                "--max-wait ({}) is above --max-wait-ceiling ({})",
+                humantime::format_duration(max_wait),
+                humantime::format_duration(max_wait_ceiling)
+            ));
+        }
         let defaults = RuntimeConfig::default();
         let runtime = RuntimeConfig {
             default_limits: StepLimits {
@@ -205,7 +224,9 @@ impl ServeArgs {
                 ..Default::default()
             },
             node_id: self.node_id.clone(),
-            ..RunnerConfig::default()
+            default_max_wait: max_wait,
+            max_wait_ceiling,
+            ..runner_defaults
         };
         let server = ServerConfig {
             tokens,

@@ -278,6 +278,6 @@ pub struct PluginInfo {
     #[serde(default)]
     pub current: bool,
     /// The version of the step contract it implements (`0.1.0`, `0.2.0`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub contract: Option<String>,
+    #[schema(example = "0.2.0")]
+    pub contract: String,
 }

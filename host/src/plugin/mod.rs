@@ -40,18 +40,30 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
+/// The host side of both step contracts, from the WIT files a plugin is
+/// written against: `wit/step.wit` (0.1.0) and `wit/0.2.0/step.wit`.
 mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit/step.wit",
-        world: "plugin",
-        imports: {
-            "wasaga:step/host.record-resource": trappable,
-        },
-        exports: { default: async },
-    });
+    pub mod v0_1 {
+        wasmtime::component::bindgen!({
+            path: "../wit/step.wit",
+            world: "plugin",
+            imports: {
+                "wasaga:step/host.record-resource": trappable,
+            },
+            exports: { default: async },
+        });
+    }
+    pub mod v0_2 {
+        wasmtime::component::bindgen!({
+            path: "../wit/0.2.0/step.wit",
+            world: "plugin",
+            imports: {
+                "wasaga:step/host.record-resource": trappable,
+            },
+            exports: { default: async },
+        });
+    }
 }
-
-use bindings::wasaga::step::types::{SagaState, StepError};
 
 /// Why an upload is not a plugin.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +76,7 @@ pub enum PluginError {
     /// A component that does not compile.
     #[error("invalid component: {0}")]
     Invalid(String),
-    /// A component that does not implement `wasaga:step/step@0.1.x`.
+    /// A component that does not implement `wasaga:step/step` 0.1 or 0.2.
     #[error("wrong world: {0}")]
     WrongWorld(String),
     /// Imports this host does not offer.
@@ -140,6 +152,14 @@ impl Contract {
             Contract::V0_2 => "0.2.0",
         }
     }
+
+    /// The versions it stands for (any patch): `0.1.x`.
+    pub fn family(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "0.1.x",
+            Contract::V0_2 => "0.2.x",
+        }
+    }
 }
 
 /// What a call that did not fail answered: its result, or (contract 0.2.0)
@@ -208,19 +228,25 @@ pub struct StepCall {
     pub context: String,
 }
 
-impl From<StepCall> for SagaState {
-    fn from(c: StepCall) -> SagaState {
-        SagaState {
-            saga_id: c.saga_id,
-            kind: c.kind,
-            step_index: c.step_index,
-            attempt: c.attempt,
-            idempotency_key: c.idempotency_key,
-            inputs: c.inputs,
-            context: c.context,
+/// A [`StepCall`] as each contract version's `saga-state` (the same record).
+macro_rules! saga_state_from_call {
+    ($($version:ident),*) => {$(
+        impl From<StepCall> for bindings::$version::wasaga::step::types::SagaState {
+            fn from(c: StepCall) -> Self {
+                Self {
+                    saga_id: c.saga_id,
+                    kind: c.kind,
+                    step_index: c.step_index,
+                    attempt: c.attempt,
+                    idempotency_key: c.idempotency_key,
+                    inputs: c.inputs,
+                    context: c.context,
+                }
+            }
         }
-    }
+    )*};
 }
+saga_state_from_call!(v0_1, v0_2);
 
 /// The result of one call, with what it logged and recorded (kept even when
 /// the call failed: the log says why).
@@ -263,7 +289,7 @@ pub struct Plugin {
     instance_pre: InstancePre<CallState>,
     /// The step export's functions, looked up once; each call type-checks
     /// them against its instance.
-    exports: bindings::PluginIndices,
+    exports: StepExports,
     /// The step contract it implements.
     pub contract: Contract,
 }
@@ -325,16 +351,46 @@ enum Interrupted {
     Deadline(u128),
 }
 
+/// The step export of either contract version.
+enum StepExports {
+    V0_1(bindings::v0_1::PluginIndices),
+    V0_2(bindings::v0_2::PluginIndices),
+}
+
 enum CallKind {
     Name,
-    Execute(SagaState),
-    Compensate(SagaState),
+    Execute(StepCall),
+    Compensate(StepCall),
 }
+
+/// A `step-error` of either version.
+enum GuestError {
+    Retryable(String),
+    Fatal(String),
+    /// 0.2.0: not done yet, call again after this many milliseconds.
+    PollAfter(u32),
+}
+
+macro_rules! guest_error_from {
+    ($($version:ident: $($poll:ident)?),*) => {$(
+        impl From<bindings::$version::wasaga::step::types::StepError> for GuestError {
+            fn from(e: bindings::$version::wasaga::step::types::StepError) -> GuestError {
+                use bindings::$version::wasaga::step::types::StepError;
+                match e {
+                    StepError::Retryable(m) => GuestError::Retryable(m),
+                    StepError::Fatal(m) => GuestError::Fatal(m),
+                    $(StepError::$poll(ms) => GuestError::PollAfter(ms),)?
+                }
+            }
+        }
+    )*};
+}
+guest_error_from!(v0_1:, v0_2: PollAfter);
 
 enum CallReturn {
     Name(String),
-    Execute(Result<String, StepError>),
-    Compensate(Result<(), StepError>),
+    Execute(Result<String, GuestError>),
+    Compensate(Result<(), GuestError>),
 }
 
 impl PluginHost {
@@ -345,7 +401,8 @@ impl PluginHost {
         let link = |linker: &mut Linker<CallState>| -> wasmtime::Result<()> {
             wasmtime_wasi::p2::add_to_linker_async(linker)?;
             wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
-            bindings::Plugin::add_to_linker::<_, HasSelf<CallState>>(linker, |state| state)?;
+            bindings::v0_1::Plugin::add_to_linker::<_, HasSelf<CallState>>(linker, |state| state)?;
+            bindings::v0_2::Plugin::add_to_linker::<_, HasSelf<CallState>>(linker, |state| state)?;
             Ok(())
         };
         link(&mut linker)
@@ -460,16 +517,28 @@ impl PluginHost {
         let (component, loaded_from) = self.compile(digest, bytes).await?;
         let engine = &self.inner.engine;
         validate::imports(engine, &component)?;
-        validate::exports(engine, &component)?;
+        let contract = validate::exports(engine, &component)?;
         let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
             PluginError::UnsupportedImports {
                 imports: Vec::new(),
                 detail: format!("linking failed: {e:#}"),
             }
         })?;
-        let exports = bindings::PluginIndices::new(&instance_pre).map_err(|e| {
-            PluginError::WrongWorld(format!("`{}@0.1.x`: {e:#}", validate::STEP_EXPORT))
-        })?;
+        let wrong_types = |e: wasmtime::Error| {
+            PluginError::WrongWorld(format!(
+                "`{}@{}`: {e:#}",
+                validate::STEP_EXPORT,
+                contract.family()
+            ))
+        };
+        let exports = match contract {
+            Contract::V0_1 => StepExports::V0_1(
+                bindings::v0_1::PluginIndices::new(&instance_pre).map_err(wrong_types)?,
+            ),
+            Contract::V0_2 => StepExports::V0_2(
+                bindings::v0_2::PluginIndices::new(&instance_pre).map_err(wrong_types)?,
+            ),
+        };
         let mut plugin = Plugin {
             digest: digest.clone(),
             name: known_name.unwrap_or_default().to_string(),
@@ -477,7 +546,7 @@ impl PluginHost {
             loaded_from,
             instance_pre,
             exports,
-            contract: Contract::V0_1,
+            contract,
         };
         if known_name.is_none() {
             let outcome = self
@@ -494,8 +563,9 @@ impl PluginHost {
                 Ok(_) => unreachable!("name() returns a name"),
                 Err(StepFailure::ExportTypes(why)) => {
                     return Err(PluginError::WrongWorld(format!(
-                        "`{}@0.1.x` has the wrong function types: {why}",
-                        validate::STEP_EXPORT
+                        "`{}@{}` has the wrong function types: {why}",
+                        validate::STEP_EXPORT,
+                        plugin.contract.family()
                     )));
                 }
                 Err(failure) => return Err(PluginError::NameFailed(failure)),
@@ -588,7 +658,7 @@ impl PluginHost {
         access: Arc<Access>,
     ) -> CallOutcome<Progress<Map<String, Value>>> {
         let max_output = limits.max_output_bytes;
-        let kind = CallKind::Execute(call.into());
+        let kind = CallKind::Execute(call);
         let outcome = self
             .spawn_call(plugin, kind, limits, cancel, access.clone())
             .await
@@ -596,7 +666,7 @@ impl PluginHost {
                 CallReturn::Execute(Ok(text)) => {
                     parse_output(&text, max_output).map(Progress::Done)
                 }
-                CallReturn::Execute(Err(e)) => Err(step_error(e)),
+                CallReturn::Execute(Err(e)) => not_done(e),
                 _ => unreachable!("execute returns its result"),
             });
         redacted(outcome, &access, |output, pairs| {
@@ -619,12 +689,13 @@ impl PluginHost {
         cancel: CancellationToken,
         access: Arc<Access>,
     ) -> CallOutcome<Progress<()>> {
-        let kind = CallKind::Compensate(call.into());
+        let kind = CallKind::Compensate(call);
         let outcome = self
             .spawn_call(plugin, kind, limits, cancel, access.clone())
             .await
             .and_then(|returned| match returned {
-                CallReturn::Compensate(r) => r.map(Progress::Done).map_err(step_error),
+                CallReturn::Compensate(Ok(())) => Ok(Progress::Done(())),
+                CallReturn::Compensate(Err(e)) => not_done(e),
                 _ => unreachable!("compensate returns its result"),
             });
         redacted(outcome, &access, |_, _| {})
@@ -721,19 +792,31 @@ impl PluginHost {
 
         let work = async {
             let instance = plugin.instance_pre.instantiate_async(&mut store).await?;
-            let typed = plugin
-                .exports
-                .load(&mut store, &instance)
-                .map_err(|e| wasmtime::Error::new(ExportTypes(format!("{e:#}"))))?;
-            let step = typed.wasaga_step_step();
-            Ok::<_, wasmtime::Error>(match kind {
-                CallKind::Name => CallReturn::Name(step.call_name(&mut store).await?),
-                CallKind::Execute(state) => {
-                    CallReturn::Execute(step.call_execute(&mut store, &state).await?)
-                }
-                CallKind::Compensate(state) => {
-                    CallReturn::Compensate(step.call_compensate(&mut store, &state).await?)
-                }
+            let export_types =
+                |e: wasmtime::Error| wasmtime::Error::new(ExportTypes(format!("{e:#}")));
+            // One path for both versions: the same calls on each version's types.
+            macro_rules! call_step {
+                ($indices:expr) => {{
+                    let typed = $indices.load(&mut store, &instance).map_err(export_types)?;
+                    let step = typed.wasaga_step_step();
+                    match kind {
+                        CallKind::Name => CallReturn::Name(step.call_name(&mut store).await?),
+                        CallKind::Execute(call) => CallReturn::Execute(
+                            step.call_execute(&mut store, &call.into())
+                                .await?
+                                .map_err(GuestError::from),
+                        ),
+                        CallKind::Compensate(call) => CallReturn::Compensate(
+                            step.call_compensate(&mut store, &call.into())
+                                .await?
+                                .map_err(GuestError::from),
+                        ),
+                    }
+                }};
+            }
+            Ok::<_, wasmtime::Error>(match &plugin.exports {
+                StepExports::V0_1(indices) => call_step!(indices),
+                StepExports::V0_2(indices) => call_step!(indices),
             })
         };
         // Whichever comes first; dropping the call's future abandons the
@@ -785,10 +868,12 @@ fn redacted<T>(
     outcome
 }
 
-fn step_error(e: StepError) -> StepFailure {
+/// A `step-error`: a failure, or (0.2.0) a request to be called again.
+fn not_done<T>(e: GuestError) -> Result<Progress<T>, StepFailure> {
     match e {
-        StepError::Retryable(m) => StepFailure::Retryable(m),
-        StepError::Fatal(m) => StepFailure::Fatal(m),
+        GuestError::Retryable(m) => Err(StepFailure::Retryable(m)),
+        GuestError::Fatal(m) => Err(StepFailure::Fatal(m)),
+        GuestError::PollAfter(ms) => Ok(Progress::PollAfter(Duration::from_millis(ms.into()))),
     }
 }
 

@@ -12,8 +12,9 @@
 //! apart from traps, so the runner can fail the step for good instead of
 //! retrying a bug.
 
-use super::bindings::wasaga::step::{host, types};
+use super::bindings::{v0_1, v0_2};
 use crate::config::StepLimits;
+use crate::grants::SecretMode;
 use crate::grants::{Access, Origin};
 use crate::model::{LogLevel, LogLine, RecordedResource};
 use bytes::Bytes;
@@ -124,21 +125,66 @@ impl WasiHttpView for CallState {
     }
 }
 
-impl types::Host for CallState {}
+impl v0_1::wasaga::step::types::Host for CallState {}
+impl v0_2::wasaga::step::types::Host for CallState {}
 
-impl host::Host for CallState {
-    fn log(&mut self, level: host::LogLevel, message: String) {
-        let level = match level {
-            host::LogLevel::Trace => LogLevel::Trace,
-            host::LogLevel::Debug => LogLevel::Debug,
-            host::LogLevel::Info => LogLevel::Info,
-            host::LogLevel::Warn => LogLevel::Warn,
-            host::LogLevel::Error => LogLevel::Error,
+/// `wasaga:step/host`, the same in both versions: each version's call
+/// lands in [`CallState::log_line`] and [`CallState::record_resource`].
+macro_rules! step_host {
+    ($($version:ident),*) => {$(
+        impl $version::wasaga::step::host::Host for CallState {
+            fn log(&mut self, level: $version::wasaga::step::host::LogLevel, message: String) {
+                use $version::wasaga::step::host::LogLevel as Wit;
+                let level = match level {
+                    Wit::Trace => LogLevel::Trace,
+                    Wit::Debug => LogLevel::Debug,
+                    Wit::Info => LogLevel::Info,
+                    Wit::Warn => LogLevel::Warn,
+                    Wit::Error => LogLevel::Error,
+                };
+                self.log_line(level, &message);
+            }
+
+            fn record_resource(
+                &mut self,
+                kind: String,
+                external_id: String,
+                spec: String,
+            ) -> wasmtime::Result<()> {
+                CallState::record_resource(self, kind, external_id, spec)
+            }
+        }
+    )*};
+}
+step_host!(v0_1, v0_2);
+
+impl v0_2::wasaga::step::secrets::Host for CallState {
+    /// A secret's value under a `read` grant; none otherwise. Every call
+    /// leaves a line in the step's log, naming the secret, never its value.
+    fn get(&mut self, name: String) -> Option<String> {
+        let granted = self.http_policy.access.secrets.get(&name);
+        let (value, how) = match granted {
+            Some(secret) if secret.mode == SecretMode::Read => {
+                (Some(secret.value.to_string()), "read")
+            }
+            Some(_) => (None, "none: granted `use` only, not `read`"),
+            None if self.http_policy.access.missing.contains(&name) => {
+                (None, "none: granted but not set")
+            }
+            None => (None, "none: not granted to this plugin"),
         };
-        self.log
-            .lock()
-            .expect("call log lock")
-            .push(level, &message);
+        let shown: String = name.chars().take(64).collect();
+        self.log_line(
+            LogLevel::Info,
+            &format!("[host] secrets.get {shown:?} -> {how}"),
+        );
+        value
+    }
+}
+
+impl CallState {
+    fn log_line(&mut self, level: LogLevel, message: &str) {
+        self.log.lock().expect("call log lock").push(level, message);
     }
 
     fn record_resource(

@@ -8,12 +8,15 @@
 //! the caller), so that anything these checks miss still fails at upload and
 //! never at run time.
 
-use super::PluginError;
+use super::{Contract, PluginError};
 use wasmtime::Engine;
 use wasmtime::component::types::ComponentItem;
 
-/// The interface every plugin exports, and the versions this host speaks.
+/// The interface every plugin exports.
 pub(super) const STEP_EXPORT: &str = "wasaga:step/step";
+/// The versions of it this host runs, as messages name them.
+const STEP_0_1: &str = "`wasaga:step/step@0.1.x`";
+const STEP_0_2: &str = "`wasaga:step/step@0.2.x`";
 const STEP_FUNCS: [&str; 3] = ["name", "execute", "compensate"];
 
 /// What the host links: (namespace:package, major, minor) families, any
@@ -22,6 +25,7 @@ const STEP_FUNCS: [&str; 3] = ["name", "execute", "compensate"];
 /// componentize-js import it even when the step never touches a file.
 const OFFERED: &[(&str, u64, u64)] = &[
     ("wasaga:step", 0, 1),
+    ("wasaga:step", 0, 2),
     ("wasi:cli", 0, 2),
     ("wasi:io", 0, 2),
     ("wasi:clocks", 0, 2),
@@ -112,42 +116,58 @@ pub(super) fn imports(
     })
 }
 
-/// The component must export `wasaga:step/step` 0.1.x with its three
-/// functions. (Their exact types are checked by the bindings when the
-/// instance is pre-linked.)
+/// The component must export `wasaga:step/step`, version 0.1.x or 0.2.x
+/// and only one of them, with its three functions; the version is the
+/// contract it is called by. (The functions' exact types are checked by the
+/// bindings when the instance is pre-linked.)
 pub(super) fn exports(
     engine: &Engine,
     component: &wasmtime::component::Component,
-) -> Result<(), PluginError> {
+) -> Result<Contract, PluginError> {
     let ty = component.component_type();
     let exported: Vec<(&str, ComponentItem)> =
         ty.exports(engine).map(|(name, e)| (name, e.ty)).collect();
-    let step = exported.iter().find(|(name, _)| {
-        name.split_once('@').map(|(path, _)| path).unwrap_or(name) == STEP_EXPORT
-    });
-    let Some((name, item)) = step else {
-        let names: Vec<&str> = exported.iter().map(|(name, _)| *name).collect();
-        return Err(PluginError::WrongWorld(format!(
-            "the component does not export `{STEP_EXPORT}@0.1.x`; it exports {}",
-            if names.is_empty() {
-                "nothing".to_string()
-            } else {
-                names
-                    .iter()
-                    .map(|n| format!("`{n}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        )));
+    let steps: Vec<&(&str, ComponentItem)> = exported
+        .iter()
+        .filter(|(name, _)| {
+            name.split_once('@').map(|(path, _)| path).unwrap_or(name) == STEP_EXPORT
+        })
+        .collect();
+    let quoted = |names: &mut dyn Iterator<Item = &str>| {
+        names
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    match parse_interface(name).and_then(|i| i.version) {
-        Some((0, 1)) => {}
-        _ => {
+    let (name, item) = match steps.as_slice() {
+        [] => {
+            let names = quoted(&mut exported.iter().map(|(name, _)| *name));
             return Err(PluginError::WrongWorld(format!(
-                "the component exports `{name}`, but this host implements `{STEP_EXPORT}@0.1.x`"
+                "the component exports neither {STEP_0_1} nor {STEP_0_2}; it exports {}",
+                if names.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    names
+                }
             )));
         }
-    }
+        [one] => one,
+        several => {
+            return Err(PluginError::WrongWorld(format!(
+                "the component exports {}: a plugin implements exactly one version of the step contract",
+                quoted(&mut several.iter().map(|(name, _)| *name))
+            )));
+        }
+    };
+    let contract = match parse_interface(name).and_then(|i| i.version) {
+        Some((0, 1)) => Contract::V0_1,
+        Some((0, 2)) => Contract::V0_2,
+        _ => {
+            return Err(PluginError::WrongWorld(format!(
+                "the component exports `{name}`, but this host implements {STEP_0_1} and {STEP_0_2}"
+            )));
+        }
+    };
     let ComponentItem::ComponentInstance(instance) = item else {
         return Err(PluginError::WrongWorld(format!(
             "`{name}` is exported, but not as an interface instance"
@@ -174,7 +194,7 @@ pub(super) fn exports(
                 .join(", ")
         )));
     }
-    Ok(())
+    Ok(contract)
 }
 
 /// A plugin's name: 1 to 64 lowercase letters, digits and dashes.
@@ -215,8 +235,9 @@ mod tests {
         ] {
             assert!(offered(ok), "{ok} should be offered");
         }
+        assert!(offered("wasaga:step/secrets@0.2.0"));
         for refused in [
-            "wasaga:step/host@0.2.0",
+            "wasaga:step/host@0.3.0",
             "wasi:io/streams@0.3.0",
             "wasi:nn/graph@0.2.0",
             "acme:vault/secrets@1.0.0",

@@ -1139,6 +1139,23 @@ impl Driver<'_> {
     }
 
     /// Whether the walk compensates step `index` (its row is `r`).
+    /// For a compensated step whose execute never finished (its work had
+    /// begun when the saga stopped), why it did not finish, which its row
+    /// keeps; `None` for a step that had completed.
+    fn unfinished_cause(&self, r: &StepResult) -> Option<String> {
+        if r.output.is_some() {
+            return None;
+        }
+        let error = self.saga.error.as_ref()?;
+        if error.failed_step != Some(r.index) {
+            return None;
+        }
+        Some(match error.cause {
+            Some(StopCause::Cancelled) => StepFailure::Cancelled.to_string(),
+            _ => error.reason.clone(),
+        })
+    }
+
     fn to_compensate(&self, r: &StepResult) -> bool {
         match r.status {
             StepStatus::Completed | StepStatus::Compensating => true,
@@ -1179,7 +1196,7 @@ impl Driver<'_> {
         match outcome.result {
             Ok(Progress::Done(_)) => {
                 row.status = StepStatus::Compensated;
-                row.error = None;
+                row.error = self.unfinished_cause(&row);
                 row.finished_at = Some(self.now());
                 row.waiting_until = None;
                 let t = self

@@ -406,8 +406,8 @@ impl Store for PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         let inserted = sqlx::query(
-            "INSERT INTO plugins (digest, name, size, wasm, created_at, promoted_seq)
-             VALUES ($1, $2, $3, $4, $5, nextval('plugins_promotion'))
+            "INSERT INTO plugins (digest, name, size, wasm, created_at, promoted_seq, contract)
+             VALUES ($1, $2, $3, $4, $5, nextval('plugins_promotion'), $6)
              ON CONFLICT (digest) DO NOTHING",
         )
         .bind(info.digest.as_str())
@@ -415,6 +415,7 @@ impl Store for PgStore {
         .bind(info.size as i64)
         .bind(wasm)
         .bind(info.created_at.millis())
+        .bind(&info.contract)
         .execute(&mut *tx)
         .await?
         .rows_affected();

@@ -246,12 +246,14 @@ pub(crate) struct PluginRow {
     pub size: i64,
     pub created_at: i64,
     pub current: bool,
+    pub contract: String,
 }
 
 /// The plugin columns every query selects, in [`PluginRow`]'s order
 /// (`current` compares the row's promotion with its name's newest).
 pub(crate) const PLUGIN_COLUMNS: &str = "digest, name, size, created_at, \
-     promoted_seq = (SELECT MAX(p2.promoted_seq) FROM plugins p2 WHERE p2.name = plugins.name) AS current";
+     promoted_seq = (SELECT MAX(p2.promoted_seq) FROM plugins p2 WHERE p2.name = plugins.name) AS current, \
+     contract";
 
 impl TryFrom<PluginRow> for PluginInfo {
     type Error = StoreError;
@@ -265,7 +267,7 @@ impl TryFrom<PluginRow> for PluginInfo {
             size: r.size as u64,
             created_at: Timestamp(r.created_at),
             current: r.current,
-            contract: None,
+            contract: r.contract,
         })
     }
 }

@@ -258,6 +258,7 @@ fn plugin_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PluginRow> {
         size: r.get(2)?,
         created_at: r.get(3)?,
         current: r.get(4)?,
+        contract: r.get(5)?,
     })
 }
 
@@ -523,8 +524,8 @@ impl Store for SqliteStore {
                         .optional()?;
                     let inserted = conn
                         .prepare_cached(
-                            "INSERT INTO plugins (digest, name, size, wasm, created_at, promoted_seq)
-                             VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(promoted_seq), 0) + 1 FROM plugins))
+                            "INSERT INTO plugins (digest, name, size, wasm, created_at, promoted_seq, contract)
+                             VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(promoted_seq), 0) + 1 FROM plugins), ?)
                              ON CONFLICT (digest) DO NOTHING",
                         )?
                         .execute(params![
@@ -533,6 +534,7 @@ impl Store for SqliteStore {
                             info.size as i64,
                             wasm,
                             info.created_at.millis(),
+                            info.contract,
                         ])?;
                     let replaced = previous.filter(|d| d != info.digest.as_str());
                     if inserted == 0 && replaced.is_some() {

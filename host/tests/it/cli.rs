@@ -201,7 +201,9 @@ async fn the_tour_works_from_the_command_line() {
     let text = stdout(&watched);
     assert_eq!(watched.status.code(), Some(3), "{text}");
     assert!(
-        text.contains("step 1 spin failed (attempt 1): interrupted by a cancel request"),
+        // spin is built on contract 0.2.0: its work had begun, so it is
+        // compensated too.
+        text.contains("step 1 spin compensated (attempt 1): interrupted by a cancel request"),
         "{text}"
     );
     assert!(text.contains("step 0 echo compensated"), "{text}");
@@ -210,7 +212,9 @@ async fn the_tour_works_from_the_command_line() {
     let text = stdout(&out);
     assert!(text.contains("status rolled_back"), "{text}");
     assert!(
-        text.contains("error: cancelled while step 1 (spin) ran; compensating from step 0"),
+        text.contains(
+            "error: cancelled while step 1 (spin) ran; its work had begun, so compensating from step 1"
+        ),
         "{text}"
     );
     let out = wasaga(
@@ -312,6 +316,26 @@ async fn errors_print_the_servers_message_not_a_backtrace() {
         stderr(&unreachable).starts_with("error: cannot reach the server at http://127.0.0.1:9"),
         "{}",
         stderr(&unreachable)
+    );
+
+    // A default wait above the ceiling is refused before anything starts.
+    let data = tempfile::tempdir().unwrap();
+    let refused = std::process::Command::new(wasaga_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-wait",
+            "8d",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert_eq!(
+        stderr(&refused).trim(),
+        "error: --max-wait (8days) is above --max-wait-ceiling (7days)"
     );
 }
 

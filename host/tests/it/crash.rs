@@ -379,3 +379,80 @@ async fn sigterm_with_a_step_waiting_in_a_host_call_exits_within_the_grace() {
         "{log}"
     );
 }
+
+/// A durable wait survives SIGKILL: a step answered `poll-after` 2.5 s, the
+/// host is killed during the wait and restarted; the next call comes at
+/// `waiting_until`, not before, with the same attempt. On both databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_survives_a_sigkill_and_is_not_called_early() {
+    for backend in [
+        wasaga_tests::Backend::Sqlite,
+        wasaga_tests::Backend::Postgres,
+    ] {
+        let counter = Counter::start().await;
+        let db = wasaga_tests::TestDb::new(backend).await;
+        let args = vec![
+            "--database".to_string(),
+            db.url.clone(),
+            "--data-dir".into(),
+            db.dir.path().display().to_string(),
+            "--no-examples".into(),
+        ];
+        let http = wasaga_tests::Http::new();
+        let mut server = ServerProcess::start(BIN, &args, db.dir.path().join("first.log"))
+            .await
+            .unwrap();
+        let base = server.base.clone();
+        let r = http
+            .post(format!("{base}/v1/plugins"))
+            .body(component("poll"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        counter.grant_on_to("poll", &http, &base).await;
+        let inputs = json!({"counter_url": counter.url(), "polls": 1, "poll_ms": 2500});
+        let r = http
+            .post(format!("{base}/v1/sagas"))
+            .json(&json!({"kind": "wait", "steps": ["poll"], "inputs": inputs}))
+            .send()
+            .await
+            .unwrap();
+        let id = r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let waiting = poll_saga(&http, &base, &id, Duration::from_secs(60), |s| {
+            !s["steps"][0]["waiting_until"].is_null()
+        })
+        .await;
+        let until: wasaga::model::Timestamp =
+            serde_json::from_value(waiting["steps"][0]["waiting_until"].clone()).unwrap();
+        server.kill();
+
+        let server = ServerProcess::start(BIN, &args, db.dir.path().join("second.log"))
+            .await
+            .unwrap();
+        let done = poll_saga(&http, &server.base, &id, Duration::from_secs(60), |s| {
+            s["status"] == "completed"
+        })
+        .await;
+        assert_eq!(
+            done["steps"][0]["attempts"], 1,
+            "{backend:?}: a wait is not an attempt"
+        );
+        assert_eq!(done["steps"][0]["polls"], 1);
+        let calls = counter.calls();
+        assert_eq!(calls.len(), 2, "{backend:?}: {calls:?}");
+        let second = calls[1]
+            .at
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        assert!(
+            second >= until.millis(),
+            "{backend:?}: called again at {second}, before waiting_until {}",
+            until.millis()
+        );
+    }
+}

@@ -675,7 +675,7 @@ async fn a_component_without_the_step_export_is_the_wrong_world() {
     assert!(matches!(err, PluginError::WrongWorld(_)), "{err:?}");
     assert_eq!(
         err.to_string(),
-        "wrong world: the component does not export `wasaga:step/step@0.1.x`; it exports `test:other/greet`"
+        "wrong world: the component exports neither `wasaga:step/step@0.1.x` nor `wasaga:step/step@0.2.x`; it exports `test:other/greet`"
     );
 }
 

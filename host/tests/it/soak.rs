@@ -286,13 +286,15 @@ async fn soak(backend: Backend) {
             .as_array()
             .unwrap()
             .iter()
-            .find(|r| {
-                r["error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("was cut short"))
-            })
+            .find(|r| r["phase"] == "execute" && cut_short(r))
             .map(|r| r["index"].as_u64().unwrap() as u32);
-        if exhausted_by_kills.is_some() {
+        // So does a compensation: the saga then ends failed, needing a human.
+        let undo_worn_out = saga["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["phase"] == "compensate" && cut_short(r));
+        if exhausted_by_kills.is_some() || undo_worn_out {
             worn_out += 1;
         }
         let failing = match (script.failing_step(), exhausted_by_kills) {
@@ -301,6 +303,7 @@ async fn soak(backend: Backend) {
         };
         let expected = match (failing, script.compensate_fail_at) {
             (None, _) => "completed",
+            (Some(_), _) if undo_worn_out => "failed",
             (Some(at), Some(refuses)) if refuses < at => "failed",
             (Some(_), _) => "rolled_back",
         };
@@ -400,4 +403,12 @@ async fn soak_with_kills_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_with_kills_on_postgres() {
     soak(Backend::Postgres).await;
+}
+
+/// Whether a step row's last call was cut short by a kill and used up its
+/// attempts.
+fn cut_short(row: &Value) -> bool {
+    row["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("was cut short"))
 }

@@ -1,7 +1,9 @@
 //! Write [wasaga](https://github.com/wasaga/wasaga) saga steps in Rust.
 //!
 //! A step is a type that implements [`Step`]; [`export_step!`] turns it into
-//! the `wasaga:step/step@0.1.0` export that the host calls. The host hands
+//! the `wasaga:step/step@0.2.0` export that the host calls (with the
+//! `contract-0-1` feature, `@0.1.0`, for hosts that predate 0.2.0; then
+//! [`poll_after`] and [`secrets`] do not exist). The host hands
 //! every call a [`SagaState`]: the saga's inputs (fixed for its whole life),
 //! its context (what earlier steps returned), the step's index, the attempt
 //! number and an idempotency key that stays the same across retries and
@@ -11,8 +13,9 @@
 //! `execute` returns an [`Output`]: a JSON object whose keys the host merges
 //! into the saga's context. Errors are [`StepError`]s: [`retryable`] ones are
 //! retried with backoff up to the step's attempt limit, [`fatal`] ones start
-//! compensation at once. `compensate` undoes what `execute` did; its default
-//! says there is nothing to undo.
+//! compensation at once; [`poll_after`] says "not done yet, call me again
+//! later" without using an attempt. `compensate` undoes what `execute` did;
+//! its default says there is nothing to undo.
 //!
 //! # Example
 //!
@@ -75,27 +78,37 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+/// The bindings of the SDK's world (`wit/world.wit`): on the newest
+/// contract, or on 0.1.0 with the `contract-0-1` feature.
 #[doc(hidden)]
 pub mod __bindings {
-    wit_bindgen::generate!({
-        path: [
-            "../../wit/step.wit",
-            "../wit/io.wit",
-            "../wit/clocks.wit",
-            "../wit/random.wit",
-            "../wit/filesystem.wit",
-            "../wit/sockets.wit",
-            "../wit/cli.wit",
-            "../wit/http.wit",
-            "wit",
-        ],
-        world: "wasaga:sdk/plugin",
-        generate_all,
-        pub_export_macro: true,
-        export_macro_name: "__export_plugin",
-        default_bindings_module: "wasaga_step::__bindings",
-        runtime_path: "wasaga_step::__bindings::wit_bindgen_rt",
-    });
+    macro_rules! bindings_of {
+        ($step:tt, $world:tt) => {
+            wit_bindgen::generate!({
+                path: [
+                    $step,
+                    "../wit/io.wit",
+                    "../wit/clocks.wit",
+                    "../wit/random.wit",
+                    "../wit/filesystem.wit",
+                    "../wit/sockets.wit",
+                    "../wit/cli.wit",
+                    "../wit/http.wit",
+                    $world,
+                ],
+                world: "wasaga:sdk/plugin",
+                generate_all,
+                pub_export_macro: true,
+                export_macro_name: "__export_plugin",
+                default_bindings_module: "wasaga_step::__bindings",
+                runtime_path: "wasaga_step::__bindings::wit_bindgen_rt",
+            });
+        };
+    }
+    #[cfg(not(feature = "contract-0-1"))]
+    bindings_of!("../../wit/0.2.0/step.wit", "wit");
+    #[cfg(feature = "contract-0-1")]
+    bindings_of!("../../wit/step.wit", "wit/v0_1");
 
     #[doc(hidden)]
     pub use wit_bindgen::rt as wit_bindgen_rt;
@@ -108,7 +121,7 @@ use __bindings::wasaga::step::types as wit_types;
 /// What a step returns: `Ok` with its value, or a [`StepError`].
 pub type StepResult<T> = Result<T, StepError>;
 
-/// Why a step call failed, and whether the host should try again.
+/// Why a step call did not finish, and what the host should do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepError {
     /// Transient (a timeout, a 503): the host retries with backoff, up to the
@@ -117,6 +130,11 @@ pub enum StepError {
     /// Permanent (bad input, a refused request): no retry; the saga starts
     /// compensating.
     Fatal(String),
+    /// Nothing is wrong, the work is not finished yet (a droplet still
+    /// booting): the host calls this function again after this long. See
+    /// [`poll_after`].
+    #[cfg(not(feature = "contract-0-1"))]
+    PollAfter(std::time::Duration),
 }
 
 /// A transient failure: the host will call the step again after a backoff.
@@ -129,11 +147,34 @@ pub fn fatal(message: impl Into<String>) -> StepError {
     StepError::Fatal(message.into())
 }
 
+/// Not done yet: the host calls this function again after `delay` (at
+/// least its minimum poll interval, 10 ms by default), with the same
+/// attempt number and idempotency key. The wait is durable: it survives a
+/// restart of the host and holds nothing meanwhile, and it uses no attempt.
+/// The step's `max_wait_ms` (default one hour) bounds the total wait.
+///
+/// ```no_run
+/// # use wasaga_step::{poll_after, SagaState, StepResult, Output};
+/// # fn droplet_is_active(_: &SagaState) -> bool { true }
+/// fn execute(state: &SagaState) -> StepResult<Output> {
+///     if !droplet_is_active(state) {
+///         return Err(poll_after(std::time::Duration::from_secs(5)));
+///     }
+///     Output::new().with("ready", true)
+/// }
+/// ```
+#[cfg(not(feature = "contract-0-1"))]
+pub fn poll_after(delay: std::time::Duration) -> StepError {
+    StepError::PollAfter(delay)
+}
+
 impl std::fmt::Display for StepError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StepError::Retryable(m) => write!(f, "retryable: {m}"),
             StepError::Fatal(m) => write!(f, "fatal: {m}"),
+            #[cfg(not(feature = "contract-0-1"))]
+            StepError::PollAfter(d) => write!(f, "poll after {} ms", d.as_millis()),
         }
     }
 }
@@ -153,6 +194,10 @@ impl From<StepError> for wit_types::StepError {
         match e {
             StepError::Retryable(m) => wit_types::StepError::Retryable(m),
             StepError::Fatal(m) => wit_types::StepError::Fatal(m),
+            #[cfg(not(feature = "contract-0-1"))]
+            StepError::PollAfter(d) => wit_types::StepError::PollAfter(
+                u32::try_from(d.as_millis()).unwrap_or(u32::MAX),
+            ),
         }
     }
 }
@@ -365,6 +410,22 @@ pub mod host {
         let spec = serde_json::to_string(spec).map_err(|e| fatal(format!("resource spec: {e}")))?;
         wit_host::record_resource(kind, external_id, &spec);
         Ok(())
+    }
+}
+
+/// Secrets this plugin was granted with `read` (contract 0.2.0).
+///
+/// Most steps never need this: a secret granted with `use` goes into an
+/// outbound request's header as `{{secret:NAME}}` and the step never sees
+/// it. Read a secret only to do what a header cannot, such as signing a
+/// request. The host logs every read (the name, never the value) and
+/// redacts the value from the step's logs, output, error and resources.
+#[cfg(not(feature = "contract-0-1"))]
+pub mod secrets {
+    /// The value of the secret `name` when this plugin may read it; `None`
+    /// when it is not granted with `read`, or not set.
+    pub fn get(name: &str) -> Option<String> {
+        super::__bindings::wasaga::step::secrets::get(name)
     }
 }
 

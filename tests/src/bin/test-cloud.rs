@@ -2,8 +2,9 @@
 //! hand (README, "Calling an API from a step"): a stand-in for a provider
 //! that creates and deletes resources behind a bearer token.
 //!
-//! `cargo run -p wasaga-tests --bin test-cloud -- [ADDR] [TOKEN]`
-//! (default `127.0.0.1:9090` and `demo-token`). It prints what it holds
+//! `cargo run -p wasaga-tests --bin test-cloud -- [ADDR] [TOKEN] [BOOT]`
+//! (default `127.0.0.1:9090`, `demo-token` and 3: a new resource answers
+//! `booting` to its first 3 `GET`s, then `active`). It prints what it holds
 //! every time that changes.
 
 use anyhow::Context;
@@ -14,11 +15,17 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:9090".into());
     let token = args.next().unwrap_or_else(|| "demo-token".into());
+    let boot: u32 = match args.next() {
+        Some(n) => n.parse().context("BOOT: a number of GETs")?,
+        None => 3,
+    };
     let cloud = wasaga_tests::Cloud::start_on(&addr, &token)
         .await
         .with_context(|| format!("listening on {addr}"))?;
+    cloud.boot_after(boot);
     println!(
-        "test cloud on {} (token {token}); POST /v2/resources, DELETE /v2/resources/ID",
+        "test cloud on {} (token {token}); POST /v2/resources, GET and DELETE /v2/resources/ID \
+         (booting for {boot} GETs)",
         cloud.origin()
     );
     let mut shown = None;

@@ -210,7 +210,7 @@ async fn taking_a_plugin_name_over_is_explicit_and_reversible() {
     let first: Value = r.json().await.unwrap();
     assert_eq!(first["previous"], Value::Null);
     assert_eq!(first["current"], true);
-    assert_eq!(first["contract"], "0.1.0");
+    assert_eq!(first["contract"], "0.2.0");
     let r = upload(variant(&echo, 1, 0)).await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let second: Value = r.json().await.unwrap();

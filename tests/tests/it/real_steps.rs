@@ -130,6 +130,40 @@ on_both! {
         }
     }
 
+    a_step_waits_for_the_resource_to_boot_and_a_cancel_meanwhile_deletes_it(backend) {
+        let cloud = Cloud::start(TOKEN).await;
+        cloud.boot_after(2);
+        let db = TestDb::new(backend).await;
+        let server = server(&db, |_| {}).await;
+        for plugin in ["http-resource", "wait-active"] {
+            upload(&server, component(plugin)).await;
+            grant_cloud(&server, &cloud, plugin).await;
+        }
+        let inputs = json!({"api": cloud.origin(), "name": "web-1", "poll_ms": 200});
+        let steps = json!(["http-resource", "wait-active"]);
+        let done = finish(&server, json!({"kind": "provision", "steps": steps, "inputs": inputs})).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["context"]["resource_status"], "active");
+        assert_eq!(done["steps"][1]["polls"], 2);
+        assert_eq!(done["steps"][1]["attempts"], 1);
+        let logs = log_lines(&done, 1);
+        assert!(logs.iter().any(|l| l.ends_with("is booting; checking again in 200 ms")), "{logs:?}");
+
+        // A resource that takes its time; the saga is cancelled during the wait.
+        cloud.boot_after(1_000_000);
+        let slow = json!({"api": cloud.origin(), "name": "web-2", "poll_ms": 60_000});
+        let r = server.http.post(server.url("/v1/sagas")).json(&json!({"kind": "provision", "steps": steps, "inputs": slow})).send().await.unwrap();
+        let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+        poll_saga(&server.http, &server.base, &id, WITHIN, |s| !s["steps"][1]["waiting_until"].is_null()).await;
+        let created = cloud.resources().len();
+        let r = server.http.post(server.url(&format!("/v1/sagas/{id}/cancel"))).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let undone = poll_saga(&server.http, &server.base, &id, WITHIN, |s| s["status"] == "rolled_back").await;
+        assert_eq!(undone["steps"][0]["status"], "compensated");
+        assert_eq!(undone["steps"][1]["status"], "compensated");
+        assert_eq!(cloud.resources().len(), created - 1, "the cancel deleted what the saga created");
+    }
+
     a_secrets_value_is_redacted_from_everything_stored(backend) {
         // The fetch step asks the cloud to echo its request's headers back,
         // so it holds the token the host put in; it logs it, outputs it and

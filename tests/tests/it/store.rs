@@ -47,7 +47,7 @@ fn info(name: &str, bytes: &[u8], created_at: i64) -> PluginInfo {
         size: bytes.len() as u64,
         created_at: Timestamp(created_at),
         current: true,
-        contract: None,
+        contract: "0.2.0".into(),
     }
 }
 

@@ -2,7 +2,8 @@
 //! `inputs.flaky_succeed_on_attempt` (default 3), then succeeds and outputs
 //! the attempt it succeeded on. Its compensate fails retryably the same way
 //! when `inputs.flaky_compensate_succeed_on_attempt` is set. Tests use it for
-//! retries that succeed and retries that run out.
+//! retries that succeed and retries that run out. It is built on contract
+//! 0.1.0 (the SDK's `contract-0-1` feature) and stays so.
 
 use wasaga_step::{Output, SagaState, Step, StepResult, export_step, retryable};
 

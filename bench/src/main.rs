@@ -1179,7 +1179,7 @@ impl ServedHost {
                     n as i64 - done
                 );
                 let (polls,): (i64,) =
-                    sqlx::query_as("SELECT coalesce(sum(polls), 0) FROM saga_steps")
+                    sqlx::query_as("SELECT coalesce(sum(polls), 0) FROM saga_step_results")
                         .fetch_one(&mut conn)
                         .await?;
                 let wall =
@@ -1321,10 +1321,14 @@ async fn wait_cost(
     Ok(cost)
 }
 
-/// The flags for the in-call sleep: every saga driven and every instance
-/// alive at once.
+/// The flags for the in-call sleep: every saga driven at once, and as many
+/// instances alive as this system allows (all of them, where it can).
 fn sleep_flags(sagas: usize) -> String {
-    format!("--concurrency {sagas} --max-instances {sagas} --allocator on-demand")
+    let most = wasaga::config::max_on_demand_instances().map_or(sagas, |m| m as usize);
+    format!(
+        "--concurrency {sagas} --max-instances {} --allocator on-demand",
+        sagas.min(most)
+    )
 }
 
 /// Waiting is cheap: `sagas` sagas whose one step (the `poll` test plugin,
@@ -1356,7 +1360,8 @@ async fn durable_waits(report: &mut Report, quick: bool, bin: &Path) -> Result<(
     report.notes.push(format!(
         "Durable waits: {sagas} sagas posted 256 at a time to `wasaga serve` with default flags (concurrency 64); \
          each step polls 1 s apart until 4.5 s after its saga was posted ({:.2} polls per saga measured: \
-         fewer than 5 where the first call came late). Baseline: the same sagas on a server started with `{}`, \
+         fewer than 5 where the first call came late). Baseline: the same sagas on a server started with `{}` \
+         (the instances this system's vm.max_map_count allows alive at once), \
          the step sleeping 5 s in `wasi:clocks` inside its call. Wall time is from the first saga's creation \
          to the last one's completion; CPU is the server's user + system time from the first post to the end.",
         polling.polls as f64 / sagas as f64,

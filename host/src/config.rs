@@ -146,6 +146,44 @@ fn default_concurrent_compiles() -> usize {
     ((memory / (2 << 30)) as usize).clamp(1, cpus)
 }
 
+/// Memory mappings one live instance costs with on-demand allocation
+/// (linear memory and its guard, tables, the fiber stack and its guard):
+/// about 7 measured, rounded up.
+pub const MAPS_PER_ON_DEMAND_INSTANCE: u64 = 8;
+
+/// The most instances this system can keep alive at once with on-demand
+/// allocation: each costs `MAPS_PER_ON_DEMAND_INSTANCE` mappings, and a
+/// process may hold `vm.max_map_count` (a fifth is kept for the rest of the
+/// host). Past it an instantiation fails, and worse, a thread the runtime
+/// starts may die at birth and take the tasks queued on it with it, so the
+/// host refuses such a setting at start. `None` where the limit is unknown.
+pub fn max_on_demand_instances() -> Option<u32> {
+    let maps: u64 = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((maps * 4 / 5 / MAPS_PER_ON_DEMAND_INSTANCE).min(u64::from(u32::MAX)) as u32)
+}
+
+impl RuntimeConfig {
+    /// Refuses settings this system cannot honour, saying which and why.
+    pub fn check_system_limits(&self) -> Result<(), String> {
+        if self.allocator == Allocator::OnDemand
+            && let Some(most) = max_on_demand_instances()
+            && self.max_instances > most
+        {
+            return Err(format!(
+                "--max-instances {} is more than this system can keep alive with on-demand allocation: \
+                 each instance takes about {MAPS_PER_ON_DEMAND_INSTANCE} memory mappings and vm.max_map_count \
+                 allows at most {most} instances; lower --max-instances or raise vm.max_map_count",
+                self.max_instances
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Retry and backoff of failed step calls.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {

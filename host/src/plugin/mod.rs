@@ -395,6 +395,7 @@ enum CallReturn {
 
 impl PluginHost {
     pub fn new(config: RuntimeConfig) -> Result<PluginHost, PluginError> {
+        config.check_system_limits().map_err(PluginError::Host)?;
         let engine = engine::build(&config)
             .map_err(|e| PluginError::Host(format!("building the engine: {e:#}")))?;
         let mut linker = Linker::new(&engine);

@@ -337,6 +337,29 @@ async fn errors_print_the_servers_message_not_a_backtrace() {
         stderr(&refused).trim(),
         "error: --max-wait (8days) is above --max-wait-ceiling (7days)"
     );
+
+    // So are more live instances than the system can map: past it, calls
+    // fail and a thread the runtime starts may die with tasks queued on it.
+    let refused = std::process::Command::new(wasaga_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allocator",
+            "on-demand",
+        ])
+        .args(["--max-instances", "4000000000", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains(
+            "--max-instances 4000000000 is more than this system can keep alive with on-demand allocation"
+        ) && stderr(&refused).contains("raise vm.max_map_count"),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 /// `plugin grant|grants` and `secret set|list|delete`: a secret's value

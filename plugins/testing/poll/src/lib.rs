@@ -20,7 +20,7 @@
 //! Output: `{"calls": n}`, n being the calls of `execute` the counter saw.
 
 use serde::Deserialize;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use wasaga_step::http::Request;
 use wasaga_step::{Output, SagaState, Step, StepResult, export_step, fatal, poll_after, secrets};
 
@@ -43,10 +43,11 @@ impl Inputs {
 
     /// Whether `until_ms` is still ahead.
     fn too_early(&self) -> bool {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        self.until_ms.is_some_and(|until| now < u128::from(until))
+        // std's clock is not there on wasm32-unknown-unknown; WASI's is.
+        use wasaga_step::__bindings::wasi::clocks::wall_clock;
+        let now = wall_clock::now();
+        let now_ms = now.seconds * 1_000 + u64::from(now.nanoseconds / 1_000_000);
+        self.until_ms.is_some_and(|until| now_ms < until)
     }
 }
 

@@ -77,6 +77,7 @@ impl Cloud {
             .route("/v2/resources/{id}", get(show).delete(delete))
             .route("/v2/echo-headers", get(echo_headers))
             .route("/v2/bytes", get(bytes))
+            .route("/v2/text", get(text))
             .route("/v2/slow", get(slow))
             .route("/v2/hang", get(hang))
             .with_state(cloud.clone());
@@ -231,6 +232,11 @@ async fn echo_headers(headers: HeaderMap) -> Json<Value> {
 
 async fn bytes(Query(q): Query<HashMap<String, usize>>) -> Vec<u8> {
     vec![b'x'; q.get("n").copied().unwrap_or(0)]
+}
+
+/// Answers the query's `body`, as text.
+async fn text(Query(q): Query<HashMap<String, String>>) -> String {
+    q.get("body").cloned().unwrap_or_default()
 }
 
 async fn slow(Query(q): Query<HashMap<String, u64>>) -> &'static str {

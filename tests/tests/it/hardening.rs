@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wasaga_tests::{Backend, Counter, TestDb, TestServer, component, on_both, variant};
+use wasaga_tests::{Backend, Cloud, Counter, TestDb, TestServer, component, on_both, variant};
 
 const WITHIN: Duration = Duration::from_secs(120);
 
@@ -109,6 +109,54 @@ async fn a_start_whose_request_is_dropped_is_still_driven() {
             "{saga}"
         );
     }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_that_reads_like_a_cancel_is_a_failure() {
+    // Defect 10: a fatal message equal to the cancel text was taken for a
+    // cancel, by a string compare. The cause is typed now.
+    let cloud = Cloud::start("t").await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = TestServer::on(&db, |_| {}).await;
+    let r = server
+        .http
+        .post(server.url("/v1/plugins"))
+        .body(component("fetch"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let r = server
+        .http
+        .put(server.url("/v1/plugins/fetch/grants"))
+        .json(&json!({"http": [cloud.origin()]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let request = json!({"url": format!("{}/v2/text?body=cancelled", cloud.origin())});
+    let r = server
+        .http
+        .post(server.url("/v1/sagas"))
+        .json(&json!({"kind": "lookalike", "steps": ["echo", "fetch"],
+                      "inputs": {"requests": [request], "fail_with_body": true}}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let saga = wait_all_final(&server, &[id]).await.remove(0);
+    assert_eq!(saga["status"], "rolled_back", "{saga}");
+    assert_eq!(saga["error"]["cause"], "step_failed", "{saga}");
+    assert_eq!(saga["error"]["reason"], "cancelled", "{saga}");
+    assert_eq!(
+        saga["error"]["message"],
+        "step 1 (fetch) failed: cancelled; compensating from step 0"
+    );
+    assert_eq!(saga["cancel_requested"], false);
     server.stop().await.unwrap();
 }
 

@@ -30,6 +30,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel_saga))
         .routes(routes!(pause_saga))
         .routes(routes!(resume_saga))
+        .routes(routes!(resolve_step))
 }
 
 /// `{sagas: [...], next_cursor}`
@@ -364,5 +365,60 @@ async fn resume_saga(
 ) -> Result<(StatusCode, Json<SagaRun>), ApiError> {
     caller.require(Role::Operator)?;
     let saga = state.runner.resume(parse_id(&id)?, caller.actor()).await?;
+    Ok((StatusCode::ACCEPTED, Json(saga)))
+}
+
+/// What a human says about resolving a step.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// What was done by hand, e.g. "deleted by hand"; kept on the action.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// Resolve a `compensation_failed` step of a `failed` saga by hand: it is
+/// marked `compensated`; when none is left the saga ends `rolled_back`.
+#[utoipa::path(
+    post,
+    path = "/sagas/{id}/steps/{index}/resolve",
+    tag = "sagas",
+    params(
+        ("id" = String, Path, description = "the saga's id"),
+        ("index" = u32, Path, description = "the step's index in the plan"),
+    ),
+    request_body(content = ResolveRequest, description = "optional; `{}` or no body is no note"),
+    responses(
+        (status = 202, description = "resolved", body = SagaRun),
+        (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the saga is not failed, or the step is not compensation_failed", body = ErrorBody),
+    )
+)]
+async fn resolve_step(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, index)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<SagaRun>), ApiError> {
+    caller.require(Role::Operator)?;
+    let id = parse_id(&id)?;
+    let index: u32 = index.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "`{}` is not a step index (a number from 0)",
+            index.chars().take(32).collect::<String>()
+        ))
+    })?;
+    let request: ResolveRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ResolveRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not a resolve request: {e}")))?
+    };
+    let saga = state
+        .runner
+        .resolve(id, index, request.note, caller.actor())
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(saga)))
 }

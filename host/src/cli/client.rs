@@ -211,6 +211,20 @@ impl Client {
     }
 
     /// `POST /v1/sagas/{id}/{action}` (cancel, pause, resume, retry).
+    /// Resolves a `compensation_failed` step by hand.
+    pub async fn resolve_step(
+        &self,
+        id: &str,
+        index: u32,
+        note: Option<&str>,
+    ) -> Result<SagaRun, ClientError> {
+        let index = index.to_string();
+        let request = self
+            .request(Method::POST, &["sagas", id, "steps", &index, "resolve"])
+            .json(&serde_json::json!({ "note": note }));
+        Ok(self.send(request).await?.1)
+    }
+
     pub async fn saga_action(&self, id: &str, action: &str) -> Result<SagaRun, ClientError> {
         Ok(self
             .send(self.request(Method::POST, &["sagas", id, action]))

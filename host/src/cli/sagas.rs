@@ -1,4 +1,5 @@
-//! `wasaga saga`: start, list, show, cancel, pause, resume and watch sagas.
+//! `wasaga saga`: start, list, show, cancel, pause, resume, resolve and
+//! watch sagas.
 
 use super::{CliError, ServerArgs, client, print_json};
 use crate::cli::Client;
@@ -82,6 +83,19 @@ pub(super) enum SagaCommand {
     /// Resume a paused saga.
     Resume {
         id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Mark a step whose compensation failed as undone by hand (the saga
+    /// ends rolled_back when no such step is left).
+    Resolve {
+        id: String,
+        /// The step's index.
+        #[arg(long)]
+        step: u32,
+        /// What was done by hand, kept on the saga's actions.
+        #[arg(long)]
+        note: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -235,6 +249,24 @@ pub(super) async fn run(command: SagaCommand) -> Result<ExitCode, CliError> {
                 print_json(&saga);
             } else {
                 println!("resumed saga {} (status {})", saga.id, saga.status);
+            }
+        }
+        SagaCommand::Resolve {
+            id,
+            step,
+            note,
+            server,
+        } => {
+            let saga = client(&server)
+                .resolve_step(&id, step, note.as_deref())
+                .await?;
+            if server.json {
+                print_json(&saga);
+            } else {
+                println!(
+                    "resolved step {step} of saga {} (status {})",
+                    saga.id, saga.status
+                );
             }
         }
         SagaCommand::Watch { id, server } => {

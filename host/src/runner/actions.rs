@@ -1,5 +1,5 @@
-//! Human actions on a saga: cancel, pause and resume (and, on a `failed`
-//! saga, retry and resolve). The runner decides whether each is allowed in
+//! Human actions on a saga: cancel, pause and resume, and on a `failed`
+//! saga, resolve (retry is still to come). The runner decides whether each is allowed in
 //! the saga's state (a `409` that says the state when not), and writes it
 //! fenced by the version it read: an action that races another change is
 //! decided again on the new state.
@@ -12,7 +12,9 @@
 //! holds its lease. Every action is kept on the saga as `actions`.
 
 use super::Runner;
-use crate::model::{Action, ActionKind, SagaDetail, SagaId, SagaRun, SagaStatus, Timestamp};
+use crate::model::{
+    Action, ActionKind, SagaDetail, SagaId, SagaRun, SagaStatus, StepStatus, Timestamp,
+};
 use crate::store::{Applied, Fence, StoreError, Transition};
 
 /// Why an action was refused.
@@ -183,6 +185,78 @@ impl Runner {
         if let Err(e) = self.inner.store.announce_work().await {
             tracing::debug!(error = %e, "announcing a resumed saga");
         }
+        Ok(saga)
+    }
+
+    /// Marks a `compensation_failed` step of a `failed` saga `compensated`
+    /// by hand (someone undid its work outside wasaga); when no such step
+    /// is left, the saga ends `rolled_back`. The row keeps its last error,
+    /// followed by who resolved it and their note.
+    pub async fn resolve(
+        &self,
+        id: SagaId,
+        index: u32,
+        note: Option<String>,
+        actor: Option<String>,
+    ) -> Result<SagaRun, ActionError> {
+        let saga = self
+            .act(id, |d, now| {
+                let s = &d.saga;
+                if s.status != SagaStatus::Failed {
+                    return Err(ActionError::Conflict(format!(
+                        "saga {id} is {}; only a failed saga's steps can be resolved",
+                        s.status
+                    )));
+                }
+                let Some(row) = d.steps.iter().find(|r| r.index == index) else {
+                    return Err(ActionError::Conflict(format!(
+                        "step {index} of saga {id} never ran; only a compensation_failed step can be resolved"
+                    )));
+                };
+                if row.status != StepStatus::CompensationFailed {
+                    return Err(ActionError::Conflict(format!(
+                        "step {index} of saga {id} is {}, not compensation_failed",
+                        row.status
+                    )));
+                }
+                let mut row = row.clone();
+                row.status = StepStatus::Compensated;
+                let by = actor.as_deref().unwrap_or("an operator");
+                let resolved = match &note {
+                    Some(note) => format!("resolved by hand by {by}: {note}"),
+                    None => format!("resolved by hand by {by}"),
+                };
+                row.error = Some(match row.error.take() {
+                    Some(error) => format!("{error}; {resolved}"),
+                    None => resolved,
+                });
+                let left: Vec<u32> = d
+                    .steps
+                    .iter()
+                    .filter(|r| r.index != index && r.status == StepStatus::CompensationFailed)
+                    .map(|r| r.index)
+                    .collect();
+                let mut t = Transition::new(id, Fence::Unleased, s.version, now);
+                if let Some(mut error) = s.error.clone() {
+                    super::saga::needs_a_human(&mut error, &s.plan, left.clone());
+                    t.saga.error = Some(error);
+                }
+                if left.is_empty() {
+                    t.saga.status = Some(SagaStatus::RolledBack);
+                }
+                t.steps.push(row);
+                t.saga.actions = Some(with_action(
+                    s,
+                    ActionKind::Resolve,
+                    &actor,
+                    now,
+                    note.clone(),
+                    Some(index),
+                ));
+                Ok(Decision::Write(Box::new(t)))
+            })
+            .await?;
+        tracing::info!(saga = %id, step = index, status = %saga.status, "step resolved by hand");
         Ok(saga)
     }
 

@@ -1262,21 +1262,7 @@ impl Driver<'_> {
         let status = if failed.is_empty() {
             SagaStatus::RolledBack
         } else {
-            let names: Vec<String> = failed
-                .iter()
-                .map(|i| format!("{i} ({})", self.spec(*i).name))
-                .collect();
-            error.message = format!(
-                "{}; compensation of step{} {} failed: needs a human",
-                error
-                    .message
-                    .split("; compensation of step")
-                    .next()
-                    .unwrap_or_default(),
-                if failed.len() == 1 { "" } else { "s" },
-                names.join(", ")
-            );
-            error.compensation_failed_steps = failed;
+            needs_a_human(&mut error, &self.saga.plan, failed);
             SagaStatus::Failed
         };
         self.commit(&|d: &Self| {
@@ -1291,6 +1277,35 @@ impl Driver<'_> {
         self.saga.error = Some(error);
         Ok(Flow::Continue)
     }
+}
+
+/// Records in a `failed` saga's error which steps' compensation failed
+/// and are left to a human (the message's first part, why the saga
+/// stopped, stays).
+pub(super) fn needs_a_human(error: &mut SagaError, plan: &[StepSpec], failed: Vec<u32>) {
+    let base = error
+        .message
+        .split("; compensation of step")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    error.message = if failed.is_empty() {
+        base
+    } else {
+        let names: Vec<String> = failed
+            .iter()
+            .map(|i| {
+                let name = plan.get(*i as usize).map_or("?", |s| s.name.as_str());
+                format!("{i} ({name})")
+            })
+            .collect();
+        format!(
+            "{base}; compensation of step{} {} failed: needs a human",
+            if failed.len() == 1 { "" } else { "s" },
+            names.join(", ")
+        )
+    };
+    error.compensation_failed_steps = failed;
 }
 
 /// What ending a saga writes beside its final status: no longer ready,

@@ -798,6 +798,7 @@ async fn the_openapi_document_matches_the_router() {
         "POST /sagas/{id}/cancel",
         "POST /sagas/{id}/pause",
         "POST /sagas/{id}/resume",
+        "POST /sagas/{id}/steps/{index}/resolve",
         "PUT /plugins/{ref}/grants",
         "GET /plugins/{ref}/grants",
         "PUT /secrets/{name}",
@@ -820,7 +821,8 @@ async fn the_openapi_document_matches_the_router() {
                 "sha256:0000000000000000000000000000000000000000000000000000000000000000",
             )
             .replace("{id}", "019ac4f2-6b1e-7c3a-9d2e-5f1a2b3c4d5e")
-            .replace("{name}", "some-name");
+            .replace("{name}", "some-name")
+            .replace("{index}", "0");
         let r = server
             .http
             .request(method.parse().unwrap(), server.url(&format!("/v1{path}")))

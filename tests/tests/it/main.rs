@@ -6,6 +6,7 @@ mod api;
 mod contract_v0_2;
 mod fuzz;
 mod hardening;
+mod lifecycle;
 mod real_steps;
 mod runner;
 mod saga_properties;

@@ -156,6 +156,45 @@ async fn the_tour_works_from_the_command_line() {
         stdout(&out)
     );
     assert!(stdout(&out).contains("needs a human"), "{}", stdout(&out));
+    // The human cleans up and says so; the saga then ends rolled back.
+    let text = stdout(&out);
+    let failed_id = text
+        .split_whitespace()
+        .nth(2)
+        .expect("started saga ID ...")
+        .to_string();
+    let out = wasaga(
+        &server,
+        &[
+            "saga",
+            "resolve",
+            &failed_id,
+            "--step",
+            "0",
+            "--note",
+            "deleted by hand",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("resolved step 0 of saga {failed_id} (status rolled_back)")
+    );
+    let out = wasaga(
+        &server,
+        &["saga", "resolve", &failed_id, "--step", "0"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "error: saga {failed_id} is rolled_back; only a failed saga's steps can be resolved (409 Conflict, conflict)"
+        )
+    );
 
     // start, watch from another command, cancel.
     let out = wasaga(
@@ -224,7 +263,8 @@ async fn the_tour_works_from_the_command_line() {
     )
     .await;
     let listed: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(listed["sagas"].as_array().unwrap().len(), 2);
+    // The cancelled one, the one whose last step failed, and the resolved one.
+    assert_eq!(listed["sagas"].as_array().unwrap().len(), 3);
     let out = wasaga(&server, &["saga", "list"], &[]).await;
     assert_eq!(
         stdout(&out).lines().count(),

@@ -169,8 +169,13 @@ fn polyglot(file: &str) -> Result<Vec<u8>> {
 
 /// Resident set size of a process, from /proc.
 fn rss_bytes(pid: &str) -> Option<u64> {
+    proc_status_bytes(pid, "VmRSS:")
+}
+
+/// A size field (in kB) of /proc/PID/status, in bytes.
+fn proc_status_bytes(pid: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -1068,10 +1073,7 @@ async fn outbound_http(report: &mut Report, quick: bool) -> Result<()> {
 
 /// Peak resident set size of a process (`VmHWM`), from /proc.
 fn peak_rss_bytes(pid: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    proc_status_bytes(pid, "VmHWM:")
 }
 
 /// The flags README recommends for steps that mostly wait on other

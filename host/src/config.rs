@@ -244,6 +244,35 @@ pub struct RunnerConfig {
     pub default_max_wait: Duration,
     /// The longest `max_wait_ms` a step may ask for. Default 7 days.
     pub max_wait_ceiling: Duration,
+    /// Ended sagas older than this (since they ended) are deleted with
+    /// their ledger; the resource ledger keeps what they provisioned. Off
+    /// (`None`) by default; at least [`MIN_RETENTION`].
+    pub retention: Option<Duration>,
+    /// How often retention looks for sagas to delete. Default 1 minute.
+    pub retention_every: Duration,
+    /// Sagas deleted per transaction, so a sweep never holds the database
+    /// long. Default 500.
+    pub retention_batch: usize,
+}
+
+/// The shortest retention allowed: an ended saga must stay readable long
+/// enough for whoever started or watches it to read its outcome, and for an
+/// operator to look into a failure.
+pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
+
+impl RunnerConfig {
+    /// Checks a retention period, saying why one is refused.
+    pub fn check_retention(retention: Duration) -> Result<(), String> {
+        if retention < MIN_RETENTION {
+            return Err(format!(
+                "--retention ({}) is shorter than {}: an ended saga must stay readable long enough \
+                 for whoever started or watches it to read its outcome",
+                humantime::format_duration(retention),
+                humantime::format_duration(MIN_RETENTION)
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for RunnerConfig {
@@ -260,6 +289,9 @@ impl Default for RunnerConfig {
             min_poll_interval: Duration::from_millis(10),
             default_max_wait: Duration::from_secs(3600),
             max_wait_ceiling: Duration::from_secs(7 * 24 * 3600),
+            retention: None,
+            retention_every: Duration::from_secs(60),
+            retention_batch: 500,
         }
     }
 }

@@ -1,13 +1,17 @@
 //! Turning a start request into a saga: every rule a start request must
-//! pass, in one place (the API's start and templates use it alike).
+//! pass, in one place. The API's start, a template's put and a start from a
+//! template all come through here.
 //!
 //! A request names its steps by plugin reference (a digest, or a name
 //! meaning its current upload) with optional per-step settings; the plan
 //! pins each to a digest and fills in the defaults, checking every setting
-//! against the host's ceilings. Errors say which step and which field.
+//! against the host's ceilings. Errors say which step and which field. A
+//! template is a start request kept under a name and a version, with an
+//! optional JSON Schema its inputs must pass (checked with `jsonschema`;
+//! an error names the JSON pointer and the rule that failed).
 
 use crate::config::RuntimeConfig;
-use crate::model::{Digest, PluginInfo, SagaRun, StepSpec, Timestamp};
+use crate::model::{Digest, PluginInfo, SagaRun, StepSpec, Template, Timestamp};
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -120,12 +124,40 @@ impl StepRequest {
     }
 }
 
+/// `PUT /v1/templates/{name}` body.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRequest {
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The steps, as in a start request.
+    #[serde(default, deserialize_with = "steps")]
+    pub steps: Option<Vec<StepRequest>>,
+    /// A JSON Schema the inputs of every start from this template must
+    /// pass.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub inputs_schema: Option<Value>,
+}
+
+/// Longest template description.
+pub const MAX_DESCRIPTION: usize = 4_096;
+
 /// Why a request cannot become a saga.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     /// A malformed field (400); the message names it.
     #[error("{0}")]
     Invalid(String),
+    /// A required field is missing (400, like malformed JSON).
+    #[error("invalid JSON: missing field {0}")]
+    Missing(&'static str),
+    /// No template of that name (422).
+    #[error("no template `{0}`")]
+    UnknownTemplate(String),
+    /// The inputs fail the template's schema (422): where and which rule.
+    #[error("{0}")]
+    InputsRejected(String),
     /// Plugin references that resolve to nothing (422).
     #[error("unknown plugin{}: {}", if .0.len() == 1 { "" } else { "s" }, .0.join(", "))]
     UnknownPlugins(Vec<String>),
@@ -172,7 +204,155 @@ pub async fn resolve(store: &dyn Store, reference: &str) -> Result<Option<Plugin
     store.plugin_by_name(reference).await
 }
 
+/// A template name: 1 to 128 letters, digits, `.`, `_` or `-`, starting
+/// with a letter or digit (it is a path segment).
+pub fn check_template_name(name: &str) -> Result<(), PlanError> {
+    let ok = (1..=128).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(PlanError::Invalid(format!(
+            "template name `{}` must be 1 to 128 letters, digits, `.`, `_` or `-`, starting with a letter or digit",
+            name.chars().take(64).collect::<String>()
+        )))
+    }
+}
+
+/// A template's inputs schema, compiled. Remote `$ref`s are not fetched.
+pub struct InputsSchema(jsonschema::Validator);
+
+impl InputsSchema {
+    pub fn compile(schema: &Value) -> Result<InputsSchema, PlanError> {
+        jsonschema::validator_for(schema)
+            .map(InputsSchema)
+            .map_err(|e| {
+                PlanError::Invalid(format!("`inputs_schema` is not a valid JSON Schema: {e}"))
+            })
+    }
+
+    /// Every way `inputs` fails the schema, each with its JSON pointer and
+    /// the rule (the schema keyword) it breaks.
+    pub fn check(&self, inputs: &Value) -> Result<(), PlanError> {
+        let failures: Vec<String> = self
+            .0
+            .iter_errors(inputs)
+            .take(10)
+            .map(|e| {
+                let pointer = e.instance_path.to_string();
+                let schema_path = e.schema_path.to_string();
+                let rule = schema_path.rsplit('/').next().unwrap_or_default();
+                let at = if pointer.is_empty() {
+                    "at the inputs' root (``)".to_string()
+                } else {
+                    format!("at `{pointer}`")
+                };
+                format!("{at}: {e} (rule `{rule}`, schema `{schema_path}`)")
+            })
+            .collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(PlanError::InputsRejected(format!(
+                "the inputs fail the template's schema: {}",
+                failures.join("; ")
+            )))
+        }
+    }
+}
+
 impl Planner {
+    /// A saga from a start request: from its `steps`, or from the latest
+    /// version of its `template` (inputs checked against the template's
+    /// schema, `kind` defaulting to the template's name, the template and
+    /// version recorded). Every plugin is pinned to its digest now.
+    pub async fn start(
+        &self,
+        store: &dyn Store,
+        request: StartSaga,
+        actor: Option<String>,
+    ) -> Result<SagaRun, PlanError> {
+        let triggered_by = request.triggered_by.or(actor);
+        match (request.steps, request.template) {
+            (Some(_), Some(_)) => Err(PlanError::Invalid(
+                "give either `steps` or `template`, not both".into(),
+            )),
+            (None, None) => Err(PlanError::Missing(
+                "`steps` (or a `template` to start from)",
+            )),
+            (Some(steps), None) => {
+                let kind = request.kind.ok_or(PlanError::Missing("`kind`"))?;
+                let plan = self.steps(store, &steps).await?;
+                self.saga(
+                    kind,
+                    plan,
+                    request.inputs,
+                    request.deployment_id,
+                    triggered_by,
+                )
+            }
+            (None, Some(name)) => {
+                let template = store
+                    .template(&name, None)
+                    .await?
+                    .ok_or_else(|| PlanError::UnknownTemplate(name.clone()))?;
+                let inputs = inputs_object(request.inputs)?;
+                if let Some(schema) = &template.inputs_schema {
+                    InputsSchema::compile(schema)?.check(&inputs)?;
+                }
+                let plan = self.steps(store, &template_steps(&template)?).await?;
+                let kind = request.kind.unwrap_or_else(|| template.name.clone());
+                let mut saga = self.saga(
+                    kind,
+                    plan,
+                    Some(inputs),
+                    request.deployment_id,
+                    triggered_by,
+                )?;
+                saga.template = Some(template.name);
+                saga.template_version = Some(template.version);
+                Ok(saga)
+            }
+        }
+    }
+
+    /// Checks a template as a put would store it: its steps as a start
+    /// would plan them today (unknown plugins named), its schema compiled.
+    /// Returns the steps as they are stored.
+    pub async fn template(
+        &self,
+        store: &dyn Store,
+        request: &TemplateRequest,
+    ) -> Result<Vec<Value>, PlanError> {
+        if let Some(description) = &request.description
+            && description.len() > MAX_DESCRIPTION
+        {
+            return Err(PlanError::Invalid(format!(
+                "`description` must be at most {MAX_DESCRIPTION} bytes"
+            )));
+        }
+        let steps = request
+            .steps
+            .as_ref()
+            .ok_or(PlanError::Missing("`steps`"))?;
+        self.steps(store, steps).await?;
+        if let Some(schema) = &request.inputs_schema {
+            if !schema.is_object() && !schema.is_boolean() {
+                return Err(PlanError::Invalid(
+                    "`inputs_schema` must be a JSON Schema (an object)".into(),
+                ));
+            }
+            InputsSchema::compile(schema)?;
+        }
+        Ok(steps
+            .iter()
+            .map(|s| serde_json::to_value(s).expect("a step serializes"))
+            .collect())
+    }
+
     /// Pins `steps` to digests with their settings checked and defaulted.
     pub async fn steps(
         &self,
@@ -290,4 +470,16 @@ impl Planner {
             Timestamp::now(),
         ))
     }
+}
+
+/// A stored template's steps, as a start request's.
+fn template_steps(template: &Template) -> Result<Vec<StepRequest>, PlanError> {
+    steps(Value::Array(template.steps.clone()))
+        .map(Option::unwrap_or_default)
+        .map_err(|e: serde_json::Error| {
+            PlanError::Invalid(format!(
+                "template `{}` is stored broken: {e}",
+                template.name
+            ))
+        })
 }

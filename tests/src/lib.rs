@@ -563,6 +563,19 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// Uploads the committed test component `name`; its upload answer.
+    pub async fn upload(&self, name: &str) -> serde_json::Value {
+        let r = self
+            .http
+            .post(self.url("/v1/plugins"))
+            .body(component(name))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{name}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
     /// The answer to `GET path`, as JSON.
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         self.http

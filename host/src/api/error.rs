@@ -144,8 +144,19 @@ impl From<crate::plan::PlanError> for ApiError {
         let message = e.to_string();
         match e {
             PlanError::Invalid(_) => ApiError::bad_request(message),
+            PlanError::Missing(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+            }
             PlanError::UnknownPlugins(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_plugin", message)
+            }
+            PlanError::UnknownTemplate(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_template",
+                message,
+            ),
+            PlanError::InputsRejected(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_inputs", message)
             }
             PlanError::Store(e) => e.into(),
         }

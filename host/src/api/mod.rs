@@ -1,7 +1,7 @@
 //! HTTP API v1 (a contract: DESIGN.md): routes, authentication and roles,
 //! limits, and the OpenAPI document.
 //!
-//! One router per resource (`plugins`, `sagas`), each built with
+//! One router per resource (`plugins`, `sagas`, `resources`, ...), each built with
 //! utoipa-axum's `OpenApiRouter`, which registers a handler's route and its
 //! OpenAPI path together, so `/v1/openapi.json` cannot drift from what is
 //! served (and a test checks every answer against it). Every `/v1` request
@@ -11,17 +11,22 @@
 //! submit to the runner, which decides every transition.
 
 mod auth;
+mod cursor;
 mod error;
 mod grants;
 mod plugins;
+mod resources;
 mod sagas;
 mod secrets;
+mod templates;
 
 pub use auth::{Caller, Role, Tokens, TokensError};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use plugins::{PluginList, UploadedPlugin};
+pub use resources::ResourceList;
 pub use sagas::SagaList;
 pub use secrets::{PutSecret, SecretList};
+pub use templates::TemplateList;
 
 use crate::config::ServerConfig;
 use crate::plan::Planner;
@@ -61,7 +66,9 @@ pub struct AppState {
     security(("bearer" = [])),
     tags(
         (name = "plugins", description = "Step plugins: Wasm components implementing wasaga:step/step"),
+        (name = "resources", description = "The desired-state ledger: what sagas provisioned, and whether it is still meant to exist"),
         (name = "sagas", description = "Sagas: ordered steps run durably, compensated in reverse on failure or cancel"),
+        (name = "templates", description = "Saga templates: start requests kept under a name, versioned, with an optional JSON Schema for inputs"),
         (name = "secrets", description = "Write-only secrets a step can use (or read, when granted) without them being stored or shown in plain text"),
     )
 )]
@@ -147,8 +154,10 @@ fn v1(max_component_bytes: usize) -> (Router<AppState>, utoipa::openapi::OpenApi
     let (routes, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(plugins::router(max_component_bytes))
         .merge(grants::router())
+        .merge(resources::router())
         .merge(sagas::router())
         .merge(secrets::router())
+        .merge(templates::router())
         .split_for_parts();
     // After the routers merged their paths: the modifiers of `ApiDoc` run
     // before there are any.

@@ -1,5 +1,5 @@
 //! `/v1/sagas`: start, list, show, and act on sagas (cancel, pause,
-//! resume).
+//! resume, retry, resolve).
 //!
 //! Handlers check the caller's role and the request's shape, then submit to
 //! the runner: `plan` turns a start request into a pinned saga, the runner
@@ -8,6 +8,7 @@
 
 use super::AppState;
 use super::auth::{Caller, Role};
+use super::cursor;
 use super::error::{ApiError, ErrorBody, JsonBody, invalid_json};
 use crate::model::{SagaDetail, SagaId, SagaRun, SagaStatus, SagaSummary, Timestamp};
 use crate::plan::{StartSaga, check_label};
@@ -15,7 +16,6 @@ use crate::store::{CreateSaga, SagaFilter};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -30,6 +30,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel_saga))
         .routes(routes!(pause_saga))
         .routes(routes!(resume_saga))
+        .routes(routes!(retry_saga))
         .routes(routes!(resolve_step))
 }
 
@@ -96,7 +97,7 @@ fn canonical(value: &Value) -> String {
         (status = 400, description = "malformed request", body = ErrorBody),
         (status = 403, description = "the token's role may not start sagas", body = ErrorBody),
         (status = 409, description = "the idempotency key was used with another request", body = ErrorBody),
-        (status = 422, description = "unknown plugin", body = ErrorBody),
+        (status = 422, description = "unknown plugin or template, or inputs failing the template's schema", body = ErrorBody),
     )
 )]
 async fn start_saga(
@@ -119,43 +120,10 @@ async fn start_saga(
         }
         None => None,
     };
-    let steps = match (request.steps, &request.template) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "give either `steps` or `template`, not both",
-            ));
-        }
-        (None, None) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                "invalid JSON: missing field `steps` (or a `template` to start from)",
-            ));
-        }
-        (Some(steps), None) => steps,
-        (None, Some(template)) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_template",
-                format!("no template `{template}`"),
-            ));
-        }
-    };
-    let kind = request.kind.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "invalid JSON: missing field `kind`",
-        )
-    })?;
-    let plan = state.planner.steps(state.store.as_ref(), &steps).await?;
-    let saga = state.planner.saga(
-        kind,
-        plan,
-        request.inputs,
-        request.deployment_id,
-        request.triggered_by.or_else(|| caller.actor()),
-    )?;
+    let saga = state
+        .planner
+        .start(state.store.as_ref(), request, caller.actor())
+        .await?;
     match state.runner.start_saga(saga, idempotency).await? {
         CreateSaga::Created(created) => {
             let saga = created.saga;
@@ -174,46 +142,14 @@ async fn start_saga(
     }
 }
 
-/// A cursor: where the page before ended, and which filters it was for.
-#[derive(Debug, Serialize, Deserialize)]
-struct Cursor {
-    /// created_at of the last saga listed.
-    t: i64,
-    /// Its id.
-    id: SagaId,
-    /// A fingerprint of the filters.
-    f: String,
-}
-
-fn filter_fingerprint(query: &ListQuery) -> String {
-    let key = format!(
-        "{:?}|{:?}|{:?}|{:?}",
-        query.status, query.kind, query.deployment_id, query.template
-    );
-    hex::encode(&Sha256::digest(key.as_bytes())[..8])
-}
-
-fn encode_cursor(cursor: &Cursor) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(serde_json::to_vec(cursor).expect("a cursor serializes"))
-}
-
-fn decode_cursor(text: &str, query: &ListQuery) -> Result<Cursor, ApiError> {
-    let garbage = || {
-        ApiError::bad_request(
-            "`cursor` is not a cursor this server made; pass the `next_cursor` of a list answer as it is",
-        )
-    };
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text)
-        .map_err(|_| garbage())?;
-    let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| garbage())?;
-    if cursor.f != filter_fingerprint(query) {
-        return Err(ApiError::bad_request(
-            "`cursor` belongs to a list with other filters; use the same status, kind, deployment_id and template",
-        ));
-    }
-    Ok(cursor)
+/// The filters a saga cursor is for.
+fn saga_filters(query: &ListQuery) -> impl std::fmt::Debug + '_ {
+    (
+        &query.status,
+        &query.kind,
+        &query.deployment_id,
+        &query.template,
+    )
 }
 
 /// List sagas, newest first, a page at a time.
@@ -242,9 +178,15 @@ async fn list_sagas(
     let before = query
         .cursor
         .as_deref()
-        .map(|c| decode_cursor(c, &query))
+        .map(|c| {
+            cursor::decode::<(i64, SagaId)>(
+                c,
+                &saga_filters(&query),
+                "status, kind, deployment_id and template",
+            )
+        })
         .transpose()?
-        .map(|c| (Timestamp(c.t), c.id));
+        .map(|(t, id)| (Timestamp(t), id));
     let filter = SagaFilter {
         status,
         kind: query.kind.clone(),
@@ -257,13 +199,7 @@ async fn list_sagas(
     let next_cursor = (sagas.len() == limit as usize)
         .then(|| sagas.last())
         .flatten()
-        .map(|last| {
-            encode_cursor(&Cursor {
-                t: last.created_at.millis(),
-                id: last.id,
-                f: filter_fingerprint(&query),
-            })
-        });
+        .map(|last| cursor::encode((last.created_at.millis(), last.id), &saga_filters(&query)));
     Ok(Json(SagaList { sagas, next_cursor }))
 }
 
@@ -365,6 +301,30 @@ async fn resume_saga(
 ) -> Result<(StatusCode, Json<SagaRun>), ApiError> {
     caller.require(Role::Operator)?;
     let saga = state.runner.resume(parse_id(&id)?, caller.actor()).await?;
+    Ok((StatusCode::ACCEPTED, Json(saga)))
+}
+
+/// Compensate a `failed` saga's `compensation_failed` steps again, with
+/// fresh attempts: it ends `rolled_back`, or `failed` again.
+#[utoipa::path(
+    post,
+    path = "/sagas/{id}/retry",
+    tag = "sagas",
+    params(("id" = String, Path, description = "the saga's id")),
+    responses(
+        (status = 202, description = "compensating again", body = SagaRun),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the saga is not failed, or a plugin it needs was deleted", body = ErrorBody),
+    )
+)]
+async fn retry_saga(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<SagaRun>), ApiError> {
+    caller.require(Role::Operator)?;
+    let saga = state.runner.retry(parse_id(&id)?, caller.actor()).await?;
     Ok((StatusCode::ACCEPTED, Json(saga)))
 }
 

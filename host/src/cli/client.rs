@@ -1,8 +1,8 @@
 //! A small client of HTTP API v1, for the command line (and anyone who
 //! wants one in Rust). Errors carry the server's own message.
 
-use crate::api::{ErrorBody, PluginList, SagaList, UploadedPlugin};
-use crate::model::{PluginInfo, SagaDetail, SagaRun};
+use crate::api::{ErrorBody, PluginList, ResourceList, SagaList, TemplateList, UploadedPlugin};
+use crate::model::{PluginInfo, SagaDetail, SagaRun, Template};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -210,7 +210,6 @@ impl Client {
         Ok(())
     }
 
-    /// `POST /v1/sagas/{id}/{action}` (cancel, pause, resume, retry).
     /// Resolves a `compensation_failed` step by hand.
     pub async fn resolve_step(
         &self,
@@ -225,9 +224,53 @@ impl Client {
         Ok(self.send(request).await?.1)
     }
 
+    /// `POST /v1/sagas/{id}/{action}` (cancel, pause, resume, retry).
     pub async fn saga_action(&self, id: &str, action: &str) -> Result<SagaRun, ClientError> {
         Ok(self
             .send(self.request(Method::POST, &["sagas", id, action]))
+            .await?
+            .1)
+    }
+
+    /// `PUT /v1/templates/{name}`; `true` when it was created.
+    pub async fn put_template(
+        &self,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<(Template, bool), ClientError> {
+        let request = self.request(Method::PUT, &["templates", name]).json(body);
+        let (status, template) = self.send(request).await?;
+        Ok((template, status == StatusCode::CREATED))
+    }
+
+    pub async fn templates(&self) -> Result<Vec<Template>, ClientError> {
+        let (_, list): (_, TemplateList) =
+            self.send(self.request(Method::GET, &["templates"])).await?;
+        Ok(list.templates)
+    }
+
+    pub async fn template(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Template, ClientError> {
+        let mut request = self.request(Method::GET, &["templates", name]);
+        if let Some(version) = version {
+            request = request.query(&[("version", version)]);
+        }
+        Ok(self.send(request).await?.1)
+    }
+
+    pub async fn delete_template(&self, name: &str) -> Result<(), ClientError> {
+        let _: (_, serde_json::Value) = self
+            .send(self.request(Method::DELETE, &["templates", name]))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn resources(&self, query: &[(&str, String)]) -> Result<ResourceList, ClientError> {
+        Ok(self
+            .send(self.request(Method::GET, &["resources"]).query(query))
             .await?
             .1)
     }

@@ -1,7 +1,8 @@
 //! The `wasaga` command line: `serve`, and client subcommands that talk to a
 //! server over HTTP API v1 (`plugin push|list|show|delete|grant|grants`,
-//! `saga start|list|show|cancel|pause|resume|watch`, `secret
-//! set|list|delete`). One module per family of commands.
+//! `saga start|list|show|cancel|pause|resume|retry|resolve|watch`, `secret
+//! set|list|delete`, `template put|list|show|delete`, `resource list`). One
+//! module per family of commands.
 //!
 //! Every flag of `serve` has an environment variable, and its default comes
 //! from `config`, so `--help`, README and the code agree. Client errors print
@@ -11,9 +12,11 @@
 
 mod client;
 mod plugins;
+mod resources;
 mod sagas;
 mod secrets;
 mod serve;
+mod templates;
 
 pub use client::{Client, ClientError};
 pub use sagas::{EXIT_FAILED, EXIT_ROLLED_BACK};
@@ -21,10 +24,12 @@ pub use sagas::{EXIT_FAILED, EXIT_ROLLED_BACK};
 use crate::server::ServeError;
 use clap::{Args, Parser, Subcommand};
 use plugins::PluginCommand;
+use resources::ResourceCommand;
 use sagas::SagaCommand;
 use secrets::SecretCommand;
 use serve::ServeArgs;
 use std::process::ExitCode;
+use templates::TemplateCommand;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,12 +50,18 @@ enum Command {
     /// Upload, list, show and delete step plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
-    /// Start, list, show, cancel, pause, resume and watch sagas.
+    /// Start, list, show, cancel, pause, resume, retry, resolve and watch sagas.
     #[command(subcommand)]
     Saga(SagaCommand),
     /// Set, list and delete secrets (values are never shown).
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Put, list, show and delete saga templates.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+    /// List the desired-state resource ledger.
+    #[command(subcommand)]
+    Resource(ResourceCommand),
 }
 
 /// Where the server is, for the client subcommands.
@@ -107,6 +118,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Plugin(command) => plugins::run(command).await,
         Command::Saga(command) => sagas::run(command).await,
         Command::Secret(command) => secrets::run(command).await,
+        Command::Template(command) => templates::run(command).await,
+        Command::Resource(command) => resources::run(command).await,
     }
 }
 

@@ -1,5 +1,5 @@
-//! `wasaga saga`: start, list, show, cancel, pause, resume, resolve and
-//! watch sagas.
+//! `wasaga saga`: start, list, show, cancel, pause, resume, retry,
+//! resolve and watch sagas.
 
 use super::{CliError, ServerArgs, client, print_json};
 use crate::cli::Client;
@@ -15,14 +15,22 @@ pub const EXIT_FAILED: u8 = 4;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum SagaCommand {
-    /// Start a saga.
+    /// Start a saga, from its steps or from a template.
     Start {
-        /// What the saga does, e.g. provision.
+        /// What the saga does, e.g. provision (with a template, defaults to
+        /// its name).
         #[arg(long)]
-        kind: String,
+        kind: Option<String>,
         /// A step: a plugin name or digest. Repeat, in order.
-        #[arg(long = "step", required = true)]
+        #[arg(
+            long = "step",
+            required_unless_present = "template",
+            conflicts_with = "template"
+        )]
         steps: Vec<String>,
+        /// Start from this template's latest version instead of steps.
+        #[arg(long, conflicts_with_all = ["max_attempts", "timeout", "max_wait"])]
+        template: Option<String>,
         /// The saga's inputs, a JSON object.
         #[arg(long, default_value = "{}")]
         inputs: String,
@@ -57,6 +65,9 @@ pub(super) enum SagaCommand {
         kind: Option<String>,
         #[arg(long)]
         deployment_id: Option<String>,
+        /// Only sagas started from this template.
+        #[arg(long)]
+        template: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
         #[command(flatten)]
@@ -82,6 +93,13 @@ pub(super) enum SagaCommand {
     },
     /// Resume a paused saga.
     Resume {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Compensate a failed saga's failed compensations again, with fresh
+    /// attempts.
+    Retry {
         id: String,
         #[command(flatten)]
         server: ServerArgs,
@@ -112,6 +130,7 @@ pub(super) async fn run(command: SagaCommand) -> Result<ExitCode, CliError> {
         SagaCommand::Start {
             kind,
             steps,
+            template,
             inputs,
             max_attempts,
             timeout,
@@ -144,7 +163,19 @@ pub(super) async fn run(command: SagaCommand) -> Result<ExitCode, CliError> {
                     }
                 })
                 .collect();
-            let mut body = serde_json::json!({ "kind": kind, "steps": steps, "inputs": inputs });
+            let mut body = match template {
+                Some(template) => serde_json::json!({ "template": template, "inputs": inputs }),
+                None => serde_json::json!({ "steps": steps, "inputs": inputs }),
+            };
+            match kind {
+                Some(kind) => body["kind"] = kind.into(),
+                None if body.get("steps").is_some() => {
+                    return Err(CliError::Usage(
+                        "--kind is needed when the steps are given (--step)".into(),
+                    ));
+                }
+                None => {}
+            }
             if let Some(d) = deployment_id {
                 body["deployment_id"] = d.into();
             }
@@ -176,6 +207,7 @@ pub(super) async fn run(command: SagaCommand) -> Result<ExitCode, CliError> {
             status,
             kind,
             deployment_id,
+            template,
             limit,
             server,
         } => {
@@ -184,6 +216,7 @@ pub(super) async fn run(command: SagaCommand) -> Result<ExitCode, CliError> {
                 ("status", status),
                 ("kind", kind),
                 ("deployment_id", deployment_id),
+                ("template", template),
             ] {
                 if let Some(value) = value {
                     query.push((key, value));
@@ -249,6 +282,17 @@ pub(super) async fn run(command: SagaCommand) -> Result<ExitCode, CliError> {
                 print_json(&saga);
             } else {
                 println!("resumed saga {} (status {})", saga.id, saga.status);
+            }
+        }
+        SagaCommand::Retry { id, server } => {
+            let saga = client(&server).saga_action(&id, "retry").await?;
+            if server.json {
+                print_json(&saga);
+            } else {
+                println!(
+                    "retrying saga {}: compensating again (status {})",
+                    saga.id, saga.status
+                );
             }
         }
         SagaCommand::Resolve {

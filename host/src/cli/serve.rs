@@ -122,6 +122,10 @@ pub(super) struct ServeArgs {
     /// The largest `max_wait_ms` a start request may give (default 7 days).
     #[arg(long, env = "WASAGA_MAX_WAIT_CEILING", value_parser = humantime::parse_duration)]
     max_wait_ceiling: Option<Duration>,
+    /// Delete ended sagas (with their ledger) this long after they ended,
+    /// e.g. 90d; at least 1h. Off by default; the resource ledger stays.
+    #[arg(long, env = "WASAGA_RETENTION", value_parser = humantime::parse_duration)]
+    retention: Option<Duration>,
     /// This host's identity in leases (default: random per process).
     #[arg(long, env = "WASAGA_NODE_ID")]
     node_id: Option<String>,
@@ -190,6 +194,9 @@ impl ServeArgs {
                 humantime::format_duration(max_wait_ceiling)
             ));
         }
+        if let Some(retention) = self.retention {
+            RunnerConfig::check_retention(retention)?;
+        }
         let defaults = RuntimeConfig::default();
         let runtime = RuntimeConfig {
             default_limits: StepLimits {
@@ -226,6 +233,7 @@ impl ServeArgs {
             node_id: self.node_id.clone(),
             default_max_wait: max_wait,
             max_wait_ceiling,
+            retention: self.retention,
             ..runner_defaults
         };
         let server = ServerConfig {

@@ -13,8 +13,8 @@ mod status;
 
 pub use ids::{BadDigest, Digest, SagaId, Timestamp};
 pub use saga::{
-    Action, LedgerLogLine, LogLine, PluginInfo, RecordedResource, SagaDetail, SagaError,
-    SagaResource, SagaRun, SagaSummary, StepResult, StepSpec,
+    Action, LedgerLogLine, LogLine, PluginInfo, RecordedResource, Resource, SagaDetail, SagaError,
+    SagaResource, SagaRun, SagaSummary, StepResult, StepSpec, Template,
 };
 pub(crate) use status::string_enum;
-pub use status::{ActionKind, LogLevel, Phase, SagaStatus, StepStatus, StopCause};
+pub use status::{ActionKind, LogLevel, Phase, ResourceState, SagaStatus, StepStatus, StopCause};

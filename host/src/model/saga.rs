@@ -3,7 +3,8 @@
 //! human actions taken on it, and a stored plugin ([`PluginInfo`]).
 
 use super::{
-    ActionKind, Digest, LogLevel, Phase, SagaId, SagaStatus, StepStatus, StopCause, Timestamp,
+    ActionKind, Digest, LogLevel, Phase, ResourceState, SagaId, SagaStatus, StepStatus, StopCause,
+    Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -43,10 +44,52 @@ pub struct SagaResource {
     pub external_id: String,
     #[schema(value_type = Object)]
     pub spec: Value,
-    /// 1 for the first record of this (kind, external id); each later
-    /// record of the same resource bumps it.
+    /// 1 for the first record of this (kind, external id) by any saga;
+    /// each later record of the same resource bumps it.
     pub spec_version: u32,
     pub created_at: Timestamp,
+}
+
+/// A resource in the desired-state ledger (`GET /v1/resources`): one per
+/// kind and external id, as last recorded by any saga.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Resource {
+    pub kind: String,
+    pub external_id: String,
+    /// The spec last recorded.
+    #[schema(value_type = Object)]
+    pub spec: Value,
+    /// How many times it was recorded (1 first; each record bumps it).
+    pub spec_version: u32,
+    /// The saga and step that recorded it last.
+    pub saga_id: SagaId,
+    pub step_index: u32,
+    /// That saga's deployment.
+    pub deployment_id: Option<String>,
+    pub state: ResourceState,
+    /// When it was first recorded, and last changed.
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// One version of a saga template: a start request kept under a name
+/// (`PUT /v1/templates/{name}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Template {
+    pub name: String,
+    /// 1 for the first put; each change is the next version.
+    pub version: u32,
+    pub description: Option<String>,
+    /// The steps as in a start request (plugin names or digests, with
+    /// per-step settings), resolved to digests when a saga starts.
+    #[schema(value_type = Vec<crate::plan::StepRequest>)]
+    pub steps: Vec<Value>,
+    /// A JSON Schema the inputs of a start must pass.
+    #[schema(value_type = Option<Object>)]
+    pub inputs_schema: Option<Value>,
+    pub created_at: Timestamp,
+    /// Who put this version.
+    pub created_by: Option<String>,
 }
 
 /// One step of a saga, as pinned when the saga started.
@@ -235,6 +278,10 @@ pub struct StepResult {
     pub attempts: u32,
     /// Calls of `compensate` begun so far.
     pub compensate_attempts: u32,
+    /// Calls of `compensate` begun before the saga's latest retry: the
+    /// step's `max_attempts` counts from here (0 until a retry).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub compensate_attempt_base: u32,
     #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
     pub error: Option<String>,
@@ -280,4 +327,8 @@ pub struct PluginInfo {
     /// The version of the step contract it implements (`0.1.0`, `0.2.0`).
     #[schema(example = "0.2.0")]
     pub contract: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

@@ -85,6 +85,11 @@ impl SagaStatus {
         !Self::UNFINISHED.contains(&self)
     }
 
+    /// The statuses a saga ends in: every one but the unfinished.
+    pub fn ended() -> Vec<SagaStatus> {
+        Self::ALL.iter().copied().filter(|s| s.is_final()).collect()
+    }
+
     /// `('pending', 'running', ...)`: the statuses as an SQL list.
     pub fn sql_list(statuses: &[SagaStatus]) -> String {
         let quoted: Vec<String> = statuses.iter().map(|s| format!("'{s}'")).collect();
@@ -136,6 +141,17 @@ string_enum! {
 }
 
 string_enum! {
+    /// Whether a resource in the desired-state ledger is meant to exist.
+    pub enum ResourceState {
+        /// Recorded by a step that was not compensated.
+        Present,
+        /// The step that recorded it last was compensated (or resolved by
+        /// hand).
+        Removed,
+    }
+}
+
+string_enum! {
     /// Why a saga stopped going forward.
     pub enum StopCause {
         /// A step failed for good (its own error, exhausted retries, a wait
@@ -172,12 +188,24 @@ mod tests {
         );
     }
 
-    /// The migrations' partial indexes over unfinished sagas must name
-    /// exactly [`SagaStatus::UNFINISHED`]: the newest migration that
-    /// (re)creates such an index, per database, is checked.
+    /// The migrations' partial indexes over unfinished sagas and over
+    /// ended ones must name exactly [`SagaStatus::UNFINISHED`] and the
+    /// rest: the newest migration that (re)creates each, per database, is
+    /// checked.
     #[test]
     fn the_migrations_partial_indexes_follow_the_status_list() {
-        let expected = format!("status IN {}", SagaStatus::sql_list(SagaStatus::UNFINISHED));
+        for (index, statuses) in [
+            ("saga_runs_unfinished", SagaStatus::UNFINISHED.to_vec()),
+            ("saga_runs_ended", SagaStatus::ended()),
+        ] {
+            newest_index_covers(index, &statuses);
+        }
+    }
+
+    /// The newest migration (per database) that creates `index` makes it
+    /// partial over exactly `statuses`.
+    fn newest_index_covers(index: &str, statuses: &[SagaStatus]) {
+        let expected = format!("status IN {}", SagaStatus::sql_list(statuses));
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
         for db in ["sqlite", "postgres"] {
             let mut files: Vec<_> = std::fs::read_dir(root.join(db))
@@ -191,11 +219,11 @@ mod tests {
                 .map(|f| std::fs::read_to_string(f).unwrap())
                 .find_map(|sql| {
                     sql.lines()
-                        .skip_while(|l| !l.contains("CREATE INDEX saga_runs_unfinished"))
+                        .skip_while(|l| !l.contains(&format!("CREATE INDEX {index} ")))
                         .nth(1)
                         .map(|l| l.trim().trim_end_matches(';').to_string())
                 })
-                .unwrap_or_else(|| panic!("no saga_runs_unfinished index in migrations/{db}"));
+                .unwrap_or_else(|| panic!("no {index} index in migrations/{db}"));
             assert_eq!(
                 newest.trim_start_matches("WHERE ").trim(),
                 expected,

@@ -1,5 +1,5 @@
 //! Human actions on a saga: cancel, pause and resume, and on a `failed`
-//! saga, resolve (retry is still to come). The runner decides whether each is allowed in
+//! saga, retry and resolve. The runner decides whether each is allowed in
 //! the saga's state (a `409` that says the state when not), and writes it
 //! fenced by the version it read: an action that races another change is
 //! decided again on the new state.
@@ -15,7 +15,7 @@ use super::Runner;
 use crate::model::{
     Action, ActionKind, SagaDetail, SagaId, SagaRun, SagaStatus, StepStatus, Timestamp,
 };
-use crate::store::{Applied, Fence, StoreError, Transition};
+use crate::store::{Applied, Fence, Pins, StoreError, Transition};
 
 /// Why an action was refused.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +188,67 @@ impl Runner {
         Ok(saga)
     }
 
+    /// Runs compensate again on every `compensation_failed` step of a
+    /// `failed` saga, each with fresh attempts (its `max_attempts` counts
+    /// again, while `compensate_attempts` goes on counting every call
+    /// begun). The saga compensates from its highest such step down and
+    /// ends `rolled_back`, or `failed` again. Its plugins are pinned again
+    /// first: a plugin deleted since the saga ended is a conflict naming it.
+    pub async fn retry(&self, id: SagaId, actor: Option<String>) -> Result<SagaRun, ActionError> {
+        let result = self
+            .act(id, |d, now| {
+                let s = &d.saga;
+                if s.status != SagaStatus::Failed {
+                    return Err(ActionError::Conflict(format!(
+                        "saga {id} is {}; only a failed saga can be retried",
+                        s.status
+                    )));
+                }
+                let mut t = Transition::new(id, Fence::Unleased, s.version, now);
+                for row in d
+                    .steps
+                    .iter()
+                    .filter(|r| r.status == StepStatus::CompensationFailed)
+                {
+                    let mut row = row.clone();
+                    row.status = StepStatus::Compensating;
+                    row.compensate_attempt_base = row.compensate_attempts;
+                    row.waiting_until = None;
+                    row.polls = 0;
+                    row.wait_started_at = None;
+                    row.finished_at = None;
+                    t.steps.push(row);
+                }
+                let Some(from) = t.steps.iter().map(|r| r.index).max() else {
+                    return Err(ActionError::Conflict(format!(
+                        "saga {id} is failed but no step's compensation failed; nothing to retry"
+                    )));
+                };
+                t.pins = Pins::Restore(crate::store::pinned_digests(&s.plan));
+                t.saga.status = Some(SagaStatus::Compensating);
+                t.saga.current_step_index = Some(from);
+                t.saga.ready_at = Some(Some(now));
+                t.saga.actions = Some(with_action(s, ActionKind::Retry, &actor, now, None, None));
+                Ok(Decision::Write(Box::new(t)))
+            })
+            .await;
+        let saga = match result {
+            Err(ActionError::Store(StoreError::PinFailed(digest))) => {
+                return Err(ActionError::Conflict(format!(
+                    "saga {id} cannot be retried: its plugin {digest} was deleted since it ended; \
+                     upload the same component again (same digest) and retry"
+                )));
+            }
+            other => other?,
+        };
+        tracing::info!(saga = %id, "retry: compensating again");
+        self.wake();
+        if let Err(e) = self.inner.store.announce_work().await {
+            tracing::debug!(error = %e, "announcing a retried saga");
+        }
+        Ok(saga)
+    }
+
     /// Marks a `compensation_failed` step of a `failed` saga `compensated`
     /// by hand (someone undid its work outside wasaga); when no such step
     /// is left, the saga ends `rolled_back`. The row keeps its last error,
@@ -245,6 +306,8 @@ impl Runner {
                     t.saga.status = Some(SagaStatus::RolledBack);
                 }
                 t.steps.push(row);
+                // Undone by hand: what it recorded is no longer meant to be.
+                t.removed_resources.push(index);
                 t.saga.actions = Some(with_action(
                     s,
                     ActionKind::Resolve,

@@ -23,6 +23,8 @@
 //! lease or instance: its row says when it is ready again, and a timer here
 //! wakes the claim loop then (other hosts find it at their next poll).
 //!
+//! With a retention period, a loop deletes sagas long ended (`retention`).
+//!
 //! Shutdown is graceful: claiming stops, steps in flight get a grace period
 //! to finish (their results are recorded), then they are interrupted and
 //! every lease is released, so another host (or this one, restarted) takes
@@ -30,6 +32,7 @@
 
 mod actions;
 pub mod clock;
+mod retention;
 mod saga;
 mod start;
 
@@ -193,6 +196,12 @@ impl Runner {
         self.inner
             .loops
             .spawn(async move { timer.wakeup_loop().await });
+        if self.inner.config.retention.is_some() {
+            let retention = self.clone();
+            self.inner
+                .loops
+                .spawn(async move { retention.retention_loop().await });
+        }
     }
 
     /// Wakes on other hosts' notices (new work, requests) where the store

@@ -118,6 +118,7 @@ fn fresh_row(spec: &StepSpec, index: u32, phase: Phase) -> StepResult {
         phase,
         attempts: 0,
         compensate_attempts: 0,
+        compensate_attempt_base: 0,
         output: None,
         error: None,
         logs: Vec::new(),
@@ -352,6 +353,19 @@ impl Driver<'_> {
         Ok(())
     }
 
+    /// The last attempt `phase` may begin: the step's `max_attempts`,
+    /// counted after the calls made before the saga's latest retry.
+    fn attempt_limit(&self, index: u32, phase: Phase) -> u32 {
+        let base = match phase {
+            Phase::Execute => 0,
+            Phase::Compensate => self
+                .ledger
+                .get(&index)
+                .map_or(0, |r| r.compensate_attempt_base),
+        };
+        base + self.spec(index).max_attempts
+    }
+
     fn spec(&self, index: u32) -> &StepSpec {
         &self.saga.plan[index as usize]
     }
@@ -561,8 +575,8 @@ impl Driver<'_> {
         }
         let waited = self.waiting(index, phase).is_some();
         let attempt = if waited { done } else { done + 1 };
-        let max = self.spec(index).max_attempts;
-        if attempt > max {
+        if attempt > self.attempt_limit(index, phase) {
+            let max = self.spec(index).max_attempts;
             // Its last call was cut short (its host died mid-call), and no
             // attempt is left.
             let why = format!(
@@ -1190,7 +1204,9 @@ impl Driver<'_> {
         let Some(attempt) = self.mark(index, Phase::Compensate).await? else {
             return Ok(Flow::Continue);
         };
-        let spec = self.spec(index).clone();
+        let limit = self.attempt_limit(index, Phase::Compensate);
+        // Attempts since the latest retry (all of them, without one).
+        let tried = attempt.saturating_sub(limit - self.spec(index).max_attempts);
         let outcome = self.call_plugin(index, Phase::Compensate, attempt).await?;
         let mut row = self.with_logs(index, Phase::Compensate, attempt, outcome.logs);
         match outcome.result {
@@ -1203,6 +1219,7 @@ impl Driver<'_> {
                     .commit(&|d: &Self| {
                         let mut t = d.transition();
                         t.steps.push(row.clone());
+                        t.removed_resources.push(index);
                         t.saga.current_step_index = Some(index.saturating_sub(1));
                         Some(t)
                     })
@@ -1213,7 +1230,7 @@ impl Driver<'_> {
                 Ok(Flow::Continue)
             }
             Ok(Progress::PollAfter(delay)) => self.wait(index, Phase::Compensate, row, delay).await,
-            Err(failure) if failure.is_retryable() && attempt < spec.max_attempts => {
+            Err(failure) if failure.is_retryable() && attempt < limit => {
                 tracing::info!(error = %failure, "compensation failed; will retry");
                 row.error = Some(failure.to_string());
                 let t = self
@@ -1225,12 +1242,12 @@ impl Driver<'_> {
                     .await?
                     .expect("always written");
                 self.absorb(&t);
-                let delay = self.runner.inner.config.retry.backoff(attempt + 1);
+                let delay = self.runner.inner.config.retry.backoff(tried + 1);
                 self.back_off(delay, Phase::Compensate).await
             }
             Err(failure) => {
                 let why = if failure.is_retryable() {
-                    format!("{failure} (after {})", attempts(attempt))
+                    format!("{failure} (after {})", attempts(tried))
                 } else {
                     failure.to_string()
                 };
@@ -1262,9 +1279,10 @@ impl Driver<'_> {
         let status = if failed.is_empty() {
             SagaStatus::RolledBack
         } else {
-            needs_a_human(&mut error, &self.saga.plan, failed);
             SagaStatus::Failed
         };
+        // After a retry, steps that failed before may be undone now.
+        needs_a_human(&mut error, &self.saga.plan, failed);
         self.commit(&|d: &Self| {
             let mut t = d.transition();
             t.saga.status = Some(status);

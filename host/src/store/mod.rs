@@ -22,7 +22,7 @@ macro_rules! step_insert {
     () => {
         "INSERT INTO saga_step_results
      (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at,
-      finished_at, executed_by, waiting_until, polls, wait_started_at)"
+      finished_at, executed_by, waiting_until, polls, wait_started_at, compensate_attempt_base)"
     };
 }
 
@@ -33,7 +33,8 @@ macro_rules! step_on_conflict {
      phase = excluded.phase, status = excluded.status, output = excluded.output, error = excluded.error,
      attempts = excluded.attempts, compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
      started_at = excluded.started_at, finished_at = excluded.finished_at, executed_by = excluded.executed_by,
-     waiting_until = excluded.waiting_until, polls = excluded.polls, wait_started_at = excluded.wait_started_at"
+     waiting_until = excluded.waiting_until, polls = excluded.polls, wait_started_at = excluded.wait_started_at,
+     compensate_attempt_base = excluded.compensate_attempt_base"
     };
 }
 
@@ -48,8 +49,8 @@ pub(crate) use rows::*;
 
 use crate::grants::Grants;
 use crate::model::{
-    Action, Digest, PluginInfo, RecordedResource, SagaDetail, SagaError, SagaId, SagaRun,
-    SagaStatus, SagaSummary, StepResult, Timestamp,
+    Action, Digest, PluginInfo, RecordedResource, Resource, ResourceState, SagaDetail, SagaError,
+    SagaId, SagaRun, SagaStatus, SagaSummary, StepResult, Template, Timestamp,
 };
 use crate::secrets::{SealedSecret, SecretInfo, SecretName};
 use async_trait::async_trait;
@@ -93,6 +94,19 @@ pub struct NewSaga {
     pub ready_at: Option<Timestamp>,
 }
 
+/// What putting a template did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PutTemplate {
+    /// The latest version now.
+    pub template: Template,
+    /// No live version of that name existed (a first put, or after a
+    /// delete).
+    pub created: bool,
+    /// False when the put said what the latest version already says (no
+    /// new version).
+    pub changed: bool,
+}
+
 /// Who holds a saga's lease, for how long.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -126,6 +140,19 @@ pub struct SagaFilter {
     pub limit: u32,
     /// Only sagas older than this one (created_at, id): the cursor.
     pub before: Option<(Timestamp, SagaId)>,
+}
+
+/// Filters of `GET /v1/resources`, and where the page starts.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceFilter {
+    pub kind: Option<String>,
+    pub deployment_id: Option<String>,
+    pub saga_id: Option<SagaId>,
+    pub state: Option<ResourceState>,
+    /// Ordered by kind, then external id; at most this many.
+    pub limit: u32,
+    /// Only resources after this (kind, external id): the cursor.
+    pub after: Option<(String, String)>,
 }
 
 /// A saga claimed under a lease, with its ledger.
@@ -206,6 +233,9 @@ pub struct Transition {
     pub remove_steps: Vec<u32>,
     /// Resources recorded by the step whose result this is.
     pub resources: Vec<(u32, RecordedResource)>,
+    /// Steps now compensated: the resources they recorded last are
+    /// `removed` from the desired state.
+    pub removed_resources: Vec<u32>,
     /// Give up the lease (the saga ended, waits or is paused).
     pub release_lease: bool,
     pub pins: Pins,
@@ -222,6 +252,7 @@ impl Transition {
             steps: Vec::new(),
             remove_steps: Vec::new(),
             resources: Vec::new(),
+            removed_resources: Vec::new(),
             release_lease: false,
             pins: Pins::Keep,
         }
@@ -288,6 +319,9 @@ pub trait Store: Send + Sync + 'static {
     async fn saga(&self, id: SagaId) -> StoreResult<Option<SagaDetail>>;
     /// Newest first, from the filter's cursor.
     async fn list_sagas(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaSummary>>;
+    /// The desired-state ledger, by kind and external id, from the
+    /// filter's cursor.
+    async fn list_resources(&self, filter: &ResourceFilter) -> StoreResult<Vec<Resource>>;
 
     /// Claims up to `limit` sagas that are ready at `claim.now` and whose
     /// lease is free or expired, oldest ready first; each claim bumps the
@@ -318,6 +352,22 @@ pub trait Store: Send + Sync + 'static {
     async fn announce_request(&self, _id: SagaId, _cancel: bool) -> StoreResult<()> {
         Ok(())
     }
+
+    /// Deletes up to `limit` sagas that ended before `before` (oldest
+    /// first), with their ledger, pins and resource history; the resource
+    /// ledger keeps their rows. Returns how many were deleted.
+    async fn delete_ended(&self, before: Timestamp, limit: usize) -> StoreResult<usize>;
+
+    /// Stores `template` as its name's next version (numbering goes on
+    /// after a delete), unless it says what the latest live version says.
+    /// Its `version` is ignored.
+    async fn put_template(&self, template: &Template) -> StoreResult<PutTemplate>;
+    /// The latest version, or that version, of a template not deleted.
+    async fn template(&self, name: &str, version: Option<u32>) -> StoreResult<Option<Template>>;
+    /// The latest version of each template not deleted, by name.
+    async fn list_templates(&self) -> StoreResult<Vec<Template>>;
+    /// Deletes every version; `false` when there was none live.
+    async fn delete_template(&self, name: &str, now: Timestamp) -> StoreResult<bool>;
 
     /// What a plugin name is granted, if anything.
     async fn grants(&self, plugin_name: &str) -> StoreResult<Option<Grants>>;

@@ -18,7 +18,7 @@ macro_rules! json_ledger_columns {
     () => {
         "step_index BIGINT, phase TEXT, status TEXT, output TEXT, error TEXT, attempts BIGINT,
          compensate_attempts BIGINT, logs TEXT, started_at BIGINT, finished_at BIGINT, executed_by TEXT,
-         waiting_until BIGINT, polls BIGINT, wait_started_at BIGINT"
+         waiting_until BIGINT, polls BIGINT, wait_started_at BIGINT, compensate_attempt_base BIGINT"
     };
 }
 
@@ -27,7 +27,8 @@ macro_rules! json_ledger_columns {
 macro_rules! json_ledger_values {
     () => {
         "r.step_index, r.phase, r.status, r.output, r.error, r.attempts, r.compensate_attempts, r.logs,
-         r.started_at, r.finished_at, r.executed_by, r.waiting_until, r.polls, r.wait_started_at"
+         r.started_at, r.finished_at, r.executed_by, r.waiting_until, r.polls, r.wait_started_at,
+         r.compensate_attempt_base"
     };
 }
 
@@ -35,16 +36,17 @@ mod group;
 
 use super::space::Space;
 use super::{
-    Applied, ClaimedSaga, CreateSaga, DeletePlugin, Fence, Health, Lease, LeaseState, NewSaga,
-    Notice, PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin, ResourceRow, SAGA_COLUMNS, SECRET_COLUMNS,
-    STEP_COLUMNS, SagaFilter, SagaRow, SecretRow, StepRow, Store, StoreError, StoreResult,
-    SummaryRow, Transition, grants_from_row, ledger_row_json, pinned_by, pinned_digests,
-    summary_columns, to_json,
+    Applied, ClaimedSaga, CreateSaga, DeletePlugin, Fence, Health, Lease, LeaseState,
+    LedgerResourceRow, NewSaga, Notice, PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin, PutTemplate,
+    RESOURCE_COLUMNS, ResourceFilter, ResourceRow, SAGA_COLUMNS, SECRET_COLUMNS, STEP_COLUMNS,
+    SagaFilter, SagaRow, SecretRow, StepRow, Store, StoreError, StoreResult, SummaryRow,
+    TEMPLATE_COLUMNS, TemplateRow, Transition, grants_from_row, ledger_row_json, pinned_by,
+    pinned_digests, same_template, summary_columns, to_json,
 };
 use crate::grants::Grants;
 use crate::model::{
-    Digest, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaSummary, StepResult,
-    Timestamp,
+    Digest, PluginInfo, Resource, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus,
+    SagaSummary, StepResult, Template, Timestamp,
 };
 use crate::secrets::{SealedSecret, SecretInfo, SecretName};
 use async_trait::async_trait;
@@ -271,10 +273,24 @@ async fn apply_transition(
     }
     upsert_steps(tx, &id, &t.steps).await?;
     for (step_index, resource) in &t.resources {
+        // The desired state (new, or re-recorded: spec replaced, version
+        // bumped, present again, now this step's), then the saga's own
+        // history with the same version.
         sqlx::query(
-            "INSERT INTO provisioned_resources (saga_id, step_index, kind, external_id, spec, spec_version, created_at)
-             SELECT $1, $2, $3, $4, $5, COALESCE(MAX(spec_version), 0) + 1, $6
-             FROM provisioned_resources WHERE saga_id = $1 AND kind = $3 AND external_id = $4",
+            "WITH recorded AS (
+                 INSERT INTO resources (kind, external_id, spec, spec_version, saga_id, step_index,
+                     deployment_id, state, created_at, updated_at)
+                 VALUES ($3, $4, $5, 1, $1, $2, (SELECT deployment_id FROM saga_runs WHERE id = $1),
+                     'present', $6, $6)
+                 ON CONFLICT (kind, external_id) DO UPDATE SET
+                     spec = excluded.spec, spec_version = resources.spec_version + 1,
+                     saga_id = excluded.saga_id, step_index = excluded.step_index,
+                     deployment_id = excluded.deployment_id, state = 'present',
+                     updated_at = excluded.updated_at
+                 RETURNING spec_version
+             )
+             INSERT INTO provisioned_resources (saga_id, step_index, kind, external_id, spec, spec_version, created_at)
+             SELECT $1, $2, $3, $4, $5, spec_version, $6 FROM recorded",
         )
         .bind(&id)
         .bind(*step_index as i64)
@@ -282,6 +298,20 @@ async fn apply_transition(
         .bind(&resource.external_id)
         .bind(to_json(&resource.spec))
         .bind(t.now.millis())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !t.removed_resources.is_empty() {
+        // A compensated step's resources leave the desired state, unless
+        // another step recorded them since.
+        let indexes: Vec<i64> = t.removed_resources.iter().map(|i| i64::from(*i)).collect();
+        sqlx::query(
+            "UPDATE resources SET state = 'removed', updated_at = $1
+             WHERE saga_id = $2 AND step_index = ANY($3) AND state = 'present'",
+        )
+        .bind(t.now.millis())
+        .bind(&id)
+        .bind(&indexes)
         .execute(&mut **tx)
         .await?;
     }
@@ -339,6 +369,11 @@ async fn pin(
     saga_id: &str,
     digests: &[Digest],
 ) -> StoreResult<Option<Digest>> {
+    // Named first: after a failed statement the transaction can run no
+    // other query to find the culprit.
+    if let Some(gone) = first_gone(conn, digests).await? {
+        return Ok(Some(gone));
+    }
     let texts: Vec<&str> = digests.iter().map(Digest::as_str).collect();
     let inserted = sqlx::query(
         "INSERT INTO saga_plugin_pins (digest, saga_id)
@@ -355,11 +390,8 @@ async fn pin(
             if !e.is_foreign_key() {
                 return Err(e);
             }
-            Ok(Some(
-                first_gone(conn, digests)
-                    .await?
-                    .unwrap_or_else(|| digests[0].clone()),
-            ))
+            // Deleted between the check and the insert.
+            Ok(Some(digests[0].clone()))
         }
     }
 }
@@ -651,6 +683,27 @@ impl Store for PgStore {
         }))
     }
 
+    async fn list_resources(&self, filter: &ResourceFilter) -> StoreResult<Vec<Resource>> {
+        let (after_kind, after_id) = filter.after.clone().unzip();
+        let rows: Vec<LedgerResourceRow> = sqlx::query_as(&format!(
+            "SELECT {RESOURCE_COLUMNS} FROM resources
+             WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR deployment_id = $2)
+               AND ($3::text IS NULL OR saga_id = $3) AND ($4::text IS NULL OR state = $4)
+               AND ($5::text IS NULL OR (kind, external_id) > ($5, $6::text))
+             ORDER BY kind, external_id LIMIT $7"
+        ))
+        .bind(filter.kind.as_deref())
+        .bind(filter.deployment_id.as_deref())
+        .bind(filter.saga_id.map(|id| id.to_string()))
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(after_kind)
+        .bind(after_id)
+        .bind(filter.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Resource::try_from).collect()
+    }
+
     async fn list_sagas(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaSummary>> {
         let (before_at, before_id) = match filter.before {
             Some((at, id)) => (Some(at.millis()), Some(id.to_string())),
@@ -859,6 +912,119 @@ impl Store for PgStore {
         .map(drop)
         .map_err(StoreError::from);
         self.note(written)
+    }
+
+    async fn delete_ended(&self, before: Timestamp, limit: usize) -> StoreResult<usize> {
+        let deleted = sqlx::query(&format!(
+            "DELETE FROM saga_runs WHERE id IN (
+                 SELECT id FROM saga_runs
+                 WHERE status IN {} AND updated_at < $1
+                 ORDER BY updated_at, id LIMIT $2
+                 FOR UPDATE SKIP LOCKED)",
+            SagaStatus::sql_list(&SagaStatus::ended())
+        ))
+        .bind(before.millis())
+        .bind(limit as i64)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected() as usize)
+        .map_err(StoreError::from);
+        self.note(deleted)
+    }
+
+    async fn put_template(&self, template: &Template) -> StoreResult<PutTemplate> {
+        let mut new = template.clone();
+        let put = async {
+            let mut tx = self.pool.begin().await?;
+            // Puts of one name take turns (their versions are consecutive).
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('wasaga.template.' || $1))")
+                .bind(&new.name)
+                .execute(&mut *tx)
+                .await?;
+            let latest: Option<TemplateRow> = sqlx::query_as(&format!(
+                "SELECT {TEMPLATE_COLUMNS} FROM saga_templates WHERE name = $1
+                 ORDER BY version DESC LIMIT 1"
+            ))
+            .bind(&new.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let live: Option<bool> = sqlx::query_scalar(
+                "SELECT deleted_at IS NULL FROM saga_templates WHERE name = $1
+                 ORDER BY version DESC LIMIT 1",
+            )
+            .bind(&new.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let live = live == Some(true);
+            let latest = latest.map(Template::try_from).transpose()?;
+            if let Some(current) = &latest
+                && live
+                && same_template(current, &new)
+            {
+                return Ok(PutTemplate {
+                    template: current.clone(),
+                    created: false,
+                    changed: false,
+                });
+            }
+            new.version = latest.map_or(1, |t| t.version + 1);
+            sqlx::query(&format!(
+                "INSERT INTO saga_templates ({TEMPLATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            ))
+            .bind(&new.name)
+            .bind(i64::from(new.version))
+            .bind(&new.description)
+            .bind(to_json(&new.steps))
+            .bind(new.inputs_schema.as_ref().map(to_json))
+            .bind(new.created_at.millis())
+            .bind(&new.created_by)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(PutTemplate {
+                template: new,
+                created: !live,
+                changed: true,
+            })
+        };
+        let put = put.await;
+        self.note(put)
+    }
+
+    async fn template(&self, name: &str, version: Option<u32>) -> StoreResult<Option<Template>> {
+        let row: Option<TemplateRow> = sqlx::query_as(&format!(
+            "SELECT {TEMPLATE_COLUMNS} FROM saga_templates
+             WHERE name = $1 AND deleted_at IS NULL AND ($2::bigint IS NULL OR version = $2)
+             ORDER BY version DESC LIMIT 1"
+        ))
+        .bind(name)
+        .bind(version.map(i64::from))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Template::try_from).transpose()
+    }
+
+    async fn list_templates(&self) -> StoreResult<Vec<Template>> {
+        let rows: Vec<TemplateRow> = sqlx::query_as(&format!(
+            "SELECT DISTINCT ON (name) {TEMPLATE_COLUMNS} FROM saga_templates
+             WHERE deleted_at IS NULL ORDER BY name, version DESC"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Template::try_from).collect()
+    }
+
+    async fn delete_template(&self, name: &str, now: Timestamp) -> StoreResult<bool> {
+        let deleted = sqlx::query(
+            "UPDATE saga_templates SET deleted_at = $1 WHERE name = $2 AND deleted_at IS NULL",
+        )
+        .bind(now.millis())
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected() > 0)
+        .map_err(StoreError::from);
+        self.note(deleted)
     }
 
     async fn put_secret(&self, s: &SealedSecret) -> StoreResult<()> {

@@ -3,8 +3,9 @@
 
 use super::{StoreError, StoreResult};
 use crate::model::{
-    Action, Digest, LedgerLogLine, Phase, PluginInfo, SagaId, SagaResource, SagaRun, SagaStatus,
-    SagaSummary, StepResult, StepSpec, StepStatus, Timestamp,
+    Action, Digest, LedgerLogLine, Phase, PluginInfo, Resource, ResourceState, SagaId,
+    SagaResource, SagaRun, SagaStatus, SagaSummary, StepResult, StepSpec, StepStatus, Template,
+    Timestamp,
 };
 
 /// Parses the JSON of a stored column.
@@ -38,11 +39,12 @@ pub(crate) struct StepRow {
     pub waiting_until: Option<i64>,
     pub polls: i64,
     pub wait_started_at: Option<i64>,
+    pub compensate_attempt_base: i64,
 }
 
 /// The ledger columns every query selects, in [`StepRow`]'s order.
 pub(crate) const STEP_COLUMNS: &str = "step_index, phase, status, output, error, attempts, compensate_attempts, \
-     logs, started_at, finished_at, executed_by, waiting_until, polls, wait_started_at";
+     logs, started_at, finished_at, executed_by, waiting_until, polls, wait_started_at, compensate_attempt_base";
 
 impl StepRow {
     /// The ledger row, named and pinned from the saga's plan.
@@ -72,6 +74,7 @@ impl StepRow {
             waiting_until: self.waiting_until.map(Timestamp),
             polls: self.polls as u32,
             wait_started_at: self.wait_started_at.map(Timestamp),
+            compensate_attempt_base: self.compensate_attempt_base as u32,
         })
     }
 }
@@ -94,6 +97,7 @@ pub(crate) fn ledger_row_json(step: &StepResult) -> serde_json::Map<String, serd
         "waiting_until": step.waiting_until.map(Timestamp::millis),
         "polls": step.polls,
         "wait_started_at": step.wait_started_at.map(Timestamp::millis),
+        "compensate_attempt_base": step.compensate_attempt_base,
     }) else {
         unreachable!("an object literal")
     };
@@ -236,6 +240,84 @@ impl TryFrom<ResourceRow> for SagaResource {
             created_at: Timestamp(r.created_at),
         })
     }
+}
+
+/// A row of the desired-state ledger, in [`RESOURCE_COLUMNS`]' order.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct LedgerResourceRow {
+    pub kind: String,
+    pub external_id: String,
+    pub spec: String,
+    pub spec_version: i64,
+    pub saga_id: String,
+    pub step_index: i64,
+    pub deployment_id: Option<String>,
+    pub state: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The desired-state ledger's columns, in [`LedgerResourceRow`]'s order.
+pub(crate) const RESOURCE_COLUMNS: &str = "kind, external_id, spec, spec_version, saga_id, \
+     step_index, deployment_id, state, created_at, updated_at";
+
+impl TryFrom<LedgerResourceRow> for Resource {
+    type Error = StoreError;
+    fn try_from(r: LedgerResourceRow) -> StoreResult<Self> {
+        Ok(Resource {
+            spec: from_json("resource spec", &r.spec)?,
+            spec_version: r.spec_version as u32,
+            saga_id: parse_saga_id(&r.saga_id)?,
+            step_index: r.step_index as u32,
+            state: ResourceState::parse(&r.state).map_err(StoreError::Corrupt)?,
+            created_at: Timestamp(r.created_at),
+            updated_at: Timestamp(r.updated_at),
+            kind: r.kind,
+            external_id: r.external_id,
+            deployment_id: r.deployment_id,
+        })
+    }
+}
+
+/// A template version as stored, in [`TEMPLATE_COLUMNS`]' order.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct TemplateRow {
+    pub name: String,
+    pub version: i64,
+    pub description: Option<String>,
+    pub steps: String,
+    pub inputs_schema: Option<String>,
+    pub created_at: i64,
+    pub created_by: Option<String>,
+}
+
+pub(crate) const TEMPLATE_COLUMNS: &str =
+    "name, version, description, steps, inputs_schema, created_at, created_by";
+
+impl TryFrom<TemplateRow> for Template {
+    type Error = StoreError;
+    fn try_from(r: TemplateRow) -> StoreResult<Self> {
+        Ok(Template {
+            version: r.version as u32,
+            steps: from_json("template steps", &r.steps)?,
+            inputs_schema: r
+                .inputs_schema
+                .as_deref()
+                .map(|s| from_json("template inputs schema", s))
+                .transpose()?,
+            created_at: Timestamp(r.created_at),
+            name: r.name,
+            description: r.description,
+            created_by: r.created_by,
+        })
+    }
+}
+
+/// Whether a put would store what the latest version already says.
+pub(crate) fn same_template(latest: &Template, new: &Template) -> bool {
+    latest.description == new.description
+        && latest.steps == new.steps
+        && latest.inputs_schema == new.inputs_schema
 }
 
 /// A plugin row as stored (without the bytes), with whether it is current.

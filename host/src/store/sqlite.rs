@@ -19,16 +19,18 @@ mod writer;
 
 use super::space::Space;
 use super::{
-    Applied, ClaimedSaga, CreateSaga, DeletePlugin, Fence, Health, Lease, LeaseState, NewSaga,
-    PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin, ResourceRow, SAGA_COLUMNS, SECRET_COLUMNS,
-    STEP_COLUMNS, SagaFilter, SagaRow, SecretRow, StepRow, Store, StoreError, StoreResult,
-    SummaryRow, Transition, grants_from_row, pinned_by, pinned_digests, summary_columns, to_json,
+    Applied, ClaimedSaga, CreateSaga, DeletePlugin, Fence, Health, Lease, LeaseState,
+    LedgerResourceRow, NewSaga, PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin, PutTemplate,
+    RESOURCE_COLUMNS, ResourceFilter, ResourceRow, SAGA_COLUMNS, SECRET_COLUMNS, STEP_COLUMNS,
+    SagaFilter, SagaRow, SecretRow, StepRow, Store, StoreError, StoreResult, SummaryRow,
+    TEMPLATE_COLUMNS, TemplateRow, Transition, grants_from_row, pinned_by, pinned_digests,
+    same_template, summary_columns, to_json,
 };
 use crate::config::{SQLITE_PAGE_BYTES, StoreConfig};
 use crate::grants::Grants;
 use crate::model::{
-    Digest, PluginInfo, SagaDetail, SagaId, SagaResource, SagaRun, SagaSummary, StepResult,
-    Timestamp,
+    Digest, PluginInfo, Resource, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus,
+    SagaSummary, StepResult, Template, Timestamp,
 };
 use crate::secrets::{SealedSecret, SecretInfo, SecretName};
 use async_trait::async_trait;
@@ -247,6 +249,20 @@ fn step_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StepRow> {
         waiting_until: r.get(11)?,
         polls: r.get(12)?,
         wait_started_at: r.get(13)?,
+        compensate_attempt_base: r.get(14)?,
+    })
+}
+
+/// A template row read on the writer, in [`TEMPLATE_COLUMNS`]' order.
+fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
+    Ok(TemplateRow {
+        name: r.get(0)?,
+        version: r.get(1)?,
+        description: r.get(2)?,
+        steps: r.get(3)?,
+        inputs_schema: r.get(4)?,
+        created_at: r.get(5)?,
+        created_by: r.get(6)?,
     })
 }
 
@@ -309,7 +325,7 @@ fn saga_on(conn: &Connection, id: &str) -> StoreResult<Option<SagaRun>> {
 fn upsert_step(conn: &Connection, saga_id: &str, step: &StepResult) -> StoreResult<()> {
     const UPSERT: &str = concat!(
         step_insert!(),
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         step_on_conflict!()
     );
     // The columns, in `step_insert!`'s order.
@@ -329,6 +345,7 @@ fn upsert_step(conn: &Connection, saga_id: &str, step: &StepResult) -> StoreResu
         step.waiting_until.map(Timestamp::millis),
         step.polls as i64,
         step.wait_started_at.map(Timestamp::millis),
+        step.compensate_attempt_base as i64,
     ])?;
     Ok(())
 }
@@ -349,12 +366,29 @@ fn pin(conn: &Connection, saga_id: &str, digests: &[Digest]) -> StoreResult<Opti
     Ok(None)
 }
 
-/// A resource insert, numbered after the same resource's earlier specs
-/// (binds: saga id, step index, kind, external id, spec, created_at).
-const RESOURCE_INSERT: &str = "INSERT INTO provisioned_resources
+/// Records a resource in the desired state: new, or re-recorded (its spec
+/// replaced, `spec_version` bumped, `present` again, now this step's);
+/// returns its `spec_version`. Binds: saga id, step index, kind, external
+/// id, spec, now.
+const RESOURCE_RECORD: &str = "INSERT INTO resources
+     (kind, external_id, spec, spec_version, saga_id, step_index, deployment_id, state, created_at, updated_at)
+ VALUES (?3, ?4, ?5, 1, ?1, ?2, (SELECT deployment_id FROM saga_runs WHERE id = ?1), 'present', ?6, ?6)
+ ON CONFLICT (kind, external_id) DO UPDATE SET
+     spec = excluded.spec, spec_version = resources.spec_version + 1, saga_id = excluded.saga_id,
+     step_index = excluded.step_index, deployment_id = excluded.deployment_id, state = 'present',
+     updated_at = excluded.updated_at
+ RETURNING spec_version";
+
+/// The saga's own history of what its steps recorded. Binds: saga id, step
+/// index, kind, external id, spec, spec version, now.
+const RESOURCE_HISTORY: &str = "INSERT INTO provisioned_resources
      (saga_id, step_index, kind, external_id, spec, spec_version, created_at)
- SELECT ?1, ?2, ?3, ?4, ?5, COALESCE(MAX(spec_version), 0) + 1, ?6
- FROM provisioned_resources WHERE saga_id = ?1 AND kind = ?3 AND external_id = ?4";
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/// A compensated step's resources leave the desired state, unless another
+/// step recorded them since. Binds: now, saga id, step index.
+const RESOURCE_REMOVE: &str = "UPDATE resources SET state = 'removed', updated_at = ?1
+ WHERE saga_id = ?2 AND step_index = ?3 AND state = 'present'";
 
 /// Whether the fence of `t` holds, as a SQL condition over `saga_runs`
 /// with `?8` the owner, `?9` the epoch and `?10` now.
@@ -433,17 +467,38 @@ fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult<Applied> {
         upsert_step(conn, &id, step)?;
     }
     if !t.resources.is_empty() {
-        let mut insert = conn.prepare_cached(RESOURCE_INSERT)?;
+        let mut record = conn.prepare_cached(RESOURCE_RECORD)?;
+        let mut history = conn.prepare_cached(RESOURCE_HISTORY)?;
         for (step_index, resource) in &t.resources {
-            insert.execute(params![
+            let spec = to_json(&resource.spec);
+            let version: i64 = record.query_row(
+                params![
+                    id,
+                    *step_index as i64,
+                    resource.kind,
+                    resource.external_id,
+                    spec,
+                    t.now.millis(),
+                ],
+                |r| r.get(0),
+            )?;
+            history.execute(params![
                 id,
                 *step_index as i64,
                 resource.kind,
                 resource.external_id,
-                to_json(&resource.spec),
+                spec,
+                version,
                 t.now.millis(),
             ])?;
         }
+    }
+    for step_index in &t.removed_resources {
+        conn.prepare_cached(RESOURCE_REMOVE)?.execute(params![
+            t.now.millis(),
+            id,
+            *step_index as i64
+        ])?;
     }
     match &t.pins {
         Pins::Keep => {}
@@ -721,6 +776,27 @@ impl Store for SqliteStore {
         }))
     }
 
+    async fn list_resources(&self, filter: &ResourceFilter) -> StoreResult<Vec<Resource>> {
+        let (after_kind, after_id) = filter.after.clone().unzip();
+        let rows: Vec<LedgerResourceRow> = sqlx::query_as(&format!(
+            "SELECT {RESOURCE_COLUMNS} FROM resources
+             WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR deployment_id = ?2)
+               AND (?3 IS NULL OR saga_id = ?3) AND (?4 IS NULL OR state = ?4)
+               AND (?5 IS NULL OR (kind, external_id) > (?5, ?6))
+             ORDER BY kind, external_id LIMIT ?7"
+        ))
+        .bind(filter.kind.as_deref())
+        .bind(filter.deployment_id.as_deref())
+        .bind(filter.saga_id.map(|id| id.to_string()))
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(after_kind)
+        .bind(after_id)
+        .bind(filter.limit as i64)
+        .fetch_all(&self.reads)
+        .await?;
+        rows.into_iter().map(Resource::try_from).collect()
+    }
+
     async fn list_sagas(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaSummary>> {
         let (before_at, before_id) = match filter.before {
             Some((at, id)) => (Some(at.millis()), Some(id.to_string())),
@@ -870,6 +946,110 @@ impl Store for SqliteStore {
                 )?
                 .execute(params![name, http, secrets, now.millis()])?;
                 Ok(())
+            })
+            .await
+    }
+
+    async fn delete_ended(&self, before: Timestamp, limit: usize) -> StoreResult<usize> {
+        let sql = format!(
+            "DELETE FROM saga_runs WHERE id IN (
+                 SELECT id FROM saga_runs
+                 WHERE status IN {} AND updated_at < ?1
+                 ORDER BY updated_at, id LIMIT ?2)",
+            SagaStatus::sql_list(&SagaStatus::ended())
+        );
+        self.writer
+            .write(move |conn| {
+                Ok(conn
+                    .prepare_cached(&sql)?
+                    .execute(params![before.millis(), limit as i64])?)
+            })
+            .await
+    }
+
+    async fn put_template(&self, template: &Template) -> StoreResult<PutTemplate> {
+        let mut new = template.clone();
+        self.writer
+            .write(move |conn| {
+                let latest: Option<(i64, bool)> = conn
+                    .prepare_cached(
+                        "SELECT version, deleted_at IS NULL FROM saga_templates
+                         WHERE name = ? ORDER BY version DESC LIMIT 1",
+                    )?
+                    .query_row([&new.name], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                if let Some((version, true)) = latest {
+                    let current = conn
+                        .prepare_cached(&format!(
+                            "SELECT {TEMPLATE_COLUMNS} FROM saga_templates WHERE name = ? AND version = ?"
+                        ))?
+                        .query_row(params![new.name, version], template_row)?;
+                    let current = Template::try_from(current)?;
+                    if same_template(&current, &new) {
+                        return Ok(PutTemplate {
+                            template: current,
+                            created: false,
+                            changed: false,
+                        });
+                    }
+                }
+                new.version = latest.map_or(1, |(v, _)| v as u32 + 1);
+                conn.prepare_cached(&format!(
+                    "INSERT INTO saga_templates ({TEMPLATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                ))?
+                .execute(params![
+                    new.name,
+                    new.version as i64,
+                    new.description,
+                    to_json(&new.steps),
+                    new.inputs_schema.as_ref().map(to_json),
+                    new.created_at.millis(),
+                    new.created_by,
+                ])?;
+                Ok(PutTemplate {
+                    template: new,
+                    created: !matches!(latest, Some((_, true))),
+                    changed: true,
+                })
+            })
+            .await
+    }
+
+    async fn template(&self, name: &str, version: Option<u32>) -> StoreResult<Option<Template>> {
+        let row: Option<TemplateRow> = sqlx::query_as(&format!(
+            "SELECT {TEMPLATE_COLUMNS} FROM saga_templates
+             WHERE name = ?1 AND deleted_at IS NULL AND (?2 IS NULL OR version = ?2)
+             ORDER BY version DESC LIMIT 1"
+        ))
+        .bind(name)
+        .bind(version.map(i64::from))
+        .fetch_optional(&self.reads)
+        .await?;
+        row.map(Template::try_from).transpose()
+    }
+
+    async fn list_templates(&self) -> StoreResult<Vec<Template>> {
+        let rows: Vec<TemplateRow> = sqlx::query_as(&format!(
+            "SELECT {TEMPLATE_COLUMNS} FROM saga_templates t
+             WHERE deleted_at IS NULL
+               AND version = (SELECT MAX(version) FROM saga_templates l WHERE l.name = t.name)
+             ORDER BY name"
+        ))
+        .fetch_all(&self.reads)
+        .await?;
+        rows.into_iter().map(Template::try_from).collect()
+    }
+
+    async fn delete_template(&self, name: &str, now: Timestamp) -> StoreResult<bool> {
+        let name = name.to_string();
+        self.writer
+            .write(move |conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "UPDATE saga_templates SET deleted_at = ? WHERE name = ? AND deleted_at IS NULL",
+                    )?
+                    .execute(params![now.millis(), name])?
+                    > 0)
             })
             .await
     }

@@ -1,7 +1,7 @@
 //! The `wasaga` command line against a live server: uploads, starting with
-//! `--wait` (and its exit codes), list, show, cancel, watch, JSON output,
-//! tokens, and errors that print the server's message rather than a
-//! backtrace.
+//! `--wait` (and its exit codes), list, show, cancel, watch, templates,
+//! resources, JSON output, tokens, and errors that print the server's
+//! message rather than a backtrace.
 
 use serde_json::Value;
 use std::process::Output;
@@ -397,6 +397,134 @@ async fn errors_print_the_servers_message_not_a_backtrace() {
         stderr(&refused).contains(
             "--max-instances 4000000000 is more than this system can keep alive with on-demand allocation"
         ) && stderr(&refused).contains("raise vm.max_map_count"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+/// `template put|list|show|delete`, `saga start --template`, `resource
+/// list`, and a `--retention` too short refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_and_resources_from_the_command_line() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = server(&db, None).await;
+    for name in ["ledger", "echo"] {
+        let out = wasaga(&server, &["plugin", "push", &dist(name)], &[]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let file = db.dir.path().join("vm.json");
+    std::fs::write(
+        &file,
+        r#"{"description": "two VMs", "steps": ["ledger", "echo"],
+            "inputs_schema": {"type": "object", "required": ["ledger_prefix"]}}"#,
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let out = wasaga(&server, &["template", "put", "vm", "--file", &file], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "created template vm version 1");
+    let out = wasaga(&server, &["template", "put", "vm", "--file", &file], &[]).await;
+    assert_eq!(stdout(&out).trim(), "template vm is at version 1");
+    let out = wasaga(&server, &["template", "list"], &[]).await;
+    assert!(stdout(&out).starts_with("vm "), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("2 steps  two VMs"),
+        "{}",
+        stdout(&out)
+    );
+    let out = wasaga(&server, &["template", "show", "vm", "--version", "1"], &[]).await;
+    assert!(stdout(&out).contains("step 0: ledger"), "{}", stdout(&out));
+
+    // Inputs failing the schema: the server's message, exit 1.
+    let out = wasaga(
+        &server,
+        &["saga", "start", "--template", "vm", "--wait"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("rule `required`"), "{}", stderr(&out));
+    // --step without --kind, --template with --step: usage errors.
+    let out = wasaga(&server, &["saga", "start", "--step", "echo"], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--kind is needed"),
+        "{}",
+        stderr(&out)
+    );
+    let out = wasaga(
+        &server,
+        &["saga", "start", "--template", "vm", "--step", "echo"],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap refuses it: {}",
+        stderr(&out)
+    );
+
+    let inputs = r#"{"ledger_prefix": "cli", "ledger_resources": 2}"#;
+    let out = wasaga(
+        &server,
+        &[
+            "saga",
+            "start",
+            "--template",
+            "vm",
+            "--inputs",
+            inputs,
+            "--wait",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = wasaga(
+        &server,
+        &["saga", "list", "--template", "vm", "--json"],
+        &[],
+    )
+    .await;
+    let listed: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(listed["sagas"][0]["template_version"], 1);
+    let out = wasaga(&server, &["resource", "list", "--state", "present"], &[]).await;
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.starts_with("vm           cli-vm-0"), "{text}");
+    let out = wasaga(
+        &server,
+        &["resource", "list", "--json", "--limit", "1"],
+        &[],
+    )
+    .await;
+    let page: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(page.as_array().unwrap().len(), 1);
+    let out = wasaga(&server, &["template", "delete", "vm"], &[]).await;
+    assert_eq!(stdout(&out).trim(), "deleted template vm");
+    let out = wasaga(&server, &["template", "show", "vm"], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: no template `vm` (404 Not Found, not_found)"
+    );
+
+    let refused = std::process::Command::new(wasaga_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--retention",
+            "30m",
+            "--data-dir",
+        ])
+        .arg(db.dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("--retention (30m) is shorter than 1h"),
         "{}",
         stderr(&refused)
     );

@@ -30,18 +30,6 @@ async fn error_of(response: reqwest::Response, status: StatusCode, code: &str) -
         .to_string()
 }
 
-async fn push(server: &TestServer, name: &str) -> Value {
-    let r = server
-        .http
-        .post(server.url("/v1/plugins"))
-        .body(component(name))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{name}: {}", r.status());
-    r.json().await.unwrap()
-}
-
 async fn start(server: &TestServer, body: Value) -> reqwest::Response {
     server
         .http
@@ -93,7 +81,7 @@ async fn plugins_upload_list_show_and_delete() {
     );
     assert_eq!(again.json::<Value>().await.unwrap()["digest"], digest);
 
-    push(&server, "fail").await;
+    server.upload("fail").await;
     let list: Value = server
         .http
         .get(server.url("/v1/plugins"))
@@ -230,14 +218,14 @@ async fn bad_uploads_get_clear_errors_and_store_nothing() {
         .unwrap();
     assert_eq!(list["plugins"], json!([]), "nothing was stored");
     // And the server still serves.
-    push(&server, "echo").await;
+    server.upload("echo").await;
 }
 
 #[tokio::test]
 async fn starting_listing_showing_and_cancelling_sagas() {
     let db = TestDb::new(Backend::Sqlite).await;
     let server = server_with(&db, |_| {}).await;
-    push(&server, "spin").await;
+    server.upload("spin").await;
 
     // The bundled examples are there on an empty database.
     let r = start(&server, json!({"kind": "provision", "steps": ["echo", "echo", "echo"], "inputs": {"message": "hello"}, "deployment_id": "dep-1", "triggered_by": "alice"})).await;
@@ -430,7 +418,7 @@ async fn starting_listing_showing_and_cancelling_sagas() {
 async fn a_pinned_plugin_cannot_be_deleted() {
     let db = TestDb::new(Backend::Sqlite).await;
     let server = server_with(&db, |_| {}).await;
-    let spin = push(&server, "spin").await;
+    let spin = server.upload("spin").await;
     let digest = spin["digest"].as_str().unwrap();
     let r = start(
         &server,
@@ -798,6 +786,12 @@ async fn the_openapi_document_matches_the_router() {
         "POST /sagas/{id}/cancel",
         "POST /sagas/{id}/pause",
         "POST /sagas/{id}/resume",
+        "POST /sagas/{id}/retry",
+        "GET /resources",
+        "PUT /templates/{name}",
+        "GET /templates",
+        "GET /templates/{name}",
+        "DELETE /templates/{name}",
         "POST /sagas/{id}/steps/{index}/resolve",
         "PUT /plugins/{ref}/grants",
         "GET /plugins/{ref}/grants",

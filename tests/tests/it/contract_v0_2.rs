@@ -9,7 +9,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
-use wasaga_tests::{Counter, TestDb, TestServer, component, on_both, poll_saga, secrets_key_file};
+use wasaga_tests::{Counter, TestDb, TestServer, on_both, poll_saga, secrets_key_file};
 
 const WITHIN: Duration = Duration::from_secs(90);
 
@@ -20,18 +20,6 @@ async fn server(db: &TestDb, adjust: impl FnOnce(&mut wasaga::server::ServeOptio
         adjust(o);
     })
     .await
-}
-
-async fn upload(server: &TestServer, name: &str) -> Value {
-    let r = server
-        .http
-        .post(server.url("/v1/plugins"))
-        .body(component(name))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{name}: {}", r.status());
-    r.json().await.unwrap()
 }
 
 async fn start(server: &TestServer, body: Value) -> String {
@@ -61,7 +49,7 @@ async fn finish(server: &TestServer, body: Value) -> Value {
 /// A server with `poll` uploaded and allowed to reach `counter`.
 async fn with_poll(db: &TestDb, counter: &Counter) -> TestServer {
     let server = server(db, |_| {}).await;
-    upload(&server, "poll").await;
+    server.upload("poll").await;
     counter
         .grant_on_to("poll", &server.http, &server.base)
         .await;
@@ -81,9 +69,9 @@ on_both! {
     both_versions_run_in_one_saga_and_compensate_each_other(backend) {
         let db = TestDb::new(backend).await;
         let server = server(&db, |_| {}).await;
-        let flaky = upload(&server, "flaky").await;
+        let flaky = server.upload("flaky").await;
         assert_eq!(flaky["contract"], "0.1.0");
-        let echo = upload(&server, "echo").await;
+        let echo = server.upload("echo").await;
         assert_eq!(echo["contract"], "0.2.0");
         let listed: Value = server.http.get(server.url("/v1/plugins/flaky")).send().await.unwrap().json().await.unwrap();
         assert_eq!(listed["contract"], "0.1.0");
@@ -137,7 +125,7 @@ on_both! {
         let counter = Counter::start().await;
         let db = TestDb::new(backend).await;
         let server = server(&db, |o| o.runner.concurrency = 1).await;
-        upload(&server, "poll").await;
+        server.upload("poll").await;
         counter.grant_on_to("poll", &server.http, &server.base).await;
         let waiting = start(&server, json!({"kind": "wait", "steps": ["poll"], "inputs": {"counter_url": counter.url(), "forever": true, "poll_ms": 60_000}})).await;
         poll_saga(&server.http, &server.base, &waiting, WITHIN, |s| !s["steps"][0]["waiting_until"].is_null()).await;
@@ -252,7 +240,7 @@ on_both! {
     secrets_get_reads_only_under_a_read_grant(backend) {
         let db = TestDb::new(backend).await;
         let server = server(&db, |_| {}).await;
-        upload(&server, "poll").await;
+        server.upload("poll").await;
         let r = server.http.put(server.url("/v1/secrets/signing-key"))
             .json(&json!({"value": "k3y-Vq2-very-secret", "origins": ["https://api.example.com"]}))
             .send().await.unwrap();
@@ -315,7 +303,7 @@ async fn python_and_javascript_steps_wait_next_to_both_versions() {
             "{file}"
         );
     }
-    upload(&server, "flaky").await;
+    server.upload("flaky").await;
     let not_before = std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .unwrap()

@@ -496,6 +496,7 @@ fn running_row(spec: &StepSpec, index: u32) -> wasaga::model::StepResult {
         phase: Phase::Execute,
         attempts: 1,
         compensate_attempts: 0,
+        compensate_attempt_base: 0,
         output: None,
         error: None,
         logs: Vec::new(),

@@ -1,5 +1,6 @@
 //! Properties of the saga state machine over random step lists with random
-//! failures, cancels and crash points, on real components and SQLite.
+//! failures, and random interleavings of pauses, resumes, cancels and
+//! crashes, on real components and SQLite.
 //!
 //! Every step is the `counter` plugin, scripted per step through the
 //! inputs (succeed, fail for good, fail retryably until an attempt, refuse
@@ -8,11 +9,15 @@
 //! "crashes" the host: the runner is stopped with no grace while that call
 //! is in flight (its result is discarded, nothing more is written: the
 //! database is left as a crash would leave it) and a new runner takes over.
+//! At another it commits a pause; whenever the saga is seen `paused`, an
+//! operator checks that no call happens while it stays paused, then
+//! resumes it (a crash may come before or after).
 //!
 //! Checked for every case: the saga ends in a final status; compensation
 //! covers exactly the steps that completed, in reverse order; no step
 //! executes after a cancel was committed; the context holds exactly the
-//! completed steps' outputs; a step's attempts grow and keep one key.
+//! completed steps' outputs; a step's attempts grow and keep one key; no
+//! call is made while the saga is paused.
 
 use proptest::prelude::*;
 use serde_json::json;
@@ -52,6 +57,8 @@ struct Case {
     cancel_at: Option<usize>,
     /// Crash the host while this call is in flight.
     crash_at: Option<usize>,
+    /// Commit a pause while answering this call.
+    pause_at: Option<usize>,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -59,11 +66,13 @@ fn case() -> impl Strategy<Value = Case> {
         proptest::collection::vec(behaviour(), 1..=5),
         proptest::option::weighted(0.6, 0usize..8),
         proptest::option::weighted(0.6, 0usize..8),
+        proptest::option::weighted(0.6, 0usize..8),
     )
-        .prop_map(|(steps, cancel_at, crash_at)| Case {
+        .prop_map(|(steps, cancel_at, crash_at, pause_at)| Case {
             steps,
             cancel_at,
             crash_at,
+            pause_at,
         })
 }
 
@@ -93,6 +102,7 @@ fn inputs(case: &Case, url: &str) -> serde_json::Value {
 /// checks both happen, so the properties are not checked only on calm runs.
 static CRASHES: AtomicUsize = AtomicUsize::new(0);
 static CANCELS: AtomicUsize = AtomicUsize::new(0);
+static PAUSES: AtomicUsize = AtomicUsize::new(0);
 
 struct World {
     rt: tokio::runtime::Runtime,
@@ -181,6 +191,11 @@ fn check(world: &World, case: &Case) -> Result<(), TestCaseError> {
                             CANCELS.fetch_add(1, Ordering::Relaxed);
                         }
                     }
+                    if case.pause_at == Some(n) {
+                        let id = saga.parse().unwrap();
+                        let current = runner.lock().unwrap().clone();
+                        let _ = current.pause(id, None).await;
+                    }
                     if case.crash_at == Some(n) {
                         let _ = crash_tx.send(());
                         // Hold the answer until the host is gone.
@@ -209,7 +224,43 @@ fn check(world: &World, case: &Case) -> Result<(), TestCaseError> {
             })
         };
 
+        // The operator: whenever the saga is paused, no call may happen
+        // until it is resumed; then it resumes it.
+        let calls_while_paused = Arc::new(Mutex::new(Vec::new()));
+        let operator = {
+            let (runner, store, counter, calls_while_paused) = (
+                runner.clone(),
+                store.clone(),
+                world.counter.clone(),
+                calls_while_paused.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let Ok(Some(d)) = store.saga(id).await else {
+                        continue;
+                    };
+                    if d.saga.status != SagaStatus::Paused {
+                        continue;
+                    }
+                    PAUSES.fetch_add(1, Ordering::Relaxed);
+                    let before = counter.calls_of(&id).len();
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    let after = counter.calls_of(&id);
+                    if after.len() != before {
+                        calls_while_paused
+                            .lock()
+                            .unwrap()
+                            .extend(after[before..].iter().cloned());
+                    }
+                    let current = runner.lock().unwrap().clone();
+                    let _ = current.resume(id, None).await;
+                }
+            })
+        };
+
         let done = wait_final(store.as_ref(), id, Duration::from_secs(60)).await;
+        operator.abort();
         crasher.abort();
         let last = runner.lock().unwrap().clone();
         last.shutdown(Duration::from_secs(1)).await;
@@ -284,7 +335,14 @@ fn check(world: &World, case: &Case) -> Result<(), TestCaseError> {
             );
         }
 
-        // 4. The context holds exactly the completed steps' outputs.
+        // 4. Nothing was called while the saga was paused.
+        let paused_calls = calls_while_paused.lock().unwrap().clone();
+        prop_assert!(
+            paused_calls.is_empty(),
+            "calls while paused: {paused_calls:?}"
+        );
+
+        // 5. The context holds exactly the completed steps' outputs.
         let mut expected_context = serde_json::Map::new();
         for index in &completed {
             let output = ledger[index]
@@ -297,7 +355,7 @@ fn check(world: &World, case: &Case) -> Result<(), TestCaseError> {
         }
         prop_assert_eq!(&done.saga.context, &expected_context);
 
-        // 5. Attempts of a step grow and share one idempotency key.
+        // 6. Attempts of a step grow and share one idempotency key.
         for step in 0..case.steps.len() as u32 {
             for phase in ["execute", "compensate"] {
                 let runs: Vec<_> = calls
@@ -335,7 +393,7 @@ fn saga_state_machine_properties() {
     let config = ProptestConfig {
         cases: env("WASAGA_PROPTEST_CASES")
             .and_then(|n| n.parse().ok())
-            .unwrap_or(64),
+            .unwrap_or(200),
         max_shrink_iters: 50,
         failure_persistence: None,
         rng_seed,
@@ -345,13 +403,16 @@ fn saga_state_machine_properties() {
     proptest!(config, |(case in case())| {
         check(&world, &case)?;
     });
-    let (crashes, cancels) = (
+    let (crashes, cancels, pauses) = (
         CRASHES.load(Ordering::Relaxed),
         CANCELS.load(Ordering::Relaxed),
+        PAUSES.load(Ordering::Relaxed),
     );
-    eprintln!("{cases} cases: {crashes} crashed mid-saga, {cancels} cancelled mid-saga");
+    eprintln!(
+        "{cases} cases: {crashes} crashed mid-saga, {cancels} cancelled mid-saga, {pauses} paused and resumed"
+    );
     assert!(
-        crashes >= cases / 20 && cancels >= cases / 20,
-        "too few crashes ({crashes}) or cancels ({cancels})"
+        crashes >= cases / 20 && cancels >= cases / 20 && pauses >= cases / 20,
+        "too few crashes ({crashes}), cancels ({cancels}) or pauses ({pauses})"
     );
 }

@@ -68,6 +68,7 @@ fn step_rows(plan: &[StepSpec], owner: &str, now: Timestamp, n: usize) -> (StepR
         phase: wasaga::model::Phase::Execute,
         attempts: 1,
         compensate_attempts: 0,
+        compensate_attempt_base: 0,
         output: None,
         error: None,
         logs: Vec::new(),

@@ -61,6 +61,7 @@ impl Grouper {
         let mut indexes = HashSet::new();
         matches!(t.fence, Fence::Lease { .. })
             && t.resources.is_empty()
+            && t.removed_resources.is_empty()
             && t.remove_steps.is_empty()
             && !matches!(t.pins, Pins::Restore(_))
             && t.steps.iter().all(|step| indexes.insert(step.index))

@@ -12,7 +12,10 @@
 //! - `counter_retry_until`: `{"<index>": n}`, that step's `execute` fails
 //!   retryably until attempt n;
 //! - `counter_compensate_fail_at`: step indices whose `compensate` always
-//!   fails (retryably).
+//!   fails (retryably);
+//! - `counter_compensate_retry_until`: `{"<index>": n}`, that step's
+//!   `compensate` fails retryably until attempt n (counted over every
+//!   compensate call, retries of a failed saga included).
 //!
 //! The call is reported before it decides, so the endpoint sees failing
 //! calls too. It is written against the raw bindings, without the SDK,
@@ -136,6 +139,17 @@ impl Guest for Counter {
         if listed(&inputs, "counter_compensate_fail_at", state.step_index) {
             return Err(StepError::Retryable(format!(
                 "counter: cannot undo step {} (attempt {})",
+                state.step_index, state.attempt
+            )));
+        }
+        let retry_until = inputs
+            .get("counter_compensate_retry_until")
+            .and_then(|m| m.get(state.step_index.to_string()))
+            .and_then(|n| n.as_u64())
+            .unwrap_or(0);
+        if u64::from(state.attempt) < retry_until {
+            return Err(StepError::Retryable(format!(
+                "counter: undoing step {} fails until attempt {retry_until} (attempt {})",
                 state.step_index, state.attempt
             )));
         }

@@ -3,6 +3,8 @@
 //! saga's ledger. Its compensate logs what it releases. With
 //! `inputs.ledger_raw_spec` it first records a resource whose spec is that
 //! text, unchecked, to test the host's refusal of a spec that is not JSON.
+//! Its ids are `<inputs.ledger_prefix>-vm-<i>` (the prefix defaults to the
+//! saga's id), so two sagas given one prefix record the same resources.
 
 use serde_json::json;
 use wasaga_step::host::{self, LogLevel};
@@ -27,9 +29,12 @@ impl Step for Ledger {
         host::log(LogLevel::Info, &format!("recording {count} resources"));
         host::log(LogLevel::Warn, "warn line");
         host::log(LogLevel::Error, "error line");
+        let prefix: String = state
+            .input_opt("ledger_prefix")?
+            .unwrap_or_else(|| state.saga_id.clone());
         let mut ids = Vec::new();
         for i in 0..count {
-            let id = format!("{}-vm-{i}", state.saga_id);
+            let id = format!("{prefix}-vm-{i}");
             host::record_resource("vm", &id, &json!({"size": "s-1vcpu-1gb", "ordinal": i}))?;
             ids.push(id);
         }

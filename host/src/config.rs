@@ -253,6 +253,10 @@ pub struct RunnerConfig {
     /// Sagas deleted per transaction, so a sweep never holds the database
     /// long. Default 500.
     pub retention_batch: usize,
+    /// Events a live-event subscriber may fall behind by before it is
+    /// dropped (one buffer shared by every subscriber, so memory stays
+    /// bounded whatever they do). Default 4,096.
+    pub event_buffer: usize,
 }
 
 /// The shortest retention allowed: an ended saga must stay readable long
@@ -292,6 +296,7 @@ impl Default for RunnerConfig {
             retention: None,
             retention_every: Duration::from_secs(60),
             retention_batch: 500,
+            event_buffer: 4096,
         }
     }
 }

@@ -9,13 +9,17 @@
 //! One module per seam: [`plugin`] (the Wasm runtime), [`store`]
 //! (persistence), [`runner`] (the saga state machine), [`api`] (HTTP),
 //! [`cli`] (the command line), [`model`] (the domain's nouns), [`plan`]
-//! (what a start request must be) and [`config`] (every tunable and its
-//! default).
+//! (what a start request must be), [`events`] (live changes for
+//! subscribers), [`metrics`] (what Prometheus scrapes), [`console`] (the web
+//! UI) and [`config`] (every tunable and its default).
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod console;
+pub mod events;
 pub mod grants;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod plugin;

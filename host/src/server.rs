@@ -136,6 +136,7 @@ impl Host {
                 default_max_attempts: options.runner.retry.max_attempts,
                 max_wait_ceiling: options.runner.max_wait_ceiling,
             }),
+            csrf: crate::console::CsrfKey::default(),
         };
         Ok(Host {
             store,

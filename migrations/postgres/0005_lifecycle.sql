@@ -2,6 +2,7 @@
 -- what each column and table means).
 
 ALTER TABLE saga_step_results ADD COLUMN compensate_attempt_base BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE saga_step_results ADD COLUMN calls TEXT NOT NULL DEFAULT '[]';
 
 CREATE TABLE resources (
     kind         TEXT NOT NULL,

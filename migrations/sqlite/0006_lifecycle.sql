@@ -5,6 +5,9 @@
 --   the latest retry of a failed saga. A retry gives the step fresh
 --   attempts (its max_attempts counts from here) without forgetting the
 --   calls already made (compensate_attempts keeps counting them all).
+-- saga_step_results.calls: the step's latest calls (JSON: phase, attempt,
+--   when each began and ended, outcome), which the console's timeline
+--   draws; bounded, so a step that polls for days keeps a small row.
 -- resources: the desired state, one row per (kind, external_id): the spec
 --   last recorded, how many times it was recorded (spec_version), which
 --   saga and step recorded it last (and that saga's deployment), and
@@ -18,6 +21,7 @@
 -- saga_runs_ended: what retention scans, oldest end first.
 
 ALTER TABLE saga_step_results ADD COLUMN compensate_attempt_base INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE saga_step_results ADD COLUMN calls TEXT NOT NULL DEFAULT '[]';
 
 CREATE TABLE resources (
     kind         TEXT NOT NULL,

@@ -25,6 +25,22 @@ impl Http {
         Http::default()
     }
 
+    /// A client that sends `Authorization: Bearer <token>` with every
+    /// request.
+    pub fn with_token(token: &str) -> Http {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("a header value"),
+        );
+        Http {
+            client: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .expect("a client"),
+        }
+    }
+
     pub fn get(&self, url: impl AsRef<str>) -> Request {
         self.request(Method::GET, url)
     }

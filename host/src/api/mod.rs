@@ -13,6 +13,7 @@
 mod auth;
 mod cursor;
 mod error;
+mod events;
 mod grants;
 mod plugins;
 mod resources;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub server: Arc<ServerConfig>,
     /// The rules a start request is checked against.
     pub planner: Arc<Planner>,
+    /// The key of the console's CSRF tokens.
+    pub csrf: crate::console::CsrfKey,
 }
 
 #[derive(OpenApi)]
@@ -65,6 +68,7 @@ pub struct AppState {
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(
+        (name = "events", description = "Live events (server-sent events): a saga's steps and status as they change"),
         (name = "plugins", description = "Step plugins: Wasm components implementing wasaga:step/step"),
         (name = "resources", description = "The desired-state ledger: what sagas provisioned, and whether it is still meant to exist"),
         (name = "sagas", description = "Sagas: ordered steps run durably, compensated in reverse on failure or cancel"),
@@ -153,6 +157,7 @@ impl utoipa::Modify for CommonErrors {
 fn v1(max_component_bytes: usize) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (routes, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(plugins::router(max_component_bytes))
+        .merge(events::router())
         .merge(grants::router())
         .merge(resources::router())
         .merge(sagas::router())
@@ -171,7 +176,8 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     v1(0).1
 }
 
-/// The whole application: `/v1` (authenticated, limited) and `/healthz`.
+/// The whole application: `/v1` (authenticated, limited), `/healthz`,
+/// `/metrics` and the console under `/ui/`.
 pub fn app(state: AppState) -> Router {
     let (v1_routes, openapi) = v1(state.plugins.config().max_component_bytes);
     let openapi = Arc::new(openapi);
@@ -194,6 +200,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .nest("/v1", v1_routes)
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(crate::console::router())
         .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -233,6 +241,72 @@ async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// `/metrics`: the Prometheus text format (viewer role when tokens are
+/// on). The gauges are read now, from this host.
+async fn metrics(State(state): State<AppState>, request: Request) -> Response {
+    if let Err(refused) = caller_of(&state, &request) {
+        return refused.into_response();
+    }
+    let m = crate::metrics::global();
+    m.sagas_in_flight.set(state.runner.active_count() as i64);
+    match state.store.pending_count().await {
+        Ok(n) => {
+            m.sagas_pending.set(n as i64);
+        }
+        Err(e) => tracing::debug!(error = %e, "counting pending sagas for /metrics"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
+}
+
+/// Who makes a request: its bearer token, or else the console's session
+/// cookie (whose state-changing requests must carry the page's CSRF
+/// token). Everyone, when tokens are off.
+fn caller_of(state: &AppState, request: &Request) -> Result<Option<Caller>, ApiError> {
+    let Some(tokens) = state.server.tokens.as_ref() else {
+        return Ok(None);
+    };
+    if let Some(given) = bearer(request) {
+        return match tokens.check(given) {
+            Some(caller) => Ok(Some(caller)),
+            None => Err(ApiError::unauthorized("the bearer token is not valid")),
+        };
+    }
+    let Some(session) = crate::console::session_token(request.headers()) else {
+        return Err(ApiError::unauthorized(
+            "this server needs `Authorization: Bearer <token>`",
+        ));
+    };
+    let Some(caller) = tokens.check(&session) else {
+        return Err(ApiError::unauthorized(
+            "the console session is not valid any more; log in again at /ui/login",
+        ));
+    };
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+    if !safe {
+        let presented = request
+            .headers()
+            .get(crate::console::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !state.csrf.check(Some(&session), presented) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf",
+                "the console page's CSRF token is missing or stale (the server restarted, or you \
+                 logged in again): reload the page and try again",
+            ));
+        }
+    }
+    Ok(Some(caller))
+}
+
 /// The bearer token of a request, if it carries one.
 fn bearer(request: &Request) -> Option<&str> {
     request
@@ -245,21 +319,17 @@ fn bearer(request: &Request) -> Option<&str> {
         })
 }
 
-/// Every `/v1` request needs a known bearer token when tokens are
-/// configured; the caller it names rides along for the handlers (which
-/// check its role).
+/// Every `/v1` request needs a known bearer token (or a console session)
+/// when tokens are configured; the caller it names rides along for the
+/// handlers (which check its role).
 async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let Some(tokens) = state.server.tokens.as_ref() else {
-        return next.run(request).await;
-    };
-    let Some(given) = bearer(&request) else {
-        return ApiError::unauthorized("this server needs `Authorization: Bearer <token>`")
-            .into_response();
-    };
-    let Some(caller) = tokens.check(given) else {
-        return ApiError::unauthorized("the bearer token is not valid").into_response();
-    };
-    request.extensions_mut().insert(caller);
+    match caller_of(&state, &request) {
+        Ok(Some(caller)) => {
+            request.extensions_mut().insert(caller);
+        }
+        Ok(None) => {}
+        Err(refused) => return refused.into_response(),
+    }
     next.run(request).await
 }
 

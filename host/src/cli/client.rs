@@ -274,4 +274,81 @@ impl Client {
             .await?
             .1)
     }
+
+    /// A saga's event stream (`GET /v1/sagas/{id}/events`).
+    pub async fn saga_events(&self, id: &str) -> Result<EventStream, ClientError> {
+        self.event_stream(self.request(Method::GET, &["sagas", id, "events"]))
+            .await
+    }
+
+    /// Every saga's changes (`GET /v1/events`, with its filters).
+    pub async fn events(&self, query: &[(&str, String)]) -> Result<EventStream, ClientError> {
+        self.event_stream(self.request(Method::GET, &["events"]).query(query))
+            .await
+    }
+
+    async fn event_stream(&self, request: RequestBuilder) -> Result<EventStream, ClientError> {
+        let request = request
+            .header("accept", "text/event-stream")
+            .timeout(Duration::from_secs(24 * 3600));
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: self.base.clone(),
+                source,
+            })?;
+        let status = response.status();
+        let is_stream = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !status.is_success() || !is_stream {
+            return Err(ClientError::Api {
+                status,
+                code: "no_stream".into(),
+                message: "the server has no event stream for this saga".into(),
+            });
+        }
+        Ok(EventStream {
+            response,
+            buffer: Vec::new(),
+        })
+    }
+}
+
+/// Server-sent events as they arrive: `(event name, data)`.
+pub struct EventStream {
+    response: reqwest::Response,
+    /// Bytes (a chunk may end inside a character).
+    buffer: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next event; `None` when the stream ends (or breaks).
+    pub async fn next(&mut self) -> Option<(String, String)> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let bytes: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let block = String::from_utf8_lossy(&bytes);
+                let mut name = String::from("message");
+                let mut data: Vec<&str> = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                // A comment (keep-alive) has no data.
+                if data.is_empty() {
+                    continue;
+                }
+                return Some((name, data.join("\n")));
+            }
+            let chunk = self.response.chunk().await.ok()??;
+            self.buffer.extend_from_slice(&chunk);
+        }
+    }
 }

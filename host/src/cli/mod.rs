@@ -18,7 +18,7 @@ mod secrets;
 mod serve;
 mod templates;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, EventStream};
 pub use sagas::{EXIT_FAILED, EXIT_ROLLED_BACK};
 
 use crate::server::ServeError;

@@ -368,59 +368,132 @@ fn exit_for(status: SagaStatus) -> ExitCode {
 }
 
 /// Polls the saga and prints each change until it ends.
+/// What `saga watch` has printed so far.
+#[derive(Default)]
+struct Progress {
+    seen: BTreeMap<u32, (StepStatus, u32, u32, u32)>,
+    last_status: Option<SagaStatus>,
+}
+
+impl Progress {
+    /// Prints what changed since the last call.
+    fn show(&mut self, detail: &SagaDetail) {
+        let saga: &SagaRun = &detail.saga;
+        if self.last_status != Some(saga.status) {
+            println!("saga {} {}", saga.id, saga.status);
+            self.last_status = Some(saga.status);
+        }
+        for row in &detail.steps {
+            let now = (row.status, row.attempts, row.compensate_attempts, row.polls);
+            if self.seen.get(&row.index) == Some(&now) {
+                continue;
+            }
+            self.seen.insert(row.index, now);
+            let attempt = match row.status {
+                StepStatus::Compensating
+                | StepStatus::Compensated
+                | StepStatus::CompensationFailed => row.compensate_attempts,
+                _ => row.attempts,
+            };
+            let error = row
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            let waiting = row
+                .waiting_until
+                .map(|at| format!(", waiting until {at} (poll {})", row.polls))
+                .unwrap_or_default();
+            println!(
+                "  step {} {} {} (attempt {attempt}){waiting}{error}",
+                row.index, row.name, row.status
+            );
+        }
+    }
+}
+
+/// Follows a saga until it ends: from its event stream, or by polling
+/// when the server has none (an older server) or the stream breaks off.
 async fn watch(client: &Client, id: &str, json: bool) -> Result<ExitCode, CliError> {
-    let mut seen: BTreeMap<u32, (StepStatus, u32, u32, u32)> = BTreeMap::new();
-    let mut last_status: Option<SagaStatus> = None;
+    let mut progress = Progress::default();
+    if let Some(detail) = follow_events(client, id, json, &mut progress).await
+        && detail.saga.status.is_final()
+    {
+        // The full saga (resources included) as it ended.
+        let detail = client.saga(id).await.unwrap_or(detail);
+        return Ok(finish(&detail, json));
+    }
     let mut interval = tokio::time::interval(Duration::from_millis(200));
     loop {
         interval.tick().await;
         let detail = client.saga(id).await?;
-        let saga: &SagaRun = &detail.saga;
         if !json {
-            if last_status != Some(saga.status) {
-                println!("saga {} {}", saga.id, saga.status);
-                last_status = Some(saga.status);
-            }
-            for row in &detail.steps {
-                let now = (row.status, row.attempts, row.compensate_attempts, row.polls);
-                if seen.get(&row.index) == Some(&now) {
-                    continue;
-                }
-                seen.insert(row.index, now);
-                let attempt = match row.status {
-                    StepStatus::Compensating
-                    | StepStatus::Compensated
-                    | StepStatus::CompensationFailed => row.compensate_attempts,
-                    _ => row.attempts,
-                };
-                let error = row
-                    .error
-                    .as_deref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default();
-                let waiting = row
-                    .waiting_until
-                    .map(|at| format!(", waiting until {at} (poll {})", row.polls))
-                    .unwrap_or_default();
-                println!(
-                    "  step {} {} {} (attempt {attempt}){waiting}{error}",
-                    row.index, row.name, row.status
-                );
-            }
+            progress.show(&detail);
         }
-        if saga.status.is_final() {
-            if json {
-                print_json(&detail);
-            } else if let Some(error) = &saga.error {
-                println!("{}: {}", saga.status, error.message);
-            } else {
-                println!(
-                    "{}: context {}",
-                    saga.status,
-                    serde_json::Value::Object(saga.context.clone())
-                );
-            }
-            return Ok(exit_for(saga.status));
+        if detail.saga.status.is_final() {
+            return Ok(finish(&detail, json));
         }
     }
+}
+
+/// Follows the saga's event stream while it lasts; the saga as last seen,
+/// or `None` when there is no stream to follow.
+async fn follow_events(
+    client: &Client,
+    id: &str,
+    json: bool,
+    progress: &mut Progress,
+) -> Option<SagaDetail> {
+    let mut events = client.saga_events(id).await.ok()?;
+    let mut detail: Option<SagaDetail> = None;
+    while let Some((name, data)) = events.next().await {
+        match (name.as_str(), detail.as_mut()) {
+            ("snapshot", _) => detail = serde_json::from_str(&data).ok(),
+            ("step", Some(d)) => {
+                let Ok(row) = serde_json::from_str::<crate::model::StepResult>(&data) else {
+                    continue;
+                };
+                match d.steps.iter_mut().find(|r| r.index == row.index) {
+                    Some(old) => *old = row,
+                    None => {
+                        d.steps.push(row);
+                        d.steps.sort_by_key(|r| r.index);
+                    }
+                }
+            }
+            ("saga", Some(d)) => {
+                if let Ok(saga) = serde_json::from_str::<SagaRun>(&data) {
+                    d.saga = saga;
+                }
+            }
+            // "error" (this client fell behind) or an unknown event: poll.
+            _ => return detail,
+        }
+        if let Some(d) = &detail {
+            if !json {
+                progress.show(d);
+            }
+            if d.saga.status.is_final() {
+                break;
+            }
+        }
+    }
+    detail
+}
+
+/// Prints how the saga ended; the exit code says how.
+fn finish(detail: &SagaDetail, json: bool) -> ExitCode {
+    let saga = &detail.saga;
+    if json {
+        print_json(detail);
+    } else if let Some(error) = &saga.error {
+        println!("{}: {}", saga.status, error.message);
+    } else {
+        println!(
+            "{}: context {}",
+            saga.status,
+            serde_json::Value::Object(saga.context.clone())
+        );
+    }
+    exit_for(saga.status)
 }

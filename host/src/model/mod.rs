@@ -13,8 +13,9 @@ mod status;
 
 pub use ids::{BadDigest, Digest, SagaId, Timestamp};
 pub use saga::{
-    Action, LedgerLogLine, LogLine, PluginInfo, RecordedResource, Resource, SagaDetail, SagaError,
-    SagaResource, SagaRun, SagaSummary, StepResult, StepSpec, Template,
+    Action, CallRecord, LedgerLogLine, LogLine, MAX_CALLS_KEPT, PluginInfo, RecordedResource,
+    Resource, SagaDetail, SagaError, SagaResource, SagaRun, SagaSummary, StepResult, StepSpec,
+    Template,
 };
 pub(crate) use status::string_enum;
 pub use status::{ActionKind, LogLevel, Phase, ResourceState, SagaStatus, StepStatus, StopCause};

@@ -282,6 +282,10 @@ pub struct StepResult {
     /// step's `max_attempts` counts from here (0 until a retry).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub compensate_attempt_base: u32,
+    /// The latest calls (at most [`MAX_CALLS_KEPT`]), oldest first: what
+    /// the console's timeline draws.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<CallRecord>,
     #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
     pub error: Option<String>,
@@ -301,6 +305,20 @@ pub struct StepResult {
     /// When the current phase's first wait began (bounds the total wait).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_started_at: Option<Timestamp>,
+}
+
+/// Calls a ledger row keeps in `calls`.
+pub const MAX_CALLS_KEPT: usize = 100;
+
+/// One plugin call of a step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CallRecord {
+    pub phase: Phase,
+    pub attempt: u32,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    /// `ok`, `poll`, `retryable`, `fatal` or `interrupted`.
+    pub outcome: String,
 }
 
 /// A saga with its ledger and resources: `GET /v1/sagas/{id}`.

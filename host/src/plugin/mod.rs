@@ -767,7 +767,7 @@ impl PluginHost {
         };
         let mut store = Store::new(
             &self.inner.engine,
-            CallState::new(limits, access, http, deadline),
+            CallState::new(&plugin.name, limits, access, http, deadline),
         );
         store.limiter(|state| &mut state.limiter);
         if let Some(fuel) = limits.fuel

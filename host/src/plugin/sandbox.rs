@@ -51,6 +51,7 @@ pub(crate) struct ContractViolation(pub String);
 
 impl CallState {
     pub(crate) fn new(
+        plugin: &str,
         limits: &StepLimits,
         access: Arc<Access>,
         http: HttpLimits,
@@ -61,6 +62,7 @@ impl CallState {
             wasi: None,
             http: WasiHttpCtx::new(),
             http_policy: HttpPolicy {
+                plugin: plugin.into(),
                 access,
                 log: log.clone(),
                 limits: http,
@@ -498,6 +500,8 @@ pub fn format_bytes(bytes: u64) -> String {
 /// one line of the call's log (method, origin and path: no query, headers
 /// or body); a refusal says which rule, never a secret's value.
 pub(crate) struct HttpPolicy {
+    /// The plugin's name (the metrics' label).
+    plugin: Arc<str>,
     access: Arc<Access>,
     log: Arc<Mutex<CallLog>>,
     limits: HttpLimits,
@@ -642,6 +646,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpPolicy {
                     LogLevel::Warn,
                     &format!("[host] http {method} {target} refused: {why}"),
                 );
+                crate::metrics::global().http(&self.plugin, "refused");
                 return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
             }
         };
@@ -655,6 +660,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpPolicy {
             between_bytes_timeout: bounded(options.and_then(|o| o.between_bytes_timeout)),
         };
         let log = self.log.clone();
+        let plugin = self.plugin.clone();
         let max_body = self.limits.max_response_bytes;
         Box::new(async move {
             use http_body_util::BodyExt;
@@ -668,10 +674,9 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpPolicy {
             };
             match sent {
                 Ok((response, io)) => {
-                    note(format!(
-                        "http {method} {target} -> {} ({ms} ms)",
-                        response.status().as_u16()
-                    ));
+                    let status = response.status().as_u16();
+                    note(format!("http {method} {target} -> {status} ({ms} ms)"));
+                    crate::metrics::global().http(&plugin, &format!("{}xx", status / 100));
                     let (parts, body) = response.into_parts();
                     let limited = LimitedBody {
                         inner: body.boxed_unsync(),
@@ -686,6 +691,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpPolicy {
                 }
                 Err(e) => {
                     note(format!("http {method} {target} -> error: {e} ({ms} ms)"));
+                    crate::metrics::global().http(&plugin, "error");
                     Err(e)
                 }
             }

@@ -59,7 +59,11 @@ impl Runner {
             match store.apply(t.clone()).await {
                 Ok(Applied::Done { version }) => {
                     let mut saga = detail.saga;
-                    apply_update(&mut saga, &t, version);
+                    super::apply_update(&mut saga, &t, version);
+                    self.inner.hub.publish(&saga, true, &t.steps);
+                    if let Some(status) = t.saga.status.filter(|s| s.is_final()) {
+                        crate::metrics::global().finished(&saga.kind, status.as_str());
+                    }
                     return Ok(saga);
                 }
                 // Changed meanwhile, or a host holds it now: decide again.
@@ -350,32 +354,4 @@ pub(super) fn with_action(
         step_index,
     });
     actions
-}
-
-/// The saga as a written transition left it (what an action answers).
-fn apply_update(saga: &mut SagaRun, t: &Transition, version: u64) {
-    let u = &t.saga;
-    if let Some(status) = u.status {
-        saga.status = status;
-    }
-    if let Some(index) = u.current_step_index {
-        saga.current_step_index = index;
-    }
-    if let Some(context) = &u.context {
-        saga.context = context.clone();
-    }
-    if let Some(error) = &u.error {
-        saga.error = Some(error.clone());
-    }
-    if let Some(flag) = u.cancel_requested {
-        saga.cancel_requested = flag;
-    }
-    if let Some(flag) = u.pause_requested {
-        saga.pause_requested = flag;
-    }
-    if let Some(actions) = &u.actions {
-        saga.actions = actions.clone();
-    }
-    saga.version = version;
-    saga.updated_at = t.now;
 }

@@ -41,10 +41,11 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use start::StartError;
 
 use crate::config::{RetryPolicy, RunnerConfig};
+use crate::events::EventHub;
 use crate::grants::AccessBook;
-use crate::model::{SagaId, SagaStatus, Timestamp};
+use crate::model::{SagaId, SagaRun, SagaStatus, StepStatus, Timestamp};
 use crate::plugin::PluginHost;
-use crate::store::{ClaimedSaga, Lease, Notice, Store};
+use crate::store::{ClaimedSaga, Lease, Notice, Store, Transition};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -88,6 +89,8 @@ struct RunnerInner {
     wakeups: Mutex<BinaryHeap<Reverse<Timestamp>>>,
     wakeup_added: Notify,
     events: broadcast::Sender<SagaEnded>,
+    /// Live events for subscribers (SSE, the console).
+    hub: Arc<EventHub>,
 }
 
 /// A saga this host drove reached a final status.
@@ -140,6 +143,7 @@ impl Runner {
                 .clone()
                 .unwrap_or_else(|| format!("wasaga-{}", uuid::Uuid::now_v7().simple())),
         );
+        let event_buffer = config.event_buffer;
         Runner {
             inner: Arc::new(RunnerInner {
                 slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
@@ -159,6 +163,7 @@ impl Runner {
                 wakeups: Mutex::new(BinaryHeap::new()),
                 wakeup_added: Notify::new(),
                 events: broadcast::channel(1024).0,
+                hub: Arc::new(EventHub::new(event_buffer)),
             }),
         }
     }
@@ -171,6 +176,11 @@ impl Runner {
     /// The store this runner writes through.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// This host's live events.
+    pub fn hub(&self) -> &Arc<EventHub> {
+        &self.inner.hub
     }
 
     /// What each plugin may reach.
@@ -210,7 +220,10 @@ impl Runner {
         use futures::StreamExt;
         let inner = &self.inner;
         let mut notices = match inner.store.notices().await {
-            Ok(Some(notices)) => notices,
+            Ok(Some(notices)) => {
+                inner.hub.set_shared(true);
+                notices
+            }
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for notices; polling only");
@@ -227,11 +240,35 @@ impl Runner {
                         self.wake();
                     }
                     Some(Notice::Request { id, cancel }) => self.notify_request(id, cancel),
+                    // This host published its own writes already.
+                    Some(Notice::Changed { id, version, origin }) => {
+                        if *origin != *inner.owner {
+                            self.publish_remote(id, version);
+                        }
+                    }
                     None => return,
                 },
                 _ = inner.stop_all.cancelled() => return,
             }
         }
+    }
+
+    /// Another host changed saga `id` to `version`: if anyone here listens
+    /// and has not seen it, read it and publish what changed.
+    fn publish_remote(&self, id: SagaId, version: u64) {
+        if !self.inner.hub.is_news(id, version) {
+            return;
+        }
+        let runner = self.clone();
+        tokio::spawn(async move {
+            match runner.inner.store.saga(id).await {
+                Ok(Some(detail)) => runner.inner.hub.publish_read(&detail),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, saga = %id, "reading a saga another host changed")
+                }
+            }
+        });
     }
 
     /// Work may be waiting (a saga was started, a lease released).
@@ -399,6 +436,15 @@ impl Runner {
         let mut started = 0;
         let mut overflow = Vec::new();
         for claim in claimed {
+            // A call in flight (marked, not waiting) whose host is gone.
+            let cut_short = claim.ledger.iter().any(|r| {
+                matches!(r.status, StepStatus::Running | StepStatus::Compensating)
+                    && r.waiting_until.is_none()
+                    && r.finished_at.is_none()
+            });
+            if cut_short {
+                crate::metrics::global().lease_takeovers.inc();
+            }
             let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
                 overflow.push((claim.saga.id, claim.epoch));
                 continue;
@@ -535,6 +581,35 @@ impl RetryPolicy {
         };
         Duration::from_secs_f64((capped * spread).max(0.0))
     }
+}
+
+/// The saga as a written transition left it (what an action answers, and
+/// what the driver holds after a commit).
+pub(super) fn apply_update(saga: &mut SagaRun, t: &Transition, version: u64) {
+    let u = &t.saga;
+    if let Some(status) = u.status {
+        saga.status = status;
+    }
+    if let Some(index) = u.current_step_index {
+        saga.current_step_index = index;
+    }
+    if let Some(context) = &u.context {
+        saga.context = context.clone();
+    }
+    if let Some(error) = &u.error {
+        saga.error = Some(error.clone());
+    }
+    if let Some(flag) = u.cancel_requested {
+        saga.cancel_requested = flag;
+    }
+    if let Some(flag) = u.pause_requested {
+        saga.pause_requested = flag;
+    }
+    if let Some(actions) = &u.actions {
+        saga.actions = actions.clone();
+    }
+    saga.version = version;
+    saga.updated_at = t.now;
 }
 
 #[cfg(test)]

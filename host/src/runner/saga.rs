@@ -38,8 +38,8 @@
 
 use super::{ActiveSaga, Runner};
 use crate::model::{
-    LedgerLogLine, LogLine, Phase, SagaError, SagaRun, SagaStatus, StepResult, StepSpec,
-    StepStatus, StopCause, Timestamp,
+    CallRecord, LedgerLogLine, MAX_CALLS_KEPT, Phase, SagaError, SagaRun, SagaStatus, StepResult,
+    StepSpec, StepStatus, StopCause, Timestamp,
 };
 use crate::plugin::{CallOutcome, Contract, Plugin, Progress, StepCall, StepFailure};
 use crate::store::{Applied, ClaimedSaga, Fence, Pins, StoreError, Transition};
@@ -119,6 +119,7 @@ fn fresh_row(spec: &StepSpec, index: u32, phase: Phase) -> StepResult {
         attempts: 0,
         compensate_attempts: 0,
         compensate_attempt_base: 0,
+        calls: Vec::new(),
         output: None,
         error: None,
         logs: Vec::new(),
@@ -278,8 +279,19 @@ impl Driver<'_> {
             };
             match self.apply(t.clone()).await? {
                 Applied::Done { version } => {
-                    self.saga.version = version;
-                    self.saga.updated_at = t.now;
+                    super::apply_update(&mut self.saga, &t, version);
+                    let u = &t.saga;
+                    let saga_changed = u.status.is_some()
+                        || u.actions.is_some()
+                        || u.cancel_requested.is_some()
+                        || u.pause_requested.is_some();
+                    self.runner
+                        .inner
+                        .hub
+                        .publish(&self.saga, saga_changed, &t.steps);
+                    if let Some(status) = u.status.filter(|s| s.is_final()) {
+                        crate::metrics::global().finished(&self.saga.kind, status.as_str());
+                    }
                     return Ok(Some(t));
                 }
                 Applied::Stale => self.refresh().await?,
@@ -302,7 +314,12 @@ impl Driver<'_> {
             if let Fence::Lease { epoch, .. } = &mut t.fence {
                 *epoch = self.active.epoch.load(Ordering::SeqCst);
             }
-            match store.apply(t.clone()).await {
+            let started = std::time::Instant::now();
+            let applied = store.apply(t.clone()).await;
+            crate::metrics::global()
+                .store_commit_duration
+                .observe(started.elapsed().as_secs_f64());
+            match applied {
                 Ok(applied) => return Ok(applied),
                 Err(StoreError::LeaseLost(_)) => {
                     self.active.lease_lost.store(true, Ordering::SeqCst);
@@ -667,8 +684,25 @@ impl Driver<'_> {
 
     /// The step's row with a call's log lines appended, within the limit of
     /// lines a step keeps across its calls.
-    fn with_logs(&self, index: u32, phase: Phase, attempt: u32, lines: Vec<LogLine>) -> StepResult {
+    fn with_logs<T>(
+        &self,
+        index: u32,
+        phase: Phase,
+        attempt: u32,
+        outcome: &mut CallOutcome<Progress<T>>,
+    ) -> StepResult {
+        let lines = std::mem::take(&mut outcome.logs);
         let mut row = self.row(index, phase);
+        let finished_at = self.now();
+        row.calls.push(CallRecord {
+            phase,
+            attempt,
+            started_at: finished_at.minus(outcome.elapsed),
+            finished_at,
+            outcome: outcome_label(&outcome.result).to_string(),
+        });
+        let excess = row.calls.len().saturating_sub(MAX_CALLS_KEPT);
+        row.calls.drain(..excess);
         let max = self.runner.inner.config.max_step_log_lines;
         let room = max.saturating_sub(row.logs.len());
         let dropped = lines.len().saturating_sub(room);
@@ -746,6 +780,12 @@ impl Driver<'_> {
         }
         .instrument(span)
         .await;
+        crate::metrics::global().call(
+            &spec.name,
+            phase.as_str(),
+            outcome_label(&outcome.result),
+            outcome.elapsed,
+        );
         if self.active.stop.is_cancelled() {
             return Err(self.halt());
         }
@@ -754,8 +794,8 @@ impl Driver<'_> {
 
     async fn execute(&mut self, index: u32, attempt: u32) -> Result<Flow, Halt> {
         let spec = self.spec(index).clone();
-        let outcome = self.call_plugin(index, Phase::Execute, attempt).await?;
-        let mut row = self.with_logs(index, Phase::Execute, attempt, outcome.logs);
+        let mut outcome = self.call_plugin(index, Phase::Execute, attempt).await?;
+        let mut row = self.with_logs(index, Phase::Execute, attempt, &mut outcome);
         match outcome.result {
             Ok(Progress::Done(output)) => {
                 tracing::debug!(
@@ -785,6 +825,7 @@ impl Driver<'_> {
                 if let Some(t) = t {
                     self.absorb(&t);
                 }
+                crate::metrics::global().retry(&spec.name);
                 let delay = self.runner.inner.config.retry.backoff(attempt + 1);
                 self.back_off(delay, Phase::Execute).await
             }
@@ -1207,8 +1248,8 @@ impl Driver<'_> {
         let limit = self.attempt_limit(index, Phase::Compensate);
         // Attempts since the latest retry (all of them, without one).
         let tried = attempt.saturating_sub(limit - self.spec(index).max_attempts);
-        let outcome = self.call_plugin(index, Phase::Compensate, attempt).await?;
-        let mut row = self.with_logs(index, Phase::Compensate, attempt, outcome.logs);
+        let mut outcome = self.call_plugin(index, Phase::Compensate, attempt).await?;
+        let mut row = self.with_logs(index, Phase::Compensate, attempt, &mut outcome);
         match outcome.result {
             Ok(Progress::Done(_)) => {
                 row.status = StepStatus::Compensated;
@@ -1242,6 +1283,7 @@ impl Driver<'_> {
                     .await?
                     .expect("always written");
                 self.absorb(&t);
+                crate::metrics::global().retry(&self.spec(index).name);
                 let delay = self.runner.inner.config.retry.backoff(tried + 1);
                 self.back_off(delay, Phase::Compensate).await
             }
@@ -1294,6 +1336,17 @@ impl Driver<'_> {
         self.saga.status = status;
         self.saga.error = Some(error);
         Ok(Flow::Continue)
+    }
+}
+
+/// A call's outcome in one word (metrics, and the ledger's call records).
+fn outcome_label<T>(result: &Result<Progress<T>, StepFailure>) -> &'static str {
+    match result {
+        Ok(Progress::Done(_)) => "ok",
+        Ok(Progress::PollAfter(_)) => "poll",
+        Err(StepFailure::Cancelled) => "interrupted",
+        Err(f) if f.is_retryable() => "retryable",
+        Err(_) => "fatal",
     }
 }
 

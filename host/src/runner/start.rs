@@ -67,6 +67,10 @@ impl Runner {
                 ready_at: Some(now),
             })
             .await?;
+        if let CreateSaga::Created(claimed) = &created {
+            crate::metrics::global().started(&claimed.saga.kind);
+            inner.hub.publish(&claimed.saga, true, &claimed.ledger);
+        }
         match (&created, permit) {
             (CreateSaga::Created(claimed), Some(permit)) => {
                 let marked = Marked {

@@ -22,7 +22,7 @@ macro_rules! step_insert {
     () => {
         "INSERT INTO saga_step_results
      (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at,
-      finished_at, executed_by, waiting_until, polls, wait_started_at, compensate_attempt_base)"
+      finished_at, executed_by, waiting_until, polls, wait_started_at, compensate_attempt_base, calls)"
     };
 }
 
@@ -34,7 +34,7 @@ macro_rules! step_on_conflict {
      attempts = excluded.attempts, compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
      started_at = excluded.started_at, finished_at = excluded.finished_at, executed_by = excluded.executed_by,
      waiting_until = excluded.waiting_until, polls = excluded.polls, wait_started_at = excluded.wait_started_at,
-     compensate_attempt_base = excluded.compensate_attempt_base"
+     compensate_attempt_base = excluded.compensate_attempt_base, calls = excluded.calls"
     };
 }
 
@@ -270,7 +270,7 @@ pub enum Applied {
 }
 
 /// A wake-up from another host sharing the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
     /// Work may be waiting: a saga was started unclaimed, or leases were
     /// released.
@@ -283,6 +283,14 @@ pub enum Notice {
     /// A grant or a secret changed: what plugins may reach is to be read
     /// again.
     AccessChanged,
+    /// A transition was written to this saga, which is now at `version`
+    /// (for live events on every host), by the lease holder `origin` (empty
+    /// for a request or an unleased write).
+    Changed {
+        id: SagaId,
+        version: u64,
+        origin: String,
+    },
 }
 
 /// How the store is doing, for `/healthz`.
@@ -317,6 +325,8 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new saga with its pins, unless a pinned plugin is gone.
     async fn create_saga(&self, new: NewSaga) -> StoreResult<CreateSaga>;
     async fn saga(&self, id: SagaId) -> StoreResult<Option<SagaDetail>>;
+    /// How many sagas are `pending` (started, not yet taken by a host).
+    async fn pending_count(&self) -> StoreResult<u64>;
     /// Newest first, from the filter's cursor.
     async fn list_sagas(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaSummary>>;
     /// The desired-state ledger, by kind and external id, from the

@@ -18,7 +18,8 @@ macro_rules! json_ledger_columns {
     () => {
         "step_index BIGINT, phase TEXT, status TEXT, output TEXT, error TEXT, attempts BIGINT,
          compensate_attempts BIGINT, logs TEXT, started_at BIGINT, finished_at BIGINT, executed_by TEXT,
-         waiting_until BIGINT, polls BIGINT, wait_started_at BIGINT, compensate_attempt_base BIGINT"
+         waiting_until BIGINT, polls BIGINT, wait_started_at BIGINT, compensate_attempt_base BIGINT,
+         calls TEXT"
     };
 }
 
@@ -28,7 +29,7 @@ macro_rules! json_ledger_values {
     () => {
         "r.step_index, r.phase, r.status, r.output, r.error, r.attempts, r.compensate_attempts, r.logs,
          r.started_at, r.finished_at, r.executed_by, r.waiting_until, r.polls, r.wait_started_at,
-         r.compensate_attempt_base"
+         r.compensate_attempt_base, r.calls"
     };
 }
 
@@ -67,6 +68,9 @@ const WORK_CHANNEL: &str = "wasaga_work";
 const REQUEST_CHANNEL: &str = "wasaga_request";
 /// A grant or secret changed.
 const ACCESS_CHANNEL: &str = "wasaga_access";
+/// Every written transition: `<saga id> <version>` (live events on every
+/// host).
+const CHANGE_CHANNEL: &str = "wasaga_change";
 
 /// The PostgreSQL store. See the module docs.
 pub struct PgStore {
@@ -263,6 +267,15 @@ async fn apply_transition(
     let Some(version) = version else {
         return diagnose(tx, t).await;
     };
+    let origin = match &t.fence {
+        Fence::Lease { owner, .. } => owner.to_string(),
+        _ => String::new(),
+    };
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANGE_CHANNEL)
+        .bind(format!("{id} {version} {origin}"))
+        .execute(&mut **tx)
+        .await?;
     if !t.remove_steps.is_empty() {
         let indexes: Vec<i64> = t.remove_steps.iter().map(|i| i64::from(*i)).collect();
         sqlx::query("DELETE FROM saga_step_results WHERE saga_id = $1 AND step_index = ANY($2)")
@@ -581,10 +594,13 @@ impl Store for PgStore {
                 ")
              ), wake AS (
                  SELECT pg_notify('wasaga_work', '') FROM saga WHERE $22
+             ), changed AS (
+                 SELECT pg_notify('{CHANGE_CHANNEL}', saga.id || ' 0 ' || COALESCE($14::text, '')) FROM saga
              )
-             SELECT (SELECT count(*) FROM saga), (SELECT count(*) FROM wake)"
+             SELECT (SELECT count(*) FROM saga), (SELECT count(*) FROM wake) + (SELECT count(*) FROM changed)"
             ),
-            DB_NOW = DB_NOW
+            DB_NOW = DB_NOW,
+            CHANGE_CHANNEL = CHANGE_CHANNEL,
         ))
         .bind(saga.id.to_string())
         .bind(&saga.kind)
@@ -681,6 +697,13 @@ impl Store for PgStore {
             steps,
             resources,
         }))
+    }
+
+    async fn pending_count(&self) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_runs WHERE status = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
     }
 
     async fn list_resources(&self, filter: &ResourceFilter) -> StoreResult<Vec<Resource>> {
@@ -842,7 +865,12 @@ impl Store for PgStore {
     async fn notices(&self) -> StoreResult<Option<futures::stream::BoxStream<'static, Notice>>> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener
-            .listen_all([WORK_CHANNEL, REQUEST_CHANNEL, ACCESS_CHANNEL])
+            .listen_all([
+                WORK_CHANNEL,
+                REQUEST_CHANNEL,
+                ACCESS_CHANNEL,
+                CHANGE_CHANNEL,
+            ])
             .await?;
         let stream = futures::stream::unfold(listener, |mut listener| async move {
             loop {
@@ -858,6 +886,23 @@ impl Store for PgStore {
                                 payload = n.payload(),
                                 "a request notice without a saga id"
                             ),
+                        }
+                    }
+                    Ok(Some(n)) if n.channel() == CHANGE_CHANNEL => {
+                        let mut parts = n.payload().splitn(3, ' ');
+                        let (id, version) = (parts.next(), parts.next());
+                        let origin = parts.next().unwrap_or("").to_string();
+                        if let (Some(Ok(id)), Some(Ok(version))) =
+                            (id.map(str::parse), version.map(str::parse))
+                        {
+                            return Some((
+                                Notice::Changed {
+                                    id,
+                                    version,
+                                    origin,
+                                },
+                                listener,
+                            ));
                         }
                     }
                     Ok(Some(n)) if n.channel() == ACCESS_CHANNEL => {

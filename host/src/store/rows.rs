@@ -40,11 +40,12 @@ pub(crate) struct StepRow {
     pub polls: i64,
     pub wait_started_at: Option<i64>,
     pub compensate_attempt_base: i64,
+    pub calls: String,
 }
 
 /// The ledger columns every query selects, in [`StepRow`]'s order.
 pub(crate) const STEP_COLUMNS: &str = "step_index, phase, status, output, error, attempts, compensate_attempts, \
-     logs, started_at, finished_at, executed_by, waiting_until, polls, wait_started_at, compensate_attempt_base";
+     logs, started_at, finished_at, executed_by, waiting_until, polls, wait_started_at, compensate_attempt_base, calls";
 
 impl StepRow {
     /// The ledger row, named and pinned from the saga's plan.
@@ -75,6 +76,7 @@ impl StepRow {
             polls: self.polls as u32,
             wait_started_at: self.wait_started_at.map(Timestamp),
             compensate_attempt_base: self.compensate_attempt_base as u32,
+            calls: from_json("step calls", &self.calls)?,
         })
     }
 }
@@ -98,6 +100,7 @@ pub(crate) fn ledger_row_json(step: &StepResult) -> serde_json::Map<String, serd
         "polls": step.polls,
         "wait_started_at": step.wait_started_at.map(Timestamp::millis),
         "compensate_attempt_base": step.compensate_attempt_base,
+        "calls": to_json(&step.calls),
     }) else {
         unreachable!("an object literal")
     };

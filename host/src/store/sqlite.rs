@@ -250,6 +250,7 @@ fn step_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StepRow> {
         polls: r.get(12)?,
         wait_started_at: r.get(13)?,
         compensate_attempt_base: r.get(14)?,
+        calls: r.get(15)?,
     })
 }
 
@@ -325,7 +326,7 @@ fn saga_on(conn: &Connection, id: &str) -> StoreResult<Option<SagaRun>> {
 fn upsert_step(conn: &Connection, saga_id: &str, step: &StepResult) -> StoreResult<()> {
     const UPSERT: &str = concat!(
         step_insert!(),
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         step_on_conflict!()
     );
     // The columns, in `step_insert!`'s order.
@@ -346,6 +347,7 @@ fn upsert_step(conn: &Connection, saga_id: &str, step: &StepResult) -> StoreResu
         step.polls as i64,
         step.wait_started_at.map(Timestamp::millis),
         step.compensate_attempt_base as i64,
+        to_json(&step.calls),
     ])?;
     Ok(())
 }
@@ -774,6 +776,13 @@ impl Store for SqliteStore {
             steps,
             resources,
         }))
+    }
+
+    async fn pending_count(&self) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_runs WHERE status = 'pending'")
+            .fetch_one(&self.reads)
+            .await?;
+        Ok(n as u64)
     }
 
     async fn list_resources(&self, filter: &ResourceFilter) -> StoreResult<Vec<Resource>> {

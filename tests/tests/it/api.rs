@@ -788,6 +788,8 @@ async fn the_openapi_document_matches_the_router() {
         "POST /sagas/{id}/resume",
         "POST /sagas/{id}/retry",
         "GET /resources",
+        "GET /events",
+        "GET /sagas/{id}/events",
         "PUT /templates/{name}",
         "GET /templates",
         "GET /templates/{name}",

@@ -3,6 +3,7 @@
 //! 127.0.0.1:0, real SQLite and PostgreSQL, and real components.
 
 mod api;
+mod console;
 mod contract_v0_2;
 mod fuzz;
 mod hardening;

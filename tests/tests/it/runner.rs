@@ -497,6 +497,7 @@ fn running_row(spec: &StepSpec, index: u32) -> wasaga::model::StepResult {
         attempts: 1,
         compensate_attempts: 0,
         compensate_attempt_base: 0,
+        calls: Vec::new(),
         output: None,
         error: None,
         logs: Vec::new(),

@@ -185,12 +185,16 @@ fn group_statement() -> String {
      JOIN saga ON saga.id = r.saga_id",
             step_on_conflict!(),
             "
+ ), changed AS (
+     SELECT pg_notify('{CHANGE_CHANNEL}', saga.id || ' ' || saga.version || ' ' || u.owner)
+     FROM saga JOIN u ON u.saga_id = saga.id
  )
  SELECT locked.id, locked.lease_owner, locked.lease_epoch, saga.version AS written,
-     ({DB_NOW}) AS db_now
+     ({DB_NOW}) AS db_now, (SELECT count(*) FROM changed) AS notified
  FROM locked LEFT JOIN saga ON saga.id = locked.id"
         ),
-        DB_NOW = DB_NOW
+        DB_NOW = DB_NOW,
+        CHANGE_CHANNEL = super::CHANGE_CHANNEL,
     )
 }
 
@@ -234,7 +238,7 @@ async fn apply_together(
             "unpin": t.pins == Pins::Release,
         }));
     }
-    type Found = (String, Option<String>, i64, Option<i64>, i64);
+    type Found = (String, Option<String>, i64, Option<i64>, i64, i64);
     let found: HashMap<String, (Option<String>, i64, Option<i64>)> =
         sqlx::query_as::<_, Found>(&group_statement())
             .bind(Value::Array(updates).to_string())
@@ -243,7 +247,7 @@ async fn apply_together(
             .fetch_all(pool)
             .await?
             .into_iter()
-            .map(|(id, owner, epoch, written, _)| (id, (owner, epoch, written)))
+            .map(|(id, owner, epoch, written, _, _)| (id, (owner, epoch, written)))
             .collect();
     Ok(transitions
         .iter()

@@ -1,0 +1,217 @@
+//! What Prometheus scrapes at `/metrics`: saga, step, store and outbound
+//! HTTP series (names in DESIGN.md), through `prometheus-client`.
+//!
+//! One registry per process ([`global`]): a process runs one host, and the
+//! places that count (the runner, the plugin sandbox) are far apart, so a
+//! process-wide registry spares threading a handle through every call. The
+//! two gauges are read at scrape time from the host that answers (its
+//! runner and its store), never kept in step with every change.
+//! Histogram buckets cover step calls from 100 µs to 10 minutes, and
+//! commits from 100 µs to 10 s.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FinishedLabels {
+    pub kind: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub plugin: String,
+    pub phase: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub plugin: String,
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabel {
+    pub plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub plugin: String,
+    /// The response's status class (`2xx`...), `refused`, or `error`.
+    pub outcome: String,
+}
+
+/// Buckets of a step call, in seconds: 100 µs to 10 minutes.
+const CALL_BUCKETS: [f64; 19] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0, 30.0, 60.0, 180.0, 600.0,
+];
+/// Buckets of a store commit, in seconds: 100 µs to 10 s.
+const COMMIT_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
+];
+
+fn call_histogram() -> Histogram {
+    Histogram::new(CALL_BUCKETS)
+}
+
+type CallHistograms = Family<PhaseLabels, Histogram, fn() -> Histogram>;
+
+/// Every series.
+pub struct Metrics {
+    registry: Registry,
+    pub sagas_started: Family<KindLabel, Counter>,
+    pub sagas_finished: Family<FinishedLabels, Counter>,
+    pub sagas_in_flight: Gauge,
+    pub sagas_pending: Gauge,
+    pub step_calls: Family<CallLabels, Counter>,
+    pub step_call_duration: CallHistograms,
+    pub step_retries: Family<PluginLabel, Counter>,
+    pub store_commit_duration: Histogram,
+    pub lease_takeovers: Counter,
+    pub http_requests: Family<HttpLabels, Counter>,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("wasaga");
+        let m = Metrics {
+            sagas_started: Family::default(),
+            sagas_finished: Family::default(),
+            sagas_in_flight: Gauge::default(),
+            sagas_pending: Gauge::default(),
+            step_calls: Family::default(),
+            step_call_duration: Family::new_with_constructor(call_histogram),
+            step_retries: Family::default(),
+            store_commit_duration: Histogram::new(COMMIT_BUCKETS),
+            lease_takeovers: Counter::default(),
+            http_requests: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("sagas_started", "Sagas started", m.sagas_started.clone());
+        registry.register(
+            "sagas_finished",
+            "Sagas that ended, by final status",
+            m.sagas_finished.clone(),
+        );
+        registry.register(
+            "sagas_in_flight",
+            "Sagas this host is driving now",
+            m.sagas_in_flight.clone(),
+        );
+        registry.register(
+            "sagas_pending",
+            "Sagas started and not yet taken by any host",
+            m.sagas_pending.clone(),
+        );
+        registry.register(
+            "step_calls",
+            "Plugin calls made, by outcome (ok, poll, retryable, fatal, interrupted)",
+            m.step_calls.clone(),
+        );
+        registry.register_with_unit(
+            "step_call_duration",
+            "Time of one plugin call",
+            prometheus_client::registry::Unit::Seconds,
+            m.step_call_duration.clone(),
+        );
+        registry.register(
+            "step_retries",
+            "Retries scheduled after a retryable failure",
+            m.step_retries.clone(),
+        );
+        registry.register_with_unit(
+            "store_commit_duration",
+            "Time of one transition's commit",
+            prometheus_client::registry::Unit::Seconds,
+            m.store_commit_duration.clone(),
+        );
+        registry.register(
+            "lease_takeovers",
+            "Sagas taken over with a call cut short by another host's (or a previous run's) end",
+            m.lease_takeovers.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "Outbound HTTP requests of plugins, by outcome",
+            m.http_requests.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition format (OpenMetrics, which Prometheus reads).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String");
+        text
+    }
+
+    /// Counts a finished plugin call.
+    pub fn call(&self, plugin: &str, phase: &str, outcome: &str, took: Duration) {
+        self.step_calls
+            .get_or_create(&CallLabels {
+                plugin: plugin.into(),
+                phase: phase.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.step_call_duration
+            .get_or_create(&PhaseLabels {
+                plugin: plugin.into(),
+                phase: phase.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn retry(&self, plugin: &str) {
+        self.step_retries
+            .get_or_create(&PluginLabel {
+                plugin: plugin.into(),
+            })
+            .inc();
+    }
+
+    pub fn http(&self, plugin: &str, outcome: &str) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                plugin: plugin.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn started(&self, kind: &str) {
+        self.sagas_started
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn finished(&self, kind: &str, status: &str) {
+        self.sagas_finished
+            .get_or_create(&FinishedLabels {
+                kind: kind.into(),
+                status: status.into(),
+            })
+            .inc();
+    }
+}
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}

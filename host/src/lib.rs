@@ -9,7 +9,8 @@
 //! One module per seam: [`plugin`] (the Wasm runtime), [`store`]
 //! (persistence), [`runner`] (the saga state machine), [`api`] (HTTP),
 //! [`cli`] (the command line), [`model`] (the domain's nouns), [`plan`]
-//! (what a start request must be), [`events`] (live changes for
+//! (what a start request must be), [`local`] (a plugin called on this
+//! machine: `plugin run` and `plugin test`), [`events`] (live changes for
 //! subscribers), [`metrics`] (what Prometheus scrapes), [`console`] (the web
 //! UI) and [`config`] (every tunable and its default).
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod console;
 pub mod events;
 pub mod grants;
+pub mod local;
 pub mod metrics;
 pub mod model;
 pub mod plan;

@@ -1,5 +1,6 @@
 //! The `wasaga` command line: `serve`, and client subcommands that talk to a
-//! server over HTTP API v1 (`plugin push|list|show|delete|grant|grants`,
+//! server over HTTP API v1 (`plugin push|list|show|delete|grant|grants`, and
+//! `plugin run|test`, which need no server,
 //! `saga start|list|show|cancel|pause|resume|retry|resolve|watch`, `secret
 //! set|list|delete`, `template put|list|show|delete`, `resource list`). One
 //! module per family of commands.
@@ -47,7 +48,8 @@ pub struct Cli {
 enum Command {
     /// Run a host: HTTP API, runner and plugin runtime.
     Serve(Box<ServeArgs>),
-    /// Upload, list, show and delete step plugins.
+    /// Upload, list, show, delete and grant step plugins; run and test one
+    /// locally.
     #[command(subcommand)]
     Plugin(PluginCommand),
     /// Start, list, show, cancel, pause, resume, retry, resolve and watch sagas.

@@ -1,7 +1,10 @@
-//! `wasaga plugin`: upload, list, show and delete step plugins, and grant
-//! what a plugin name may reach.
+//! `wasaga plugin`: upload, list, show and delete step plugins, grant what
+//! a plugin name may reach, and, with no server, call one (`run`) or check
+//! it (`test`) on this machine.
 
 use super::{CliError, ServerArgs, client, print_json};
+use crate::local::{CallReport, Local, json_object};
+use crate::model::Phase;
 use clap::Subcommand;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +53,41 @@ pub(super) enum PluginCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Call a component once, here, with the server's runtime and limits
+    /// (no server; nothing granted). Exit 0 on success, 3 when the call
+    /// failed retryably, 4 when it failed for good.
+    Run {
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        phase: RunPhase,
+        /// The saga's inputs, a JSON object.
+        #[arg(long, default_value = "{}")]
+        inputs: String,
+        /// The context (what earlier steps output), a JSON object.
+        #[arg(long, default_value = "{}")]
+        context: String,
+        #[arg(long, default_value_t = 1)]
+        attempt: u32,
+        /// Print the call's report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a component for the classic saga bugs, here: one line per
+    /// check; exit 0 only when all pass.
+    Test {
+        file: PathBuf,
+        /// The inputs its calls get, a JSON object.
+        #[arg(long, default_value = "{}")]
+        inputs: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(super) enum RunPhase {
+    Execute,
+    Compensate,
 }
 
 /// `NAME=use|read`.
@@ -137,8 +175,94 @@ pub(super) async fn run(command: PluginCommand) -> Result<ExitCode, CliError> {
                 print_grants(&name, &grants);
             }
         }
+        PluginCommand::Run {
+            file,
+            phase,
+            inputs,
+            context,
+            attempt,
+            json,
+        } => {
+            let inputs = json_object("--inputs", &inputs).map_err(CliError::Usage)?;
+            let context = json_object("--context", &context).map_err(CliError::Usage)?;
+            let local = Local::load(&file)
+                .await
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let phase = match phase {
+                RunPhase::Execute => Phase::Execute,
+                RunPhase::Compensate => Phase::Compensate,
+            };
+            let key = format!("local:0:{phase}");
+            let report = local.call(phase, &inputs, &context, attempt, &key).await;
+            if json {
+                print_json(&report);
+            } else {
+                print_report(local.name(), &report);
+            }
+            return Ok(ExitCode::from(match report.outcome {
+                "ok" | "poll" => 0,
+                "retryable" => EXIT_RETRYABLE,
+                _ => EXIT_FATAL,
+            }));
+        }
+        PluginCommand::Test { file, inputs, json } => {
+            let inputs = json_object("--inputs", &inputs).map_err(CliError::Usage)?;
+            let local = Local::load(&file)
+                .await
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let checks = local.conformance(&inputs).await;
+            let passed = checks.iter().all(|c| c.ok);
+            if json {
+                print_json(&checks);
+            } else {
+                for c in &checks {
+                    let mark = if c.ok { "ok  " } else { "FAIL" };
+                    println!("{mark} {}: {}", c.check, c.detail);
+                }
+                let failed = checks.iter().filter(|c| !c.ok).count();
+                if failed == 0 {
+                    println!("{}: all {} checks pass", local.name(), checks.len());
+                } else {
+                    println!("{}: {failed} of {} checks fail", local.name(), checks.len());
+                }
+            }
+            return Ok(if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `plugin run`'s exit codes when the call failed.
+pub const EXIT_RETRYABLE: u8 = 3;
+pub const EXIT_FATAL: u8 = 4;
+
+fn print_report(name: &str, r: &CallReport) {
+    println!(
+        "{name} {} (attempt {}): {} in {:.2} ms",
+        r.phase, r.attempt, r.outcome, r.elapsed_ms
+    );
+    if let Some(out) = &r.output {
+        println!(
+            "output: {}",
+            serde_json::to_string_pretty(out).unwrap_or_default()
+        );
+    }
+    if let Some(ms) = r.poll_after_ms {
+        println!("call again after {ms} ms");
+    }
+    if let Some(e) = &r.error {
+        println!("error: {e}");
+    }
+    for l in &r.logs {
+        println!("log {}: {}", l.level, l.message);
+    }
+    for res in &r.resources {
+        println!("resource {} {}: {}", res.kind, res.external_id, res.spec);
+    }
 }
 
 fn print_grants(name: &str, grants: &crate::grants::Grants) {

@@ -530,6 +530,147 @@ async fn templates_and_resources_from_the_command_line() {
     );
 }
 
+/// `plugin run` and `plugin test`: no server, the server's runtime; the
+/// check names the bug each broken step has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_run_and_test_need_no_server() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(wasaga_binary())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let echo = dist("echo");
+    let out = run(&[
+        "plugin",
+        "run",
+        &echo,
+        "--phase",
+        "execute",
+        "--inputs",
+        r#"{"message": "hi"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("echo execute (attempt 1): ok in "),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains(r#""echoed_at_step_0": "hi""#),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&[
+        "plugin",
+        "run",
+        &dist("fail"),
+        "--phase",
+        "execute",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "fatal: {}", stdout(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["outcome"], "fatal");
+    assert_eq!(report["error"], "fatal: step_failed:fail");
+    let out = run(&["plugin", "run", &dist("flaky"), "--phase", "execute"]);
+    assert_eq!(out.status.code(), Some(3), "retryable: {}", stdout(&out));
+    let out = run(&[
+        "plugin",
+        "run",
+        &dist("ledger"),
+        "--phase",
+        "execute",
+        "--inputs",
+        r#"{"ledger_resources": 1}"#,
+    ]);
+    assert!(
+        stdout(&out).contains("resource vm local-vm-0"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("log info: recording 1 resources"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Bad input: JSON with its line and column; a file that is not a component.
+    let out = run(&[
+        "plugin",
+        "run",
+        &echo,
+        "--phase",
+        "execute",
+        "--inputs",
+        "{\"a\": }",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: --inputs is not JSON: expected value at line 1 column 7"
+    );
+    let readme = repo().join("README.md").display().to_string();
+    let out = run(&["plugin", "test", &readme]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not a component"), "{}", stderr(&out));
+
+    // A good step passes every check; each broken one fails the right one.
+    let broken = dist("broken");
+    let out = run(&["plugin", "test", &broken]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(
+        stdout(&out)
+            .lines()
+            .filter(|l| l.starts_with("ok "))
+            .count(),
+        7,
+        "{}",
+        stdout(&out)
+    );
+    for (inputs, check) in [
+        (
+            r#"{"broken": "compensate-needs-execute"}"#,
+            "compensate with no execute before it",
+        ),
+        (r#"{"broken": "compensate-once"}"#, "compensate twice"),
+        (
+            r#"{"broken": "unstable-id"}"#,
+            "execute twice with one idempotency key",
+        ),
+    ] {
+        let out = run(&["plugin", "test", &broken, "--inputs", inputs, "--json"]);
+        assert_eq!(out.status.code(), Some(1), "{inputs}");
+        let checks: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let failed: Vec<&str> = checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["ok"] == false)
+            .map(|c| c["check"].as_str().unwrap())
+            .collect();
+        assert_eq!(failed, vec![check], "{inputs}: {checks}");
+    }
+    for (raw, why) in [
+        ("[1, 2]", "output must be a JSON object"),
+        (r#"{"__x": 1}"#, "reserved for the host"),
+    ] {
+        let inputs = serde_json::json!({"bloat_raw": raw}).to_string();
+        let out = run(&["plugin", "test", &dist("bloat"), "--inputs", &inputs]);
+        assert_eq!(out.status.code(), Some(1));
+        let line = stdout(&out)
+            .lines()
+            .find(|l| l.starts_with("FAIL"))
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            line.starts_with("FAIL execute returns a JSON object without reserved keys")
+                && line.contains(why),
+            "{line}"
+        );
+    }
+}
+
 /// `plugin grant|grants` and `secret set|list|delete`: a secret's value
 /// comes from stdin (never an argument) and is never printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

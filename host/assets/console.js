@@ -49,7 +49,13 @@
   if (saga) {
     const id = saga.dataset.id;
     const refresh = refresher(function () { return "/ui/sagas/" + id + "/fragment"; }, "saga-live");
-    listen("/v1/sagas/" + id + "/events", ["snapshot", "step", "saga"], refresh);
+    // The first snapshot is what the page already shows; a later one
+    // (after a reconnect) may not be.
+    let snapshots = 0;
+    listen("/v1/sagas/" + id + "/events", ["snapshot", "step", "saga"], function (e) {
+      if (e.type === "snapshot" && snapshots++ === 0) return;
+      refresh();
+    });
   }
 
   document.addEventListener("click", async function (e) {

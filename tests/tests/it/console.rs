@@ -324,6 +324,37 @@ fn screenshots_dir() -> std::path::PathBuf {
         })
 }
 
+/// The text of what `css` finds, read in one step (the live page may
+/// replace elements between a find and a read).
+async fn text(b: &Browser, css: &str) -> String {
+    let css = serde_json::to_string(css).unwrap();
+    let v = b
+        .execute(
+            &format!("const e = document.querySelector({css}); return e ? e.innerText : null;"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    v.as_str()
+        .unwrap_or_else(|| panic!("nothing matches {css}"))
+        .to_string()
+}
+
+/// Clicks what `css` finds, finding it again when the live page replaced
+/// it in between.
+async fn click(b: &Browser, css: &str) {
+    for _ in 0..20 {
+        let found = b.find(Locator::Css(css)).await.unwrap();
+        match found.click().await {
+            Ok(()) => return,
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+            Err(e) => panic!("clicking {css}: {e}"),
+        }
+    }
+    panic!("{css} kept being replaced");
+}
+
 async fn screenshot(b: &Browser, name: &str) {
     let dir = screenshots_dir();
     std::fs::create_dir_all(&dir).unwrap();
@@ -481,21 +512,9 @@ async fn the_console_in_chromium() {
     b.goto(&format!("{}/ui/sagas/{rolled}", server.base))
         .await
         .unwrap();
-    let error = b
-        .find(Locator::Css("#saga-error"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let error = text(&b, "#saga-error").await;
     assert!(error.contains("step 2 (fail) failed"), "{error}");
-    let failed_row = b
-        .find(Locator::Css("#ledger tr[data-step=\"2\"]"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let failed_row = text(&b, "#ledger tr[data-step=\"2\"]").await;
     assert!(failed_row.contains("step_failed:fail"), "{failed_row}");
     assert_eq!(
         b.find_all(Locator::Css("#timeline rect.bar.compensate.ok"))
@@ -524,12 +543,9 @@ async fn the_console_in_chromium() {
         .await
         .unwrap();
     screenshot(&b, "saga-running.png").await;
-    b.find(Locator::Css("button[data-post$=\"/cancel\"]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    // The page swaps its live part as the saga moves: find the button
+    // again if it was replaced between finding and clicking it.
+    click(&b, "button[data-post$=\"/cancel\"]").await;
     b.accept_alert().await.unwrap();
     until(
         &b,
@@ -582,14 +598,8 @@ async fn the_console_in_chromium() {
     ))
     .await
     .unwrap();
-    let text = b
-        .find(Locator::Css("main"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(text.contains("No such saga"), "{text}");
+    let main = text(&b, "main").await;
+    assert!(main.contains("No such saga"), "{main}");
 
     // A viewer: no buttons, and the POST itself is refused.
     b.find(Locator::Css("form[action=\"/ui/logout\"] button"))

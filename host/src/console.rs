@@ -17,13 +17,16 @@
 //! from before a restart or another login is refused with a message saying
 //! to reload.
 
+use crate::api::cursor;
 use crate::api::{AppState, Caller, Role};
 use crate::model::{
-    CallRecord, PluginInfo, Resource, SagaDetail, SagaStatus, SagaSummary, StepResult, Timestamp,
+    CallRecord, PluginInfo, Resource, SagaDetail, SagaId, SagaStatus, SagaSummary, StepResult,
+    Timestamp,
 };
 use crate::store::{ResourceFilter, SagaFilter};
 use axum::Router;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -101,12 +104,21 @@ pub fn router() -> Router<AppState> {
         .route("/ui/assets/console.css", get(style))
 }
 
-/// A console page's viewer, or the login page when there is none.
+/// A console page's viewer (an extractor): without one, the answer is
+/// the login page.
 struct Viewer {
     caller: Caller,
     csrf: String,
     /// Tokens are on (show logout).
     signed_in: bool,
+}
+
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = Redirect;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Viewer, Redirect> {
+        viewer(state, &parts.headers)
+    }
 }
 
 fn viewer(state: &AppState, headers: &HeaderMap) -> Result<Viewer, Redirect> {
@@ -239,20 +251,19 @@ async fn saga_list(
     let status = blank(&q.status)
         .map(|s| SagaStatus::parse(&s))
         .transpose()?;
-    let before = match blank(&q.cursor) {
-        Some(c) => {
-            let (t, id) = c.split_once('_').ok_or("a bad page link")?;
-            Some((
-                Timestamp(t.parse().map_err(|_| "a bad page link")?),
-                id.parse().map_err(|_| "a bad page link")?,
-            ))
-        }
-        None => None,
-    };
+    let (kind, deployment_id) = (blank(&q.kind), blank(&q.deployment_id));
+    let filters = (status, &kind, &deployment_id);
+    let before = blank(&q.cursor)
+        .map(|c| {
+            cursor::decode::<(i64, SagaId)>(&c, &filters, "status, kind and deployment")
+                .map_err(|e| e.message)
+        })
+        .transpose()?
+        .map(|(t, id)| (Timestamp(t), id));
     let filter = SagaFilter {
         status,
-        kind: blank(&q.kind),
-        deployment_id: blank(&q.deployment_id),
+        kind: kind.clone(),
+        deployment_id: deployment_id.clone(),
         template: None,
         limit: PAGE,
         before,
@@ -265,7 +276,7 @@ async fn saga_list(
     let next = (sagas.len() == PAGE as usize)
         .then(|| sagas.last())
         .flatten()
-        .map(|s| format!("{}_{}", s.created_at.millis(), s.id));
+        .map(|s| cursor::encode((s.created_at.millis(), s.id), &filters));
     Ok((sagas, next))
 }
 
@@ -291,13 +302,9 @@ fn saga_rows(sagas: &[SagaSummary]) -> Markup {
 
 async fn sagas_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    v: Viewer,
     Query(q): Query<SagaQuery>,
 ) -> Response {
-    let v = match viewer(&state, &headers) {
-        Ok(v) => v,
-        Err(login) => return login.into_response(),
-    };
     let (sagas, next) = match saga_list(&state, &q).await {
         Ok(found) => found,
         Err(e) => return error_page(Some(&v), StatusCode::BAD_REQUEST, "Sagas", &e),
@@ -343,12 +350,9 @@ async fn sagas_page(
 
 async fn saga_rows_fragment(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _viewer: Viewer,
     Query(q): Query<SagaQuery>,
 ) -> Response {
-    if let Err(login) = viewer(&state, &headers) {
-        return login.into_response();
-    }
     match saga_list(&state, &q).await {
         Ok((sagas, _)) => saga_rows(&sagas).into_response(),
         Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
@@ -563,15 +567,7 @@ async fn load_saga(state: &AppState, v: &Viewer, id: &str) -> Result<SagaDetail,
     }
 }
 
-async fn saga_page(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let v = match viewer(&state, &headers) {
-        Ok(v) => v,
-        Err(login) => return login.into_response(),
-    };
+async fn saga_page(State(state): State<AppState>, v: Viewer, Path(id): Path<String>) -> Response {
     let detail = match load_saga(&state, &v, &id).await {
         Ok(d) => d,
         Err(page) => return page,
@@ -590,13 +586,9 @@ async fn saga_page(
 
 async fn saga_fragment(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    v: Viewer,
     Path(id): Path<String>,
 ) -> Response {
-    let v = match viewer(&state, &headers) {
-        Ok(v) => v,
-        Err(login) => return login.into_response(),
-    };
     match load_saga(&state, &v, &id).await {
         Ok(detail) => saga_live(&detail, &v).into_response(),
         Err(page) => page,
@@ -619,11 +611,7 @@ fn plugin_rows(plugins: &[PluginInfo]) -> Markup {
     }
 }
 
-async fn plugins_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let v = match viewer(&state, &headers) {
-        Ok(v) => v,
-        Err(login) => return login.into_response(),
-    };
+async fn plugins_page(State(state): State<AppState>, v: Viewer) -> Response {
     let plugins = state.store.list_plugins().await.unwrap_or_default();
     let mut grants = Vec::new();
     let mut names: Vec<&str> = plugins
@@ -664,18 +652,11 @@ async fn plugins_page(State(state): State<AppState>, headers: HeaderMap) -> Resp
     .into_response()
 }
 
-async fn plugin_rows_fragment(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(login) = viewer(&state, &headers) {
-        return login.into_response();
-    }
+async fn plugin_rows_fragment(State(state): State<AppState>, _viewer: Viewer) -> Response {
     plugin_rows(&state.store.list_plugins().await.unwrap_or_default()).into_response()
 }
 
-async fn templates_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let v = match viewer(&state, &headers) {
-        Ok(v) => v,
-        Err(login) => return login.into_response(),
-    };
+async fn templates_page(State(state): State<AppState>, v: Viewer) -> Response {
     let templates = state.store.list_templates().await.unwrap_or_default();
     page(
         Some(&v),
@@ -697,11 +678,7 @@ async fn templates_page(State(state): State<AppState>, headers: HeaderMap) -> Re
     .into_response()
 }
 
-async fn secrets_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let v = match viewer(&state, &headers) {
-        Ok(v) => v,
-        Err(login) => return login.into_response(),
-    };
+async fn secrets_page(State(state): State<AppState>, v: Viewer) -> Response {
     let secrets = state.store.list_secrets().await.unwrap_or_default();
     page(
         Some(&v),
@@ -725,13 +702,9 @@ struct ResourceQuery {
 
 async fn resources_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    v: Viewer,
     Query(q): Query<ResourceQuery>,
 ) -> Response {
-    let v = match viewer(&state, &headers) {
-        Ok(v) => v,
-        Err(login) => return login.into_response(),
-    };
     let filter = ResourceFilter {
         kind: q.kind.clone().filter(|k| !k.is_empty()),
         state: q

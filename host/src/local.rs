@@ -56,6 +56,9 @@ pub struct CallReport {
     pub logs: Vec<LogLine>,
     pub resources: Vec<RecordedResource>,
     pub elapsed_ms: f64,
+    /// It failed on a limit (deadline, memory, fuel).
+    #[serde(skip)]
+    pub limited: bool,
 }
 
 /// One line of the conformance check.
@@ -130,6 +133,7 @@ impl Local {
                 }
             }
         };
+        let limited = matches!(outcome.result, Err(StepFailure::LimitExceeded(_)));
         let (label, output, poll, error) = match outcome.result {
             Ok(Progress::Done(out)) => ("ok", (phase == Phase::Execute).then_some(out), None, None),
             Ok(Progress::PollAfter(d)) => ("poll", None, Some(d.as_millis() as u64), None),
@@ -154,6 +158,7 @@ impl Local {
             logs: outcome.logs,
             resources: outcome.resources,
             elapsed_ms: outcome.elapsed.as_secs_f64() * 1e3,
+            limited,
         }
     }
 
@@ -233,8 +238,8 @@ impl Local {
         let limits = self.host.limits_for(None, None, None);
         let limited = [&first, &second]
             .iter()
-            .filter_map(|r| r.error.as_deref())
-            .find(|e| e.contains("limit") || e.contains("deadline") || e.contains("memory"));
+            .find(|r| r.limited)
+            .map(|r| r.error.as_deref().unwrap_or_default());
         checks.push(Check {
             check: "within the default limits",
             ok: limited.is_none(),

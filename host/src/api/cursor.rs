@@ -1,4 +1,5 @@
-//! Page cursors of the list routes (`GET /v1/sagas`, `GET /v1/resources`):
+//! Page cursors of the list routes (`GET /v1/sagas`, `GET /v1/resources`,
+//! and the console's pages of sagas):
 //! an opaque token holding where the page before ended and a fingerprint
 //! of the filters it was for, so that following it never skips or repeats
 //! an item, and a cursor used with other filters (or made up) is a clear
@@ -18,12 +19,12 @@ struct Cursor<K> {
 }
 
 /// A short fingerprint of a list's filters (their `Debug` text).
-pub(super) fn fingerprint(filters: &impl std::fmt::Debug) -> String {
+pub(crate) fn fingerprint(filters: &impl std::fmt::Debug) -> String {
     hex::encode(&Sha256::digest(format!("{filters:?}").as_bytes())[..8])
 }
 
 /// The cursor of a page whose last item has `key`.
-pub(super) fn encode<K: Serialize>(key: K, filters: &impl std::fmt::Debug) -> String {
+pub(crate) fn encode<K: Serialize>(key: K, filters: &impl std::fmt::Debug) -> String {
     let cursor = Cursor {
         k: key,
         f: fingerprint(filters),
@@ -34,7 +35,7 @@ pub(super) fn encode<K: Serialize>(key: K, filters: &impl std::fmt::Debug) -> St
 
 /// The key a cursor holds, if this server made it for these filters.
 /// `names` lists the filters, for the message when they differ.
-pub(super) fn decode<K: DeserializeOwned>(
+pub(crate) fn decode<K: DeserializeOwned>(
     text: &str,
     filters: &impl std::fmt::Debug,
     names: &str,

@@ -11,7 +11,7 @@
 //! submit to the runner, which decides every transition.
 
 mod auth;
-mod cursor;
+pub(crate) mod cursor;
 mod error;
 mod events;
 mod grants;

@@ -60,10 +60,7 @@ impl Runner {
                 Ok(Applied::Done { version }) => {
                     let mut saga = detail.saga;
                     super::apply_update(&mut saga, &t, version);
-                    self.inner.hub.publish(&saga, true, &t.steps);
-                    if let Some(status) = t.saga.status.filter(|s| s.is_final()) {
-                        crate::metrics::global().finished(&saga.kind, status.as_str());
-                    }
+                    self.written(&saga, &t);
                     return Ok(saga);
                 }
                 // Changed meanwhile, or a host holds it now: decide again.

@@ -583,6 +583,23 @@ impl RetryPolicy {
     }
 }
 
+impl Runner {
+    /// After a transition was written (`saga` is the saga it left): its
+    /// live events, and the count of sagas that ended. Every writer of
+    /// transitions (the driver, the actions) comes through here.
+    fn written(&self, saga: &SagaRun, t: &Transition) {
+        let u = &t.saga;
+        let saga_changed = u.status.is_some()
+            || u.actions.is_some()
+            || u.cancel_requested.is_some()
+            || u.pause_requested.is_some();
+        self.inner.hub.publish(saga, saga_changed, &t.steps);
+        if let Some(status) = u.status.filter(|s| s.is_final()) {
+            crate::metrics::global().finished(&saga.kind, status.as_str());
+        }
+    }
+}
+
 /// The saga as a written transition left it (what an action answers, and
 /// what the driver holds after a commit).
 pub(super) fn apply_update(saga: &mut SagaRun, t: &Transition, version: u64) {

@@ -280,18 +280,7 @@ impl Driver<'_> {
             match self.apply(t.clone()).await? {
                 Applied::Done { version } => {
                     super::apply_update(&mut self.saga, &t, version);
-                    let u = &t.saga;
-                    let saga_changed = u.status.is_some()
-                        || u.actions.is_some()
-                        || u.cancel_requested.is_some()
-                        || u.pause_requested.is_some();
-                    self.runner
-                        .inner
-                        .hub
-                        .publish(&self.saga, saga_changed, &t.steps);
-                    if let Some(status) = u.status.filter(|s| s.is_final()) {
-                        crate::metrics::global().finished(&self.saga.kind, status.as_str());
-                    }
+                    self.runner.written(&self.saga, &t);
                     return Ok(Some(t));
                 }
                 Applied::Stale => self.refresh().await?,

@@ -380,6 +380,17 @@ async fn sigterm_with_a_step_waiting_in_a_host_call_exits_within_the_grace() {
     );
 }
 
+/// `wasaga serve` flags for a test database, without the bundled examples.
+fn db_args(db: &wasaga_tests::TestDb) -> Vec<String> {
+    vec![
+        "--database".to_string(),
+        db.url.clone(),
+        "--data-dir".into(),
+        db.dir.path().display().to_string(),
+        "--no-examples".into(),
+    ]
+}
+
 /// A durable wait survives SIGKILL: a step answered `poll-after` 2.5 s, the
 /// host is killed during the wait and restarted; the next call comes at
 /// `waiting_until`, not before, with the same attempt. On both databases.
@@ -391,13 +402,7 @@ async fn a_wait_survives_a_sigkill_and_is_not_called_early() {
     ] {
         let counter = Counter::start().await;
         let db = wasaga_tests::TestDb::new(backend).await;
-        let args = vec![
-            "--database".to_string(),
-            db.url.clone(),
-            "--data-dir".into(),
-            db.dir.path().display().to_string(),
-            "--no-examples".into(),
-        ];
+        let args = db_args(&db);
         let http = wasaga_tests::Http::new();
         let mut server = ServerProcess::start(BIN, &args, db.dir.path().join("first.log"))
             .await
@@ -468,15 +473,8 @@ async fn a_pause_survives_a_sigkill() {
     ] {
         let counter = Counter::start().await;
         let db = wasaga_tests::TestDb::new(backend).await;
-        let args = vec![
-            "--database".to_string(),
-            db.url.clone(),
-            "--data-dir".into(),
-            db.dir.path().display().to_string(),
-            "--no-examples".into(),
-            "--poll-interval".into(),
-            "100ms".into(),
-        ];
+        let mut args = db_args(&db);
+        args.extend(["--poll-interval".into(), "100ms".into()]);
         let http = wasaga_tests::Http::new();
         let mut server = ServerProcess::start(BIN, &args, db.dir.path().join("first.log"))
             .await

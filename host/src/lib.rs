@@ -10,7 +10,8 @@
 //! (persistence), [`runner`] (the saga state machine), [`api`] (HTTP),
 //! [`cli`] (the command line), [`model`] (the domain's nouns), [`plan`]
 //! (what a start request must be), [`local`] (a plugin called on this
-//! machine: `plugin run` and `plugin test`), [`events`] (live changes for
+//! machine: `plugin run` and `plugin test`), [`scaffold`] (`plugin new`:
+//! a step project in Rust, Python, JavaScript or C), [`events`] (live changes for
 //! subscribers), [`metrics`] (what Prometheus scrapes), [`console`] (the web
 //! UI) and [`config`] (every tunable and its default).
 
@@ -26,6 +27,7 @@ pub mod model;
 pub mod plan;
 pub mod plugin;
 pub mod runner;
+pub mod scaffold;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -44,16 +44,23 @@ pub fn component(name: &str) -> Vec<u8> {
 /// A component `cargo xtask polyglot` builds (the Python and JavaScript
 /// examples; README's test command builds them first).
 pub fn polyglot(file: &str) -> Vec<u8> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
-    let path = target.join("polyglot").join(file);
+    let path = polyglot_dir().join(file);
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "reading {}: {e}\nbuild the polyglot examples first: cargo xtask polyglot",
             path.display()
         )
     })
+}
+
+/// Where `cargo xtask polyglot` writes (`$CARGO_TARGET_DIR/polyglot`, or
+/// `target/polyglot`): the Python and JavaScript examples, the Python venv
+/// and the C route's tools.
+pub fn polyglot_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"))
+        .join("polyglot")
 }
 
 /// A secrets key file (64 random hex characters) in `dir`.
@@ -565,15 +572,22 @@ impl TestServer {
 
     /// Uploads the committed test component `name`; its upload answer.
     pub async fn upload(&self, name: &str) -> serde_json::Value {
+        self.upload_bytes(component(name)).await
+    }
+
+    /// Uploads a component; its upload answer (a failure panics with it).
+    pub async fn upload_bytes(&self, bytes: Vec<u8>) -> serde_json::Value {
         let r = self
             .http
             .post(self.url("/v1/plugins"))
-            .body(component(name))
+            .body(bytes)
             .send()
             .await
             .unwrap();
-        assert!(r.status().is_success(), "{name}: {}", r.status());
-        r.json().await.unwrap()
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        assert!(status.is_success(), "upload: {status} {body}");
+        body
     }
 
     /// The answer to `GET path`, as JSON.

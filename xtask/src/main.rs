@@ -10,9 +10,17 @@
 //!   components never go stale.
 //! - `cargo xtask polyglot` builds the Python (componentize-py) and
 //!   JavaScript (componentize-js) examples into `target/polyglot/`; they are
-//!   megabytes each, so they are built, not committed.
+//!   megabytes each, so they are built, not committed. It also installs
+//!   what the C route needs beyond clang and wasi-libc (`wit-bindgen`,
+//!   `wasm-tools`): the tests build the C example (`plugins/c/echo`) the
+//!   way an author builds one, from a `wasaga plugin new --lang c` project.
 //! - `cargo xtask test` builds the polyglot examples when they are missing
-//!   and runs the whole test suite.
+//!   and runs the whole test suite, with the plugin toolchains on `PATH`
+//!   (the tests build a project of each language `plugin new` writes).
+//!
+//! Tool versions come from `plugins/toolchain.json`, which `wasaga plugin
+//! new` also embeds; `wit-bindgen` and `wasm-tools` are installed with
+//! `cargo install` into `target/polyglot/tools` when missing.
 //!
 //! A machine with a rustup wasm target uses it. Without one (as on machines
 //! whose rustup cannot download targets), the Debian route builds `std` from
@@ -31,8 +39,44 @@ const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// dlmalloc's first request (64 KiB and a little), which the SDK's allocator
 /// then serves without `memory.grow`.
 const INITIAL_HEAP: usize = 128 * 1024;
-/// Pinned so that a rebuild gives the same component.
-const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+/// The tool versions `plugins/toolchain.json` pins (so that a rebuild gives
+/// the same component, and generated projects use what CI checked).
+#[derive(Debug, Deserialize)]
+struct Toolchain {
+    #[serde(rename = "componentize-py")]
+    componentize_py: String,
+    #[serde(rename = "componentize-js")]
+    componentize_js: String,
+    #[serde(rename = "wit-bindgen-cli")]
+    wit_bindgen: String,
+    #[serde(rename = "wasm-tools")]
+    wasm_tools: String,
+}
+
+impl Toolchain {
+    fn load(root: &Path) -> Result<Toolchain> {
+        let path = root.join("plugins/toolchain.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let toolchain: Toolchain =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        // The examples' package.json pins componentize-js for npm; it must
+        // be the version generated projects get.
+        let package: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join("plugins/js/package.json"))?)?;
+        let examples = &package["devDependencies"]["@bytecodealliance/componentize-js"];
+        ensure!(
+            examples == toolchain.componentize_js.as_str(),
+            "plugins/js/package.json pins componentize-js {examples}, plugins/toolchain.json {}",
+            toolchain.componentize_js
+        );
+        Ok(toolchain)
+    }
+
+    fn componentize_py(&self) -> String {
+        format!("componentize-py=={}", self.componentize_py)
+    }
+}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -50,7 +94,7 @@ fn main() -> Result<()> {
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  \
                  plugins [--check]  build the Rust plugins into plugins/dist (or check them)\n  \
-                 polyglot           build the Python and JavaScript examples into target/polyglot\n  \
+                 polyglot           build the Python and JavaScript examples, install the C tools (target/polyglot)\n  \
                  test [ARGS..]      build what the tests need, then cargo test --workspace ARGS\n  \
                  bench [--quick]    run every benchmark; write BENCHMARKS.md (not with --quick)"
             );
@@ -398,16 +442,20 @@ fn polyglot_dir(root: &Path) -> PathBuf {
         .join("polyglot")
 }
 
-/// Builds the Python and JavaScript examples. Without `always`, an output
-/// is rebuilt only when its sources (or the WIT, or the pinned tool) changed
-/// since it was built: a stamp beside it records their hash.
+/// Builds the Python and JavaScript examples, and installs the C route's
+/// tools. Without `always`, an
+/// output is rebuilt only when its sources (or the WIT, or the pinned tool)
+/// changed since it was built: a stamp beside it records their hash.
 fn build_polyglot(root: &Path, always: bool) -> Result<()> {
+    let toolchain = Toolchain::load(root)?;
     let out = polyglot_dir(root);
     std::fs::create_dir_all(&out)?;
     // Each example names the contract it is written against: the echo
     // examples stay on 0.1.0 (so a 0.1.0 component in each language stays
     // in the test set), the wait examples use 0.2.0's `poll-after`.
     let (v0_1, v0_2) = (root.join("wit"), root.join("wit/0.2.0"));
+    // The tests build Python projects too: the venv is always made.
+    let venv_bin = python_venv(&toolchain, &out)?;
     for (app, wit, output) in [
         ("echo", &v0_1, "python-echo.wasm"),
         ("wait", &v0_2, "python-wait.wasm"),
@@ -416,10 +464,10 @@ fn build_polyglot(root: &Path, always: bool) -> Result<()> {
         let sources = [
             std::fs::read(wit.join("step.wit"))?,
             std::fs::read(root.join("plugins/python").join(app).join("app.py"))?,
-            COMPONENTIZE_PY.as_bytes().to_vec(),
+            toolchain.componentize_py().into_bytes(),
         ];
         if always || !fresh(&python, &sources) {
-            build_python(root, &out, app, wit, &python)?;
+            build_python(root, &venv_bin, app, wit, &python)?;
             stamp(&python, &sources)?;
         }
     }
@@ -439,6 +487,59 @@ fn build_polyglot(root: &Path, always: bool) -> Result<()> {
             build_js(root, source, wit, &js)?;
             stamp(&js, &js_sources)?;
         }
+    }
+    // The C toolchain's two cargo-installed tools: the tests build C
+    // projects (plugins/c/echo among them) from source.
+    install_tools(&toolchain, &out)?;
+    Ok(())
+}
+
+/// `PATH` with the plugin toolchains first: `wit-bindgen`, `wasm-tools`
+/// and `componentize-py` (all under `target/polyglot`).
+fn tools_path(out: &Path) -> Result<std::ffi::OsString> {
+    let mut dirs = vec![out.join("tools/bin"), out.join("venv-py/bin")];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    Ok(std::env::join_paths(dirs)?)
+}
+
+/// Installs the pinned `wit-bindgen` and `wasm-tools` into
+/// `target/polyglot/tools` unless they are there (only the features the C
+/// route uses: about 5 minutes on 2 cores, once).
+fn install_tools(toolchain: &Toolchain, out: &Path) -> Result<()> {
+    let tools = out.join("tools");
+    for (krate, bin, version, features) in [
+        (
+            "wit-bindgen-cli",
+            "wit-bindgen",
+            &toolchain.wit_bindgen,
+            "c",
+        ),
+        (
+            "wasm-tools",
+            "wasm-tools",
+            &toolchain.wasm_tools,
+            "component",
+        ),
+    ] {
+        let installed = Command::new(tools.join("bin").join(bin))
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version.as_str()));
+        if installed {
+            continue;
+        }
+        run(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["install", "--locked", "--quiet", "--root"])
+                .arg(&tools)
+                .arg("--target-dir")
+                .arg(tools.join("build"))
+                .arg(format!("{krate}@{version}"))
+                .args(["--no-default-features", "--features", features]),
+            &format!("cargo install {krate}@{version} (into target/polyglot/tools)"),
+        )?;
     }
     Ok(())
 }
@@ -476,21 +577,35 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn build_python(root: &Path, out: &Path, app: &str, wit: &Path, target: &Path) -> Result<()> {
+/// The venv with the pinned componentize-py (`target/polyglot/venv-py`),
+/// made when missing or holding another version; its `bin` directory.
+fn python_venv(toolchain: &Toolchain, out: &Path) -> Result<PathBuf> {
     let venv = out.join("venv-py");
     let bin = venv.join("bin");
-    if !bin.join("componentize-py").exists() {
+    let installed = Command::new(bin.join("componentize-py"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&toolchain.componentize_py));
+    if !installed {
         run(
             Command::new("python3").arg("-m").arg("venv").arg(&venv),
             "python3 -m venv target/polyglot/venv-py",
         )?;
         run(
-            Command::new(bin.join("pip")).args(["install", "--quiet", COMPONENTIZE_PY]),
-            &format!("pip install {COMPONENTIZE_PY}"),
+            Command::new(bin.join("pip")).args([
+                "install",
+                "--quiet",
+                &toolchain.componentize_py(),
+            ]),
+            &format!("pip install {}", toolchain.componentize_py()),
         )?;
     }
+    Ok(bin)
+}
+
+fn build_python(root: &Path, venv_bin: &Path, app: &str, wit: &Path, target: &Path) -> Result<()> {
     run(
-        Command::new(bin.join("componentize-py"))
+        Command::new(venv_bin.join("componentize-py"))
             .current_dir(root.join("plugins").join("python").join(app))
             .arg("-d")
             .arg(wit)
@@ -589,6 +704,7 @@ fn run_tests(root: &Path, extra: &[String]) -> Result<()> {
     build_polyglot(root, false)?;
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root)
+        .env("PATH", tools_path(&polyglot_dir(root))?)
         .args(["test", "--workspace"])
         .args(extra);
     run(

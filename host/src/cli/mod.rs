@@ -1,6 +1,6 @@
 //! The `wasaga` command line: `serve`, and client subcommands that talk to a
 //! server over HTTP API v1 (`plugin push|list|show|delete|grant|grants`, and
-//! `plugin run|test`, which need no server,
+//! `plugin new|run|test`, which need no server,
 //! `saga start|list|show|cancel|pause|resume|retry|resolve|watch`, `secret
 //! set|list|delete`, `template put|list|show|delete`, `resource list`). One
 //! module per family of commands.

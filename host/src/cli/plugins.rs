@@ -1,10 +1,11 @@
 //! `wasaga plugin`: upload, list, show and delete step plugins, grant what
-//! a plugin name may reach, and, with no server, call one (`run`) or check
-//! it (`test`) on this machine.
+//! a plugin name may reach, and, with no server, start a new one (`new`),
+//! call one (`run`) or check it (`test`) on this machine.
 
 use super::{CliError, ServerArgs, client, print_json};
 use crate::local::{CallReport, Local, json_object};
 use crate::model::Phase;
+use crate::scaffold::{Lang, new_project};
 use clap::Subcommand;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,18 @@ pub(super) enum PluginCommand {
         name: String,
         #[command(flatten)]
         server: ServerArgs,
+    },
+    /// Start a step project: the WIT, a skeleton that builds and passes
+    /// `plugin test`, a build script and a README.
+    New {
+        /// The step's name (lowercase letters, digits and dashes).
+        name: String,
+        /// The language it is written in.
+        #[arg(long, value_enum)]
+        lang: Lang,
+        /// Where to write it (default: ./NAME); refused unless empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Call a component once, here, with the server's runtime and limits
     /// (no server; nothing granted). Exit 0 on success, 3 when the call
@@ -173,6 +186,19 @@ pub(super) async fn run(command: PluginCommand) -> Result<ExitCode, CliError> {
                 print_json(&grants);
             } else {
                 print_grants(&name, &grants);
+            }
+        }
+        PluginCommand::New { name, lang, dir } => {
+            let project = new_project(&name, lang, dir.as_deref())
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            println!(
+                "created {name} ({lang}) in {}: {} files",
+                project.dir.display(),
+                project.files.len()
+            );
+            println!("next:");
+            for command in &project.next {
+                println!("  {command}");
             }
         }
         PluginCommand::Run {

@@ -2,6 +2,7 @@
 //! SIGKILL crash test, several hosts) or its runtime alone, in one test
 //! binary.
 
+mod authoring;
 mod cli;
 mod crash;
 mod multihost;

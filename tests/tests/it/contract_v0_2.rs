@@ -284,15 +284,7 @@ async fn python_and_javascript_steps_wait_next_to_both_versions() {
         "python-echo.wasm",
         "js-echo.wasm",
     ] {
-        let r = server
-            .http
-            .post(server.url("/v1/plugins"))
-            .body(wasaga_tests::polyglot(file))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{file}: {}", r.status());
-        let contract = r.json::<Value>().await.unwrap()["contract"].clone();
+        let contract = server.upload_bytes(wasaga_tests::polyglot(file)).await["contract"].clone();
         assert_eq!(
             contract,
             if file.contains("wait") {

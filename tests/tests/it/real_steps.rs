@@ -25,18 +25,6 @@ async fn server(db: &TestDb, adjust: impl FnOnce(&mut wasaga::server::ServeOptio
     .await
 }
 
-async fn upload(server: &TestServer, bytes: Vec<u8>) -> Value {
-    let r = server
-        .http
-        .post(server.url("/v1/plugins"))
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
-    r.json().await.unwrap()
-}
-
 async fn put(server: &TestServer, path: &str, body: Value) -> reqwest::Response {
     server
         .http
@@ -100,7 +88,7 @@ on_both! {
         let cloud = Cloud::start(TOKEN).await;
         let db = TestDb::new(backend).await;
         let server = server(&db, |_| {}).await;
-        upload(&server, component("http-resource")).await;
+        server.upload("http-resource").await;
         grant_cloud(&server, &cloud, "http-resource").await;
         let inputs = json!({"api": cloud.origin(), "name": "web-1"});
 
@@ -136,7 +124,7 @@ on_both! {
         let db = TestDb::new(backend).await;
         let server = server(&db, |_| {}).await;
         for plugin in ["http-resource", "wait-active"] {
-            upload(&server, component(plugin)).await;
+            server.upload(plugin).await;
             grant_cloud(&server, &cloud, plugin).await;
         }
         let inputs = json!({"api": cloud.origin(), "name": "web-1", "poll_ms": 200});
@@ -171,7 +159,7 @@ on_both! {
         let cloud = Cloud::start(TOKEN).await;
         let db = TestDb::new(backend).await;
         let server = server(&db, |_| {}).await;
-        upload(&server, component("fetch")).await;
+        server.upload("fetch").await;
         grant_cloud(&server, &cloud, "fetch").await;
         let echo = json!({"url": format!("{}/v2/echo-headers", cloud.origin()),
                           "headers": {"authorization": "Bearer {{secret:cloud-token}}"}});
@@ -203,7 +191,7 @@ on_both! {
             o.runtime.max_http_response_bytes = 1000;
         })
         .await;
-        upload(&server, component("fetch")).await;
+        server.upload("fetch").await;
         let origin = cloud.origin();
         let req = |path: &str, secret: Option<&str>| {
             let mut r = json!({"url": format!("{origin}{path}")});
@@ -281,7 +269,7 @@ on_both! {
         // runs for the epoch to interrupt.
         let db = TestDb::new(backend).await;
         let server = server(&db, |_| {}).await;
-        upload(&server, component("fetch")).await;
+        server.upload("fetch").await;
         let sleeping = |timeout_ms: u64| json!({"kind": "sleep", "steps": [{"plugin": "fetch", "timeout_ms": timeout_ms, "max_attempts": 1}], "inputs": {"sleep_ms": 60_000}});
         let saga = finish(&server, sleeping(1000)).await;
         assert_eq!(saga["status"], "rolled_back");
@@ -317,7 +305,7 @@ async fn the_javascript_step_creates_and_deletes_with_fetch() {
     let cloud = Cloud::start(TOKEN).await;
     let db = TestDb::new(Backend::Sqlite).await;
     let server = server(&db, |_| {}).await;
-    upload(&server, polyglot("js-http-resource.wasm")).await;
+    server.upload_bytes(polyglot("js-http-resource.wasm")).await;
     grant_cloud(&server, &cloud, "js-http-resource").await;
     let inputs = json!({"api": cloud.origin(), "name": "js-1"});
     let saga = finish(
@@ -630,7 +618,7 @@ async fn a_grant_made_on_one_host_reaches_the_others() {
     let db = TestDb::new(Backend::Postgres).await;
     let a = server(&db, |o| o.examples = false).await;
     let b = TestServer::on(&db, |o| o.examples = false).await;
-    upload(&a, component("fetch")).await;
+    a.upload("fetch").await;
     let fetch = json!({"kind": "x", "steps": ["fetch"], "inputs": {"requests": [{"url": format!("{}/v2/bytes?n=3", cloud.origin())}]}});
     let denied = finish(&b, fetch.clone()).await;
     assert_eq!(

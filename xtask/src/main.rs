@@ -15,8 +15,10 @@
 //!   `wasm-tools`): the tests build the C example (`plugins/c/echo`) the
 //!   way an author builds one, from a `wasaga plugin new --lang c` project.
 //! - `cargo xtask test` builds the polyglot examples when they are missing
-//!   and runs the whole test suite, with the plugin toolchains on `PATH`
-//!   (the tests build a project of each language `plugin new` writes).
+//!   and runs the whole test suite (whose authoring tests build a project
+//!   of each language `plugin new` writes, with the tools in
+//!   `target/polyglot`; `PATH` is left alone, since build scripts of
+//!   dependencies watch it and would rebuild).
 //!
 //! Tool versions come from `plugins/toolchain.json`, which `wasaga plugin
 //! new` also embeds; `wit-bindgen` and `wasm-tools` are installed with
@@ -494,16 +496,6 @@ fn build_polyglot(root: &Path, always: bool) -> Result<()> {
     Ok(())
 }
 
-/// `PATH` with the plugin toolchains first: `wit-bindgen`, `wasm-tools`
-/// and `componentize-py` (all under `target/polyglot`).
-fn tools_path(out: &Path) -> Result<std::ffi::OsString> {
-    let mut dirs = vec![out.join("tools/bin"), out.join("venv-py/bin")];
-    dirs.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    ));
-    Ok(std::env::join_paths(dirs)?)
-}
-
 /// Installs the pinned `wit-bindgen` and `wasm-tools` into
 /// `target/polyglot/tools` unless they are there (only the features the C
 /// route uses: about 5 minutes on 2 cores, once).
@@ -704,7 +696,6 @@ fn run_tests(root: &Path, extra: &[String]) -> Result<()> {
     build_polyglot(root, false)?;
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root)
-        .env("PATH", tools_path(&polyglot_dir(root))?)
         .args(["test", "--workspace"])
         .args(extra);
     run(

@@ -1,7 +1,8 @@
 //! The authoring kit end to end: `wasaga plugin new` writes a project in
 //! each language, which is built with its own command and the pinned
-//! toolchains (`cargo xtask test` puts `wit-bindgen`, `wasm-tools` and
-//! `componentize-py` on `PATH`), then checked with `plugin test` and called
+//! toolchains (`wit-bindgen`, `wasm-tools` and `componentize-py`, which
+//! `cargo xtask test` installs under `target/polyglot`), then checked with
+//! `plugin test` and called
 //! with `plugin run`; the C example (`plugins/c/echo`), built the same way,
 //! runs in a saga beside Rust, Python and JavaScript steps; and `plugin
 //! new` refuses what it must, writing nothing.
@@ -27,9 +28,19 @@ fn text(bytes: &[u8]) -> String {
 /// Runs a project's build command in `dir`; panics with its output, and a
 /// hint about the toolchain, when it fails.
 fn build(dir: &Path, command: &[&str], env: &[(&str, &Path)]) {
+    let tools = polyglot_dir();
+    let path = std::env::join_paths(
+        [tools.join("tools/bin"), tools.join("venv-py/bin")]
+            .into_iter()
+            .chain(std::env::split_paths(
+                &std::env::var_os("PATH").unwrap_or_default(),
+            )),
+    )
+    .unwrap();
     let mut cmd = Command::new(command[0]);
     cmd.args(&command[1..])
         .current_dir(dir)
+        .env("PATH", path)
         // A test binary's build flags are not the plugin's.
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
@@ -42,8 +53,9 @@ fn build(dir: &Path, command: &[&str], env: &[(&str, &Path)]) {
     assert!(
         out.status.success(),
         "{command:?} in {} failed (run the tests with `cargo xtask test`, which installs the \
-         plugin toolchains and puts them on PATH):\n{}\n{}",
+         plugin toolchains under {}):\n{}\n{}",
         dir.display(),
+        tools.display(),
         text(&out.stdout),
         text(&out.stderr)
     );

@@ -445,9 +445,9 @@ fn polyglot_dir(root: &Path) -> PathBuf {
 }
 
 /// Builds the Python and JavaScript examples, and installs the C route's
-/// tools. Without `always`, an
-/// output is rebuilt only when its sources (or the WIT, or the pinned tool)
-/// changed since it was built: a stamp beside it records their hash.
+/// tools. Without `always`, an output is rebuilt only when its sources (or
+/// the WIT, or the pinned tool) changed since it was built: a stamp beside
+/// it records their hash.
 fn build_polyglot(root: &Path, always: bool) -> Result<()> {
     let toolchain = Toolchain::load(root)?;
     let out = polyglot_dir(root);

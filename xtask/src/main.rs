@@ -498,7 +498,7 @@ fn build_polyglot(root: &Path, always: bool) -> Result<()> {
 
 /// Installs the pinned `wit-bindgen` and `wasm-tools` into
 /// `target/polyglot/tools` unless they are there (only the features the C
-/// route uses: about 5 minutes on 2 cores, once).
+/// route uses: about 2 minutes on 2 cores, once).
 fn install_tools(toolchain: &Toolchain, out: &Path) -> Result<()> {
     let tools = out.join("tools");
     for (krate, bin, version, features) in [
@@ -522,9 +522,11 @@ fn install_tools(toolchain: &Toolchain, out: &Path) -> Result<()> {
         if installed {
             continue;
         }
+        // `--debug`: they handle files of kilobytes, and a debug build
+        // takes 1 min 53 s here against 5 min 13 s optimized.
         run(
             Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["install", "--locked", "--quiet", "--root"])
+                .args(["install", "--locked", "--quiet", "--debug", "--root"])
                 .arg(&tools)
                 .arg("--target-dir")
                 .arg(tools.join("build"))
@@ -645,36 +647,46 @@ fn build_js(root: &Path, source: &str, wit: &Path, target: &Path) -> Result<()> 
 fn run_benches(root: &Path, quick: bool) -> Result<()> {
     build_polyglot(root, false)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let (profile, dir) = if quick {
-        ("dev", "debug")
+    // Quick: every package and target, as `cargo test --workspace` selects
+    // them, so that cargo unifies the same features and reuses what the
+    // tests built; `-p wasaga -p wasaga-bench` alone would resolve other
+    // features and rebuild wasmtime and its dependencies (twice, with the
+    // criterion bench), which was most of a cold CI run's bench step.
+    let (dir, build, criterion_packages): (&str, &[&str], &[&str]) = if quick {
+        (
+            "debug",
+            &["build", "--profile", "dev", "--workspace", "--all-targets"],
+            &["--workspace", "--profile", "dev"],
+        )
     } else {
-        ("release", "release")
+        (
+            "release",
+            &[
+                "build",
+                "--profile",
+                "release",
+                "-p",
+                "wasaga",
+                "-p",
+                "wasaga-bench",
+            ],
+            &["-p", "wasaga"],
+        )
     };
     run(
-        Command::new(&cargo).current_dir(root).args([
-            "build",
-            "--profile",
-            profile,
-            "-p",
-            "wasaga",
-            "-p",
-            "wasaga-bench",
-        ]),
-        &format!("cargo build --profile {profile} -p wasaga -p wasaga-bench"),
+        Command::new(&cargo).current_dir(root).args(build),
+        &format!("cargo {}", build.join(" ")),
     )?;
     let mut criterion = Command::new(&cargo);
-    criterion.current_dir(root).args(["bench", "-p", "wasaga"]);
-    if quick {
-        criterion.args(["--profile", "dev"]);
-    }
-    criterion.args(["--bench", "step_overhead", "--"]);
+    criterion
+        .current_dir(root)
+        .arg("bench")
+        .args(criterion_packages)
+        .args(["--bench", "step_overhead", "--"]);
     if quick {
         criterion.args(["--warm-up-time", "0.5", "--measurement-time", "1"]);
     }
-    run(
-        &mut criterion,
-        "cargo bench -p wasaga --bench step_overhead",
-    )?;
+    run(&mut criterion, "cargo bench --bench step_overhead")?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));

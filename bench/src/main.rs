@@ -1507,6 +1507,112 @@ fn write_markdown(report: &Report, path: &Path, quick: bool) -> Result<()> {
     Ok(())
 }
 
+/// Issue 34's costs an attacker could impose: the server's RSS while 300
+/// unauthenticated clients each declare a 60 MB upload, send 64 KiB and
+/// hold the connection; and one start against the costliest schemas a
+/// template put accepts (an `anyOf` chain through `$ref`s at the expansion
+/// bound; a pattern that backtracks, on 2,000 strings).
+async fn attack_costs(report: &mut Report, quick: bool, bin: &Path) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    report.measured_by(format!("{BENCH} --only attacks {WITH_SERVER}"));
+    let host = ServedHost::start(bin, "--token bench-admin --auth-failures-per-minute 0").await?;
+    let base = host.server.base.clone();
+    let addr = base.trim_start_matches("http://").to_string();
+    let idle = host.rss()?;
+    let n = if quick { 50 } else { 300 };
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+        let head = format!(
+            "POST /v1/plugins HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/wasm\r\nContent-Length: 60000000\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await?;
+        // The server may answer and close before it takes all of this.
+        let _ = stream.write_all(&vec![0u8; 64 * 1024]).await;
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let with = host.rss()?;
+    let mut refused = 0;
+    for mut stream in held {
+        let mut buf = [0u8; 32];
+        if let Ok(Ok(read)) =
+            tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
+            && buf[..read].starts_with(b"HTTP/1.1 401")
+        {
+            refused += 1;
+        }
+    }
+    report.add(
+        "Attacks",
+        format!("{n} unauthenticated 60 MB uploads held open: server RSS above idle"),
+        mib(with.saturating_sub(idle)),
+        format!("idle {}", mib(idle)),
+        format!("{refused}/{n} got 401"),
+        "<= 100 MiB",
+    );
+
+    // The costliest schemas a put accepts.
+    let http = reqwest::Client::new();
+    let chain = {
+        let mut defs = serde_json::Map::new();
+        let depth = 7;
+        for i in 0..depth {
+            let next = format!("#/$defs/d{}", i + 1);
+            defs.insert(
+                format!("d{i}"),
+                json!({"anyOf": [{"$ref": next}, {"$ref": next}]}),
+            );
+        }
+        defs.insert(format!("d{depth}"), json!({"type": "string"}));
+        json!({"$defs": defs, "properties": {"x": {"$ref": "#/$defs/d0"}}})
+    };
+    let strings = 1_990;
+    let patterns = json!({
+        "additionalProperties": {"type": "string", "pattern": "^(a+)+$"},
+    });
+    let evil: serde_json::Map<String, serde_json::Value> = (0..strings)
+        .map(|i| (format!("k{i}"), json!(format!("{}!", "a".repeat(400)))))
+        .collect();
+    for (name, schema, inputs) in [
+        ("chain", chain, json!({"x": 1})),
+        ("patterns", patterns, serde_json::Value::Object(evil)),
+    ] {
+        let r = http
+            .put(format!("{base}/v1/templates/{name}"))
+            .bearer_auth("bench-admin")
+            .json(&json!({"steps": ["echo"], "inputs_schema": schema}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "putting {name}: {}", r.status());
+        let before = host.rss()?;
+        let mut took = Vec::new();
+        for _ in 0..5 {
+            let began = Instant::now();
+            let r = http
+                .post(format!("{base}/v1/sagas"))
+                .bearer_auth("bench-admin")
+                .json(&json!({"template": name, "inputs": inputs}))
+                .send()
+                .await?;
+            took.push(began.elapsed());
+            anyhow::ensure!(r.status() == 422, "a start against {name}: {}", r.status());
+        }
+        took.sort();
+        let peak = host.peak_rss()?;
+        report.add(
+            "Attacks",
+            format!("one start against the worst accepted schema ({name}): median time"),
+            ms(took[took.len() / 2]),
+            format!("RSS {} before", mib(before)),
+            format!("peak {}", mib(peak)),
+            "<= 1 s, <= 64 MiB",
+        );
+    }
+    host.stop();
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = args()?;
@@ -1561,6 +1667,12 @@ async fn main() -> Result<()> {
         match &args.wasaga_bin {
             Some(bin) => durable_waits(&mut report, args.quick, bin).await?,
             None => eprintln!("durable waits: skipped (needs --wasaga-bin)"),
+        }
+    }
+    if wanted("attacks") {
+        match &args.wasaga_bin {
+            Some(bin) => attack_costs(&mut report, args.quick, bin).await?,
+            None => eprintln!("attack costs: skipped (needs --wasaga-bin)"),
         }
     }
     if wanted("hosts") {

@@ -236,6 +236,11 @@ pub struct RunnerConfig {
     /// Size of a saga's context (the merged outputs, as JSON text); a step
     /// whose output would pass it fails for good. Default 16 MiB.
     pub max_context_bytes: usize,
+    /// What one saga may store in all: its context, every step's output
+    /// and log lines. A step whose output would pass it fails for good,
+    /// saying so: a small request cannot make the ledger grow without
+    /// end. Default 64 MiB.
+    pub max_saga_stored_bytes: usize,
     /// The shortest `poll-after` honoured: a shorter one (0 included) waits
     /// this long, so a step cannot make the host spin. Default 10 ms.
     pub min_poll_interval: Duration,
@@ -290,6 +295,7 @@ impl Default for RunnerConfig {
             node_id: None,
             max_step_log_lines: 2_000,
             max_context_bytes: 16 * MIB as usize,
+            max_saga_stored_bytes: 64 * MIB as usize,
             min_poll_interval: Duration::from_millis(10),
             default_max_wait: Duration::from_secs(3600),
             max_wait_ceiling: Duration::from_secs(7 * 24 * 3600),
@@ -297,6 +303,48 @@ impl Default for RunnerConfig {
             retention_every: Duration::from_secs(60),
             retention_batch: 500,
             event_buffer: 4096,
+        }
+    }
+}
+
+/// The bounds of a template's inputs schema, checked when it is put, and
+/// of checking a start's inputs against it: a schema is code the host
+/// runs on every start, so it may cost only so much.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaLimits {
+    /// Size of the schema as JSON text. Default 64 KiB.
+    pub max_bytes: usize,
+    /// Nesting of the schema's JSON. Default 32.
+    pub max_depth: usize,
+    /// Subschemas once every `$ref` is expanded in place (a chain of
+    /// `anyOf`s through `$ref`s doubles at each link: this is what bounds
+    /// it). Default 2,000.
+    pub max_expanded: usize,
+    /// Backtracking steps one `pattern` may take on one string before the
+    /// string fails it. Default 10,000.
+    pub regex_backtrack_limit: usize,
+    /// Time to check one start's inputs, waiting for a checker included;
+    /// past it the start is refused (422). Default 1 s.
+    pub check_deadline: Duration,
+    /// Checks run at once (each on a blocking thread, off the threads that
+    /// serve requests). Default: the number of CPUs.
+    pub concurrent_checks: usize,
+    /// Compiled schemas kept (one per template version). Default 256.
+    pub cached: usize,
+}
+
+impl Default for SchemaLimits {
+    fn default() -> Self {
+        SchemaLimits {
+            max_bytes: 64 * 1024,
+            max_depth: 32,
+            max_expanded: 2_000,
+            regex_backtrack_limit: 10_000,
+            check_deadline: Duration::from_secs(1),
+            concurrent_checks: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            cached: 256,
         }
     }
 }
@@ -336,10 +384,26 @@ pub struct ServerConfig {
     pub tokens: Option<crate::api::Tokens>,
     /// Largest JSON request body. Default 1 MiB.
     pub max_json_bytes: usize,
-    /// Time a request may take before it is answered 408. Default 30 s.
+    /// Time a request may take before it is answered 503, and a JSON body
+    /// may take to arrive before it is answered 408 (an upload's body gets
+    /// ten times as long). Default 30 s.
     pub request_timeout: Duration,
     /// Grace period for steps in flight at shutdown. Default 10 s.
     pub shutdown_grace: Duration,
+    /// Host names answered besides IP addresses and `localhost` (a server
+    /// without tokens answers no other, against DNS rebinding; with tokens,
+    /// when given, only these and addresses). Default none.
+    pub allowed_hosts: Vec<String>,
+    /// How long a console session lasts after its login. Default 12 h.
+    pub session_ttl: Duration,
+    /// The largest step output a saga read (`GET /v1/sagas/{id}`, the
+    /// console's page, a stream's snapshot) includes; a larger one is left
+    /// in the database, with its size and its own route. Default 64 KiB.
+    pub shown_output_bytes: usize,
+    /// Failed tokens and logins an address may make in a minute before it
+    /// is refused (429) for the rest of that minute; 0 turns it off.
+    /// Default 20.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for ServerConfig {
@@ -349,6 +413,10 @@ impl Default for ServerConfig {
             max_json_bytes: MIB as usize,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            allowed_hosts: Vec::new(),
+            session_ttl: Duration::from_secs(12 * 3600),
+            shown_output_bytes: 64 * 1024,
+            auth_failures_per_minute: 20,
         }
     }
 }

@@ -9,15 +9,20 @@
 //! keeps them live from the SSE routes and sends actions to the same `/v1`
 //! API the CLI uses. Nothing is fetched from elsewhere.
 //!
-//! Authentication: with tokens on, a login form puts the token in an
-//! HttpOnly, SameSite=Strict cookie (never in a URL). The `/v1` API accepts
+//! Authentication: with tokens on, a login form (from this server's own
+//! page only: its `Origin` is checked) makes a server-side session
+//! (`api::session`) whose random id is all the HttpOnly, SameSite=Strict
+//! cookie holds, never the token; logout revokes it. The `/v1` API accepts
 //! that cookie too, but a state-changing request authenticated by it must
-//! carry the page's CSRF token (`X-CSRF-Token`), a MAC of the session under
-//! a key made at start: a page from another site cannot read it, and one
-//! from before a restart or another login is refused with a message saying
-//! to reload.
+//! come from this server's page and carry the page's CSRF token
+//! (`X-CSRF-Token`, an HMAC bound to the session). A page shows only what
+//! the API would show its viewer: the secrets page is for admins, as
+//! `GET /v1/secrets` is. Every answer forbids framing and inline script
+//! (`Content-Security-Policy`, set for the whole server in `api`).
 
 use crate::api::cursor;
+use crate::api::guard::{Peer, Throttle};
+use crate::api::session;
 use crate::api::{AppState, Caller, Role};
 use crate::model::{
     CallRecord, PluginInfo, Resource, SagaDetail, SagaId, SagaStatus, SagaSummary, StepResult,
@@ -25,66 +30,16 @@ use crate::model::{
 };
 use crate::store::{ResourceFilter, SagaFilter};
 use axum::Router;
-use axum::extract::{Form, FromRequestParts, Path, Query, State};
+use axum::extract::{Extension, Form, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq;
-
-/// The cookie that holds a console session's token.
-pub const SESSION_COOKIE: &str = "wasaga_session";
-
-/// The header a cookie-authenticated state change must carry.
-pub const CSRF_HEADER: &str = "x-csrf-token";
 
 const SCRIPT: &str = include_str!("../assets/console.js");
 const STYLE: &str = include_str!("../assets/console.css");
-
-/// The key CSRF tokens are made with: random per process, so a page served
-/// before a restart is stale.
-#[derive(Clone)]
-pub struct CsrfKey([u8; 32]);
-
-impl Default for CsrfKey {
-    fn default() -> Self {
-        CsrfKey(rand::random())
-    }
-}
-
-impl CsrfKey {
-    /// The CSRF token of a session (its token, or none without tokens).
-    pub fn token_for(&self, session: Option<&str>) -> String {
-        let mut mac = Sha256::new();
-        mac.update(self.0);
-        mac.update(session.unwrap_or("").as_bytes());
-        hex::encode(&mac.finalize()[..16])
-    }
-
-    /// Whether `presented` is the CSRF token of `session` (constant time).
-    pub fn check(&self, session: Option<&str>, presented: &str) -> bool {
-        self.token_for(session)
-            .as_bytes()
-            .ct_eq(presented.as_bytes())
-            .into()
-    }
-}
-
-/// The session token a request's cookie carries.
-pub fn session_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value.to_string())
-        .filter(|v| !v.is_empty())
-}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -108,36 +63,41 @@ pub fn router() -> Router<AppState> {
 /// the login page.
 struct Viewer {
     caller: Caller,
+    /// The session's CSRF token (empty without tokens: there is no
+    /// session, and the API takes no cookie).
     csrf: String,
     /// Tokens are on (show logout).
     signed_in: bool,
 }
 
 impl FromRequestParts<AppState> for Viewer {
-    type Rejection = Redirect;
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Viewer, Redirect> {
-        viewer(state, &parts.headers)
-    }
-}
-
-fn viewer(state: &AppState, headers: &HeaderMap) -> Result<Viewer, Redirect> {
-    let key = &state.csrf;
-    let Some(tokens) = state.server.tokens.as_ref() else {
-        return Ok(Viewer {
-            caller: Caller::anonymous(),
-            csrf: key.token_for(None),
-            signed_in: false,
-        });
-    };
-    let session = session_token(headers);
-    match session.as_deref().and_then(|t| tokens.check(t)) {
-        Some(caller) => Ok(Viewer {
-            caller,
-            csrf: key.token_for(session.as_deref()),
-            signed_in: true,
-        }),
-        None => Err(Redirect::to("/ui/login")),
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Viewer, Response> {
+        let Some(tokens) = state.server.tokens.as_ref() else {
+            return Ok(Viewer {
+                caller: Caller::anonymous(),
+                csrf: String::new(),
+                signed_in: false,
+            });
+        };
+        let Some(id) = session::session_id(&parts.headers) else {
+            return Err(Redirect::to("/ui/login").into_response());
+        };
+        match session::caller(state.store.as_ref(), tokens, &id).await {
+            Ok(Some(caller)) => Ok(Viewer {
+                caller,
+                csrf: session::csrf_token(&id),
+                signed_in: true,
+            }),
+            Ok(None) => Err(Redirect::to("/ui/login").into_response()),
+            Err(e) => Err(error_page(
+                None,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                &format!("reading the session failed: {e}"),
+            )),
+        }
     }
 }
 
@@ -175,9 +135,11 @@ fn page(viewer: Option<&Viewer>, here: &str, title: &str, body: Markup) -> Marku
             body {
                 header.top {
                     a.brand href="/ui/" { "wasaga" }
-                    @if viewer.is_some() {
+                    @if let Some(v) = viewer {
                         @for (href, label) in nav {
-                            a class=[(href == here).then_some("here")] href=(href) { (label) }
+                            @if href != "/ui/secrets" || v.caller.role >= Role::Admin {
+                                a class=[(href == here).then_some("here")] href=(href) { (label) }
+                            }
                         }
                     }
                     @if let Some(v) = viewer.filter(|v| v.signed_in) {
@@ -196,6 +158,14 @@ fn page(viewer: Option<&Viewer>, here: &str, title: &str, body: Markup) -> Marku
             }
         }
     }
+}
+
+/// Who started a saga, as authenticated (not as its request said).
+fn started_by(saga: &crate::model::SagaRun) -> Option<&str> {
+    saga.actions
+        .iter()
+        .find(|a| a.action == crate::model::ActionKind::Start)
+        .and_then(|a| a.actor.as_deref())
 }
 
 fn badge(status: impl std::fmt::Display) -> Markup {
@@ -448,12 +418,12 @@ fn timeline(detail: &SagaDetail, now: Timestamp) -> Markup {
                 }
             }
             div.legend {
-                span { i style="background:var(--ok)" {} "execute" }
-                span { i style="background:var(--comp)" {} "compensate" }
-                span { i style="background:var(--retry)" {} "retryable failure" }
-                span { i style="background:var(--fatal)" {} "failed" }
-                span { i style="background:var(--poll)" {} "poll / wait" }
-                span { i style="background:var(--run)" {} "in flight" }
+                span { i.key-ok {} "execute" }
+                span { i.key-comp {} "compensate" }
+                span { i.key-retry {} "retryable failure" }
+                span { i.key-fatal {} "failed" }
+                span { i.key-poll {} "poll / wait" }
+                span { i.key-run {} "in flight" }
             }
         }
     }
@@ -484,7 +454,11 @@ fn saga_live(detail: &SagaDetail, v: &Viewer) -> Markup {
                 @if s.pause_requested { " " span.muted { "pausing" } } }
             dt { "Kind" } dd { (s.kind) }
             @if let Some(t) = &s.template { dt { "Template" } dd { (t) " version " (s.template_version.unwrap_or(0)) } }
-            dt { "Started" } dd { (s.created_at) " by " (s.triggered_by.as_deref().unwrap_or("—")) }
+            dt { "Started" } dd #started-by { (s.created_at) " by "
+                @match started_by(s) {
+                    Some(label) => { strong { (label) } @if let Some(t) = s.triggered_by.as_deref().filter(|t| *t != label) { " (for " (t) ", as the request said)" } }
+                    None => { (s.triggered_by.as_deref().unwrap_or("—")) @if s.triggered_by.is_some() { " " span.muted { "(as the request said)" } } }
+                } }
             @if let Some(d) = &s.deployment_id { dt { "Deployment" } dd { (d) } }
             @if let Some(e) = &s.error { dt { "Error" } dd.error #saga-error { (e.message) } }
         }
@@ -513,6 +487,9 @@ fn saga_live(detail: &SagaDetail, v: &Viewer) -> Markup {
                         td {
                             @if let Some(r) = row {
                                 @if let Some(out) = &r.output { pre.mono { (json(out)) } }
+                                @if let Some(bytes) = r.output_omitted {
+                                    a href=(format!("/v1/sagas/{id}/steps/{i}/output")) { "output (" (crate::plugin::format_bytes(bytes)) ")" }
+                                }
                                 @if !r.logs.is_empty() {
                                     details { summary { (r.logs.len()) " log lines" }
                                         pre.mono { @for l in &r.logs { (l.phase) "#" (l.attempt) " " (l.level) " " (l.message) "\n" } } }
@@ -555,7 +532,11 @@ async fn load_saga(state: &AppState, v: &Viewer, id: &str) -> Result<SagaDetail,
     let Ok(saga_id) = id.parse() else {
         return Err(not_found());
     };
-    match state.store.saga(saga_id).await {
+    match state
+        .store
+        .saga_shown(saga_id, state.server.shown_output_bytes)
+        .await
+    {
         Ok(Some(detail)) => Ok(detail),
         Ok(None) => Err(not_found()),
         Err(e) => Err(error_page(
@@ -679,6 +660,9 @@ async fn templates_page(State(state): State<AppState>, v: Viewer) -> Response {
 }
 
 async fn secrets_page(State(state): State<AppState>, v: Viewer) -> Response {
+    if let Err(refused) = v.caller.require(Role::Admin) {
+        return error_page(Some(&v), StatusCode::FORBIDDEN, "Secrets", &refused.message);
+    }
     let secrets = state.store.list_secrets().await.unwrap_or_default();
     page(
         Some(&v),
@@ -770,19 +754,47 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+/// Logs in: a valid token makes a session (see `api::session`). The gate
+/// already refused a login posted by another site's page; failed tokens
+/// count against the address.
+async fn login(
+    State(state): State<AppState>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let Some(tokens) = state.server.tokens.as_ref() else {
         return Redirect::to("/ui/").into_response();
     };
+    if let Some(left) = state.throttle.refused_for(peer) {
+        return Throttle::refusal(left);
+    }
     let token = form.token.trim();
-    if tokens.check(token).is_none() || token.contains([';', ' ', ',', '"']) {
+    let Some(caller) = tokens.check(token) else {
+        state.throttle.failed(peer);
         return (
             StatusCode::UNAUTHORIZED,
             login_form(Some("That token is not valid.")),
         )
             .into_response();
-    }
-    let cookie = format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+    };
+    let cookie = match session::create(
+        state.store.as_ref(),
+        &caller,
+        token,
+        state.server.session_ttl,
+    )
+    .await
+    {
+        Ok((_, cookie)) => cookie,
+        Err(e) => {
+            return error_page(
+                None,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                &format!("storing the session failed: {e}"),
+            );
+        }
+    };
     let mut response = Redirect::to("/ui/").into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
@@ -796,24 +808,38 @@ struct LogoutForm {
     csrf: String,
 }
 
+/// Logs out: revokes the session on every host, and clears the cookie.
 async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
     Form(form): Form<LogoutForm>,
 ) -> Response {
-    let session = session_token(&headers);
-    if !state.csrf.check(session.as_deref(), &form.csrf) {
+    let id = session::session_id(&headers);
+    if !id
+        .as_deref()
+        .is_some_and(|id| session::csrf_ok(id, &form.csrf))
+    {
         return error_page(
             None,
             StatusCode::FORBIDDEN,
             "Stale form",
-            "This page is out of date (the server restarted, or you logged in again). Reload it and try again.",
+            "This page is out of date (you logged out, or logged in again). Reload it and try again.",
+        );
+    }
+    if let Some(id) = id
+        && let Err(e) = session::revoke(state.store.as_ref(), &id).await
+    {
+        return error_page(
+            None,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            &format!("revoking the session failed: {e}; you are still logged in"),
         );
     }
     let mut response = Redirect::to("/ui/login").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("wasaga_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+        HeaderValue::from_static(session::CLEAR_COOKIE),
     );
     response
 }

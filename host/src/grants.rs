@@ -16,7 +16,7 @@
 //! once, one changed through another host as soon as its notice arrives
 //! (PostgreSQL), or at the latest when the cached copy expires.
 
-use crate::secrets::{SecretBox, SecretName};
+use crate::secrets::{Redactor, SecretBox, SecretName};
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -210,25 +210,15 @@ pub struct Access {
     pub secrets: BTreeMap<String, GrantedSecret>,
     /// Granted secrets that do not exist (not set, or deleted).
     pub missing: Vec<String>,
+    /// Every secret on the database (not only the granted ones), in every
+    /// form the host redacts from what the call leaves behind.
+    pub redactor: Arc<Redactor>,
 }
 
 impl Access {
     /// Whether a request to `origin` may go out.
     pub fn allows(&self, origin: &Origin) -> bool {
         self.http.iter().any(|g| g.allows(origin))
-    }
-
-    /// Every granted secret's value with its name, longest first (so that
-    /// one value containing another is replaced whole).
-    pub fn redactions(&self) -> Vec<(&str, &str)> {
-        let mut pairs: Vec<(&str, &str)> = self
-            .secrets
-            .iter()
-            .filter(|(_, s)| !s.value.is_empty())
-            .map(|(name, s)| (s.value.as_str(), name.as_str()))
-            .collect();
-        pairs.sort_by_key(|(value, _)| std::cmp::Reverse(value.len()));
-        pairs
     }
 }
 
@@ -242,6 +232,8 @@ pub struct AccessBook {
     /// Bumped by every change this host learns of.
     version: AtomicU64,
     cache: Mutex<HashMap<String, Cached>>,
+    /// The redactor of every secret, as assembled at a version.
+    redactor: Mutex<Option<(u64, Instant, Arc<Redactor>)>>,
 }
 
 /// An assembled access: the version it was read at, and when.
@@ -254,7 +246,44 @@ impl AccessBook {
             key,
             version: AtomicU64::new(0),
             cache: Mutex::new(HashMap::new()),
+            redactor: Mutex::new(None),
         }
+    }
+
+    /// The redactor of every secret on the database, reused as an access
+    /// is (until a change, or for [`FRESH_FOR`]).
+    pub async fn redactor(&self) -> Result<Arc<Redactor>, StoreError> {
+        let version = self.version.load(Ordering::SeqCst);
+        if let Some((v, at, redactor)) = &*self.redactor.lock().unwrap_or_else(|e| e.into_inner())
+            && *v == version
+            && at.elapsed() < FRESH_FOR
+        {
+            return Ok(redactor.clone());
+        }
+        let Some(key) = &self.key else {
+            // Without a key no secret can be set or opened here.
+            return Ok(Arc::new(Redactor::default()));
+        };
+        let names: Vec<SecretName> = self
+            .store
+            .list_secrets()
+            .await?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let sealed = self.store.sealed_secrets(&names).await?;
+        let mut values = Vec::with_capacity(sealed.len());
+        for secret in &sealed {
+            values.push((secret.name.as_str(), key.open(secret)?));
+        }
+        let redactor = Arc::new(Redactor::new(
+            values.iter().map(|(name, value)| (*name, value.as_str())),
+        ));
+        if self.version.load(Ordering::SeqCst) == version {
+            *self.redactor.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((version, Instant::now(), redactor.clone()));
+        }
+        Ok(redactor)
     }
 
     /// The secrets key, when one is configured.
@@ -290,11 +319,16 @@ impl AccessBook {
     }
 
     async fn assemble(&self, name: &str) -> Result<Access, StoreError> {
+        let redactor = self.redactor().await?;
         let Some(grants) = self.store.grants(name).await? else {
-            return Ok(Access::default());
+            return Ok(Access {
+                redactor,
+                ..Access::default()
+            });
         };
         let mut access = Access {
             http: grants.http,
+            redactor,
             ..Access::default()
         };
         if grants.secrets.is_empty() {

@@ -8,6 +8,12 @@
 //! runner and its store), never kept in step with every change.
 //! Histogram buckets cover step calls from 100 µs to 10 minutes, and
 //! commits from 100 µs to 10 s.
+//!
+//! A saga's `kind` is free text an operator chooses, so it never reaches
+//! the exposition as given: [`kind_label`] keeps a safe charset (so no
+//! label can close its quotes and add series) and at most
+//! [`MAX_KIND_LABELS`] distinct kinds (later ones count under `other`), so
+//! a client cannot grow the scrape without end.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,8 +21,42 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
+
+/// Distinct saga kinds kept as labels; later kinds count under `other`.
+pub const MAX_KIND_LABELS: usize = 100;
+
+/// The label a saga kind is counted under: its characters outside
+/// `[A-Za-z0-9_.:-]` become `_` (at most 64 kept), and past
+/// [`MAX_KIND_LABELS`] distinct labels a new one is `other`.
+pub fn kind_label(kind: &str) -> String {
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let safe: String = kind
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if seen.contains(&safe) {
+        return safe;
+    }
+    if seen.len() >= MAX_KIND_LABELS {
+        return "other".into();
+    }
+    seen.insert(safe.clone());
+    safe
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -196,14 +236,16 @@ impl Metrics {
 
     pub fn started(&self, kind: &str) {
         self.sagas_started
-            .get_or_create(&KindLabel { kind: kind.into() })
+            .get_or_create(&KindLabel {
+                kind: kind_label(kind),
+            })
             .inc();
     }
 
     pub fn finished(&self, kind: &str, status: &str) {
         self.sagas_finished
             .get_or_create(&FinishedLabels {
-                kind: kind.into(),
+                kind: kind_label(kind),
                 status: status.into(),
             })
             .inc();
@@ -214,4 +256,21 @@ impl Metrics {
 pub fn global() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kind_cannot_break_the_exposition() {
+        let label = kind_label("x\"} 1\nwasaga_sagas_in_flight 424242\n#");
+        assert!(
+            label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c)),
+            "{label}"
+        );
+        assert_eq!(kind_label("provision"), "provision");
+    }
 }

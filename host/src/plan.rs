@@ -8,14 +8,20 @@
 //! against the host's ceilings. Errors say which step and which field. A
 //! template is a start request kept under a name and a version, with an
 //! optional JSON Schema its inputs must pass (checked with `jsonschema`;
-//! an error names the JSON pointer and the rule that failed).
+//! an error names the JSON pointer and the rule that failed). A schema is
+//! code the host runs on every start, so it is bounded when it is put
+//! (size, nesting, `$ref`s expanded, regex backtracking: `SchemaLimits`),
+//! compiled once per template version, and checked off the request
+//! threads within a deadline.
 
-use crate::config::RuntimeConfig;
+use crate::config::{RuntimeConfig, SchemaLimits};
 use crate::model::{Digest, PluginInfo, SagaRun, StepSpec, Template, Timestamp};
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use utoipa::ToSchema;
 
@@ -165,15 +171,6 @@ pub enum PlanError {
     Store(#[from] StoreError),
 }
 
-/// The host's defaults and ceilings a plan is checked against.
-#[derive(Debug, Clone)]
-pub struct Planner {
-    pub runtime: RuntimeConfig,
-    pub default_max_attempts: u32,
-    /// The longest `max_wait_ms` a step may ask for.
-    pub max_wait_ceiling: Duration,
-}
-
 /// A label field: 1 to [`MAX_LABEL`] bytes.
 pub fn check_label(field: &str, value: &str) -> Result<(), PlanError> {
     if value.is_empty() || value.len() > MAX_LABEL {
@@ -222,25 +219,59 @@ pub fn check_template_name(name: &str) -> Result<(), PlanError> {
     }
 }
 
-/// A template's inputs schema, compiled. Remote `$ref`s are not fetched.
+/// A template's inputs schema, compiled: remote `$ref`s are not fetched,
+/// and every `pattern` runs with a backtracking limit.
 pub struct InputsSchema(jsonschema::Validator);
 
 impl InputsSchema {
-    pub fn compile(schema: &Value) -> Result<InputsSchema, PlanError> {
-        jsonschema::validator_for(schema)
+    /// Compiles a schema as stored (bounds were checked at its put).
+    pub fn compile(schema: &Value, limits: &SchemaLimits) -> Result<InputsSchema, PlanError> {
+        jsonschema::options()
+            .with_pattern_options(
+                jsonschema::PatternOptions::fancy_regex()
+                    .backtrack_limit(limits.regex_backtrack_limit)
+                    .size_limit(1 << 20)
+                    .dfa_size_limit(1 << 20),
+            )
+            .build(schema)
             .map(InputsSchema)
             .map_err(|e| {
                 PlanError::Invalid(format!("`inputs_schema` is not a valid JSON Schema: {e}"))
             })
     }
 
-    /// Every way `inputs` fails the schema, each with its JSON pointer and
-    /// the rule (the schema keyword) it breaks.
+    /// Checks a schema a template put brings: its size, nesting, `$ref`s
+    /// (local, not recursive) and its size with every `$ref` expanded,
+    /// then compiles it.
+    pub fn admit(schema: &Value, limits: &SchemaLimits) -> Result<InputsSchema, PlanError> {
+        let bytes = serde_json::to_string(schema).map_or(usize::MAX, |t| t.len());
+        if bytes > limits.max_bytes {
+            return Err(PlanError::Invalid(format!(
+                "`inputs_schema` is {bytes} bytes; at most {} are allowed",
+                limits.max_bytes
+            )));
+        }
+        let mut cost = SchemaCost {
+            root: schema,
+            limits,
+            expanded: 0,
+            expanding: Vec::new(),
+        };
+        cost.walk(schema, "", 0)?;
+        InputsSchema::compile(schema, limits)
+    }
+
+    /// The first few ways `inputs` fails the schema, each with its JSON
+    /// pointer and the rule (the schema keyword) it breaks. `is_valid`
+    /// first: collecting errors costs more than deciding.
     pub fn check(&self, inputs: &Value) -> Result<(), PlanError> {
+        if self.0.is_valid(inputs) {
+            return Ok(());
+        }
         let failures: Vec<String> = self
             .0
             .iter_errors(inputs)
-            .take(10)
+            .take(5)
             .map(|e| {
                 let pointer = e.instance_path.to_string();
                 let schema_path = e.schema_path.to_string();
@@ -250,21 +281,240 @@ impl InputsSchema {
                 } else {
                     format!("at `{pointer}`")
                 };
-                format!("{at}: {e} (rule `{rule}`, schema `{schema_path}`)")
+                let mut message = e.to_string();
+                if message.len() > 300 {
+                    let mut cut = 300;
+                    while !message.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    message.truncate(cut);
+                    message.push('…');
+                }
+                format!("{at}: {message} (rule `{rule}`, schema `{schema_path}`)")
             })
             .collect();
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(PlanError::InputsRejected(format!(
-                "the inputs fail the template's schema: {}",
-                failures.join("; ")
-            )))
+        Err(PlanError::InputsRejected(format!(
+            "the inputs fail the template's schema: {}",
+            failures.join("; ")
+        )))
+    }
+}
+
+/// The walk [`InputsSchema::admit`] makes: nesting, `$ref`s, and the
+/// number of subschemas (JSON objects) once every `$ref` is expanded.
+struct SchemaCost<'a> {
+    root: &'a Value,
+    limits: &'a SchemaLimits,
+    expanded: usize,
+    /// The `$ref`s being expanded (a cycle is refused).
+    expanding: Vec<String>,
+}
+
+impl SchemaCost<'_> {
+    fn walk(&mut self, node: &Value, at: &str, depth: usize) -> Result<(), PlanError> {
+        if depth > self.limits.max_depth {
+            return Err(PlanError::Invalid(format!(
+                "`inputs_schema` nests deeper than {} levels (at `{at}`)",
+                self.limits.max_depth
+            )));
         }
+        match node {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.walk(item, &format!("{at}/{i}"), depth + 1)?;
+                }
+            }
+            Value::Object(map) => {
+                self.expanded += 1;
+                if self.expanded > self.limits.max_expanded {
+                    return Err(PlanError::Invalid(format!(
+                        "`inputs_schema` is too costly to check: with its `$ref`s expanded it has \
+                         more than {} subschemas (a chain of `anyOf`/`oneOf` through `$ref`s doubles \
+                         at each link)",
+                        self.limits.max_expanded
+                    )));
+                }
+                for keyword in ["$dynamicRef", "$recursiveRef"] {
+                    if map.contains_key(keyword) {
+                        return Err(PlanError::Invalid(format!(
+                            "`inputs_schema` uses `{keyword}` (at `{at}`), which templates do not take"
+                        )));
+                    }
+                }
+                if let Some(reference) = map.get("$ref") {
+                    self.reference(reference, at)?;
+                }
+                for (key, value) in map {
+                    // `enum`, `const` and `examples` hold instances, not
+                    // subschemas: the size limit bounds them.
+                    if matches!(key.as_str(), "enum" | "const" | "examples" | "default") {
+                        continue;
+                    }
+                    self.walk(value, &format!("{at}/{key}"), depth + 1)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn reference(&mut self, reference: &Value, at: &str) -> Result<(), PlanError> {
+        let Some(text) = reference.as_str() else {
+            return Err(PlanError::Invalid(format!(
+                "`inputs_schema`: the `$ref` at `{at}` is not a string"
+            )));
+        };
+        let Some(pointer) = text.strip_prefix('#') else {
+            return Err(PlanError::Invalid(format!(
+                "`inputs_schema`: the `$ref` `{}` at `{at}` is not local (`#/...`); a template's \
+                 schema refers only within itself",
+                text.chars().take(100).collect::<String>()
+            )));
+        };
+        if self.expanding.iter().any(|r| r == text) {
+            return Err(PlanError::Invalid(format!(
+                "`inputs_schema` is recursive (`$ref` `{}` at `{at}` refers to itself through \
+                 others), which templates do not take",
+                text.chars().take(100).collect::<String>()
+            )));
+        }
+        let decoded = percent_decode(pointer);
+        let Some(target) = self.root.pointer(&decoded) else {
+            return Err(PlanError::Invalid(format!(
+                "`inputs_schema`: the `$ref` `{}` at `{at}` points at nothing",
+                text.chars().take(100).collect::<String>()
+            )));
+        };
+        if self.expanding.len() >= self.limits.max_depth {
+            return Err(PlanError::Invalid(format!(
+                "`inputs_schema`: its `$ref`s lead through more than {} others (at `{at}`)",
+                self.limits.max_depth
+            )));
+        }
+        // Nesting counts within the document; a chain of `$ref`s is
+        // bounded by the line above and its cost by `max_expanded`.
+        self.expanding.push(text.to_string());
+        let walked = self.walk(target, text, 0);
+        self.expanding.pop();
+        walked
+    }
+}
+
+/// A JSON pointer from a URI fragment (`%25` and the like decoded).
+fn percent_decode(fragment: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", fragment.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// Compiled schemas by template name and version, and the blocking
+/// threads that check inputs against them.
+struct SchemaChecks {
+    compiled: Mutex<HashMap<(String, u32), Arc<InputsSchema>>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// The host's defaults and ceilings a plan is checked against.
+pub struct Planner {
+    pub runtime: RuntimeConfig,
+    pub default_max_attempts: u32,
+    /// The longest `max_wait_ms` a step may ask for.
+    pub max_wait_ceiling: Duration,
+    pub schema_limits: SchemaLimits,
+    checks: SchemaChecks,
+}
+
+impl fmt::Debug for Planner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Planner")
+            .field("default_max_attempts", &self.default_max_attempts)
+            .field("schema_limits", &self.schema_limits)
+            .finish_non_exhaustive()
     }
 }
 
 impl Planner {
+    pub fn new(
+        runtime: RuntimeConfig,
+        default_max_attempts: u32,
+        max_wait_ceiling: Duration,
+        schema_limits: SchemaLimits,
+    ) -> Planner {
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            schema_limits.concurrent_checks.max(1),
+        ));
+        Planner {
+            runtime,
+            default_max_attempts,
+            max_wait_ceiling,
+            schema_limits,
+            checks: SchemaChecks {
+                compiled: Mutex::new(HashMap::new()),
+                permits,
+            },
+        }
+    }
+
+    /// Checks a start's inputs against its template's schema: compiled
+    /// once per template version, checked on a blocking thread (at most
+    /// `concurrent_checks` at once), within `check_deadline`.
+    async fn check_inputs(&self, template: &Template, inputs: &Value) -> Result<(), PlanError> {
+        let Some(schema) = &template.inputs_schema else {
+            return Ok(());
+        };
+        let limits = &self.schema_limits;
+        let deadline = tokio::time::Instant::now() + limits.check_deadline;
+        let too_slow = || {
+            PlanError::InputsRejected(format!(
+                "checking the inputs against the template's schema took longer than {} ms; they \
+                 were refused (a simpler schema, or smaller inputs, check in time)",
+                limits.check_deadline.as_millis()
+            ))
+        };
+        let Ok(Ok(permit)) =
+            tokio::time::timeout_at(deadline, self.checks.permits.clone().acquire_owned()).await
+        else {
+            return Err(too_slow());
+        };
+        let key = (template.name.clone(), template.version);
+        let cached = self
+            .checks
+            .compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let (schema, inputs, limits_owned) = (schema.clone(), inputs.clone(), limits.clone());
+        let checking = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let compiled = match cached {
+                Some(compiled) => compiled,
+                None => Arc::new(InputsSchema::compile(&schema, &limits_owned)?),
+            };
+            compiled.check(&inputs).map(|()| compiled)
+        });
+        let compiled = match tokio::time::timeout_at(deadline, checking).await {
+            Err(_) => return Err(too_slow()),
+            Ok(Err(join)) => {
+                return Err(PlanError::InputsRejected(format!(
+                    "checking the inputs against the template's schema failed: {join}"
+                )));
+            }
+            Ok(Ok(checked)) => checked?,
+        };
+        let mut compiled_all = self
+            .checks
+            .compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if compiled_all.len() >= limits.cached {
+            compiled_all.clear();
+        }
+        compiled_all.insert(key, compiled);
+        Ok(())
+    }
+
     /// A saga from a start request: from its `steps`, or from the latest
     /// version of its `template` (inputs checked against the template's
     /// schema, `kind` defaulting to the template's name, the template and
@@ -275,7 +525,30 @@ impl Planner {
         request: StartSaga,
         actor: Option<String>,
     ) -> Result<SagaRun, PlanError> {
-        let triggered_by = request.triggered_by.or(actor);
+        let mut request = request;
+        request.triggered_by = request.triggered_by.take().or_else(|| actor.clone());
+        let mut saga = self.plan_start(store, request).await?;
+        if let Some(actor) = actor {
+            // Who started it, as authenticated: `triggered_by` is what the
+            // request said.
+            saga.actions.push(crate::model::Action {
+                action: crate::model::ActionKind::Start,
+                actor: Some(actor),
+                at: saga.created_at,
+                note: None,
+                step_index: None,
+            });
+        }
+        Ok(saga)
+    }
+
+    /// [`Planner::start`] but for the actor's action.
+    async fn plan_start(
+        &self,
+        store: &dyn Store,
+        request: StartSaga,
+    ) -> Result<SagaRun, PlanError> {
+        let triggered_by = request.triggered_by;
         match (request.steps, request.template) {
             (Some(_), Some(_)) => Err(PlanError::Invalid(
                 "give either `steps` or `template`, not both".into(),
@@ -300,9 +573,7 @@ impl Planner {
                     .await?
                     .ok_or_else(|| PlanError::UnknownTemplate(name.clone()))?;
                 let inputs = inputs_object(request.inputs)?;
-                if let Some(schema) = &template.inputs_schema {
-                    InputsSchema::compile(schema)?.check(&inputs)?;
-                }
+                self.check_inputs(&template, &inputs).await?;
                 let plan = self.steps(store, &template_steps(&template)?).await?;
                 let kind = request.kind.unwrap_or_else(|| template.name.clone());
                 let mut saga = self.saga(
@@ -345,7 +616,7 @@ impl Planner {
                     "`inputs_schema` must be a JSON Schema (an object)".into(),
                 ));
             }
-            InputsSchema::compile(schema)?;
+            InputsSchema::admit(schema, &self.schema_limits)?;
         }
         Ok(steps
             .iter()

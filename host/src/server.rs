@@ -131,12 +131,15 @@ impl Host {
             plugins: plugins.clone(),
             runner: runner.clone(),
             server: Arc::new(options.server.clone()),
-            planner: Arc::new(Planner {
-                runtime: plugins.config().clone(),
-                default_max_attempts: options.runner.retry.max_attempts,
-                max_wait_ceiling: options.runner.max_wait_ceiling,
-            }),
-            csrf: crate::console::CsrfKey::default(),
+            planner: Arc::new(Planner::new(
+                plugins.config().clone(),
+                options.runner.retry.max_attempts,
+                options.runner.max_wait_ceiling,
+                crate::config::SchemaLimits::default(),
+            )),
+            throttle: Arc::new(crate::api::guard::Throttle::new(
+                options.server.auth_failures_per_minute,
+            )),
         };
         Ok(Host {
             store,
@@ -181,7 +184,12 @@ pub async fn run(
     tracing::info!(%addr, auth = options.server.tokens.is_some(), "wasaga listening");
     let warm = (host.store.clone(), host.plugins.clone());
     tokio::spawn(async move { warm_plugins(warm.0, warm.1).await });
-    axum::serve(listener, host.router())
+    // The peer's address reaches the gate, which counts failed logins per
+    // address.
+    let app = host
+        .router()
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
     tracing::info!("no longer accepting requests; draining sagas");

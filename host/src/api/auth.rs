@@ -10,8 +10,10 @@
 //!
 //! Tokens come from `--token` (an admin labelled `admin`) and from a tokens
 //! file, one per line `ROLE LABEL SECRET`, where SECRET is the token or
-//! `sha256:<hex>` of it (so the file need not hold the token itself); `#`
-//! starts a comment. Only SHA-256 digests are kept in memory, and a
+//! `sha256:<hex>` of it (so the file need not hold the token itself). A
+//! line whose first non-blank character is `#` is a comment; a `#`
+//! anywhere else is part of its field (tokens may hold one), and a line
+//! that does not parse stops the server at start, naming the line. Only SHA-256 digests are kept in memory, and a
 //! presented token is compared with every one of them in constant time, so
 //! timing says nothing about which token (if any) nearly matched.
 
@@ -157,14 +159,15 @@ impl Tokens {
     /// line). Errors name the line, never the secret.
     pub fn add_file(&mut self, text: &str) -> Result<(), TokensError> {
         for (n, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or_default().trim();
-            if line.is_empty() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let fields: Vec<&str> = line.split_whitespace().collect();
             let [role, label, secret] = fields[..] else {
                 return Err(TokensError(format!(
-                    "line {}: expected `ROLE LABEL SECRET`, found {} field{}",
+                    "line {}: expected `ROLE LABEL SECRET`, found {} field{} \
+                     (a comment is a line of its own starting with `#`)",
                     n + 1,
                     fields.len(),
                     if fields.len() == 1 { "" } else { "s" }
@@ -178,13 +181,23 @@ impl Tokens {
         Ok(())
     }
 
+    /// The SHA-256 of a presented token, as tokens are kept.
+    pub fn digest(presented: &str) -> [u8; 32] {
+        Sha256::digest(presented.trim().as_bytes()).into()
+    }
+
     /// The caller a presented token belongs to, comparing it with every
     /// known token in constant time.
     pub fn check(&self, presented: &str) -> Option<Caller> {
-        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        self.by_digest(&Tokens::digest(presented))
+    }
+
+    /// The caller whose token has this SHA-256 (every entry compared, in
+    /// constant time).
+    pub fn by_digest(&self, digest: &[u8; 32]) -> Option<Caller> {
         let mut found: Option<&Entry> = None;
         for entry in &self.entries {
-            let equal: bool = entry.sha256.ct_eq(&digest).into();
+            let equal: bool = entry.sha256.ct_eq(digest).into();
             if equal {
                 found = Some(entry);
             }
@@ -206,7 +219,7 @@ mod tests {
         let hashed = hex::encode(Sha256::digest(b"ops-secret"));
         tokens
             .add_file(&format!(
-                "# who may do what\nviewer dashboards view-secret\noperator  oncall sha256:{hashed}  # hashed\n\n"
+                "# who may do what\nviewer dashboards view-secret\n  # hashed\noperator  oncall sha256:{hashed}\nadmin hash Xy7#kQ9-long-secret\n\n"
             ))
             .unwrap();
         assert_eq!(
@@ -222,6 +235,21 @@ mod tests {
             Some("oncall")
         );
         assert_eq!(tokens.check("nope"), None);
+        // A `#` inside a token is part of it, not a comment.
+        assert_eq!(tokens.check("Xy7"), None);
+        assert_eq!(
+            tokens
+                .check("Xy7#kQ9-long-secret")
+                .unwrap()
+                .label
+                .as_deref(),
+            Some("hash")
+        );
+        let err = Tokens::default()
+            .add_file("viewer a s1 # a trailing comment\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("line 1: expected"), "{err}");
         let viewer = tokens.check("view-secret").unwrap();
         assert!(viewer.require(Role::Viewer).is_ok());
         let refused = viewer.require(Role::Operator).unwrap_err();

@@ -192,7 +192,7 @@ async fn saga_events(
     let rx = state.runner.hub().subscribe();
     let detail: SagaDetail = state
         .store
-        .saga(id)
+        .saga_shown(id, state.server.shown_output_bytes)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no saga {id}")))?;
     let ended = detail.saga.status.is_final();

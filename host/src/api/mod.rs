@@ -4,21 +4,23 @@
 //! One router per resource (`plugins`, `sagas`, `resources`, ...), each built with
 //! utoipa-axum's `OpenApiRouter`, which registers a handler's route and its
 //! OpenAPI path together, so `/v1/openapi.json` cannot drift from what is
-//! served (and a test checks every answer against it). Every `/v1` request
-//! passes the bearer-token check (when tokens are configured; see `auth`),
-//! a request timeout, and a check of its declared size before any of the
-//! body is read. Handlers only read state, check the caller's role, and
-//! submit to the runner, which decides every transition.
+//! served (and a test checks every answer against it). Every request
+//! passes the gate in `guard` (host, origin, content type, the caller and
+//! the upload's role, then the body within its limit and deadline), and
+//! every `/v1` request a timeout. Handlers only read state, check the
+//! caller's role, and submit to the runner, which decides every transition.
 
 mod auth;
 pub(crate) mod cursor;
 mod error;
 mod events;
 mod grants;
+pub(crate) mod guard;
 mod plugins;
 mod resources;
 mod sagas;
 mod secrets;
+pub(crate) mod session;
 mod templates;
 
 pub use auth::{Caller, Role, Tokens, TokensError};
@@ -34,7 +36,6 @@ use crate::plan::Planner;
 use crate::plugin::PluginHost;
 use crate::runner::Runner;
 use crate::store::{Health, Store};
-use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -42,6 +43,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use std::sync::Arc;
+use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -54,8 +56,8 @@ pub struct AppState {
     pub server: Arc<ServerConfig>,
     /// The rules a start request is checked against.
     pub planner: Arc<Planner>,
-    /// The key of the console's CSRF tokens.
-    pub csrf: crate::console::CsrfKey,
+    /// Failed tokens and logins per address.
+    pub throttle: Arc<guard::Throttle>,
 }
 
 #[derive(OpenApi)]
@@ -92,9 +94,10 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// The answers any route may give beside its own, in the error body: a
-/// missing or unknown token (401), a timeout or shutdown (503), a failure
-/// of ours (500); and on routes that write: a body too large (413), a full
-/// disk (507). Documented on every operation, so the document lists every
+/// missing or unknown token (401), a Host not answered (421), too many
+/// failed tokens (429), a timeout or shutdown (503), a failure of ours
+/// (500); and on routes that write: a refusal (403), a body too slow (408)
+/// or too large (413) or of the wrong type (415), a full disk (507). Documented on every operation, so the document lists every
 /// status the wire can carry (a test holds every answer to it).
 struct CommonErrors;
 
@@ -116,7 +119,16 @@ impl utoipa::Modify for CommonErrors {
             let writes = [&mut item.post, &mut item.put, &mut item.delete];
             for operation in writes.into_iter().flatten() {
                 for (status, what) in [
+                    (
+                        "403",
+                        "refused: the role is missing, or a web page of another origin sent it",
+                    ),
+                    ("408", "the request body did not arrive in time"),
                     ("413", "the body is larger than this route takes"),
+                    (
+                        "415",
+                        "the declared content type is not what this route takes",
+                    ),
                     ("507", "the server's disk is full; nothing was stored"),
                 ] {
                     operation
@@ -135,6 +147,14 @@ impl utoipa::Modify for CommonErrors {
             for operation in all.into_iter().flatten() {
                 for (status, what) in [
                     ("401", "a token is needed, or the one given is not known"),
+                    (
+                        "421",
+                        "this server does not answer for the Host the request names",
+                    ),
+                    (
+                        "429",
+                        "too many failed tokens or logins from this address; wait a minute",
+                    ),
                     ("500", "the server failed; its log says why"),
                     (
                         "503",
@@ -176,6 +196,13 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     v1(0).1
 }
 
+/// What every answer allows a browser: the console's own script, styles
+/// and data from this server only, no inline script or style, no framing
+/// by any page (clickjacking), forms posted only here.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+     base-uri 'none'";
+
 /// The whole application: `/v1` (authenticated, limited), `/healthz`,
 /// `/metrics` and the console under `/ui/`.
 pub fn app(state: AppState) -> Router {
@@ -194,7 +221,6 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             request_timeout,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         // JSON routes; the plugin upload route has its own, larger limit.
         .layer(DefaultBodyLimit::max(state.server.max_json_bytes));
     Router::new()
@@ -210,7 +236,23 @@ pub fn app(state: AppState) -> Router {
                 "this route does not take that method",
             )
         })
-        .layer(middleware::from_fn_with_state(state.clone(), body_limits))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::admit))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
         .with_state(state)
 }
 
@@ -244,7 +286,12 @@ async fn healthz(State(state): State<AppState>) -> Response {
 /// `/metrics`: the Prometheus text format (viewer role when tokens are
 /// on). The gauges are read now, from this host.
 async fn metrics(State(state): State<AppState>, request: Request) -> Response {
-    if let Err(refused) = caller_of(&state, &request) {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if let Err(refused) = guard::caller_of(&state, request.headers(), request.method(), host).await
+    {
         return refused.into_response();
     }
     let m = crate::metrics::global();
@@ -263,79 +310,6 @@ async fn metrics(State(state): State<AppState>, request: Request) -> Response {
         m.encode(),
     )
         .into_response()
-}
-
-/// Who makes a request: its bearer token, or else the console's session
-/// cookie (whose state-changing requests must carry the page's CSRF
-/// token). Everyone, when tokens are off.
-fn caller_of(state: &AppState, request: &Request) -> Result<Option<Caller>, ApiError> {
-    let Some(tokens) = state.server.tokens.as_ref() else {
-        return Ok(None);
-    };
-    if let Some(given) = bearer(request) {
-        return match tokens.check(given) {
-            Some(caller) => Ok(Some(caller)),
-            None => Err(ApiError::unauthorized("the bearer token is not valid")),
-        };
-    }
-    let Some(session) = crate::console::session_token(request.headers()) else {
-        return Err(ApiError::unauthorized(
-            "this server needs `Authorization: Bearer <token>`",
-        ));
-    };
-    let Some(caller) = tokens.check(&session) else {
-        return Err(ApiError::unauthorized(
-            "the console session is not valid any more; log in again at /ui/login",
-        ));
-    };
-    let safe = matches!(*request.method(), Method::GET | Method::HEAD);
-    if !safe {
-        let presented = request
-            .headers()
-            .get(crate::console::CSRF_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !state.csrf.check(Some(&session), presented) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "csrf",
-                "the console page's CSRF token is missing or stale (the server restarted, or you \
-                 logged in again): reload the page and try again",
-            ));
-        }
-    }
-    Ok(Some(caller))
-}
-
-/// The bearer token of a request, if it carries one.
-fn bearer(request: &Request) -> Option<&str> {
-    request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-}
-
-/// Every `/v1` request needs a known bearer token (or a console session)
-/// when tokens are configured; the caller it names rides along for the
-/// handlers (which check its role).
-async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    match caller_of(&state, &request) {
-        Ok(Some(caller)) => {
-            request.extensions_mut().insert(caller);
-        }
-        Ok(None) => {}
-        Err(refused) => return refused.into_response(),
-    }
-    next.run(request).await
-}
-
-/// Whether a request is a plugin upload (which compiles, and takes bytes).
-fn is_upload(request: &Request) -> bool {
-    request.method() == Method::POST && request.uri().path().trim_end_matches('/') == "/v1/plugins"
 }
 
 /// Answers 503 with the error body when a request takes longer than the
@@ -361,56 +335,4 @@ async fn request_timeout(State(state): State<AppState>, request: Request, next: 
             response
         }
     }
-}
-
-/// Reads every request's body before routing, within the route's limit:
-/// a body larger than that is refused from its declared `Content-Length`,
-/// before any of it is read (and before `100 Continue` is sent), or as
-/// soon as it passes the limit when no length is declared. A route that
-/// does not use its body (a GET, a cancel, a 404) then still leaves the
-/// connection in step for the next request, instead of hyper closing it
-/// under a client that is about to reuse it.
-async fn body_limits(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let limit = if is_upload(&request) {
-        state.plugins.config().max_component_bytes
-    } else {
-        state.server.max_json_bytes
-    };
-    let too_large = |what: String| {
-        let mut response =
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", what).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        response
-    };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if let Some(length) = declared
-        && length > limit as u64
-    {
-        return too_large(format!(
-            "the request body is {length} bytes; this route takes at most {limit} bytes"
-        ));
-    }
-    let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            let length_limit = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if length_limit {
-                return too_large(format!(
-                    "the request body is larger than this route takes ({limit} bytes)"
-                ));
-            }
-            return ApiError::bad_request(format!("cannot read the request body: {e}"))
-                .into_response();
-        }
-    };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
 }

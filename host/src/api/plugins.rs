@@ -58,7 +58,7 @@ pub struct UploadedPlugin {
         (status = 201, description = "stored", body = UploadedPlugin),
         (status = 200, description = "the same digest was already stored (and is current again)", body = UploadedPlugin),
         (status = 400, description = "not a component", body = ErrorBody),
-        (status = 403, description = "only admins upload", body = ErrorBody),
+        (status = 403, description = "only admins upload; or, on a server without tokens, the name has grants and another digest is current", body = ErrorBody),
         (status = 413, description = "too large", body = ErrorBody),
         (status = 422, description = "wrong world, unsupported imports, or an invalid name", body = ErrorBody),
     )
@@ -70,6 +70,9 @@ async fn upload_plugin(
 ) -> Result<(StatusCode, Json<UploadedPlugin>), ApiError> {
     caller.require(Role::Admin)?;
     let plugin = state.plugins.prepare(&bytes).await?;
+    if state.server.tokens.is_none() {
+        refuse_granted_takeover(&state, &plugin.name, &plugin.digest).await?;
+    }
     let info = PluginInfo {
         digest: plugin.digest.clone(),
         name: plugin.name.clone(),
@@ -103,6 +106,42 @@ async fn upload_plugin(
             plugin: stored,
             previous: put.previous,
         }),
+    ))
+}
+
+/// On a server without tokens, anything that reaches it is an admin, so an
+/// upload may not take over a name that has grants: the new code would
+/// inherit the old one's origins and secrets. (With tokens, only an admin
+/// uploads, and the takeover is logged.) A first upload of a name granted
+/// beforehand, and a re-upload of the current digest, are fine.
+async fn refuse_granted_takeover(
+    state: &AppState,
+    name: &str,
+    digest: &Digest,
+) -> Result<(), ApiError> {
+    let Some(current) = state.store.plugin_by_name(name).await? else {
+        return Ok(());
+    };
+    if &current.digest == digest {
+        return Ok(());
+    }
+    let granted = state
+        .store
+        .grants(name)
+        .await?
+        .is_some_and(|g| !g.http.is_empty() || !g.secrets.is_empty());
+    if !granted {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "granted_name",
+        format!(
+            "plugin `{name}` has grants (origins or secrets), and this server has no tokens: an \
+             upload may not take over a granted name, or it would inherit them. Remove its grants \
+             first (PUT /v1/plugins/{name}/grants with {{}}) and grant them again after the \
+             upload, or run the server with tokens"
+        ),
     ))
 }
 

@@ -27,6 +27,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(start_saga, list_sagas))
         .routes(routes!(get_saga))
+        .routes(routes!(get_step_output))
         .routes(routes!(cancel_saga))
         .routes(routes!(pause_saga))
         .routes(routes!(resume_saga))
@@ -227,10 +228,45 @@ async fn get_saga(
     let id = parse_id(&id)?;
     state
         .store
-        .saga(id)
+        .saga_shown(id, state.server.shown_output_bytes)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no saga {id}")))
+}
+
+/// One step's whole output (a saga read leaves out an output larger than
+/// the server shows, marking it `output_omitted`).
+#[utoipa::path(
+    get,
+    path = "/sagas/{id}/steps/{index}/output",
+    tag = "sagas",
+    params(
+        ("id" = String, Path, description = "the saga's id"),
+        ("index" = u32, Path, description = "the step's index"),
+    ),
+    responses(
+        (status = 200, description = "the step's output, as stored", content_type = "application/json", body = Object),
+        (status = 404, description = "no such saga, step, or output yet", body = ErrorBody),
+    )
+)]
+async fn get_step_output(
+    State(state): State<AppState>,
+    Path((id, index)): Path<(String, u32)>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let id = parse_id(&id)?;
+    let output =
+        state.store.step_output(id, index).await?.ok_or_else(|| {
+            ApiError::not_found(format!("saga {id} has no output of step {index}"))
+        })?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        output,
+    )
+        .into_response())
 }
 
 /// Ask a saga to stop: its step in flight is interrupted and completed

@@ -94,6 +94,10 @@ pub(super) struct ServeArgs {
     /// as on a full disk (507 storage_full). Default: the disk's size.
     #[arg(long, env = "WASAGA_MAX_DATABASE_SIZE", value_parser = parse_size)]
     max_database_size: Option<u64>,
+    /// What one saga may store in all (its context, every step's output
+    /// and logs); a step whose output would pass it fails, saying so.
+    #[arg(long, env = "WASAGA_MAX_SAGA_STORED", value_parser = parse_size, default_value = "64MiB")]
+    max_saga_stored: u64,
     /// Largest JSON request body.
     #[arg(long, env = "WASAGA_MAX_JSON_BODY", value_parser = parse_size, default_value = "1MiB")]
     max_json_body: u64,
@@ -143,9 +147,26 @@ pub(super) struct ServeArgs {
     /// Time for requests and steps in flight to finish at shutdown.
     #[arg(long, env = "WASAGA_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
     shutdown_grace: Duration,
-    /// Time a request may take before it is answered 503.
+    /// Time a request may take before it is answered 503 (and a JSON body
+    /// may take to arrive before 408; an upload ten times as long).
     #[arg(long, env = "WASAGA_REQUEST_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
     request_timeout: Duration,
+    /// A host name this server answers for besides IP addresses and
+    /// localhost (repeat, or comma-separate in the variable). Without
+    /// tokens no other name is answered (DNS rebinding).
+    #[arg(
+        long = "allowed-host",
+        env = "WASAGA_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    allowed_hosts: Vec<String>,
+    /// How long a console login lasts.
+    #[arg(long, env = "WASAGA_SESSION_TTL", value_parser = humantime::parse_duration, default_value = "12h")]
+    session_ttl: Duration,
+    /// Failed tokens and logins one address may make in a minute before
+    /// it is refused (429) for the rest of it; 0: no limit.
+    #[arg(long, env = "WASAGA_AUTH_FAILURES_PER_MINUTE", default_value_t = ServerConfig::default().auth_failures_per_minute)]
+    auth_failures_per_minute: u32,
 }
 
 impl ServeArgs {
@@ -234,6 +255,7 @@ impl ServeArgs {
             default_max_wait: max_wait,
             max_wait_ceiling,
             retention: self.retention,
+            max_saga_stored_bytes: self.max_saga_stored as usize,
             ..runner_defaults
         };
         let server = ServerConfig {
@@ -241,6 +263,10 @@ impl ServeArgs {
             max_json_bytes: self.max_json_body as usize,
             request_timeout: self.request_timeout,
             shutdown_grace: self.shutdown_grace,
+            allowed_hosts: self.allowed_hosts.clone(),
+            session_ttl: self.session_ttl,
+            auth_failures_per_minute: self.auth_failures_per_minute,
+            ..ServerConfig::default()
         };
         Ok(ServeOptions {
             database_url: self.database.clone(),

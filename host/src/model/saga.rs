@@ -288,6 +288,11 @@ pub struct StepResult {
     pub calls: Vec<CallRecord>,
     #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
+    /// Set, to the output's size in bytes, when a saga read leaves the
+    /// output out for its size (`output` is then null): the whole output
+    /// is at `GET /v1/sagas/{id}/steps/{index}/output`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_omitted: Option<u64>,
     pub error: Option<String>,
     pub logs: Vec<LedgerLogLine>,
     pub started_at: Option<Timestamp>,

@@ -130,8 +130,11 @@ string_enum! {
 }
 
 string_enum! {
-    /// What a human did to a saga.
+    /// What a human did to a saga. `start` is recorded with the
+    /// authenticated label of whoever started it (when tokens are on),
+    /// beside the `triggered_by` the request gave.
     pub enum ActionKind {
+        Start,
         Cancel,
         Pause,
         Resume,

@@ -29,7 +29,7 @@ pub use validate::plugin_name;
 use crate::config::{RuntimeConfig, StepLimits};
 use crate::grants::Access;
 use crate::model::{Digest, LogLine, RecordedResource};
-use crate::secrets;
+use crate::secrets::Redactor;
 use sandbox::{CallState, ContractViolation, MemoryLimitExceeded};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -181,7 +181,7 @@ impl<T> Progress<T> {
 
 impl StepFailure {
     /// The same failure with secrets' values redacted from its message.
-    fn redact(&mut self, pairs: &[(&str, &str)]) {
+    fn redact(&mut self, redactor: &Redactor) {
         match self {
             StepFailure::Retryable(m)
             | StepFailure::Fatal(m)
@@ -190,7 +190,7 @@ impl StepFailure {
             | StepFailure::Trap(m)
             | StepFailure::LimitExceeded(m)
             | StepFailure::ExportTypes(m)
-            | StepFailure::Host(m) => *m = secrets::redact(m, pairs),
+            | StepFailure::Host(m) => redactor.redact_string(m),
             StepFailure::Cancelled => {}
         }
     }
@@ -670,10 +670,10 @@ impl PluginHost {
                 CallReturn::Execute(Err(e)) => not_done(e),
                 _ => unreachable!("execute returns its result"),
             });
-        redacted(outcome, &access, |output, pairs| {
+        redacted(outcome, &access, |output, redactor| {
             if let Progress::Done(map) = output {
                 let mut value = Value::Object(std::mem::take(map));
-                secrets::redact_json(&mut value, pairs);
+                redactor.redact_json(&mut value);
                 if let Value::Object(redacted) = value {
                     *map = redacted;
                 }
@@ -842,29 +842,27 @@ impl PluginHost {
     }
 }
 
-/// A call's outcome with every granted secret's value replaced by
-/// `[secret:NAME]` in its logs, its recorded resources, its error, and (by
-/// `output`) its result.
+/// A call's outcome with every secret's value (in every form the
+/// redactor knows) replaced by `[secret:NAME]` in its recorded resources,
+/// its error, and (by `output`) its result. Its log lines were redacted as
+/// they were written (before any was cut: `sandbox::CallLog`).
 fn redacted<T>(
     mut outcome: CallOutcome<T>,
     access: &Access,
-    output: impl FnOnce(&mut T, &[(&str, &str)]),
+    output: impl FnOnce(&mut T, &Redactor),
 ) -> CallOutcome<T> {
-    let pairs = access.redactions();
-    if pairs.is_empty() {
+    let redactor = &access.redactor;
+    if redactor.is_empty() {
         return outcome;
     }
-    for line in &mut outcome.logs {
-        line.message = secrets::redact(&line.message, &pairs);
-    }
     for resource in &mut outcome.resources {
-        resource.kind = secrets::redact(&resource.kind, &pairs);
-        resource.external_id = secrets::redact(&resource.external_id, &pairs);
-        secrets::redact_json(&mut resource.spec, &pairs);
+        redactor.redact_string(&mut resource.kind);
+        redactor.redact_string(&mut resource.external_id);
+        redactor.redact_json(&mut resource.spec);
     }
     match &mut outcome.result {
-        Ok(value) => output(value, &pairs),
-        Err(failure) => failure.redact(&pairs),
+        Ok(value) => output(value, redactor),
+        Err(failure) => failure.redact(redactor),
     }
     outcome
 }
@@ -1092,27 +1090,18 @@ mod tests {
         assert_eq!(waiting.await.unwrap().unwrap(), "echo");
     }
 
-    /// Every granted secret's value becomes `[secret:NAME]` in all a call
-    /// leaves behind: log lines, recorded resources (kind, id and spec),
-    /// the error, and the output.
+    /// Every secret's value becomes `[secret:NAME]` in all a call leaves
+    /// behind: recorded resources (kind, id and spec), the error, and the
+    /// output (log lines are redacted as they are written).
     #[test]
     fn a_calls_traces_of_a_secret_are_redacted() {
-        use crate::grants::{GrantedSecret, SecretMode};
-        let mut access = Access::default();
-        access.secrets.insert(
-            "tok".into(),
-            GrantedSecret {
-                mode: SecretMode::Read,
-                value: "s3cret".to_string().into(),
-                origins: Vec::new(),
-            },
-        );
+        let access = Access {
+            redactor: Arc::new(Redactor::new([("tok", "s3cret")])),
+            ..Access::default()
+        };
         let outcome = CallOutcome::<Progress<Map<String, Value>>> {
             result: Err(StepFailure::Fatal("refused: s3cret".into())),
-            logs: vec![LogLine {
-                level: crate::model::LogLevel::Info,
-                message: "token s3cret".into(),
-            }],
+            logs: Vec::new(),
             resources: vec![RecordedResource {
                 kind: "key".into(),
                 external_id: "id-s3cret".into(),
@@ -1121,7 +1110,6 @@ mod tests {
             elapsed: Duration::ZERO,
         };
         let done = redacted(outcome, &access, |_, _| {});
-        assert_eq!(done.logs[0].message, "token [secret:tok]");
         assert_eq!(done.resources[0].external_id, "id-[secret:tok]");
         assert_eq!(done.resources[0].spec["auth"][0], "Bearer [secret:tok]");
         assert_eq!(

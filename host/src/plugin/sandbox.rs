@@ -17,6 +17,7 @@ use crate::config::StepLimits;
 use crate::grants::SecretMode;
 use crate::grants::{Access, Origin};
 use crate::model::{LogLevel, LogLine, RecordedResource};
+use crate::secrets::Redactor;
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,7 +58,7 @@ impl CallState {
         http: HttpLimits,
         deadline: Instant,
     ) -> CallState {
-        let log = Arc::new(Mutex::new(CallLog::new(limits)));
+        let log = Arc::new(Mutex::new(CallLog::new(limits, access.redactor.clone())));
         CallState {
             wasi: None,
             http: WasiHttpCtx::new(),
@@ -236,7 +237,8 @@ impl CallState {
 }
 
 /// The bounded log of one call: host `log` lines and captured stdio, in the
-/// order they happened.
+/// order they happened. Each line is redacted whole before it is cut to
+/// its limit, so a secret that straddles the cut cannot leave its prefix.
 pub(crate) struct CallLog {
     lines: Vec<LogLine>,
     dropped: usize,
@@ -244,27 +246,30 @@ pub(crate) struct CallLog {
     max_line_bytes: usize,
     /// Bytes of a stdout/stderr line not yet ended by a newline.
     partial: [Vec<u8>; 2],
+    redactor: Arc<Redactor>,
 }
 
 impl CallLog {
-    fn new(limits: &StepLimits) -> CallLog {
+    fn new(limits: &StepLimits, redactor: Arc<Redactor>) -> CallLog {
         CallLog {
             lines: Vec::new(),
             dropped: 0,
             max_lines: limits.max_log_lines,
             max_line_bytes: limits.max_log_line_bytes,
             partial: [Vec::new(), Vec::new()],
+            redactor,
         }
     }
 
     fn empty() -> CallLog {
-        CallLog {
-            lines: Vec::new(),
-            dropped: 0,
-            max_lines: 0,
-            max_line_bytes: 0,
-            partial: [Vec::new(), Vec::new()],
-        }
+        CallLog::new(
+            &StepLimits {
+                max_log_lines: 0,
+                max_log_line_bytes: 0,
+                ..StepLimits::default()
+            },
+            Arc::default(),
+        )
     }
 
     pub(crate) fn push(&mut self, level: LogLevel, message: &str) {
@@ -272,6 +277,7 @@ impl CallLog {
             self.dropped += 1;
             return;
         }
+        let message = self.redactor.redact(message);
         let message = if message.len() > self.max_line_bytes {
             let mut cut = self.max_line_bytes;
             while !message.is_char_boundary(cut) {
@@ -293,9 +299,11 @@ impl CallLog {
             self.push_stdio_line(stream, &full);
             bytes = &rest[1..];
         }
-        // Keep at most one line's worth of an unterminated line; the rest
-        // would be cut anyway.
-        let room = (self.max_line_bytes + 1).saturating_sub(self.partial[index].len());
+        // Keep at most one line's worth of an unterminated line (and room
+        // for a secret that straddles its end, which is redacted whole);
+        // the rest would be cut anyway.
+        let keep_at_most = self.max_line_bytes + 1 + self.redactor.longest();
+        let room = keep_at_most.saturating_sub(self.partial[index].len());
         let keep = bytes.len().min(room);
         self.partial[index].extend_from_slice(&bytes[..keep]);
     }
@@ -746,5 +754,46 @@ impl http_body::Body for LimitedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(max_line_bytes: usize, secret: &str) -> CallLog {
+        CallLog::new(
+            &StepLimits {
+                max_log_line_bytes: max_line_bytes,
+                ..StepLimits::default()
+            },
+            Arc::new(Redactor::new([("tok", secret)])),
+        )
+    }
+
+    /// A secret that straddles a line's cut leaves no prefix: lines are
+    /// redacted whole, then cut (and a stdio line is buffered past its cut
+    /// by as much as the longest secret form).
+    #[test]
+    fn a_secret_across_the_cut_leaves_no_prefix() {
+        let secret = "S3cr3tTok-0123456789";
+        for pad in 0..24 {
+            let line = format!("{}Bearer {secret} tail", "x".repeat(pad));
+            let mut host_log = log(16, secret);
+            host_log.push(LogLevel::Info, &line);
+            let mut stdio = log(16, secret);
+            stdio.write_stdio(StdStream::Stdout, line.as_bytes());
+            stdio.write_stdio(StdStream::Stdout, b"\n");
+            for kept in host_log.into_lines().into_iter().chain(stdio.into_lines()) {
+                for n in 4..=secret.len() {
+                    assert!(
+                        !kept.message.contains(&secret[..n]),
+                        "pad {pad}: {:?} keeps `{}`",
+                        kept.message,
+                        &secret[..n]
+                    );
+                }
+            }
+        }
     }
 }

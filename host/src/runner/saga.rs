@@ -121,6 +121,7 @@ fn fresh_row(spec: &StepSpec, index: u32, phase: Phase) -> StepResult {
         compensate_attempt_base: 0,
         calls: Vec::new(),
         output: None,
+        output_omitted: None,
         error: None,
         logs: Vec::new(),
         started_at: None,
@@ -857,6 +858,29 @@ impl Driver<'_> {
                 .await?;
             return Ok(Flow::Continue);
         }
+        // Everything the saga keeps: the context, and every step's output
+        // and log lines (this one's included).
+        let stored = size
+            + json_len(&Value::Object(output.clone()))
+            + logs_len(&row)
+            + self
+                .ledger
+                .values()
+                .filter(|r| r.index != index)
+                .map(|r| r.output.as_ref().map_or(0, json_len) + logs_len(r))
+                .sum::<usize>();
+        let budget = self.runner.inner.config.max_saga_stored_bytes;
+        if stored > budget {
+            let why = format!(
+                "the saga would store {} with this step's output (its context, and every step's \
+                 output and logs), beyond the limit of {} (--max-saga-stored)",
+                crate::plugin::format_bytes(stored as u64),
+                crate::plugin::format_bytes(budget as u64)
+            );
+            self.step_failed(index, Phase::Execute, row, why, false)
+                .await?;
+            return Ok(Flow::Continue);
+        }
         let now = self.now();
         row.status = StepStatus::Completed;
         row.output = Some(Value::Object(output));
@@ -1374,4 +1398,14 @@ fn end_saga(t: &mut Transition) {
     t.saga.ready_at = Some(None);
     t.release_lease = true;
     t.pins = Pins::Release;
+}
+
+/// Bytes of a JSON value as stored.
+fn json_len(value: &Value) -> usize {
+    serde_json::to_string(value).map_or(0, |t| t.len())
+}
+
+/// Bytes of a ledger row's log lines.
+fn logs_len(row: &StepResult) -> usize {
+    row.logs.iter().map(|l| l.message.len()).sum()
 }

@@ -325,6 +325,13 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new saga with its pins, unless a pinned plugin is gone.
     async fn create_saga(&self, new: NewSaga) -> StoreResult<CreateSaga>;
     async fn saga(&self, id: SagaId) -> StoreResult<Option<SagaDetail>>;
+    /// The saga as people read it (the API, the console, a stream's
+    /// snapshot): a step output over `shown_bytes` is left in the database
+    /// (`output` null, `output_omitted` its size), so a read never holds
+    /// every output of a large saga at once.
+    async fn saga_shown(&self, id: SagaId, shown_bytes: usize) -> StoreResult<Option<SagaDetail>>;
+    /// One step's whole output, as stored (JSON text).
+    async fn step_output(&self, id: SagaId, index: u32) -> StoreResult<Option<String>>;
     /// How many sagas are `pending` (started, not yet taken by a host).
     async fn pending_count(&self) -> StoreResult<u64>;
     /// Newest first, from the filter's cursor.
@@ -397,6 +404,15 @@ pub trait Store: Send + Sync + 'static {
     /// The sealed secrets of these names that exist.
     async fn sealed_secrets(&self, names: &[SecretName]) -> StoreResult<Vec<SealedSecret>>;
 
+    /// Stores a console session, and drops the ones expired by `now`.
+    async fn put_session(&self, session: &ConsoleSession, now: Timestamp) -> StoreResult<()>;
+    /// The session whose id hashes to `id_sha256`, unless it expired by
+    /// `now` (or was revoked).
+    async fn session(&self, id_sha256: &str, now: Timestamp)
+    -> StoreResult<Option<ConsoleSession>>;
+    /// Revokes a session (a logout); nothing when there is none.
+    async fn delete_session(&self, id_sha256: &str) -> StoreResult<()>;
+
     /// Tells the other hosts that a grant or secret changed.
     async fn announce_access(&self) -> StoreResult<()> {
         Ok(())
@@ -413,6 +429,37 @@ pub trait Store: Send + Sync + 'static {
     async fn announce_work(&self) -> StoreResult<()> {
         Ok(())
     }
+}
+
+/// The ledger columns with the output left out past `shown_bytes`.
+pub(crate) fn shown_step_columns(shown_bytes: usize) -> String {
+    STEP_COLUMNS.replacen(
+        "output,",
+        &format!("CASE WHEN octet_length(output) <= {shown_bytes} THEN output END AS output,"),
+        1,
+    )
+}
+
+/// Marks the ledger rows whose outputs a shown read left out:
+/// `(index, bytes)`.
+pub(crate) fn mark_omitted(steps: &mut [StepResult], omitted: &[(i64, i64)]) {
+    for (index, bytes) in omitted {
+        if let Some(step) = steps.iter_mut().find(|s| i64::from(s.index) == *index) {
+            step.output = None;
+            step.output_omitted = Some(*bytes as u64);
+        }
+    }
+}
+
+/// A console session as stored: the SHA-256 (hex) of its id, never the id,
+/// and of the token that logged in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    pub id_sha256: String,
+    pub label: String,
+    pub token_sha256: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
 }
 
 /// Opens the store a database URL names: `sqlite://path` (or a plain

@@ -37,12 +37,13 @@ mod group;
 
 use super::space::Space;
 use super::{
-    Applied, ClaimedSaga, CreateSaga, DeletePlugin, Fence, Health, Lease, LeaseState,
-    LedgerResourceRow, NewSaga, Notice, PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin, PutTemplate,
-    RESOURCE_COLUMNS, ResourceFilter, ResourceRow, SAGA_COLUMNS, SECRET_COLUMNS, STEP_COLUMNS,
-    SagaFilter, SagaRow, SecretRow, StepRow, Store, StoreError, StoreResult, SummaryRow,
-    TEMPLATE_COLUMNS, TemplateRow, Transition, grants_from_row, ledger_row_json, pinned_by,
-    pinned_digests, same_template, summary_columns, to_json,
+    Applied, ClaimedSaga, ConsoleSession, CreateSaga, DeletePlugin, Fence, Health, Lease,
+    LeaseState, LedgerResourceRow, NewSaga, Notice, PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin,
+    PutTemplate, RESOURCE_COLUMNS, ResourceFilter, ResourceRow, SAGA_COLUMNS, SECRET_COLUMNS,
+    STEP_COLUMNS, SagaFilter, SagaRow, SecretRow, StepRow, Store, StoreError, StoreResult,
+    SummaryRow, TEMPLATE_COLUMNS, TemplateRow, Transition, grants_from_row, ledger_row_json,
+    mark_omitted, pinned_by, pinned_digests, same_template, shown_step_columns, summary_columns,
+    to_json,
 };
 use crate::grants::Grants;
 use crate::model::{
@@ -156,9 +157,13 @@ fn split_pool_size(url: &str) -> StoreResult<(String, u32)> {
     Ok((url, size))
 }
 
-async fn ledger(conn: &mut PgConnection, saga: &SagaRun) -> StoreResult<Vec<StepResult>> {
+async fn ledger(
+    conn: &mut PgConnection,
+    saga: &SagaRun,
+    columns: &str,
+) -> StoreResult<Vec<StepResult>> {
     let rows: Vec<StepRow> = sqlx::query_as(&format!(
-        "SELECT {STEP_COLUMNS} FROM saga_step_results WHERE saga_id = $1 ORDER BY step_index"
+        "SELECT {columns} FROM saga_step_results WHERE saga_id = $1 ORDER BY step_index"
     ))
     .bind(saga.id.to_string())
     .fetch_all(&mut *conn)
@@ -423,6 +428,50 @@ async fn first_gone(conn: &mut PgConnection, digests: &[Digest]) -> StoreResult<
         .cloned())
 }
 
+impl PgStore {
+    /// A saga with its ledger and resources as of one snapshot (REPEATABLE
+    /// READ); outputs past `shown` left out.
+    async fn detail(&self, id: SagaId, shown: Option<usize>) -> StoreResult<Option<SagaDetail>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let Some(saga) = saga_by_id(&mut tx, &id.to_string()).await? else {
+            return Ok(None);
+        };
+        let columns = shown.map_or_else(|| STEP_COLUMNS.to_string(), shown_step_columns);
+        let mut steps = ledger(&mut tx, &saga, &columns).await?;
+        if let Some(shown) = shown {
+            let omitted: Vec<(i64, i64)> = sqlx::query_as(
+                "SELECT step_index, octet_length(output)::BIGINT FROM saga_step_results
+                 WHERE saga_id = $1 AND octet_length(output) > $2",
+            )
+            .bind(id.to_string())
+            .bind(shown as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            mark_omitted(&mut steps, &omitted);
+        }
+        let rows: Vec<ResourceRow> = sqlx::query_as(
+            "SELECT step_index, kind, external_id, spec, spec_version, created_at
+             FROM provisioned_resources WHERE saga_id = $1 ORDER BY id",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        let resources = rows
+            .into_iter()
+            .map(SagaResource::try_from)
+            .collect::<StoreResult<_>>()?;
+        tx.commit().await?;
+        Ok(Some(SagaDetail {
+            saga,
+            steps,
+            resources,
+        }))
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
@@ -578,7 +627,7 @@ impl Store for PgStore {
                      cancel_requested, pause_requested, deployment_id, triggered_by, template, template_version,
                      actions, version, idempotency_key, request_hash, lease_owner, lease_epoch, lease_expires_at,
                      ready_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, FALSE, FALSE, $8, $9, $10, $11, '[]', 0, $12, $13, $14,
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, FALSE, FALSE, $8, $9, $10, $11, $23, 0, $12, $13, $14,
                      $15, CASE WHEN $14::text IS NULL THEN NULL ELSE {DB_NOW} + $16 END, $17, $18, $19)
                  ON CONFLICT (idempotency_key) DO NOTHING
                  RETURNING id
@@ -624,6 +673,7 @@ impl Store for PgStore {
         .bind(&digests)
         .bind(serde_json::Value::Array(rows).to_string())
         .bind(lease.is_none() && ready_at.is_some())
+        .bind(to_json(&saga.actions))
         .fetch_one(&self.pool)
         .await
         .map_err(StoreError::from);
@@ -670,33 +720,22 @@ impl Store for PgStore {
     }
 
     async fn saga(&self, id: SagaId) -> StoreResult<Option<SagaDetail>> {
-        // REPEATABLE READ: the saga, its ledger and its resources as of one
-        // snapshot.
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let Some(saga) = saga_by_id(&mut tx, &id.to_string()).await? else {
-            return Ok(None);
-        };
-        let steps = ledger(&mut tx, &saga).await?;
-        let rows: Vec<ResourceRow> = sqlx::query_as(
-            "SELECT step_index, kind, external_id, spec, spec_version, created_at
-             FROM provisioned_resources WHERE saga_id = $1 ORDER BY id",
+        self.detail(id, None).await
+    }
+
+    async fn saga_shown(&self, id: SagaId, shown_bytes: usize) -> StoreResult<Option<SagaDetail>> {
+        self.detail(id, Some(shown_bytes)).await
+    }
+
+    async fn step_output(&self, id: SagaId, index: u32) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT output FROM saga_step_results WHERE saga_id = $1 AND step_index = $2",
         )
         .bind(id.to_string())
-        .fetch_all(&mut *tx)
-        .await?;
-        let resources = rows
-            .into_iter()
-            .map(SagaResource::try_from)
-            .collect::<StoreResult<_>>()?;
-        tx.commit().await?;
-        Ok(Some(SagaDetail {
-            saga,
-            steps,
-            resources,
-        }))
+        .bind(i64::from(index))
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
     }
 
     async fn pending_count(&self) -> StoreResult<u64> {
@@ -785,7 +824,7 @@ impl Store for PgStore {
             let mut conn = self.pool.acquire().await?;
             for (row, epoch) in rows {
                 let saga = SagaRun::try_from(row)?;
-                let ledger = ledger(&mut conn, &saga).await?;
+                let ledger = ledger(&mut conn, &saga, STEP_COLUMNS).await?;
                 claimed.push(ClaimedSaga {
                     saga,
                     ledger,
@@ -1110,6 +1149,59 @@ impl Store for PgStore {
             .await?
             .rows_affected()
             > 0)
+    }
+
+    async fn put_session(&self, s: &ConsoleSession, now: Timestamp) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM console_sessions WHERE expires_at <= $1")
+            .bind(now.millis())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO console_sessions (id_sha256, label, token_sha256, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&s.id_sha256)
+        .bind(&s.label)
+        .bind(&s.token_sha256)
+        .bind(s.created_at.millis())
+        .bind(s.expires_at.millis())
+        .execute(&mut *tx)
+        .await?;
+        let written = tx.commit().await.map_err(StoreError::from);
+        self.note(written)
+    }
+
+    async fn session(
+        &self,
+        id_sha256: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<ConsoleSession>> {
+        let row: Option<(String, String, String, i64, i64)> = sqlx::query_as(
+            "SELECT id_sha256, label, token_sha256, created_at, expires_at
+             FROM console_sessions WHERE id_sha256 = $1 AND expires_at > $2",
+        )
+        .bind(id_sha256)
+        .bind(now.millis())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(
+            |(id_sha256, label, token_sha256, created, expires)| ConsoleSession {
+                id_sha256,
+                label,
+                token_sha256,
+                created_at: Timestamp(created),
+                expires_at: Timestamp(expires),
+            },
+        ))
+    }
+
+    async fn delete_session(&self, id_sha256: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM console_sessions WHERE id_sha256 = $1")
+            .bind(id_sha256)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn sealed_secrets(&self, names: &[SecretName]) -> StoreResult<Vec<SealedSecret>> {

@@ -67,6 +67,7 @@ impl StepRow {
                 .as_deref()
                 .map(|o| from_json("step output", o))
                 .transpose()?,
+            output_omitted: None,
             error: self.error,
             logs: from_json::<Vec<LedgerLogLine>>("step logs", &self.logs)?,
             started_at: self.started_at.map(Timestamp),

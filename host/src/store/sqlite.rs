@@ -19,12 +19,12 @@ mod writer;
 
 use super::space::Space;
 use super::{
-    Applied, ClaimedSaga, CreateSaga, DeletePlugin, Fence, Health, Lease, LeaseState,
-    LedgerResourceRow, NewSaga, PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin, PutTemplate,
-    RESOURCE_COLUMNS, ResourceFilter, ResourceRow, SAGA_COLUMNS, SECRET_COLUMNS, STEP_COLUMNS,
-    SagaFilter, SagaRow, SecretRow, StepRow, Store, StoreError, StoreResult, SummaryRow,
-    TEMPLATE_COLUMNS, TemplateRow, Transition, grants_from_row, pinned_by, pinned_digests,
-    same_template, summary_columns, to_json,
+    Applied, ClaimedSaga, ConsoleSession, CreateSaga, DeletePlugin, Fence, Health, Lease,
+    LeaseState, LedgerResourceRow, NewSaga, PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin,
+    PutTemplate, RESOURCE_COLUMNS, ResourceFilter, ResourceRow, SAGA_COLUMNS, SECRET_COLUMNS,
+    STEP_COLUMNS, SagaFilter, SagaRow, SecretRow, StepRow, Store, StoreError, StoreResult,
+    SummaryRow, TEMPLATE_COLUMNS, TemplateRow, Transition, grants_from_row, mark_omitted,
+    pinned_by, pinned_digests, same_template, shown_step_columns, summary_columns, to_json,
 };
 use crate::config::{SQLITE_PAGE_BYTES, StoreConfig};
 use crate::grants::Grants;
@@ -279,9 +279,13 @@ fn plugin_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PluginRow> {
     })
 }
 
-async fn ledger(conn: &mut SqliteConnection, saga: &SagaRun) -> StoreResult<Vec<StepResult>> {
+async fn ledger(
+    conn: &mut SqliteConnection,
+    saga: &SagaRun,
+    columns: &str,
+) -> StoreResult<Vec<StepResult>> {
     let rows: Vec<StepRow> = sqlx::query_as(&format!(
-        "SELECT {STEP_COLUMNS} FROM saga_step_results WHERE saga_id = ? ORDER BY step_index"
+        "SELECT {columns} FROM saga_step_results WHERE saga_id = ? ORDER BY step_index"
     ))
     .bind(saga.id.to_string())
     .fetch_all(&mut *conn)
@@ -549,6 +553,47 @@ fn diagnose(conn: &Connection, t: &Transition) -> StoreResult<Applied> {
     }
 }
 
+impl SqliteStore {
+    /// A saga with its ledger and resources in one read transaction (one
+    /// consistent snapshot); outputs past `shown` left out.
+    async fn detail(&self, id: SagaId, shown: Option<usize>) -> StoreResult<Option<SagaDetail>> {
+        let mut tx = self.reads.begin().await?;
+        let Some(saga) = saga_by_id(&mut tx, &id.to_string()).await? else {
+            return Ok(None);
+        };
+        let columns = shown.map_or_else(|| STEP_COLUMNS.to_string(), shown_step_columns);
+        let mut steps = ledger(&mut tx, &saga, &columns).await?;
+        if let Some(shown) = shown {
+            let omitted: Vec<(i64, i64)> = sqlx::query_as(
+                "SELECT step_index, octet_length(output) FROM saga_step_results
+                 WHERE saga_id = ? AND octet_length(output) > ?",
+            )
+            .bind(id.to_string())
+            .bind(shown as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            mark_omitted(&mut steps, &omitted);
+        }
+        let rows: Vec<ResourceRow> = sqlx::query_as(
+            "SELECT step_index, kind, external_id, spec, spec_version, created_at
+             FROM provisioned_resources WHERE saga_id = ? ORDER BY id",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        let resources = rows
+            .into_iter()
+            .map(SagaResource::try_from)
+            .collect::<StoreResult<_>>()?;
+        tx.commit().await?;
+        Ok(Some(SagaDetail {
+            saga,
+            steps,
+            resources,
+        }))
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -708,7 +753,7 @@ impl Store for SqliteStore {
                          cancel_requested, pause_requested, deployment_id, triggered_by, template, template_version,
                          actions, version, idempotency_key, request_hash, lease_owner, lease_epoch, lease_expires_at,
                          ready_at, created_at, updated_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, 0, ?, ?, ?, ?, '[]', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, 0, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )?
                 .execute(params![
                     id,
@@ -722,6 +767,7 @@ impl Store for SqliteStore {
                     saga.triggered_by,
                     saga.template,
                     saga.template_version.map(i64::from),
+                    to_json(&saga.actions),
                     idempotency.as_ref().map(|(k, _)| k.as_str()),
                     idempotency.as_ref().map(|(_, h)| h.as_str()),
                     lease.as_ref().map(|l| &*l.owner),
@@ -752,30 +798,22 @@ impl Store for SqliteStore {
     }
 
     async fn saga(&self, id: SagaId) -> StoreResult<Option<SagaDetail>> {
-        // One read transaction, so the saga, its ledger and its resources
-        // are one consistent snapshot.
-        let mut tx = self.reads.begin().await?;
-        let Some(saga) = saga_by_id(&mut tx, &id.to_string()).await? else {
-            return Ok(None);
-        };
-        let steps = ledger(&mut tx, &saga).await?;
-        let rows: Vec<ResourceRow> = sqlx::query_as(
-            "SELECT step_index, kind, external_id, spec, spec_version, created_at
-             FROM provisioned_resources WHERE saga_id = ? ORDER BY id",
+        self.detail(id, None).await
+    }
+
+    async fn saga_shown(&self, id: SagaId, shown_bytes: usize) -> StoreResult<Option<SagaDetail>> {
+        self.detail(id, Some(shown_bytes)).await
+    }
+
+    async fn step_output(&self, id: SagaId, index: u32) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT output FROM saga_step_results WHERE saga_id = ? AND step_index = ?",
         )
         .bind(id.to_string())
-        .fetch_all(&mut *tx)
-        .await?;
-        let resources = rows
-            .into_iter()
-            .map(SagaResource::try_from)
-            .collect::<StoreResult<_>>()?;
-        tx.commit().await?;
-        Ok(Some(SagaDetail {
-            saga,
-            steps,
-            resources,
-        }))
+        .bind(i64::from(index))
+        .fetch_optional(&self.reads)
+        .await?
+        .flatten())
     }
 
     async fn pending_count(&self) -> StoreResult<u64> {
@@ -1106,6 +1144,63 @@ impl Store for SqliteStore {
                     .prepare_cached("DELETE FROM secrets WHERE name = ?")?
                     .execute([name])?
                     > 0)
+            })
+            .await
+    }
+
+    async fn put_session(&self, session: &ConsoleSession, now: Timestamp) -> StoreResult<()> {
+        let s = session.clone();
+        self.writer
+            .write(move |conn| {
+                conn.prepare_cached("DELETE FROM console_sessions WHERE expires_at <= ?")?
+                    .execute([now.millis()])?;
+                conn.prepare_cached(
+                    "INSERT INTO console_sessions (id_sha256, label, token_sha256, created_at, expires_at)
+                     VALUES (?, ?, ?, ?, ?)",
+                )?
+                .execute(params![
+                    s.id_sha256,
+                    s.label,
+                    s.token_sha256,
+                    s.created_at.millis(),
+                    s.expires_at.millis(),
+                ])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn session(
+        &self,
+        id_sha256: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<ConsoleSession>> {
+        let row: Option<(String, String, String, i64, i64)> = sqlx::query_as(
+            "SELECT id_sha256, label, token_sha256, created_at, expires_at
+             FROM console_sessions WHERE id_sha256 = ? AND expires_at > ?",
+        )
+        .bind(id_sha256)
+        .bind(now.millis())
+        .fetch_optional(&self.reads)
+        .await?;
+        Ok(row.map(
+            |(id_sha256, label, token_sha256, created, expires)| ConsoleSession {
+                id_sha256,
+                label,
+                token_sha256,
+                created_at: Timestamp(created),
+                expires_at: Timestamp(expires),
+            },
+        ))
+    }
+
+    async fn delete_session(&self, id_sha256: &str) -> StoreResult<()> {
+        let id = id_sha256.to_string();
+        self.writer
+            .write(move |conn| {
+                conn.prepare_cached("DELETE FROM console_sessions WHERE id_sha256 = ?")?
+                    .execute([id])?;
+                Ok(())
             })
             .await
     }

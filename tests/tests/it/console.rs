@@ -242,7 +242,7 @@ async fn events_reach_every_host_on_postgres() {
 // ---- the console in a real browser
 
 /// A chromedriver on a free port, stopped when dropped.
-struct Driver {
+pub(crate) struct Driver {
     child: std::process::Child,
     port: u16,
 }
@@ -254,7 +254,7 @@ impl Drop for Driver {
     }
 }
 
-async fn chromedriver() -> Driver {
+pub(crate) async fn chromedriver() -> Driver {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -277,7 +277,7 @@ async fn chromedriver() -> Driver {
     Driver { child, port }
 }
 
-async fn browser(driver: &Driver) -> Browser {
+pub(crate) async fn browser(driver: &Driver) -> Browser {
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -292,7 +292,7 @@ async fn browser(driver: &Driver) -> Browser {
 }
 
 /// Waits until `script` (a JS expression) is truthy in the page.
-async fn until(b: &Browser, what: &str, script: &str) {
+pub(crate) async fn until(b: &Browser, what: &str, script: &str) {
     let deadline = Instant::now() + WITHIN;
     loop {
         let v = b
@@ -326,7 +326,7 @@ fn screenshots_dir() -> std::path::PathBuf {
 
 /// The text of what `css` finds, read in one step (the live page may
 /// replace elements between a find and a read).
-async fn text(b: &Browser, css: &str) -> String {
+pub(crate) async fn text(b: &Browser, css: &str) -> String {
     let css = serde_json::to_string(css).unwrap();
     let v = b
         .execute(
@@ -355,7 +355,7 @@ async fn click(b: &Browser, css: &str) {
     panic!("{css} kept being replaced");
 }
 
-async fn screenshot(b: &Browser, name: &str) {
+pub(crate) async fn screenshot(b: &Browser, name: &str) {
     let dir = screenshots_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let png = b.screenshot().await.unwrap();
@@ -364,7 +364,30 @@ async fn screenshot(b: &Browser, name: &str) {
     eprintln!("screenshot: {}", path.display());
 }
 
-async fn log_in(b: &Browser, base: &str, token: &str) {
+/// Logs in with `token` by the form, as a client that is not a browser;
+/// answers the `Cookie` header value of the session.
+pub(crate) async fn login_cookie(base: &str, token: &str) -> String {
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{base}/ui/login"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "a login redirects");
+    let set = r
+        .headers()
+        .get("set-cookie")
+        .expect("a login sets the session cookie")
+        .to_str()
+        .unwrap()
+        .to_string();
+    set.split(';').next().unwrap().to_string()
+}
+
+pub(crate) async fn log_in(b: &Browser, base: &str, token: &str) {
     b.goto(&format!("{base}/ui/")).await.unwrap();
     until(
         b,
@@ -627,10 +650,11 @@ async fn the_console_in_chromium() {
     );
     b.close().await.unwrap();
 
-    let session = |token: &str| format!("wasaga_session={token}");
+    let viewer_cookie = login_cookie(&server.base, "viewer-secret-token").await;
+    let admin_cookie = login_cookie(&server.base, "admin-secret-token").await;
     let page = reqwest::Client::new()
         .get(server.url(&format!("/ui/sagas/{paused}")))
-        .header("cookie", session("viewer-secret-token"))
+        .header("cookie", &viewer_cookie)
         .send()
         .await
         .unwrap()
@@ -647,7 +671,7 @@ async fn the_console_in_chromium() {
         .to_string();
     let r = reqwest::Client::new()
         .post(server.url(&format!("/v1/sagas/{paused}/cancel")))
-        .header("cookie", session("viewer-secret-token"))
+        .header("cookie", &viewer_cookie)
         .header("x-csrf-token", &csrf)
         .send()
         .await
@@ -656,7 +680,7 @@ async fn the_console_in_chromium() {
     // A stale (or missing) CSRF token is refused with a message, even for an admin.
     let r = reqwest::Client::new()
         .post(server.url(&format!("/v1/sagas/{paused}/cancel")))
-        .header("cookie", session("admin-secret-token"))
+        .header("cookie", &admin_cookie)
         .header("x-csrf-token", "0123456789abcdef0123456789abcdef")
         .send()
         .await

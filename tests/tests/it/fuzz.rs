@@ -1,6 +1,8 @@
 //! The request space, fuzzed: random methods, paths (real routes with
-//! random segments, and junk), headers, JSON shapes with numbers at their
-//! edges, and component bytes, against one real server. Every answer must
+//! random segments, and junk), headers (content types a JSON route does
+//! not take, foreign `Origin`, `Host` and `Sec-Fetch-Site` as a hostile
+//! page would send them), JSON shapes with numbers at their edges, and
+//! component bytes, against one real server. Every answer must
 //! be one the OpenAPI document allows (the test client checks each), none
 //! may be a 5xx, and the server must still be healthy and still run a
 //! saga at the end.
@@ -177,6 +179,12 @@ struct Case {
     content_type: Option<String>,
     idempotency_key: Option<String>,
     authorization: Option<String>,
+    /// `Origin`: none, this server, another site, or `null`.
+    origin: Option<&'static str>,
+    /// `Host`: as sent, or a name that is not this server's.
+    foreign_host: bool,
+    /// `Sec-Fetch-Site`, as browsers send it.
+    fetch_site: Option<&'static str>,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -190,20 +198,49 @@ fn case() -> impl Strategy<Value = Case> {
             "application/json",
             "application/wasm",
             "text/plain",
+            "text/plain;charset=UTF-8",
+            "application/x-www-form-urlencoded",
             "multipart/form-data; boundary=x",
             "application/json; charset=latin1",
+            "application/merge-patch+json",
         ])),
         prop::option::of("[ -~]{0,300}"),
         prop::option::of(prop_oneof![Just("Bearer ".to_string()), "[ -~]{0,40}"]),
+        (
+            prop::option::of(prop::sample::select(vec![
+                "self",
+                "http://localhost:1",
+                "https://attacker.example",
+                "null",
+            ])),
+            prop::bool::weighted(0.1),
+            prop::option::of(prop::sample::select(vec![
+                "same-origin",
+                "same-site",
+                "cross-site",
+                "none",
+            ])),
+        ),
     )
         .prop_map(
-            |(method, path, body, content_type, idempotency_key, authorization)| Case {
+            |(
+                method,
+                path,
+                body,
+                content_type,
+                idempotency_key,
+                authorization,
+                (origin, foreign_host, fetch_site),
+            )| Case {
                 method: method.parse().unwrap(),
                 path,
                 body,
                 content_type: content_type.map(String::from),
                 idempotency_key,
                 authorization,
+                origin,
+                foreign_host,
+                fetch_site,
             },
         )
 }
@@ -264,6 +301,17 @@ fn no_request_makes_the_server_fail() {
             if let Some(auth) = &case.authorization {
                 request = request.header("authorization", auth);
             }
+            match case.origin {
+                Some("self") => request = request.header("origin", &server.base),
+                Some(other) => request = request.header("origin", other),
+                None => {}
+            }
+            if case.foreign_host {
+                request = request.header("host", "rebind.attacker.example");
+            }
+            if let Some(site) = case.fetch_site {
+                request = request.header("sec-fetch-site", site);
+            }
             request = match &case.body {
                 Body::None => request,
                 Body::Json(v) => request.body(serde_json::to_vec(v).unwrap()),
@@ -276,6 +324,20 @@ fn no_request_makes_the_server_fail() {
                 .await
                 .map_err(|e| TestCaseError::fail(format!("no answer: {e:?}")))?;
             let status = response.status();
+            let changes = !matches!(case.method.as_str(), "GET" | "HEAD" | "OPTIONS");
+            if case.foreign_host {
+                prop_assert_eq!(status.as_u16(), 421, "a foreign Host is never answered");
+            } else if changes
+                && (matches!(case.origin, Some(o) if o != "self")
+                    || (case.origin.is_none()
+                        && matches!(case.fetch_site, Some("cross-site" | "same-site"))))
+            {
+                prop_assert_eq!(
+                    status.as_u16(),
+                    403,
+                    "a state change from another origin is refused"
+                );
+            }
             prop_assert!(
                 !status.is_server_error(),
                 "{} {}: {status}: {}",

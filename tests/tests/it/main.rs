@@ -11,4 +11,5 @@ mod lifecycle;
 mod real_steps;
 mod runner;
 mod saga_properties;
+mod security;
 mod store;

@@ -499,6 +499,7 @@ fn running_row(spec: &StepSpec, index: u32) -> wasaga::model::StepResult {
         compensate_attempt_base: 0,
         calls: Vec::new(),
         output: None,
+        output_omitted: None,
         error: None,
         logs: Vec::new(),
         started_at: Some(Timestamp::now()),

@@ -71,6 +71,7 @@ fn step_rows(plan: &[StepSpec], owner: &str, now: Timestamp, n: usize) -> (StepR
         compensate_attempt_base: 0,
         calls: Vec::new(),
         output: None,
+        output_omitted: None,
         error: None,
         logs: Vec::new(),
         started_at: Some(now),

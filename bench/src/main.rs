@@ -1554,19 +1554,7 @@ async fn attack_costs(report: &mut Report, quick: bool, bin: &Path) -> Result<()
 
     // The costliest schemas a put accepts.
     let http = reqwest::Client::new();
-    let chain = {
-        let mut defs = serde_json::Map::new();
-        let depth = 7;
-        for i in 0..depth {
-            let next = format!("#/$defs/d{}", i + 1);
-            defs.insert(
-                format!("d{i}"),
-                json!({"anyOf": [{"$ref": next}, {"$ref": next}]}),
-            );
-        }
-        defs.insert(format!("d{depth}"), json!({"type": "string"}));
-        json!({"$defs": defs, "properties": {"x": {"$ref": "#/$defs/d0"}}})
-    };
+    let chain = wasaga_tests::any_of_chain(7);
     let strings = 1_990;
     let patterns = json!({
         "additionalProperties": {"type": "string", "pattern": "^(a+)+$"},
@@ -1584,7 +1572,12 @@ async fn attack_costs(report: &mut Report, quick: bool, bin: &Path) -> Result<()
             .json(&json!({"steps": ["echo"], "inputs_schema": schema}))
             .send()
             .await?;
-        anyhow::ensure!(r.status().is_success(), "putting {name}: {}", r.status());
+        let status = r.status();
+        anyhow::ensure!(
+            status.is_success(),
+            "putting {name}: {status} {}",
+            r.text().await?
+        );
         let before = host.rss()?;
         let mut took = Vec::new();
         for _ in 0..5 {

@@ -63,6 +63,22 @@ pub fn polyglot_dir() -> PathBuf {
         .join("polyglot")
 }
 
+/// A template inputs schema that is a chain of `anyOf`s through `$ref`s,
+/// `depth` links long: each link doubles the work of checking an instance
+/// that fails it (issue 34's costly schema).
+pub fn any_of_chain(depth: usize) -> serde_json::Value {
+    let mut defs = serde_json::Map::new();
+    for i in 0..depth {
+        let next = format!("#/$defs/d{}", i + 1);
+        defs.insert(
+            format!("d{i}"),
+            serde_json::json!({"anyOf": [{"$ref": next}, {"$ref": next}]}),
+        );
+    }
+    defs.insert(format!("d{depth}"), serde_json::json!({"type": "string"}));
+    serde_json::json!({"$defs": defs, "properties": {"x": {"$ref": "#/$defs/d0"}}})
+}
+
 /// A secrets key file (64 random hex characters) in `dir`.
 pub fn secrets_key_file(dir: &Path) -> PathBuf {
     let path = dir.join("secrets.key");

@@ -462,6 +462,21 @@ pub struct ConsoleSession {
     pub expires_at: Timestamp,
 }
 
+impl ConsoleSession {
+    /// A row of `console_sessions`, in its columns' order.
+    pub(crate) fn from_row(
+        (id_sha256, label, token_sha256, created, expires): (String, String, String, i64, i64),
+    ) -> ConsoleSession {
+        ConsoleSession {
+            id_sha256,
+            label,
+            token_sha256,
+            created_at: Timestamp(created),
+            expires_at: Timestamp(expires),
+        }
+    }
+}
+
 /// Opens the store a database URL names: `sqlite://path` (or a plain
 /// path) or `postgres://...`.
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {

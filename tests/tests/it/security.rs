@@ -9,7 +9,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wasaga_tests::{Backend, Http, TestDb, TestServer, component, poll_saga, variant};
+use wasaga_tests::{
+    Backend, Http, TestDb, TestServer, any_of_chain, component, poll_saga, variant,
+};
 
 const WITHIN: Duration = Duration::from_secs(60);
 
@@ -264,21 +266,6 @@ async fn bodies_are_read_only_for_known_callers_and_in_time() {
     let r = admin.get(server.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     server.stop().await.unwrap();
-}
-
-/// A chain of `anyOf`s through `$ref`s, `depth` links long: each link
-/// doubles the work of checking an instance that fails it.
-fn any_of_chain(depth: usize) -> Value {
-    let mut defs = serde_json::Map::new();
-    for i in 0..depth {
-        let next = format!("#/$defs/d{}", i + 1);
-        defs.insert(
-            format!("d{i}"),
-            json!({"anyOf": [{"$ref": next}, {"$ref": next}]}),
-        );
-    }
-    defs.insert(format!("d{depth}"), json!({"type": "string"}));
-    json!({"$defs": defs, "properties": {"x": {"$ref": "#/$defs/d0"}}})
 }
 
 /// Medium 3: a schema's cost is bounded when it is put, and a start's

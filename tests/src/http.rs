@@ -247,9 +247,10 @@ impl Contract {
         let method = if head { &Method::GET } else { method };
         let Some(operation) = self.operation(method, path) else {
             // Routes the document does not describe answer 404 or 405 (or
-            // are refused before routing: 401, 413), in the error body.
+            // are refused by the gate before routing: 401, 403 for another
+            // origin, 408, 413, 415, 421, 429), in the error body.
             return match status {
-                401 | 404 | 405 | 413 => self.check_error(body, head),
+                401 | 403 | 404 | 405 | 408 | 413 | 415 | 421 | 429 => self.check_error(body, head),
                 _ => Err(format!("no documented operation for {method} {path}")),
             };
         };

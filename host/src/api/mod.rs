@@ -198,7 +198,8 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 
 /// What every answer allows a browser: the console's own script, styles
 /// and data from this server only, no inline script or style, no framing
-/// by any page (clickjacking), forms posted only here.
+/// by any page (clickjacking), forms posted only here; no referrer sent
+/// to another origin.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
      base-uri 'none'";
@@ -251,7 +252,9 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(SetResponseHeaderLayer::overriding(
             header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
+            // Not `no-referrer`: with it, Chromium sends `Origin: null` on
+            // the console's own form posts, which the gate must refuse.
+            HeaderValue::from_static("same-origin"),
         ))
         .with_state(state)
 }

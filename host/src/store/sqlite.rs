@@ -1183,15 +1183,7 @@ impl Store for SqliteStore {
         .bind(now.millis())
         .fetch_optional(&self.reads)
         .await?;
-        Ok(row.map(
-            |(id_sha256, label, token_sha256, created, expires)| ConsoleSession {
-                id_sha256,
-                label,
-                token_sha256,
-                created_at: Timestamp(created),
-                expires_at: Timestamp(expires),
-            },
-        ))
+        Ok(row.map(ConsoleSession::from_row))
     }
 
     async fn delete_session(&self, id_sha256: &str) -> StoreResult<()> {

@@ -790,6 +790,7 @@ async fn the_openapi_document_matches_the_router() {
         "GET /resources",
         "GET /events",
         "GET /sagas/{id}/events",
+        "GET /sagas/{id}/steps/{index}/output",
         "PUT /templates/{name}",
         "GET /templates",
         "GET /templates/{name}",

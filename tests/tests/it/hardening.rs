@@ -190,7 +190,7 @@ async fn an_oversized_body_is_refused_at_its_header() {
         ("/v1/sagas", false),
     ] {
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: wasaga\r\nContent-Length: 999999999999\r\n{}\r\n",
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 999999999999\r\n{}\r\n",
             if expect {
                 "Expect: 100-continue\r\n"
             } else {
@@ -217,11 +217,11 @@ async fn a_get_with_a_body_keeps_its_connection() {
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     let body = "x".repeat(3000);
     let first = format!(
-        "GET /v1/plugins HTTP/1.1\r\nHost: wasaga\r\nContent-Length: {}\r\n\r\n{body}",
+        "GET /v1/plugins HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     conn.write_all(first.as_bytes()).await.unwrap();
-    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: wasaga\r\n\r\n")
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let mut answers = String::new();

@@ -464,7 +464,7 @@ async fn console_sessions_pages_and_logins() {
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     assert_eq!(headers["x-frame-options"], "DENY");
     assert_eq!(headers["x-content-type-options"], "nosniff");
-    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["referrer-policy"], "same-origin");
     let page = plain
         .get(server.url("/ui/"))
         .header("cookie", &viewer)

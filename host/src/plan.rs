@@ -402,10 +402,9 @@ impl SchemaCost<'_> {
 
 /// A JSON pointer from a URI fragment (`%25` and the like decoded).
 fn percent_decode(fragment: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", fragment.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(fragment)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Compiled schemas by template name and version, and the blocking

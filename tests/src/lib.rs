@@ -79,6 +79,25 @@ pub fn any_of_chain(depth: usize) -> serde_json::Value {
     serde_json::json!({"$defs": defs, "properties": {"x": {"$ref": "#/$defs/d0"}}})
 }
 
+/// Tokens for a test server: an admin token (labelled `admin`) and the
+/// lines of a tokens file (`ROLE LABEL SECRET`).
+pub fn tokens(admin: &str, file: &str) -> wasaga::api::Tokens {
+    let mut tokens = wasaga::api::Tokens::admin(admin).expect("an admin token");
+    tokens.add_file(file).expect("a tokens file");
+    tokens
+}
+
+/// The CSRF token a console page carries (its `<meta name="csrf">`).
+pub fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" content=\"")
+        .nth(1)
+        .expect("a page with a CSRF token")
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// A secrets key file (64 random hex characters) in `dir`.
 pub fn secrets_key_file(dir: &Path) -> PathBuf {
     let path = dir.join("secrets.key");

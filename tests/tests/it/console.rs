@@ -413,14 +413,11 @@ pub(crate) async fn log_in(b: &Browser, base: &str, token: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_chromium() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let tokens_file = db.dir.path().join("tokens");
-    std::fs::write(&tokens_file, "viewer watcher viewer-secret-token\n").unwrap();
     let server = TestServer::on(&db, |o| {
-        let mut tokens = wasaga::api::Tokens::admin("admin-secret-token").unwrap();
-        tokens
-            .add_file(&std::fs::read_to_string(&tokens_file).unwrap())
-            .unwrap();
-        o.server.tokens = Some(tokens);
+        o.server.tokens = Some(wasaga_tests::tokens(
+            "admin-secret-token",
+            "viewer watcher viewer-secret-token\n",
+        ));
     })
     .await;
     let admin = wasaga_tests::Http::with_token("admin-secret-token");
@@ -661,14 +658,7 @@ async fn the_console_in_chromium() {
         .text()
         .await
         .unwrap();
-    let csrf = page
-        .split("name=\"csrf\" content=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
+    let csrf = wasaga_tests::csrf_of(&page);
     let r = reqwest::Client::new()
         .post(server.url(&format!("/v1/sagas/{paused}/cancel")))
         .header("cookie", &viewer_cookie)

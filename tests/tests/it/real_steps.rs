@@ -461,10 +461,10 @@ async fn grants_and_secrets_are_admin_business_and_say_what_is_wrong() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_decide_who_may_do_what_and_the_label_is_the_actor() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let mut tokens = wasaga::api::Tokens::admin("root-t0ken").unwrap();
-    tokens
-        .add_file("viewer dash view-t0ken\noperator oncall ops-t0ken\n")
-        .unwrap();
+    let tokens = wasaga_tests::tokens(
+        "root-t0ken",
+        "viewer dash view-t0ken\noperator oncall ops-t0ken\n",
+    );
     let server = server(&db, |o| o.server.tokens = Some(tokens)).await;
     let http = &server.http;
     let call = |method: reqwest::Method, path: &str, token: Option<&str>| {

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasaga_tests::{
-    Backend, Http, TestDb, TestServer, any_of_chain, component, poll_saga, variant,
+    Backend, Http, TestDb, TestServer, any_of_chain, component, csrf_of, poll_saga, variant,
 };
 
 const WITHIN: Duration = Duration::from_secs(60);
@@ -153,7 +153,9 @@ async fn a_token_less_server_refuses_other_origins_hosts_and_content_types() {
     assert_eq!(saga_count(&server, "attack").await, 3);
     server.stop().await.unwrap();
 
-    // `--allowed-host` adds a name.
+    // `--allowed-host` adds a name (a server of its own: not a restart on
+    // the same database file, which this test is not about).
+    let db = TestDb::new(Backend::Sqlite).await;
     let server = TestServer::on(&db, |o| {
         o.server.allowed_hosts = vec!["wasaga.internal".into()]
     })
@@ -224,14 +226,11 @@ async fn status_line(stream: &mut tokio::net::TcpStream) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_are_read_only_for_known_callers_and_in_time() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let dir = db.dir.path().join("tokens");
-    std::fs::write(&dir, "viewer eyes viewer-token\n").unwrap();
     let server = TestServer::on(&db, |o| {
-        let mut tokens = wasaga::api::Tokens::admin("admin-token").unwrap();
-        tokens
-            .add_file(&std::fs::read_to_string(&dir).unwrap())
-            .unwrap();
-        o.server.tokens = Some(tokens);
+        o.server.tokens = Some(wasaga_tests::tokens(
+            "admin-token",
+            "viewer eyes viewer-token\n",
+        ));
         o.server.request_timeout = Duration::from_secs(2);
     })
     .await;
@@ -412,18 +411,11 @@ fn url_encoded(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_sessions_pages_and_logins() {
     let db = TestDb::new(Backend::Postgres).await;
-    let tokens_file = db.dir.path().join("tokens");
-    std::fs::write(
-        &tokens_file,
-        "# comments at the start of a line only\nviewer eyes viewer#token-with-hash\noperator ops ops-token\n",
-    )
-    .unwrap();
     let server = TestServer::on(&db, |o| {
-        let mut tokens = wasaga::api::Tokens::admin("admin-token").unwrap();
-        tokens
-            .add_file(&std::fs::read_to_string(&tokens_file).unwrap())
-            .unwrap();
-        o.server.tokens = Some(tokens);
+        o.server.tokens = Some(wasaga_tests::tokens(
+            "admin-token",
+            "# comments at the start of a line only\nviewer eyes viewer#token-with-hash\noperator ops ops-token\n",
+        ));
         o.server.auth_failures_per_minute = 5;
     })
     .await;
@@ -509,15 +501,6 @@ async fn console_sessions_pages_and_logins() {
 
     // The CSRF token is bound to one session: a second login has another,
     // and after logout neither the cookie nor its token works.
-    let csrf_of = |page: &str| {
-        page.split("name=\"csrf\" content=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .to_string()
-    };
     let first = login_cookie(&server.base, "ops-token").await;
     let second = login_cookie(&server.base, "ops-token").await;
     let page_of = |cookie: String| {

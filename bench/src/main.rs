@@ -16,6 +16,8 @@
 //!   loop; baseline: the same number of single-row commits through sqlx,
 //!   measured right before each level (at concurrency 1, in rounds between
 //!   the sagas' rounds).
+//! - live events: throughput with 10 `/v1/events` subscribers against
+//!   none, and the host's CPU per event delivered to 100 (`events.rs`).
 //! - end-to-end latency of a 3-step echo saga at low load, from the 201 to
 //!   completion; baseline: the commits it needs, done bare.
 //! - plugin load: cold compile vs cached load, for echo and the Python
@@ -23,13 +25,17 @@
 //! - memory: RSS of `wasaga serve` idle and with 1,000 sagas in flight.
 //! - several hosts on PostgreSQL: steps/s with 1, 2 and 3 `wasaga serve`.
 //! - outbound HTTP: one GET from a step through the host's `wasi:http`
-//!   (grant check, audit, limits); baseline: the same GET through reqwest,
-//!   on a new connection and on a pooled one.
+//!   (grant check, audit, limits, the host's connection pool); baseline:
+//!   the same GET through reqwest, on a new connection and on a pooled
+//!   one; and ten sequential GETs in one step, per request, against ten on
+//!   reqwest's pooled connection.
 //! - I/O-bound scale: 2,000 sagas at once whose one step waits 1 s on a
 //!   local server; wall time and the server's peak RSS; baseline: one wait.
 //! - durable waits: 10,000 sagas whose one step polls 5 times 1 s apart
 //!   (`poll-after`); wall time, peak RSS and CPU seconds of the server;
 //!   baseline: the same wait as a sleep inside the call.
+
+mod events;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -52,6 +58,8 @@ struct Args {
     out: Option<PathBuf>,
     wasaga_bin: Option<PathBuf>,
     only: Vec<String>,
+    /// The child of the events benchmark: subscribe, count, report.
+    subscribe: Option<(String, usize)>,
 }
 
 fn args() -> Result<Args> {
@@ -60,10 +68,16 @@ fn args() -> Result<Args> {
         out: None,
         wasaga_bin: None,
         only: Vec::new(),
+        subscribe: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
+            "--subscribe" => {
+                let url = it.next().context("--subscribe URL N")?;
+                let n = it.next().context("--subscribe URL N")?.parse()?;
+                args.subscribe = Some((url, n));
+            }
             "--quick" => args.quick = true,
             "--out" => args.out = Some(it.next().context("--out PATH")?.into()),
             "--wasaga-bin" => {
@@ -555,80 +569,6 @@ async fn durable_throughput(report: &mut Report, quick: bool) -> Result<()> {
     Ok(())
 }
 
-/// Durable throughput at concurrency 64 with 100 clients following
-/// `/v1/events` (each reading every event), against none, interleaved in
-/// one run: live events must not slow the engine.
-async fn events_overhead(report: &mut Report, quick: bool) -> Result<()> {
-    report.measured_by(format!("{BENCH} --only events"));
-    let sagas = if quick { 100 } else { 1_000 };
-    const STEPS: usize = 5;
-    const SUBSCRIBERS: usize = 100;
-    let host = LocalHost::start(|o| {
-        o.runner.concurrency = 64;
-        o.runtime.max_instances = 64;
-    })
-    .await?;
-    // A warm-up, so neither side pays for the first compile and pages.
-    closed_loop(&host, sagas / 4, STEPS, 64).await?;
-    let rounds = if quick { 1 } else { 3 };
-    let (mut without, mut with) = (Vec::new(), Vec::new());
-    let mut received = 0usize;
-    for _ in 0..rounds {
-        let (took, _) = closed_loop(&host, sagas, STEPS, 64).await?;
-        without.push((sagas * STEPS) as f64 / took.as_secs_f64());
-        let counted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut readers = Vec::new();
-        // Each client reads every byte (and only counts them): what a real
-        // subscriber's parsing costs is its own machine's, not the host's.
-        // (Clients as curl processes instead measured lower still: they
-        // share these two CPUs either way.)
-        let http = reqwest::Client::new();
-        for _ in 0..SUBSCRIBERS {
-            let mut response = http.get(format!("{}/v1/events", host.base)).send().await?;
-            anyhow::ensure!(
-                response.status() == 200,
-                "subscribing: {}",
-                response.status()
-            );
-            let counted = counted.clone();
-            readers.push(tokio::spawn(async move {
-                while let Ok(Some(chunk)) = response.chunk().await {
-                    counted.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
-                }
-            }));
-        }
-        anyhow::ensure!(host.host.runner.hub().subscribers() >= SUBSCRIBERS);
-        let (took, _) = closed_loop(&host, sagas, STEPS, 64).await?;
-        with.push((sagas * STEPS) as f64 / took.as_secs_f64());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        for r in readers {
-            r.abort();
-        }
-        received += counted.load(std::sync::atomic::Ordering::Relaxed);
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (without, with) = (median(&mut without), median(&mut with));
-    report.add(
-        "live events",
-        format!(
-            "{sagas} sagas × {STEPS} echo steps, SQLite, concurrency 64, {SUBSCRIBERS} clients on /v1/events"
-        ),
-        format!("{with:.0} steps/s"),
-        format!("{without:.0} steps/s without"),
-        format!("{:.0} %", 100.0 * with / without),
-        "≥ 90 %",
-    );
-    report.notes.push(format!(
-        "live events: median of {rounds} interleaved round(s) each; the {SUBSCRIBERS} clients, in the bench's process on the same two CPUs, read {} of events in all (every saga's `saga` events, the whole saga without its ledger, as DESIGN.md says).",
-        mib(received as u64)
-    ));
-    host.host.shutdown().await;
-    Ok(())
-}
-
 async fn low_load_latency(report: &mut Report, quick: bool) -> Result<()> {
     report.measured_by(format!("{BENCH} --only latency"));
     let n = if quick { 40 } else { 300 };
@@ -1080,22 +1020,54 @@ async fn outbound_http(report: &mut Report, quick: bool) -> Result<()> {
     // Interleaved, so that each kind sees the same machine.
     let (mut with_get, mut without, mut on_fresh, mut on_pooled) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut with_ten, mut ten_pooled) = (Vec::new(), Vec::new());
     let get = json!([{ "url": url }]);
+    let ten = json!(vec![json!({ "url": url }); 10]);
     for i in 0..n + 100 {
         let a = step(get.clone()).await?;
         let b = step(json!([])).await?;
         let c = native(&fresh).await?;
         let d = native(&pooled).await?;
+        let e = step(ten.clone()).await?;
+        let mut f = Duration::ZERO;
+        for _ in 0..10 {
+            f += native(&pooled).await?;
+        }
         if i >= 100 {
             with_get.push(a);
             without.push(b);
             on_fresh.push(c);
             on_pooled.push(d);
+            with_ten.push(e);
+            ten_pooled.push(f);
         }
     }
-    for samples in [&mut with_get, &mut without, &mut on_fresh, &mut on_pooled] {
+    for samples in [
+        &mut with_get,
+        &mut without,
+        &mut on_fresh,
+        &mut on_pooled,
+        &mut with_ten,
+        &mut ten_pooled,
+    ] {
         samples.sort();
     }
+    // Ten sequential GETs in one step, per request: the step's time less
+    // the same step making none, over ten; against ten GETs on reqwest's
+    // pooled connection, over ten.
+    let per_request = (pct(&with_ten, 0.5).saturating_sub(pct(&without, 0.5))) / 10;
+    let pooled_per_request = pct(&ten_pooled, 0.5) / 10;
+    report.add(
+        "outbound HTTP",
+        "a step making 10 sequential GETs to one origin: per request, p50",
+        us(per_request),
+        format!("{} reqwest, pooled", us(pooled_per_request)),
+        format!(
+            "{:+.0} µs",
+            (per_request.as_secs_f64() - pooled_per_request.as_secs_f64()) * 1e6
+        ),
+        "≤ +100 µs",
+    );
     let (step_p50, bare_p50) = (pct(&with_get, 0.5), pct(&without, 0.5));
     let (fresh_p50, pooled_p50) = (pct(&on_fresh, 0.5), pct(&on_pooled, 0.5));
     let added = |base: Duration| {
@@ -1609,6 +1581,9 @@ async fn attack_costs(report: &mut Report, quick: bool, bin: &Path) -> Result<()
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = args()?;
+    if let Some((url, n)) = &args.subscribe {
+        return events::subscribe(url, *n).await;
+    }
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut report = Report {
         rows: Vec::new(),
@@ -1633,7 +1608,7 @@ async fn main() -> Result<()> {
         durable_throughput(&mut report, args.quick).await?;
     }
     if wanted("events") {
-        events_overhead(&mut report, args.quick).await?;
+        events::overhead(&mut report, args.quick).await?;
     }
     if wanted("latency") {
         low_load_latency(&mut report, args.quick).await?;

@@ -102,6 +102,33 @@ pub struct RuntimeConfig {
     pub max_http_requests: usize,
     /// Bytes of one response body a call may read. Default 16 MiB.
     pub max_http_response_bytes: u64,
+    /// How steps' outbound connections are pooled.
+    pub outbound: OutboundConfig,
+}
+
+/// Steps' outbound connections (`plugin::outbound`): pooled per plugin and
+/// origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundConfig {
+    /// Longest wait for a new connection (TCP and TLS), within the call's
+    /// deadline. Default 10 s.
+    pub connect_timeout: Duration,
+    /// How long an idle connection is kept for the next request. Default
+    /// 90 s (under the common 120 s of providers' load balancers, so a
+    /// connection is rarely reused just as the far end closes it).
+    pub idle_timeout: Duration,
+    /// Idle connections kept per plugin and origin. Default 16.
+    pub max_idle_per_origin: usize,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_origin: 16,
+        }
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -123,6 +150,7 @@ impl Default for RuntimeConfig {
             max_concurrent_compiles: default_concurrent_compiles(),
             max_http_requests: 32,
             max_http_response_bytes: 16 * MIB,
+            outbound: OutboundConfig::default(),
         }
     }
 }

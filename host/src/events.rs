@@ -11,8 +11,13 @@
 //! reach every host whichever host runs it.
 //!
 //! The hub is two bounded broadcast buffers (every event, for one saga's
-//! streams; `saga` events only, for `/v1/events`, whose subscribers are
-//! then not woken for each ledger row): a subscriber that falls more than
+//! streams, whose `saga` events carry the saga without its ledger; `saga`
+//! events only, for `/v1/events`, carrying the saga's summary as
+//! `GET /v1/sagas` lists it, whose subscribers are then not woken for each
+//! ledger row and do not receive plans, inputs and contexts they do not
+//! show). Each event is framed once, when it is published, and the same
+//! bytes go to every subscriber. A subscriber sees every change (nothing is
+//! coalesced); one that falls more than
 //! its capacity behind is told it lagged (its stream then ends with an
 //! error event and the client reconnects for a fresh snapshot), so a slow
 //! client never grows memory. With no subscriber, publishing costs an
@@ -35,8 +40,9 @@ pub struct Event {
     /// Order of publication on this host (the SSE `id`).
     pub seq: u64,
     pub saga_id: SagaId,
-    /// `saga` (the saga row changed: data is the saga without its ledger)
-    /// or `step` (a ledger row was written: data is the row).
+    /// `saga` (the saga row changed: data is the saga without its ledger
+    /// on a saga's stream, its summary on `/v1/events`) or `step` (a
+    /// ledger row was written: data is the row).
     pub name: &'static str,
     /// The whole SSE frame (`event`, `id`, `data` lines), made once and
     /// shared by every subscriber.
@@ -147,18 +153,20 @@ impl EventHub {
 
     fn send_saga(&self, saga: &SagaRun) {
         let seq = self.next_seq();
-        let event = Event {
+        let event = |frame| Event {
             seq,
             saga_id: saga.id,
             name: "saga",
-            frame: frame("saga", seq, saga),
+            frame,
             status: Some(saga.status),
             kind: Some(saga.kind.as_str().into()),
         };
         if self.sagas.receiver_count() > 0 {
-            let _ = self.sagas.send(event.clone());
+            let _ = self.sagas.send(event(frame("saga", seq, &saga.summary())));
         }
-        let _ = self.all.send(event);
+        if self.all.receiver_count() > 0 {
+            let _ = self.all.send(event(frame("saga", seq, saga)));
+        }
     }
 
     fn send_step(&self, saga_id: SagaId, row: &StepResult) {

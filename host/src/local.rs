@@ -162,7 +162,7 @@ impl Local {
         }
     }
 
-    /// The conformance check (DESIGN.md "Authoring plugins"), in order.
+    /// The conformance check (docs/design.md "Authoring plugins"), in order.
     pub async fn conformance(&self, inputs: &Map<String, Value>) -> Vec<Check> {
         let mut checks = Vec::new();
         let key = "local:0:execute";

@@ -1,5 +1,5 @@
 //! What Prometheus scrapes at `/metrics`: saga, step, store and outbound
-//! HTTP series (names in DESIGN.md), through `prometheus-client`.
+//! HTTP series (names in docs/design.md), through `prometheus-client`.
 //!
 //! One registry per process ([`global`]): a process runs one host, and the
 //! places that count (the runner, the plugin sandbox) are far apart, so a

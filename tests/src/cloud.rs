@@ -15,8 +15,8 @@
 //! - `GET /v2/hang`: accepts and never answers.
 //!
 //! Every `/v2/resources` route needs `Authorization: Bearer <token>`
-//! (`401` otherwise). The cloud counts its calls, and a hook can hold a
-//! create (to kill a host mid-call).
+//! (`401` otherwise). The cloud counts its calls and the TCP connections it
+//! accepted, and a hook can hold a create (to kill a host mid-call).
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -52,6 +52,7 @@ struct Inner {
 pub struct Cloud {
     pub addr: std::net::SocketAddr,
     inner: Arc<Mutex<Inner>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Cloud {
@@ -71,6 +72,7 @@ impl Cloud {
                 token: token.to_string(),
                 ..Inner::default()
             })),
+            connections: Arc::default(),
         };
         let app = Router::new()
             .route("/v2/resources", post(create))
@@ -81,6 +83,10 @@ impl Cloud {
             .route("/v2/slow", get(slow))
             .route("/v2/hang", get(hang))
             .with_state(cloud.clone());
+        let connections = cloud.connections.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+            connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
         tokio::spawn(async move { axum::serve(listener, app).await });
         Ok(cloud)
     }
@@ -99,6 +105,11 @@ impl Cloud {
     pub fn counts(&self) -> (usize, usize, usize) {
         let i = self.inner.lock().unwrap();
         (i.creates, i.deletes, i.unauthorized)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// New resources answer `booting` to their first `checks` `GET`s, then

@@ -217,7 +217,8 @@ pub struct EventsQuery {
     status: Option<String>,
 }
 
-/// Every saga's changes, as `saga` events (the saga without its ledger).
+/// Every saga's changes, as `saga` events (the saga's summary, as
+/// `GET /v1/sagas` lists it).
 #[utoipa::path(
     get,
     path = "/events",

@@ -1,4 +1,4 @@
-//! HTTP API v1 (a contract: DESIGN.md): routes, authentication and roles,
+//! HTTP API v1 (a contract: docs/design.md): routes, authentication and roles,
 //! limits, and the OpenAPI document.
 //!
 //! One router per resource (`plugins`, `sagas`, `resources`, ...), each built with

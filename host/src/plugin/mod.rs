@@ -19,6 +19,7 @@
 
 mod cache;
 mod engine;
+pub mod outbound;
 mod sandbox;
 mod validate;
 
@@ -323,6 +324,8 @@ struct Inner {
     instances: Arc<Semaphore>,
     /// One permit per compile in progress.
     compiles: Arc<Semaphore>,
+    /// Steps' outbound connections, pooled per plugin and origin.
+    outbound: Arc<outbound::Outbound>,
     /// The threads that run Wasm (`None`: calls run on the caller's runtime).
     wasm_runtime: Option<tokio::runtime::Runtime>,
     _ticker: engine::EpochTicker,
@@ -431,6 +434,7 @@ impl PluginHost {
             inner: Arc::new(Inner {
                 instances: Arc::new(Semaphore::new(config.max_instances.max(1) as usize)),
                 compiles: Arc::new(Semaphore::new(config.max_concurrent_compiles.max(1))),
+                outbound: Arc::new(outbound::Outbound::new(config.outbound)),
                 engine,
                 linker,
                 config,
@@ -767,7 +771,14 @@ impl PluginHost {
         };
         let mut store = Store::new(
             &self.inner.engine,
-            CallState::new(&plugin.name, limits, access, http, deadline),
+            CallState::new(
+                &plugin.name,
+                limits,
+                access,
+                http,
+                self.inner.outbound.clone(),
+                deadline,
+            ),
         );
         store.limiter(|state| &mut state.limiter);
         if let Some(fuel) = limits.fuel

@@ -13,6 +13,7 @@
 //! retrying a bug.
 
 use super::bindings::{v0_1, v0_2};
+use super::outbound::Outbound;
 use crate::config::StepLimits;
 use crate::grants::SecretMode;
 use crate::grants::{Access, Origin};
@@ -56,6 +57,7 @@ impl CallState {
         limits: &StepLimits,
         access: Arc<Access>,
         http: HttpLimits,
+        outbound: Arc<Outbound>,
         deadline: Instant,
     ) -> CallState {
         let log = Arc::new(Mutex::new(CallLog::new(limits, access.redactor.clone())));
@@ -67,6 +69,7 @@ impl CallState {
                 access,
                 log: log.clone(),
                 limits: http,
+                outbound,
                 deadline,
                 sent: 0,
             },
@@ -513,6 +516,8 @@ pub(crate) struct HttpPolicy {
     access: Arc<Access>,
     log: Arc<Mutex<CallLog>>,
     limits: HttpLimits,
+    /// Where admitted requests go out: this host's pools.
+    outbound: Arc<Outbound>,
     deadline: Instant,
     sent: usize,
 }
@@ -659,21 +664,27 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpPolicy {
             }
         };
         // Every wait of the request ends at the call's deadline at the
-        // latest (the call itself is cut there too).
+        // latest (the call itself is cut there too): the response head
+        // within the connect bound (when a new connection is needed) and
+        // the first-byte bound, each piece of the body within the
+        // between-bytes bound.
         let remaining = self.deadline.saturating_duration_since(Instant::now());
-        let bounded = |asked: Option<Duration>| Some(asked.map_or(remaining, |a| a.min(remaining)));
-        let options = wasmtime_wasi_http::RequestOptions {
-            connect_timeout: bounded(options.and_then(|o| o.connect_timeout)),
-            first_byte_timeout: bounded(options.and_then(|o| o.first_byte_timeout)),
-            between_bytes_timeout: bounded(options.and_then(|o| o.between_bytes_timeout)),
-        };
+        let asked = |a: Option<Duration>| a.map_or(remaining, |a| a.min(remaining));
+        let connect = options
+            .and_then(|o| o.connect_timeout)
+            .unwrap_or(self.outbound.connect_timeout());
+        let head = connect
+            .saturating_add(asked(options.and_then(|o| o.first_byte_timeout)))
+            .min(remaining);
+        let between_bytes = asked(options.and_then(|o| o.between_bytes_timeout));
         let log = self.log.clone();
         let plugin = self.plugin.clone();
+        let outbound = self.outbound.clone();
         let max_body = self.limits.max_response_bytes;
         Box::new(async move {
             use http_body_util::BodyExt;
             let started = Instant::now();
-            let sent = wasmtime_wasi_http::default_send_request(request, Some(options)).await;
+            let sent = outbound.send(&plugin, request, head, between_bytes).await;
             let ms = started.elapsed().as_millis();
             let note = |line: String| {
                 log.lock()
@@ -681,7 +692,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpPolicy {
                     .push(LogLevel::Info, &line)
             };
             match sent {
-                Ok((response, io)) => {
+                Ok(response) => {
                     let status = response.status().as_u16();
                     note(format!("http {method} {target} -> {status} ({ms} ms)"));
                     crate::metrics::global().http(&plugin, &format!("{}xx", status / 100));
@@ -694,7 +705,9 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpPolicy {
                     };
                     Ok((
                         http::Response::from_parts(parts, limited.boxed_unsync()),
-                        Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
+                        // The pool drives the connection itself.
+                        Box::new(async { Ok(()) })
+                            as Box<dyn std::future::Future<Output = _> + Send>,
                     ))
                 }
                 Err(e) => {

@@ -95,10 +95,27 @@ on_both! {
 
         // A rolled-back saga: the failure, then compensation in reverse.
         gate.forget_permits(gate.available_permits());
+        let all = client.events(&[("kind", "console".into())]).await.unwrap();
         let id = start(&server, json!(["counter", "counter", "fail"]), inputs).await;
         let events = client.saga_events(&id).await.unwrap();
         gate.add_permits(100);
         let seen = drain(events, WITHIN).await;
+        // `/v1/events` carries every change of the saga's status, each as
+        // the summary a list shows (no plan, inputs or context), while
+        // the saga's own stream carries the saga without its ledger.
+        let global: Vec<Value> = drain(all, Duration::from_secs(2)).await.into_iter()
+            .filter(|(n, d)| n == "saga" && d["id"] == id.as_str()).map(|(_, d)| d).collect();
+        // (The saga's own stream opened after the start: its snapshot
+        // stands for the first change.)
+        let own: Vec<&Value> = seen.iter().filter(|(n, _)| n == "saga" || n == "snapshot").map(|(_, d)| d).collect();
+        let statuses = |v: &mut dyn Iterator<Item = &Value>| v.map(|d| d["status"].clone()).collect::<Vec<_>>();
+        assert_eq!(statuses(&mut global.iter()), statuses(&mut own.iter().copied()), "{global:?}");
+        assert_eq!(global.last().unwrap()["status"], "rolled_back");
+        for summary in &global {
+            assert_eq!(summary["steps_total"], 3, "{summary}");
+            assert!(summary.get("plan").is_none() && summary.get("inputs").is_none() && summary.get("context").is_none(), "{summary}");
+        }
+        assert!(own.iter().all(|d| d["plan"].is_array()), "a saga's stream has the whole saga");
         let story = story(&seen);
         let tail: Vec<&str> = story.iter().skip_while(|e| *e != "step 2 failed").map(String::as_str).collect();
         assert_eq!(tail, vec![

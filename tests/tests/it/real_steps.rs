@@ -646,3 +646,53 @@ async fn a_grant_made_on_one_host_reaches_the_others() {
         "{allowed}"
     );
 }
+
+/// Steps' outbound connections are pooled per plugin and origin: a step's
+/// sequential requests, and the next call's, reuse one connection; another
+/// plugin going to the same origin gets its own, never the first one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_connections_are_pooled_per_plugin() {
+    let cloud = Cloud::start(TOKEN).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = server(&db, |_| {}).await;
+    server.upload("fetch").await;
+    grant_cloud(&server, &cloud, "fetch").await;
+    let gets = |n: usize| {
+        let requests: Vec<Value> = (0..n)
+            .map(|_| json!({"url": format!("{}/v2/bytes?n=10", cloud.origin())}))
+            .collect();
+        json!({"kind": "pool", "steps": ["fetch"], "inputs": {"requests": requests}})
+    };
+    let saga = finish(&server, gets(10)).await;
+    assert_eq!(saga["status"], "completed", "{saga}");
+    let answered = saga["context"]["responses"].as_array().unwrap();
+    assert_eq!(answered.len(), 10);
+    assert!(answered.iter().all(|r| r["status"] == 200), "{saga}");
+    assert_eq!(
+        cloud.connections(),
+        1,
+        "ten sequential GETs on one connection"
+    );
+    let saga = finish(&server, gets(3)).await;
+    assert_eq!(saga["status"], "completed", "{saga}");
+    assert_eq!(cloud.connections(), 1, "the next call reuses it");
+
+    server.upload("http-resource").await;
+    grant_cloud(&server, &cloud, "http-resource").await;
+    let inputs = json!({"api": cloud.origin(), "name": "pooled"});
+    let saga = finish(
+        &server,
+        json!({"kind": "pool", "steps": ["http-resource"], "inputs": inputs}),
+    )
+    .await;
+    assert_eq!(saga["status"], "completed", "{saga}");
+    assert_eq!(
+        cloud.connections(),
+        2,
+        "another plugin has a connection of its own"
+    );
+    let saga = finish(&server, gets(2)).await;
+    assert_eq!(saga["status"], "completed", "{saga}");
+    assert_eq!(cloud.connections(), 2);
+    server.stop().await.unwrap();
+}

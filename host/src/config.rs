@@ -401,6 +401,67 @@ impl Default for StoreConfig {
     }
 }
 
+/// Webhook deliveries (`crate::webhooks`).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Origins deliveries may reach at any address (loopback, private);
+    /// every other endpoint must resolve to public addresses only
+    /// (`--webhook-allow`). Default none.
+    pub allow: Vec<crate::grants::Origin>,
+    /// The delay before each retry, the last repeating: 5 s, 5 min, 30 min,
+    /// 2 h, 5 h, 10 h (the Standard Webhooks schedule).
+    pub retry_delays: Vec<Duration>,
+    /// How long a delivery is retried before it fails and its endpoint is
+    /// disabled. Default 3 days.
+    pub retry_window: Duration,
+    /// One attempt's time limit, connection included. Default 15 s.
+    pub request_timeout: Duration,
+    /// How often a host looks for due deliveries besides being woken by
+    /// its own commits. Default 1 s.
+    pub poll_every: Duration,
+    /// Deliveries one host sends at once. Default 16.
+    pub concurrency: usize,
+    /// How long delivered and failed deliveries are listed. Default 7 days.
+    pub keep_finished: Duration,
+    /// How long a secret replaced by a rotation still signs. Default 24 h.
+    pub rotation_overlap: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            allow: Vec::new(),
+            retry_delays: [5, 300, 1800, 7200, 18000, 36000]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
+            retry_window: Duration::from_secs(3 * 24 * 3600),
+            request_timeout: Duration::from_secs(15),
+            poll_every: Duration::from_secs(1),
+            concurrency: 16,
+            keep_finished: Duration::from_secs(7 * 24 * 3600),
+            rotation_overlap: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// A claimed delivery's lease: an attempt's limit twice over, so it
+    /// runs out only for a host that stopped.
+    pub fn lease(&self) -> Duration {
+        self.request_timeout * 2 + Duration::from_secs(5)
+    }
+
+    /// The delay after attempt `attempts` failed.
+    pub fn retry_delay(&self, attempts: u32) -> Duration {
+        let index = (attempts.max(1) as usize - 1).min(self.retry_delays.len().saturating_sub(1));
+        self.retry_delays
+            .get(index)
+            .copied()
+            .unwrap_or(Duration::from_secs(5))
+    }
+}
+
 /// SQLite's page size, which `StoreConfig::max_database_bytes` counts in.
 pub const SQLITE_PAGE_BYTES: u64 = 4096;
 

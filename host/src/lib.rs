@@ -12,8 +12,9 @@
 //! (what a start request must be), [`local`] (a plugin called on this
 //! machine: `plugin run` and `plugin test`), [`scaffold`] (`plugin new`:
 //! a step project in Rust, Python, JavaScript or C), [`events`] (live changes for
-//! subscribers), [`metrics`] (what Prometheus scrapes), [`console`] (the web
-//! UI) and [`config`] (every tunable and its default).
+//! subscribers), [`webhooks`] (signed deliveries of saga events to
+//! subscribed endpoints), [`metrics`] (what Prometheus scrapes), [`console`]
+//! (the web UI) and [`config`] (every tunable and its default).
 
 pub mod api;
 pub mod cli;
@@ -31,6 +32,7 @@ pub mod scaffold;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod webhooks;
 
 /// The global allocator of the `wasaga` binary, for every binary that runs
 /// a host (the bench declares it too, to measure what the server runs).

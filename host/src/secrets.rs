@@ -153,14 +153,20 @@ impl SecretBox {
 
     /// Seals `value` for the secret `name`.
     pub fn seal(&self, name: &SecretName, value: &str) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        self.seal_for(name.as_str(), value.as_bytes())
+    }
+
+    /// Seals `value` bound to `context` (the associated data: a value sealed
+    /// for one context does not open for another).
+    pub fn seal_for(&self, context: &str, value: &[u8]) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
         let nonce: [u8; 24] = rand::random();
         let ciphertext = self
             .cipher
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
-                    msg: value.as_bytes(),
-                    aad: name.as_str().as_bytes(),
+                    msg: value,
+                    aad: context.as_bytes(),
                 },
             )
             .map_err(|_| StoreError::Secrets("sealing a secret failed".into()))?;
@@ -170,32 +176,46 @@ impl SecretBox {
     /// Opens a stored secret; fails when the key is not the one it was
     /// sealed with (or the row was tampered with).
     pub fn open(&self, secret: &SealedSecret) -> Result<Zeroizing<String>, StoreError> {
-        if secret.nonce.len() != 24 {
-            return Err(StoreError::Corrupt(format!(
-                "secret `{}` has a nonce of {} bytes",
-                secret.name,
-                secret.nonce.len()
-            )));
-        }
-        let plain = Zeroizing::new(
-            self.cipher
-                .decrypt(
-                    XNonce::from_slice(&secret.nonce),
-                    Payload {
-                        msg: &secret.ciphertext,
-                        aad: secret.name.as_str().as_bytes(),
-                    },
-                )
-                .map_err(|_| {
-                    StoreError::Secrets(format!(
-                        "secret `{}` does not open with this host's key: is --secrets-key-file the file the other hosts use?",
-                        secret.name
-                    ))
-                })?,
-        );
+        let plain = self.open_for(
+            &format!("secret `{}`", secret.name),
+            secret.name.as_str(),
+            &secret.nonce,
+            &secret.ciphertext,
+        )?;
         String::from_utf8(plain.to_vec())
             .map(Zeroizing::new)
             .map_err(|_| StoreError::Corrupt(format!("secret `{}` is not UTF-8", secret.name)))
+    }
+
+    /// Opens what [`SecretBox::seal_for`] sealed for `context`; `what` names
+    /// it in errors.
+    pub fn open_for(
+        &self,
+        what: &str,
+        context: &str,
+        nonce: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        if nonce.len() != 24 {
+            return Err(StoreError::Corrupt(format!(
+                "{what} has a nonce of {} bytes",
+                nonce.len()
+            )));
+        }
+        self.cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: context.as_bytes(),
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| {
+                StoreError::Secrets(format!(
+                    "{what} does not open with this host's key: is --secrets-key-file the file the other hosts use?"
+                ))
+            })
     }
 }
 

@@ -8,7 +8,7 @@
 //! lease so another host, or this one restarted, resumes at once.
 
 use crate::api::{self, AppState};
-use crate::config::{RunnerConfig, RuntimeConfig, ServerConfig, StoreConfig};
+use crate::config::{RunnerConfig, RuntimeConfig, ServerConfig, StoreConfig, WebhookConfig};
 use crate::grants::AccessBook;
 use crate::model::{PluginInfo, Timestamp};
 use crate::plan::Planner;
@@ -16,9 +16,11 @@ use crate::plugin::{PluginError, PluginHost};
 use crate::runner::{Clock, Runner, SystemClock};
 use crate::secrets::SecretBox;
 use crate::store::{self, Store, StoreError};
+use crate::webhooks::Deliverer;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// The bundled example plugins, registered on an empty database so the
 /// README's tour works with nothing built.
@@ -42,6 +44,8 @@ pub struct ServeOptions {
     pub secrets_key_file: Option<PathBuf>,
     /// Register `echo` and `fail` when no plugin is stored.
     pub examples: bool,
+    /// Webhook deliveries.
+    pub webhooks: WebhookConfig,
 }
 
 impl ServeOptions {
@@ -55,6 +59,7 @@ impl ServeOptions {
             store: StoreConfig::default(),
             secrets_key_file: None,
             examples: true,
+            webhooks: WebhookConfig::default(),
         }
     }
 
@@ -92,6 +97,8 @@ pub struct Host {
     pub runner: Runner,
     state: AppState,
     shutdown_grace: std::time::Duration,
+    /// Stops the webhook deliverer.
+    deliverer: CancellationToken,
 }
 
 impl Host {
@@ -115,7 +122,7 @@ impl Host {
             )),
             None => None,
         };
-        let access = Arc::new(AccessBook::new(store.clone(), key));
+        let access = Arc::new(AccessBook::new(store.clone(), key.clone()));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let runner = Runner::with_access(
             store.clone(),
@@ -126,7 +133,19 @@ impl Host {
         );
         tracing::info!(database = %store::redact_url(&url), node = runner.owner(), "host starting");
         runner.start();
+        let deliverer = CancellationToken::new();
+        tokio::spawn(
+            Deliverer::new(
+                store.clone(),
+                key,
+                options.webhooks.clone(),
+                runner.owner(),
+                runner.outbox_written(),
+            )
+            .run(deliverer.clone()),
+        );
         let state = AppState {
+            webhooks: Arc::new(options.webhooks.clone()),
             store: store.clone(),
             plugins: plugins.clone(),
             runner: runner.clone(),
@@ -147,6 +166,7 @@ impl Host {
             runner,
             state,
             shutdown_grace: options.server.shutdown_grace,
+            deliverer,
         })
     }
 
@@ -166,6 +186,7 @@ impl Host {
     /// and releases every lease.
     pub async fn shutdown(self) {
         self.runner.shutdown(self.shutdown_grace).await;
+        self.deliverer.cancel();
     }
 }
 

@@ -22,6 +22,7 @@ mod sagas;
 mod secrets;
 pub(crate) mod session;
 mod templates;
+mod webhooks;
 
 pub use auth::{Caller, Role, Tokens, TokensError};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
@@ -58,6 +59,8 @@ pub struct AppState {
     pub planner: Arc<Planner>,
     /// Failed tokens and logins per address.
     pub throttle: Arc<guard::Throttle>,
+    /// Where webhooks may deliver, and their rotation overlap.
+    pub webhooks: Arc<crate::config::WebhookConfig>,
 }
 
 #[derive(OpenApi)]
@@ -76,6 +79,7 @@ pub struct AppState {
         (name = "sagas", description = "Sagas: ordered steps run durably, compensated in reverse on failure or cancel"),
         (name = "templates", description = "Saga templates: start requests kept under a name, versioned, with an optional JSON Schema for inputs"),
         (name = "secrets", description = "Write-only secrets a step can use (or read, when granted) without them being stored or shown in plain text"),
+        (name = "webhooks", description = "Signed deliveries (Standard Webhooks) of saga events to subscribed endpoints, from an outbox written with the change"),
     )
 )]
 struct ApiDoc;
@@ -183,6 +187,7 @@ fn v1(max_component_bytes: usize) -> (Router<AppState>, utoipa::openapi::OpenApi
         .merge(sagas::router())
         .merge(secrets::router())
         .merge(templates::router())
+        .merge(webhooks::router())
         .split_for_parts();
     // After the routers merged their paths: the modifiers of `ApiDoc` run
     // before there are any.

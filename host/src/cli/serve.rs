@@ -167,6 +167,15 @@ pub(super) struct ServeArgs {
     /// it is refused (429) for the rest of it; 0: no limit.
     #[arg(long, env = "WASAGA_AUTH_FAILURES_PER_MINUTE", default_value_t = ServerConfig::default().auth_failures_per_minute)]
     auth_failures_per_minute: u32,
+    /// An origin (`scheme://host[:port]`) webhooks may deliver to even at a
+    /// loopback or private address (repeat, or comma-separate in the
+    /// variable). Others must resolve to public addresses only.
+    #[arg(
+        long = "webhook-allow",
+        env = "WASAGA_WEBHOOK_ALLOW",
+        value_delimiter = ','
+    )]
+    webhook_allow: Vec<crate::grants::Origin>,
 }
 
 impl ServeArgs {
@@ -280,6 +289,10 @@ impl ServeArgs {
                 ..crate::config::StoreConfig::default()
             },
             examples: !self.no_examples,
+            webhooks: crate::config::WebhookConfig {
+                allow: self.webhook_allow.clone(),
+                ..crate::config::WebhookConfig::default()
+            },
         })
     }
 }

@@ -10,6 +10,7 @@
 mod ids;
 mod saga;
 mod status;
+mod webhook;
 
 pub use ids::{BadDigest, Digest, SagaId, Timestamp};
 pub use saga::{
@@ -19,3 +20,7 @@ pub use saga::{
 };
 pub(crate) use status::string_enum;
 pub use status::{ActionKind, LogLevel, Phase, ResourceState, SagaStatus, StepStatus, StopCause};
+pub use webhook::{
+    AttemptOutcome, Delivery, DeliveryStatus, DueDelivery, NewWebhook, OutboxEvent, SealedKey,
+    Webhook, WebhookEvent, WebhookFilter, WebhookKeys,
+};

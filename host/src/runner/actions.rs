@@ -52,10 +52,11 @@ impl Runner {
         for _ in 0..MAX_RACES {
             let detail = store.saga(id).await?.ok_or(ActionError::NotFound(id))?;
             let now = self.inner.clock.now();
-            let t = match decide(&detail, now)? {
+            let mut t = match decide(&detail, now)? {
                 Decision::Done => return Ok(detail.saga),
                 Decision::Write(t) => *t,
             };
+            super::stamp_outbox(&detail.saga, &mut t);
             match store.apply(t.clone()).await {
                 Ok(Applied::Done { version }) => {
                     let mut saga = detail.saga;

@@ -91,6 +91,8 @@ struct RunnerInner {
     events: broadcast::Sender<SagaEnded>,
     /// Live events for subscribers (SSE, the console).
     hub: Arc<EventHub>,
+    /// Woken when a transition wrote webhook deliveries.
+    outbox_written: Arc<Notify>,
 }
 
 /// A saga this host drove reached a final status.
@@ -164,6 +166,7 @@ impl Runner {
                 wakeup_added: Notify::new(),
                 events: broadcast::channel(1024).0,
                 hub: Arc::new(EventHub::new(event_buffer)),
+                outbox_written: Arc::new(Notify::new()),
             }),
         }
     }
@@ -181,6 +184,11 @@ impl Runner {
     /// This host's live events.
     pub fn hub(&self) -> &Arc<EventHub> {
         &self.inner.hub
+    }
+
+    /// Woken when this host wrote webhook deliveries (for the deliverer).
+    pub fn outbox_written(&self) -> Arc<Notify> {
+        self.inner.outbox_written.clone()
     }
 
     /// What each plugin may reach.
@@ -594,10 +602,33 @@ impl Runner {
             || u.cancel_requested.is_some()
             || u.pause_requested.is_some();
         self.inner.hub.publish(saga, saga_changed, &t.steps);
+        if !t.outbox.is_empty() {
+            self.inner.outbox_written.notify_one();
+        }
         if let Some(status) = u.status.filter(|s| s.is_final()) {
             crate::metrics::global().finished(&saga.kind, status.as_str());
         }
     }
+}
+
+/// The webhook events `t` causes when written to `saga` (as it was read):
+/// one when the saga reaches a status endpoints subscribe to, carrying the
+/// saga's summary as `t` leaves it. Every writer of transitions puts them
+/// on the transition, so the store writes them in its transaction.
+pub(super) fn stamp_outbox(saga: &SagaRun, t: &mut Transition) {
+    t.outbox.clear();
+    let Some(event) = t
+        .saga
+        .status
+        .filter(|s| *s != saga.status)
+        .and_then(crate::model::WebhookEvent::of_status)
+    else {
+        return;
+    };
+    let mut after = saga.clone();
+    apply_update(&mut after, t, saga.version + 1);
+    t.outbox
+        .push(crate::webhooks::saga_event(event, &after.summary(), t.now));
 }
 
 /// The saga as a written transition left it (what an action answers, and

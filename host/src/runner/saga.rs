@@ -275,9 +275,10 @@ impl Driver<'_> {
         build: &(dyn Fn(&Self) -> Option<Transition> + Sync),
     ) -> Result<Option<Transition>, Halt> {
         loop {
-            let Some(t) = build(self) else {
+            let Some(mut t) = build(self) else {
                 return Ok(None);
             };
+            super::stamp_outbox(&self.saga, &mut t);
             match self.apply(t.clone()).await? {
                 Applied::Done { version } => {
                     super::apply_update(&mut self.saga, &t, version);

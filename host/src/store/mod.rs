@@ -43,14 +43,16 @@ pub mod postgres;
 mod rows;
 pub mod space;
 pub mod sqlite;
+pub mod webhooks;
 
 pub use error::{StoreError, StoreResult, redact_url};
 pub(crate) use rows::*;
+pub use webhooks::WebhookStore;
 
 use crate::grants::Grants;
 use crate::model::{
-    Action, Digest, PluginInfo, RecordedResource, Resource, ResourceState, SagaDetail, SagaError,
-    SagaId, SagaRun, SagaStatus, SagaSummary, StepResult, Template, Timestamp,
+    Action, Digest, OutboxEvent, PluginInfo, RecordedResource, Resource, ResourceState, SagaDetail,
+    SagaError, SagaId, SagaRun, SagaStatus, SagaSummary, StepResult, Template, Timestamp,
 };
 use crate::secrets::{SealedSecret, SecretInfo, SecretName};
 use async_trait::async_trait;
@@ -239,6 +241,9 @@ pub struct Transition {
     /// Give up the lease (the saga ended, waits or is paused).
     pub release_lease: bool,
     pub pins: Pins,
+    /// Webhook events this change causes, written to the outbox in the
+    /// same transaction (one delivery per subscribed endpoint).
+    pub outbox: Vec<OutboxEvent>,
 }
 
 impl Transition {
@@ -255,6 +260,7 @@ impl Transition {
             removed_resources: Vec::new(),
             release_lease: false,
             pins: Pins::Keep,
+            outbox: Vec::new(),
         }
     }
 }
@@ -303,7 +309,7 @@ pub enum Health {
 
 /// The persistence the runner and the API need.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: WebhookStore + Send + Sync + 'static {
     /// Which database this is ("sqlite", "postgres").
     fn backend(&self) -> &'static str;
 

@@ -34,6 +34,7 @@ macro_rules! json_ledger_values {
 }
 
 mod group;
+mod webhooks;
 
 use super::space::Space;
 use super::{
@@ -347,6 +348,7 @@ async fn apply_transition(
             }
         }
     }
+    webhooks::write_outbox(&mut **tx, &t.outbox, t.now).await?;
     Ok(Applied::Done {
         version: version as u64,
     })

@@ -15,6 +15,7 @@
 //! released at once: a restart after SIGKILL resumes its sagas immediately.
 
 mod catalog;
+mod webhooks;
 mod writer;
 
 use super::space::Space;
@@ -519,6 +520,7 @@ fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult<Applied> {
             }
         }
     }
+    webhooks::write_outbox(conn, &t.outbox, t.now)?;
     Ok(Applied::Done {
         version: version as u64,
     })

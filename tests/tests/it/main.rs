@@ -13,3 +13,4 @@ mod runner;
 mod saga_properties;
 mod security;
 mod store;
+mod webhooks;

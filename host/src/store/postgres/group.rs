@@ -55,7 +55,7 @@ impl Grouper {
 
     /// Whether `t` can be written in a group: a lease holder's transition
     /// with no resources (they take a version from the rows before them),
-    /// no rows removed or pins restored, and one ledger row per step, which
+    /// no rows removed, pins restored or webhook events, and one ledger row per step, which
     /// one `INSERT .. ON CONFLICT` needs.
     pub(super) fn fits(t: &Transition) -> bool {
         let mut indexes = HashSet::new();
@@ -64,6 +64,7 @@ impl Grouper {
             && t.removed_resources.is_empty()
             && t.remove_steps.is_empty()
             && !matches!(t.pins, Pins::Restore(_))
+            && t.outbox.is_empty()
             && t.steps.iter().all(|step| indexes.insert(step.index))
     }
 

@@ -348,7 +348,7 @@ async fn apply_transition(
             }
         }
     }
-    webhooks::write_outbox(&mut **tx, &t.outbox, t.now).await?;
+    webhooks::write_outbox(tx, &t.outbox, t.now).await?;
     Ok(Applied::Done {
         version: version as u64,
     })

@@ -203,6 +203,7 @@ fn call(i: u32) -> StepCall {
         idempotency_key: format!("bench:{}:execute", i % 5),
         inputs: json!({"message": "hello"}).to_string(),
         context: "{}".into(),
+        traceparent: None,
     }
 }
 

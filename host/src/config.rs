@@ -445,6 +445,34 @@ impl Default for WebhookConfig {
     }
 }
 
+/// OpenTelemetry traces (`crate::telemetry`).
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP collector's base URL (as `OTEL_EXPORTER_OTLP_ENDPOINT`:
+    /// spans go to `{base}/v1/traces`; a URL with a path other than `/` is
+    /// used as it is). `None`: no spans are made and no `traceparent` is
+    /// sent (`--otlp-endpoint`).
+    pub otlp_endpoint: Option<url::Url>,
+    /// How often finished spans are sent in a batch. Default 2 s.
+    pub export_every: Duration,
+    /// One export's time limit. Default 10 s.
+    pub export_timeout: Duration,
+    /// Finished spans waiting to be sent; beyond, new ones are dropped
+    /// (the runner never waits for the collector). Default 8192.
+    pub max_queued_spans: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            export_every: Duration::from_secs(2),
+            export_timeout: Duration::from_secs(10),
+            max_queued_spans: 8192,
+        }
+    }
+}
+
 impl WebhookConfig {
     /// A claimed delivery's lease: an attempt's limit twice over, so it
     /// runs out only for a host that stopped.

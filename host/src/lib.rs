@@ -32,6 +32,7 @@ pub mod scaffold;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod webhooks;
 
 /// The global allocator of the `wasaga` binary, for every binary that runs

@@ -110,6 +110,7 @@ impl Local {
             idempotency_key: key.into(),
             inputs: Value::Object(inputs.clone()).to_string(),
             context: Value::Object(context.clone()).to_string(),
+            traceparent: None,
         };
         let limits = self.host.limits_for(None, None, None);
         let access = Arc::new(Access::default());

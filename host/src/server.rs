@@ -8,7 +8,9 @@
 //! lease so another host, or this one restarted, resumes at once.
 
 use crate::api::{self, AppState};
-use crate::config::{RunnerConfig, RuntimeConfig, ServerConfig, StoreConfig, WebhookConfig};
+use crate::config::{
+    RunnerConfig, RuntimeConfig, ServerConfig, StoreConfig, TelemetryConfig, WebhookConfig,
+};
 use crate::grants::AccessBook;
 use crate::model::{PluginInfo, Timestamp};
 use crate::plan::Planner;
@@ -16,6 +18,7 @@ use crate::plugin::{PluginError, PluginHost};
 use crate::runner::{Clock, Runner, SystemClock};
 use crate::secrets::SecretBox;
 use crate::store::{self, Store, StoreError};
+use crate::telemetry::{Telemetry, TelemetryError};
 use crate::webhooks::Deliverer;
 use std::future::Future;
 use std::path::PathBuf;
@@ -46,6 +49,8 @@ pub struct ServeOptions {
     pub examples: bool,
     /// Webhook deliveries.
     pub webhooks: WebhookConfig,
+    /// OpenTelemetry traces.
+    pub telemetry: TelemetryConfig,
 }
 
 impl ServeOptions {
@@ -60,6 +65,7 @@ impl ServeOptions {
             secrets_key_file: None,
             examples: true,
             webhooks: WebhookConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 
@@ -79,6 +85,8 @@ pub enum ServeError {
     Plugin(#[from] PluginError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Telemetry(#[from] TelemetryError),
     /// A setting that cannot work (a secrets key file that is not a key).
     #[error("{0}")]
     Config(String),
@@ -99,6 +107,7 @@ pub struct Host {
     shutdown_grace: std::time::Duration,
     /// Stops the webhook deliverer.
     deliverer: CancellationToken,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Host {
@@ -124,12 +133,26 @@ impl Host {
         };
         let access = Arc::new(AccessBook::new(store.clone(), key.clone()));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let runner = Runner::with_access(
+        let node = options
+            .runner
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("wasaga-{}", uuid::Uuid::now_v7().simple()));
+        let telemetry = Arc::new(Telemetry::new(
+            &options.telemetry,
+            &node,
+            tokio::runtime::Handle::current(),
+        )?);
+        let runner = Runner::with_parts(
             store.clone(),
             plugins.clone(),
-            options.runner.clone(),
+            RunnerConfig {
+                node_id: Some(node),
+                ..options.runner.clone()
+            },
             clock,
             access,
+            telemetry.clone(),
         );
         tracing::info!(database = %store::redact_url(&url), node = runner.owner(), "host starting");
         runner.start();
@@ -167,6 +190,7 @@ impl Host {
             state,
             shutdown_grace: options.server.shutdown_grace,
             deliverer,
+            telemetry,
         })
     }
 
@@ -187,6 +211,11 @@ impl Host {
     pub async fn shutdown(self) {
         self.runner.shutdown(self.shutdown_grace).await;
         self.deliverer.cancel();
+        // The spans of the sagas this host ended, sent before it goes.
+        let telemetry = self.telemetry;
+        if let Err(e) = tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
+            tracing::warn!(error = %e, "the trace exporter's shutdown panicked");
+        }
     }
 }
 

@@ -238,6 +238,9 @@ pub struct Call {
     pub seq: u64,
     /// When it arrived.
     pub at: std::time::SystemTime,
+    /// The request's W3C `traceparent` header (the host adds it when it
+    /// exports traces).
+    pub traceparent: Option<String>,
 }
 
 type Hook = Arc<dyn Fn(Call) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
@@ -264,7 +267,8 @@ impl Counter {
         let app = axum::Router::new().route(
             "/count",
             axum::routing::get(
-                move |axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>| {
+                move |axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
+                      headers: axum::http::HeaderMap| {
                     let state = state.clone();
                     async move {
                         let call = {
@@ -280,6 +284,10 @@ impl Counter {
                                 key: q.get("key").cloned().unwrap_or_default(),
                                 seq: calls.len() as u64,
                                 at: std::time::SystemTime::now(),
+                                traceparent: headers
+                                    .get("traceparent")
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_string),
                             };
                             calls.push(call.clone());
                             let seen = calls

@@ -85,13 +85,17 @@ fn canonical(value: &Value) -> String {
 
 /// Start a saga, from its steps or from a template. With an
 /// `Idempotency-Key` header, repeating the same request returns the same
-/// saga (200); another body with the key is a 409.
+/// saga (200); another body with the key is a 409. A `traceparent` header
+/// puts the saga's spans into the caller's trace.
 #[utoipa::path(
     post,
     path = "/sagas",
     tag = "sagas",
     request_body = StartSaga,
-    params(("Idempotency-Key" = Option<String>, Header, description = "makes retries of this request safe")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "makes retries of this request safe"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context: with --otlp-endpoint, the saga's spans join this trace (an invalid value is ignored)"),
+    ),
     responses(
         (status = 201, description = "started", body = SagaRun),
         (status = 200, description = "the same request with this idempotency key started it before", body = SagaRun),
@@ -121,10 +125,11 @@ async fn start_saga(
         }
         None => None,
     };
-    let saga = state
+    let mut saga = state
         .planner
         .start(state.store.as_ref(), request, caller.actor())
         .await?;
+    saga.trace_parent = crate::telemetry::traceparent_of(&headers);
     match state.runner.start_saga(saga, idempotency).await? {
         CreateSaga::Created(created) => {
             let saga = created.saga;

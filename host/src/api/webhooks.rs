@@ -356,9 +356,15 @@ async fn list_deliveries(
 async fn redeliver(
     State(state): State<AppState>,
     caller: Caller,
-    Path((id, delivery)): Path<(String, i64)>,
+    Path((id, delivery)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Delivery>), ApiError> {
     caller.require(Role::Admin)?;
+    let delivery: i64 = delivery.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "`{}` is not a delivery id (a number)",
+            delivery.chars().take(32).collect::<String>()
+        ))
+    })?;
     let Some(new) = state
         .store
         .redeliver(&id, delivery, Timestamp::now())

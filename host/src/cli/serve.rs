@@ -176,6 +176,11 @@ pub(super) struct ServeArgs {
         value_delimiter = ','
     )]
     webhook_allow: Vec<crate::grants::Origin>,
+    /// Send OpenTelemetry traces (one per saga, a span per call) over
+    /// OTLP/HTTP to this collector, e.g. http://127.0.0.1:4318 (spans go to
+    /// its /v1/traces); steps' outbound requests then carry `traceparent`.
+    #[arg(long = "otlp-endpoint", env = "WASAGA_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<url::Url>,
 }
 
 impl ServeArgs {
@@ -292,6 +297,10 @@ impl ServeArgs {
             webhooks: crate::config::WebhookConfig {
                 allow: self.webhook_allow.clone(),
                 ..crate::config::WebhookConfig::default()
+            },
+            telemetry: crate::config::TelemetryConfig {
+                otlp_endpoint: self.otlp_endpoint.clone(),
+                ..crate::config::TelemetryConfig::default()
             },
         })
     }

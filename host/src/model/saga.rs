@@ -187,6 +187,11 @@ pub struct SagaRun {
     pub version: u64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The W3C `traceparent` its start carried: the saga's spans join that
+    /// trace. Absent, the trace is the saga's own (the trace id is the saga
+    /// id's 16 bytes: `telemetry::SagaTrace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 impl SagaRun {
@@ -218,6 +223,7 @@ impl SagaRun {
             version: 0,
             created_at: now,
             updated_at: now,
+            trace_parent: None,
         }
     }
 

@@ -227,6 +227,9 @@ pub struct StepCall {
     pub inputs: String,
     /// JSON object text.
     pub context: String,
+    /// Not in `saga-state`: the W3C `traceparent` the host puts on the
+    /// call's outbound requests (`crate::telemetry`), when tracing is on.
+    pub traceparent: Option<String>,
 }
 
 /// A [`StepCall`] as each contract version's `saga-state` (the same record).
@@ -769,6 +772,10 @@ impl PluginHost {
             max_requests: self.inner.config.max_http_requests,
             max_response_bytes: self.inner.config.max_http_response_bytes,
         };
+        let traceparent = match &kind {
+            CallKind::Execute(call) | CallKind::Compensate(call) => call.traceparent.clone(),
+            CallKind::Name => None,
+        };
         let mut store = Store::new(
             &self.inner.engine,
             CallState::new(
@@ -778,6 +785,7 @@ impl PluginHost {
                 http,
                 self.inner.outbound.clone(),
                 deadline,
+                traceparent,
             ),
         );
         store.limiter(|state| &mut state.limiter);
@@ -1018,6 +1026,7 @@ mod tests {
             idempotency_key: "test:3:execute".into(),
             inputs: r#"{"message":"hello"}"#.into(),
             context: context.into(),
+            traceparent: None,
         };
         let initial_bytes = |plugin: &Plugin| {
             let pages = plugin

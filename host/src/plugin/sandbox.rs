@@ -59,6 +59,7 @@ impl CallState {
         http: HttpLimits,
         outbound: Arc<Outbound>,
         deadline: Instant,
+        traceparent: Option<String>,
     ) -> CallState {
         let log = Arc::new(Mutex::new(CallLog::new(limits, access.redactor.clone())));
         CallState {
@@ -72,6 +73,7 @@ impl CallState {
                 outbound,
                 deadline,
                 sent: 0,
+                traceparent: traceparent.and_then(|t| http::HeaderValue::from_str(&t).ok()),
             },
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.max_memory_bytes),
@@ -520,6 +522,9 @@ pub(crate) struct HttpPolicy {
     outbound: Arc<Outbound>,
     deadline: Instant,
     sent: usize,
+    /// Put on every request, replacing any the guest set: the call's span
+    /// is the parent of what the provider does (`crate::telemetry`).
+    traceparent: Option<http::HeaderValue>,
 }
 
 /// The bounds of a call's outbound HTTP.
@@ -652,7 +657,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpPolicy {
             Origin::of(request.uri()).map_or_else(|| "?".to_string(), |o| o.to_string()),
             request.uri().path()
         );
-        let (request, _origin) = match self.admit(request) {
+        let (mut request, _origin) = match self.admit(request) {
             Ok(admitted) => admitted,
             Err(why) => {
                 self.note(
@@ -663,6 +668,11 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpPolicy {
                 return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
             }
         };
+        if let Some(traceparent) = &self.traceparent {
+            request
+                .headers_mut()
+                .insert("traceparent", traceparent.clone());
+        }
         // Every wait of the request ends at the call's deadline at the
         // latest (the call itself is cut there too): the response head
         // within the connect bound (when a new connection is needed) and

@@ -46,6 +46,7 @@ use crate::grants::AccessBook;
 use crate::model::{SagaId, SagaRun, SagaStatus, StepStatus, Timestamp};
 use crate::plugin::PluginHost;
 use crate::store::{ClaimedSaga, Lease, Notice, Store, Transition};
+use crate::telemetry::Telemetry;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -93,6 +94,8 @@ struct RunnerInner {
     hub: Arc<EventHub>,
     /// Woken when a transition wrote webhook deliveries.
     outbox_written: Arc<Notify>,
+    /// Spans of calls and sagas (`--otlp-endpoint`).
+    telemetry: Arc<Telemetry>,
 }
 
 /// A saga this host drove reached a final status.
@@ -139,6 +142,25 @@ impl Runner {
         clock: Arc<dyn Clock>,
         access: Arc<AccessBook>,
     ) -> Runner {
+        Runner::with_parts(
+            store,
+            plugins,
+            config,
+            clock,
+            access,
+            Arc::new(Telemetry::default()),
+        )
+    }
+
+    /// [`Runner::with_access`], with the host's tracing.
+    pub fn with_parts(
+        store: Arc<dyn Store>,
+        plugins: PluginHost,
+        config: RunnerConfig,
+        clock: Arc<dyn Clock>,
+        access: Arc<AccessBook>,
+        telemetry: Arc<Telemetry>,
+    ) -> Runner {
         let owner: Arc<str> = Arc::from(
             config
                 .node_id
@@ -167,6 +189,7 @@ impl Runner {
                 events: broadcast::channel(1024).0,
                 hub: Arc::new(EventHub::new(event_buffer)),
                 outbox_written: Arc::new(Notify::new()),
+                telemetry,
             }),
         }
     }
@@ -607,6 +630,7 @@ impl Runner {
         }
         if let Some(status) = u.status.filter(|s| s.is_final()) {
             crate::metrics::global().finished(&saga.kind, status.as_str());
+            self.inner.telemetry.saga_ended(saga, status, t.now);
         }
     }
 }

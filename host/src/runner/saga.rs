@@ -43,6 +43,7 @@ use crate::model::{
 };
 use crate::plugin::{CallOutcome, Contract, Plugin, Progress, StepCall, StepFailure};
 use crate::store::{Applied, ClaimedSaga, Fence, Pins, StoreError, Transition};
+use crate::telemetry::{CallInfo, CallSpan};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -670,6 +671,7 @@ impl Driver<'_> {
             idempotency_key: format!("{}:{index}:{phase}", self.saga.id),
             inputs: self.saga.inputs.to_string(),
             context: Value::Object(self.saga.context.clone()).to_string(),
+            traceparent: None,
         }
     }
 
@@ -733,7 +735,18 @@ impl Driver<'_> {
         attempt: u32,
     ) -> Result<CallOutcome<Progress<Map<String, Value>>>, Halt> {
         let spec = self.spec(index).clone();
-        let span = tracing::info_span!("step", index, name = %spec.name, phase = %phase, attempt);
+        let tracing_span =
+            tracing::info_span!("step", index, name = %spec.name, phase = %phase, attempt);
+        let telemetry = &self.runner.inner.telemetry;
+        let span = telemetry.call(
+            &self.saga,
+            CallInfo {
+                phase: phase.as_str(),
+                step_index: index,
+                plugin: &spec.name,
+                attempt,
+            },
+        );
         let outcome = async {
             let plugin = match self.plugin(&spec).await {
                 Ok(plugin) => plugin,
@@ -754,7 +767,8 @@ impl Driver<'_> {
                     )));
                 }
             };
-            let call = self.call(index, phase, attempt);
+            let mut call = self.call(index, phase, attempt);
+            call.traceparent = span.as_ref().map(CallSpan::traceparent);
             match phase {
                 Phase::Execute => {
                     plugins
@@ -769,8 +783,12 @@ impl Driver<'_> {
                     .and_then(|progress| Ok(progress.map(|()| Map::new()))),
             }
         }
-        .instrument(span)
+        .instrument(tracing_span)
         .await;
+        if let Some(span) = span {
+            let error = outcome.result.as_ref().err().map(ToString::to_string);
+            telemetry.call_ended(span, outcome_label(&outcome.result), error.as_deref());
+        }
         crate::metrics::global().call(
             &spec.name,
             phase.as_str(),

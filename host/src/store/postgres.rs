@@ -628,9 +628,9 @@ impl Store for PgStore {
                  INSERT INTO saga_runs (id, kind, status, steps, inputs, current_step_index, context, error,
                      cancel_requested, pause_requested, deployment_id, triggered_by, template, template_version,
                      actions, version, idempotency_key, request_hash, lease_owner, lease_epoch, lease_expires_at,
-                     ready_at, created_at, updated_at)
+                     ready_at, created_at, updated_at, trace_parent)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, FALSE, FALSE, $8, $9, $10, $11, $23, 0, $12, $13, $14,
-                     $15, CASE WHEN $14::text IS NULL THEN NULL ELSE {DB_NOW} + $16 END, $17, $18, $19)
+                     $15, CASE WHEN $14::text IS NULL THEN NULL ELSE {DB_NOW} + $16 END, $17, $18, $19, $24)
                  ON CONFLICT (idempotency_key) DO NOTHING
                  RETURNING id
              ), pins AS (
@@ -676,6 +676,7 @@ impl Store for PgStore {
         .bind(serde_json::Value::Array(rows).to_string())
         .bind(lease.is_none() && ready_at.is_some())
         .bind(to_json(&saga.actions))
+        .bind(&saga.trace_parent)
         .fetch_one(&self.pool)
         .await
         .map_err(StoreError::from);

@@ -129,12 +129,13 @@ pub(crate) struct SagaRow {
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    pub trace_parent: Option<String>,
 }
 
 /// The saga columns every query selects, in [`SagaRow`]'s order.
 pub(crate) const SAGA_COLUMNS: &str = "id, kind, status, steps, inputs, current_step_index, context, error, \
      cancel_requested, pause_requested, deployment_id, triggered_by, template, template_version, actions, \
-     version, created_at, updated_at";
+     version, created_at, updated_at, trace_parent";
 
 impl TryFrom<SagaRow> for SagaRun {
     type Error = StoreError;
@@ -162,6 +163,7 @@ impl TryFrom<SagaRow> for SagaRun {
             version: r.version as u64,
             created_at: Timestamp(r.created_at),
             updated_at: Timestamp(r.updated_at),
+            trace_parent: r.trace_parent,
         })
     }
 }

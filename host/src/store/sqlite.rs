@@ -230,6 +230,7 @@ fn saga_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SagaRow> {
         version: r.get(15)?,
         created_at: r.get(16)?,
         updated_at: r.get(17)?,
+        trace_parent: r.get(18)?,
     })
 }
 
@@ -754,8 +755,8 @@ impl Store for SqliteStore {
                     "INSERT INTO saga_runs (id, kind, status, steps, inputs, current_step_index, context, error,
                          cancel_requested, pause_requested, deployment_id, triggered_by, template, template_version,
                          actions, version, idempotency_key, request_hash, lease_owner, lease_epoch, lease_expires_at,
-                         ready_at, created_at, updated_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, 0, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         ready_at, created_at, updated_at, trace_parent)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, 0, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )?
                 .execute(params![
                     id,
@@ -778,6 +779,7 @@ impl Store for SqliteStore {
                     ready_at.map(Timestamp::millis),
                     saga.created_at.millis(),
                     saga.updated_at.millis(),
+                    saga.trace_parent,
                 ])?;
                 if let Some(gone) = pin(conn, &id, &pinned_digests(&saga.plan))? {
                     // Undone by the job's savepoint (or its batch's rollback).
@@ -892,7 +894,7 @@ impl Store for SqliteStore {
                             claim.now.plus(claim.ttl).millis(),
                             limit as i64
                         ],
-                        |r| Ok((saga_row(r)?, r.get::<_, i64>(18)?)),
+                        |r| Ok((saga_row(r)?, r.get::<_, i64>(19)?)),
                     )?
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut claimed = Vec::with_capacity(rows.len());

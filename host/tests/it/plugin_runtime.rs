@@ -30,6 +30,7 @@ fn call(step_index: u32, attempt: u32, inputs: serde_json::Value) -> StepCall {
         idempotency_key: format!("saga-1:{step_index}:execute"),
         inputs: inputs.to_string(),
         context: "{}".into(),
+        traceparent: None,
     }
 }
 

@@ -801,6 +801,14 @@ async fn the_openapi_document_matches_the_router() {
         "PUT /secrets/{name}",
         "GET /secrets",
         "DELETE /secrets/{name}",
+        "POST /webhooks",
+        "GET /webhooks",
+        "GET /webhooks/{id}",
+        "DELETE /webhooks/{id}",
+        "POST /webhooks/{id}/rotate",
+        "POST /webhooks/{id}/enable",
+        "GET /webhooks/{id}/deliveries",
+        "POST /webhooks/{id}/deliveries/{delivery}/redeliver",
     ];
     contract.sort();
     assert_eq!(

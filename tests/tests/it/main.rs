@@ -13,4 +13,5 @@ mod runner;
 mod saga_properties;
 mod security;
 mod store;
+mod telemetry;
 mod webhooks;

@@ -278,6 +278,11 @@ on_both! {
         assert_eq!(again[3].id, got[0].id);
         let r = server.http.post(server.url(&format!("/v1/webhooks/{id}/deliveries/999999/redeliver"))).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let r = server.http.post(server.url(&format!("/v1/webhooks/{id}/deliveries/first/redeliver"))).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["message"], "`first` is not a delivery id (a number)");
+        assert_eq!(receiver.received().len(), 4, "nothing more was sent");
         server.stop().await.unwrap();
     }
 

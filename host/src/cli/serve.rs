@@ -371,4 +371,116 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert!(parse_size("3 parsecs").is_err());
     }
+
+    /// The `serve` command as clap sees it.
+    fn serve_command() -> clap::Command {
+        use clap::CommandFactory;
+        crate::cli::Cli::command()
+            .find_subcommand("serve")
+            .expect("a serve command")
+            .clone()
+    }
+
+    /// README's configuration table says what `serve --help` says: every
+    /// flag is a row and every row a flag, with its environment variable
+    /// and (where clap has one) its default.
+    #[test]
+    fn the_readme_configuration_table_matches_serve_help() {
+        let readme = include_str!("../../../README.md");
+        let table: Vec<&str> = readme
+            .split("| flag | env | default | what |")
+            .nth(1)
+            .expect("README has the configuration table")
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .collect();
+        let command = serve_command();
+        let unquote = |cell: &str| -> Vec<String> {
+            cell.split(" / ")
+                .map(|part| part.trim().trim_matches('`').to_string())
+                .filter(|part| !part.is_empty())
+                .collect()
+        };
+        let mut documented = Vec::new();
+        for row in &table {
+            let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+            assert_eq!(cells.len(), 4, "a row of four cells: {row}");
+            let flags = unquote(cells[0]);
+            let envs = unquote(cells[1]);
+            assert!(
+                envs.is_empty() || envs.len() == flags.len(),
+                "one variable per flag: {row}"
+            );
+            for (i, flag) in flags.iter().enumerate() {
+                let long = flag.trim_start_matches("--");
+                let arg = command
+                    .get_arguments()
+                    .find(|a| a.get_long() == Some(long))
+                    .unwrap_or_else(|| panic!("README lists {flag}, which serve does not take"));
+                let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                assert_eq!(env, envs.get(i).cloned(), "the variable of {flag}");
+                let defaults = arg.get_default_values();
+                let written = cells[2].split(" / ").nth(i).unwrap_or(cells[2]).trim();
+                let literal = written.trim_matches('`');
+                let is_literal = written.starts_with('`') || literal.parse::<u64>().is_ok();
+                if let (Some(default), true) = (defaults.first(), is_literal) {
+                    assert_eq!(
+                        default.to_string_lossy(),
+                        literal,
+                        "the default of {flag} (README against clap)"
+                    );
+                }
+                documented.push(long.to_string());
+            }
+        }
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || arg.is_hide_set() {
+                continue;
+            }
+            assert!(
+                documented.iter().any(|d| d == long),
+                "serve takes --{long}, which README's configuration table does not list"
+            );
+        }
+    }
+
+    /// clap's defaults are the ones `config` holds: `serve` with no flags
+    /// runs with `config`'s defaults.
+    #[test]
+    fn serve_without_flags_runs_with_the_config_defaults() {
+        use clap::FromArgMatches;
+        let matches = serve_command()
+            .try_get_matches_from(["serve"])
+            .expect("serve needs no flag");
+        let args = ServeArgs::from_arg_matches(&matches).unwrap();
+        let options = args.options().unwrap();
+        let defaults = ServeOptions::new("./wasaga-data");
+        assert_eq!(options.data_dir, defaults.data_dir);
+        assert_eq!(
+            format!("{:?}", options.runner),
+            format!("{:?}", defaults.runner)
+        );
+        assert_eq!(
+            format!("{:?}", options.server),
+            format!("{:?}", defaults.server)
+        );
+        assert_eq!(
+            format!("{:?}", options.store),
+            format!("{:?}", defaults.store)
+        );
+        assert_eq!(
+            format!("{:?}", options.webhooks),
+            format!("{:?}", defaults.webhooks)
+        );
+        assert_eq!(
+            format!("{:?}", options.telemetry),
+            format!("{:?}", defaults.telemetry)
+        );
+        assert_eq!(
+            format!("{:?}", options.runtime),
+            format!("{:?}", defaults.runtime)
+        );
+    }
 }

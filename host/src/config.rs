@@ -407,7 +407,7 @@ pub struct WebhookConfig {
     /// Origins deliveries may reach at any address (loopback, private);
     /// every other endpoint must resolve to public addresses only
     /// (`--webhook-allow`). Default none.
-    pub allow: Vec<crate::grants::Origin>,
+    pub allow: Vec<crate::model::Origin>,
     /// The delay before each retry, the last repeating: 5 s, 5 min, 30 min,
     /// 2 h, 5 h, 10 h (the Standard Webhooks schedule).
     pub retry_delays: Vec<Duration>,
@@ -498,7 +498,7 @@ pub const SQLITE_PAGE_BYTES: u64 = 4096;
 pub struct ServerConfig {
     /// The bearer tokens `/v1` requests must carry, with their roles.
     /// `None`: no authentication, allowed only on a loopback address.
-    pub tokens: Option<crate::api::Tokens>,
+    pub tokens: Option<crate::model::Tokens>,
     /// Largest JSON request body. Default 1 MiB.
     pub max_json_bytes: usize,
     /// Time a request may take before it is answered 503, and a JSON body

@@ -16,8 +16,9 @@
 
 use crate::config::{RuntimeConfig, SchemaLimits};
 use crate::model::{Digest, PluginInfo, SagaRun, StepSpec, Template, Timestamp};
+pub use crate::model::{StepOptions, StepRequest};
 use crate::store::{Store, StoreError};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::fmt;
@@ -43,7 +44,7 @@ pub struct StartSaga {
     /// The steps in order: each a plugin reference (digest or name), or an
     /// object with the reference and per-step settings. Absent with a
     /// template.
-    #[serde(default, deserialize_with = "steps")]
+    #[serde(default, deserialize_with = "crate::model::deserialize_steps")]
     pub steps: Option<Vec<StepRequest>>,
     /// Start from this template's latest version instead of `steps`.
     #[serde(default)]
@@ -58,78 +59,6 @@ pub struct StartSaga {
     pub triggered_by: Option<String>,
 }
 
-/// One step of a start request.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum StepRequest {
-    /// A plugin digest (`sha256:...`) or name.
-    Ref(String),
-    Detailed(StepOptions),
-}
-
-/// Each step is a string or an object; say which is wrong and why, rather
-/// than serde's "did not match any variant".
-pub fn steps<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<StepRequest>>, D::Error> {
-    use serde::de::Error;
-    let Some(values) = Option::<Vec<Value>>::deserialize(d)? else {
-        return Ok(None);
-    };
-    values
-        .into_iter()
-        .enumerate()
-        .map(|(i, step)| match step {
-            Value::String(reference) => Ok(StepRequest::Ref(reference)),
-            Value::Object(_) => StepOptions::deserialize(step)
-                .map(StepRequest::Detailed)
-                .map_err(|e| D::Error::custom(format!("steps[{i}]: {e}"))),
-            other => Err(D::Error::custom(format!(
-                "steps[{i}]: a step is a plugin reference (a string) or an object \
-                 {{plugin, max_attempts?, timeout_ms?, max_memory_bytes?, max_output_bytes?, max_wait_ms?}}, not {other}"
-            ))),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
-}
-
-/// A step with its own settings.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StepOptions {
-    /// A plugin digest or name.
-    pub plugin: String,
-    /// Attempts per phase, the first call included (default 3).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_attempts: Option<u32>,
-    /// Deadline of one call in milliseconds (default 30000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
-    /// Memory limit of one call, up to the host's ceiling (default 64 MiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_memory_bytes: Option<u64>,
-    /// Size limit of the step's output, up to the host's ceiling (default 1 MiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_output_bytes: Option<u64>,
-    /// Longest total wait through `poll-after` (default one hour).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_wait_ms: Option<u64>,
-}
-
-impl StepRequest {
-    fn options(&self) -> StepOptions {
-        match self {
-            StepRequest::Ref(plugin) => StepOptions {
-                plugin: plugin.clone(),
-                max_attempts: None,
-                timeout_ms: None,
-                max_memory_bytes: None,
-                max_output_bytes: None,
-                max_wait_ms: None,
-            },
-            StepRequest::Detailed(options) => options.clone(),
-        }
-    }
-}
-
 /// `PUT /v1/templates/{name}` body.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -137,7 +66,7 @@ pub struct TemplateRequest {
     #[serde(default)]
     pub description: Option<String>,
     /// The steps, as in a start request.
-    #[serde(default, deserialize_with = "steps")]
+    #[serde(default, deserialize_with = "crate::model::deserialize_steps")]
     pub steps: Option<Vec<StepRequest>>,
     /// A JSON Schema the inputs of every start from this template must
     /// pass.
@@ -744,7 +673,7 @@ impl Planner {
 
 /// A stored template's steps, as a start request's.
 fn template_steps(template: &Template) -> Result<Vec<StepRequest>, PlanError> {
-    steps(Value::Array(template.steps.clone()))
+    crate::model::deserialize_steps(Value::Array(template.steps.clone()))
         .map(Option::unwrap_or_default)
         .map_err(|e: serde_json::Error| {
             PlanError::Invalid(format!(

@@ -10,110 +10,14 @@
 //! produces passes through a [`Redactor`] of every secret's value and its
 //! common encodings before it is stored: each becomes `[secret:NAME]`.
 
-use crate::grants::Origin;
-use crate::model::Timestamp;
+pub use crate::model::{BadSecretName, SealedSecret, SecretInfo, SecretName};
 use crate::store::StoreError;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
-use utoipa::ToSchema;
 use zeroize::Zeroizing;
-
-/// A secret's name: 1 to 64 lowercase letters, digits and dashes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
-#[serde(try_from = "String", into = "String")]
-#[schema(value_type = String, example = "do-token")]
-pub struct SecretName(String);
-
-/// Why a text is not a secret name.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("`{0}` is not a secret name: use 1 to 64 lowercase letters, digits and dashes")]
-pub struct BadSecretName(String);
-
-impl FromStr for SecretName {
-    type Err = BadSecretName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let ok = (1..=64).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if ok {
-            Ok(SecretName(s.to_string()))
-        } else {
-            Err(BadSecretName(s.chars().take(80).collect()))
-        }
-    }
-}
-
-impl TryFrom<String> for SecretName {
-    type Error = BadSecretName;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<SecretName> for String {
-    fn from(n: SecretName) -> String {
-        n.0
-    }
-}
-
-impl fmt::Display for SecretName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl SecretName {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// A secret as stored: sealed.
-#[derive(Clone)]
-pub struct SealedSecret {
-    pub name: SecretName,
-    pub nonce: Vec<u8>,
-    pub ciphertext: Vec<u8>,
-    /// The origins its value may be sent to.
-    pub origins: Vec<Origin>,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
-}
-
-impl fmt::Debug for SealedSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SealedSecret")
-            .field("name", &self.name)
-            .field("origins", &self.origins)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A secret as the API lists it: never its value.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct SecretInfo {
-    pub name: SecretName,
-    #[schema(value_type = Vec<String>)]
-    pub origins: Vec<Origin>,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
-}
-
-impl From<&SealedSecret> for SecretInfo {
-    fn from(s: &SealedSecret) -> SecretInfo {
-        SecretInfo {
-            name: s.name.clone(),
-            origins: s.origins.clone(),
-            created_at: s.created_at,
-            updated_at: s.updated_at,
-        }
-    }
-}
 
 /// The key secrets are sealed with.
 pub struct SecretBox {
@@ -395,6 +299,7 @@ fn forms(value: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Timestamp;
     use serde_json::json;
 
     fn key() -> SecretBox {

@@ -196,7 +196,7 @@ impl Host {
 
     /// The HTTP application.
     pub fn router(&self) -> axum::Router {
-        api::app(self.state.clone())
+        api::app(self.state.clone(), crate::console::router())
     }
 
     /// Loads every stored plugin (from the compile cache when it can), so

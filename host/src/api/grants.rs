@@ -6,7 +6,7 @@
 use super::AppState;
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ErrorBody, JsonBody};
-use crate::grants::Grants;
+use crate::model::Grants;
 use crate::model::Timestamp;
 use axum::Json;
 use axum::extract::{Path, State};

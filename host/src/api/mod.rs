@@ -210,8 +210,9 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
      base-uri 'none'";
 
 /// The whole application: `/v1` (authenticated, limited), `/healthz`,
-/// `/metrics` and the console under `/ui/`.
-pub fn app(state: AppState) -> Router {
+/// `/metrics`, and `pages` (the console under `/ui/`, which the server
+/// puts in): the gate and the browser headers cover them all.
+pub fn app(state: AppState, pages: Router<AppState>) -> Router {
     let (v1_routes, openapi) = v1(state.plugins.config().max_component_bytes);
     let openapi = Arc::new(openapi);
     let v1_routes = v1_routes
@@ -233,7 +234,7 @@ pub fn app(state: AppState) -> Router {
         .nest("/v1", v1_routes)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .merge(crate::console::router())
+        .merge(pages)
         .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

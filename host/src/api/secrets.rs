@@ -7,9 +7,9 @@
 use super::AppState;
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ErrorBody, JsonBody};
-use crate::grants::Origin;
+use crate::model::Origin;
 use crate::model::Timestamp;
-use crate::secrets::{SealedSecret, SecretInfo, SecretName};
+use crate::model::{SealedSecret, SecretInfo, SecretName};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -44,7 +44,7 @@ pub struct SecretList {
 
 fn secret_name(name: &str) -> Result<SecretName, ApiError> {
     name.parse()
-        .map_err(|e: crate::secrets::BadSecretName| ApiError::bad_request(e.to_string()))
+        .map_err(|e: crate::model::BadSecretName| ApiError::bad_request(e.to_string()))
 }
 
 /// Set a secret (a new one, or a new value and origins for one).

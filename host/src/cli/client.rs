@@ -168,7 +168,7 @@ impl Client {
         &self,
         name: &str,
         body: &serde_json::Value,
-    ) -> Result<crate::grants::Grants, ClientError> {
+    ) -> Result<crate::model::Grants, ClientError> {
         Ok(self
             .send(
                 self.request(Method::PUT, &["plugins", name, "grants"])
@@ -178,7 +178,7 @@ impl Client {
             .1)
     }
 
-    pub async fn grants(&self, name: &str) -> Result<crate::grants::Grants, ClientError> {
+    pub async fn grants(&self, name: &str) -> Result<crate::model::Grants, ClientError> {
         Ok(self
             .send(self.request(Method::GET, &["plugins", name, "grants"]))
             .await?

@@ -291,7 +291,7 @@ fn print_report(name: &str, r: &CallReport) {
     }
 }
 
-fn print_grants(name: &str, grants: &crate::grants::Grants) {
+fn print_grants(name: &str, grants: &crate::model::Grants) {
     let http: Vec<String> = grants.http.iter().map(ToString::to_string).collect();
     println!(
         "{name} may send HTTP to: {}",

@@ -175,7 +175,7 @@ pub(super) struct ServeArgs {
         env = "WASAGA_WEBHOOK_ALLOW",
         value_delimiter = ','
     )]
-    webhook_allow: Vec<crate::grants::Origin>,
+    webhook_allow: Vec<crate::model::Origin>,
     /// Send OpenTelemetry traces (one per saga, a span per call) over
     /// OTLP/HTTP to this collector, e.g. http://127.0.0.1:4318 (spans go to
     /// its /v1/traces); steps' outbound requests then carry `traceparent`.

@@ -7,19 +7,25 @@
 //! shapes are the JSON of HTTP API v1 (a contract: fields may be added, never
 //! renamed or removed).
 
+mod access;
 mod ids;
 mod saga;
 mod status;
+mod tokens;
 mod webhook;
 
+pub use access::{
+    BadOrigin, BadSecretName, Grants, Origin, SealedSecret, SecretInfo, SecretMode, SecretName,
+};
 pub use ids::{BadDigest, Digest, SagaId, Timestamp};
 pub use saga::{
     Action, CallRecord, LedgerLogLine, LogLine, MAX_CALLS_KEPT, PluginInfo, RecordedResource,
-    Resource, SagaDetail, SagaError, SagaResource, SagaRun, SagaSummary, StepResult, StepSpec,
-    Template,
+    Resource, SagaDetail, SagaError, SagaResource, SagaRun, SagaSummary, StepOptions, StepRequest,
+    StepResult, StepSpec, Template, deserialize_steps,
 };
 pub(crate) use status::string_enum;
 pub use status::{ActionKind, LogLevel, Phase, ResourceState, SagaStatus, StepStatus, StopCause};
+pub use tokens::{Caller, Role, Tokens, TokensError};
 pub use webhook::{
     AttemptOutcome, Delivery, DeliveryStatus, DueDelivery, NewWebhook, OutboxEvent, SealedKey,
     Webhook, WebhookEvent, WebhookFilter, WebhookKeys,

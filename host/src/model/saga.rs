@@ -72,6 +72,80 @@ pub struct Resource {
     pub updated_at: Timestamp,
 }
 
+/// One step of a start request.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StepRequest {
+    /// A plugin digest (`sha256:...`) or name.
+    Ref(String),
+    Detailed(StepOptions),
+}
+
+/// Each step is a string or an object; say which is wrong and why, rather
+/// than serde's "did not match any variant".
+pub fn deserialize_steps<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<StepRequest>>, D::Error> {
+    use serde::de::Error;
+    let Some(values) = Option::<Vec<Value>>::deserialize(d)? else {
+        return Ok(None);
+    };
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, step)| match step {
+            Value::String(reference) => Ok(StepRequest::Ref(reference)),
+            Value::Object(_) => StepOptions::deserialize(step)
+                .map(StepRequest::Detailed)
+                .map_err(|e| D::Error::custom(format!("steps[{i}]: {e}"))),
+            other => Err(D::Error::custom(format!(
+                "steps[{i}]: a step is a plugin reference (a string) or an object \
+                 {{plugin, max_attempts?, timeout_ms?, max_memory_bytes?, max_output_bytes?, max_wait_ms?}}, not {other}"
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// A step with its own settings.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepOptions {
+    /// A plugin digest or name.
+    pub plugin: String,
+    /// Attempts per phase, the first call included (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Deadline of one call in milliseconds (default 30000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Memory limit of one call, up to the host's ceiling (default 64 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_bytes: Option<u64>,
+    /// Size limit of the step's output, up to the host's ceiling (default 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
+    /// Longest total wait through `poll-after` (default one hour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_ms: Option<u64>,
+}
+
+impl StepRequest {
+    pub fn options(&self) -> StepOptions {
+        match self {
+            StepRequest::Ref(plugin) => StepOptions {
+                plugin: plugin.clone(),
+                max_attempts: None,
+                timeout_ms: None,
+                max_memory_bytes: None,
+                max_output_bytes: None,
+                max_wait_ms: None,
+            },
+            StepRequest::Detailed(options) => options.clone(),
+        }
+    }
+}
+
 /// One version of a saga template: a start request kept under a name
 /// (`PUT /v1/templates/{name}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -82,7 +156,7 @@ pub struct Template {
     pub description: Option<String>,
     /// The steps as in a start request (plugin names or digests, with
     /// per-step settings), resolved to digests when a saga starts.
-    #[schema(value_type = Vec<crate::plan::StepRequest>)]
+    #[schema(value_type = Vec<StepRequest>)]
     pub steps: Vec<Value>,
     /// A JSON Schema the inputs of a start must pass.
     #[schema(value_type = Option<Object>)]

@@ -49,12 +49,12 @@ pub use error::{StoreError, StoreResult, redact_url};
 pub(crate) use rows::*;
 pub use webhooks::WebhookStore;
 
-use crate::grants::Grants;
+use crate::model::Grants;
 use crate::model::{
     Action, Digest, OutboxEvent, PluginInfo, RecordedResource, Resource, ResourceState, SagaDetail,
     SagaError, SagaId, SagaRun, SagaStatus, SagaSummary, StepResult, Template, Timestamp,
 };
-use crate::secrets::{SealedSecret, SecretInfo, SecretName};
+use crate::model::{SealedSecret, SecretInfo, SecretName};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use std::sync::Arc;

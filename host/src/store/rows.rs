@@ -393,10 +393,10 @@ pub(crate) struct SecretRow {
 /// The secret columns every query selects, in [`SecretRow`]'s order.
 pub(crate) const SECRET_COLUMNS: &str = "name, nonce, ciphertext, origins, created_at, updated_at";
 
-impl TryFrom<SecretRow> for crate::secrets::SealedSecret {
+impl TryFrom<SecretRow> for crate::model::SealedSecret {
     type Error = StoreError;
     fn try_from(r: SecretRow) -> StoreResult<Self> {
-        Ok(crate::secrets::SealedSecret {
+        Ok(crate::model::SealedSecret {
             name: r
                 .name
                 .parse()
@@ -411,8 +411,8 @@ impl TryFrom<SecretRow> for crate::secrets::SealedSecret {
 }
 
 /// A grants row as stored: (http, secrets) JSON.
-pub(crate) fn grants_from_row(http: &str, secrets: &str) -> StoreResult<crate::grants::Grants> {
-    Ok(crate::grants::Grants {
+pub(crate) fn grants_from_row(http: &str, secrets: &str) -> StoreResult<crate::model::Grants> {
+    Ok(crate::model::Grants {
         http: from_json("grants http", http)?,
         secrets: from_json("grants secrets", secrets)?,
     })

@@ -28,12 +28,12 @@ use super::{
     pinned_by, pinned_digests, same_template, shown_step_columns, summary_columns, to_json,
 };
 use crate::config::{SQLITE_PAGE_BYTES, StoreConfig};
-use crate::grants::Grants;
+use crate::model::Grants;
 use crate::model::{
     Digest, PluginInfo, Resource, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus,
     SagaSummary, StepResult, Template, Timestamp,
 };
-use crate::secrets::{SealedSecret, SecretInfo, SecretName};
+use crate::model::{SealedSecret, SecretInfo, SecretName};
 use async_trait::async_trait;
 use catalog::{Catalog, Plugins};
 use rusqlite::{Connection, OptionalExtension, params};

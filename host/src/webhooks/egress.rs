@@ -5,7 +5,7 @@
 //! attempt, so a name that later points inside the network (DNS rebinding)
 //! is refused too.
 
-use crate::grants::Origin;
+use crate::model::Origin;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

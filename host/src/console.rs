@@ -25,8 +25,8 @@ use crate::api::guard::{Peer, Throttle};
 use crate::api::session;
 use crate::api::{AppState, Caller, Role};
 use crate::model::{
-    CallRecord, PluginInfo, Resource, SagaDetail, SagaId, SagaStatus, SagaSummary, StepResult,
-    Timestamp,
+    ActionKind, CallRecord, PluginInfo, Resource, SagaDetail, SagaId, SagaStatus, SagaSummary,
+    StepResult, Timestamp,
 };
 use crate::store::{ResourceFilter, SagaFilter};
 use axum::Router;
@@ -445,6 +445,10 @@ fn saga_live(detail: &SagaDetail, v: &Viewer) -> Markup {
     let s = &detail.saga;
     let now = Timestamp::now();
     let can_act = v.caller.role >= Role::Operator;
+    // What the runner would do (one rule for both): a button only for an
+    // action that changes the saga.
+    let offers =
+        |kind: ActionKind| crate::runner::permits(s, kind) == crate::runner::Permit::Change;
     let id = s.id;
     let post = |action: &str| format!("/v1/sagas/{id}/{action}");
     html! {
@@ -464,10 +468,10 @@ fn saga_live(detail: &SagaDetail, v: &Viewer) -> Markup {
         }
         @if can_act {
             div.actions {
-                @if !s.status.is_final() { button.danger data-post=(post("cancel")) data-confirm="Cancel this saga and compensate what it did?" { "Cancel" } }
-                @if matches!(s.status, SagaStatus::Pending | SagaStatus::Running) && !s.pause_requested { button.secondary data-post=(post("pause")) { "Pause" } }
-                @if s.status == SagaStatus::Paused { button data-post=(post("resume")) { "Resume" } }
-                @if s.status == SagaStatus::Failed { button data-post=(post("retry")) { "Retry compensation" } }
+                @if offers(ActionKind::Cancel) { button.danger data-post=(post("cancel")) data-confirm="Cancel this saga and compensate what it did?" { "Cancel" } }
+                @if offers(ActionKind::Pause) { button.secondary data-post=(post("pause")) { "Pause" } }
+                @if offers(ActionKind::Resume) { button data-post=(post("resume")) { "Resume" } }
+                @if offers(ActionKind::Retry) { button data-post=(post("retry")) { "Retry compensation" } }
             }
         }
         h2 { "Timeline" }
@@ -494,7 +498,7 @@ fn saga_live(detail: &SagaDetail, v: &Viewer) -> Markup {
                                     details { summary { (r.logs.len()) " log lines" }
                                         pre.mono { @for l in &r.logs { (l.phase) "#" (l.attempt) " " (l.level) " " (l.message) "\n" } } }
                                 }
-                                @if can_act && r.status == crate::model::StepStatus::CompensationFailed && s.status == SagaStatus::Failed {
+                                @if can_act && r.status == crate::model::StepStatus::CompensationFailed && offers(ActionKind::Resolve) {
                                     button.secondary data-post=(format!("/v1/sagas/{id}/steps/{i}/resolve")) data-confirm="Mark this step undone by hand?" { "Resolve by hand" }
                                 }
                             }
@@ -842,4 +846,72 @@ async fn logout(
         HeaderValue::from_static(session::CLEAR_COOKIE),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SagaRun;
+
+    fn page_of(saga: SagaRun) -> String {
+        let viewer = Viewer {
+            caller: Caller::anonymous(),
+            csrf: String::new(),
+            signed_in: false,
+        };
+        let detail = SagaDetail {
+            saga,
+            steps: Vec::new(),
+            resources: Vec::new(),
+        };
+        saga_live(&detail, &viewer).into_string()
+    }
+
+    /// The buttons are the runner's rule: a saga being cancelled offers no
+    /// pause (the runner would refuse it), a pause not yet in effect can be
+    /// withdrawn, an ended saga offers nothing.
+    #[test]
+    fn the_buttons_are_what_the_runner_allows() {
+        let mut saga = SagaRun::pending(
+            "k",
+            Vec::new(),
+            serde_json::json!({}),
+            None,
+            None,
+            Timestamp(0),
+        );
+        saga.status = SagaStatus::Running;
+        let page = page_of(saga.clone());
+        assert!(
+            page.contains(">Pause<") && page.contains(">Cancel<"),
+            "{page}"
+        );
+        assert!(!page.contains(">Resume<"));
+
+        saga.cancel_requested = true;
+        let page = page_of(saga.clone());
+        assert!(
+            !page.contains(">Pause<"),
+            "no pause while cancelling: {page}"
+        );
+        assert!(
+            !page.contains(">Cancel<"),
+            "the cancel is already asked for"
+        );
+
+        saga.cancel_requested = false;
+        saga.pause_requested = true;
+        let page = page_of(saga.clone());
+        assert!(
+            page.contains(">Resume<") && !page.contains(">Pause<"),
+            "{page}"
+        );
+
+        saga.pause_requested = false;
+        saga.status = SagaStatus::Completed;
+        let page = page_of(saga);
+        for button in [">Pause<", ">Cancel<", ">Resume<", ">Retry compensation<"] {
+            assert!(!page.contains(button), "{button} on an ended saga");
+        }
+    }
 }

@@ -29,6 +29,66 @@ pub enum ActionError {
     Store(#[from] StoreError),
 }
 
+/// Whether an action may be asked of a saga in its state: the one rule the
+/// runner's actions and the console's buttons both follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Permit {
+    /// Allowed, and it changes the saga.
+    Change,
+    /// Allowed, and already in effect (asked before): nothing to write.
+    InEffect,
+    /// Not in this state; why (the `409`'s message).
+    Refused(String),
+}
+
+/// Whether `kind` may be asked of `saga` as it is. `Start` is never an
+/// action on a stored saga. `Retry` and `Resolve` also need a
+/// `compensation_failed` step, which the ledger tells (checked when they
+/// run).
+pub fn permits(saga: &SagaRun, kind: ActionKind) -> Permit {
+    let id = saga.id;
+    let status = saga.status;
+    let ended = || Permit::Refused(format!("saga {id} has already ended ({status})"));
+    match kind {
+        ActionKind::Start => Permit::Refused(format!("saga {id} has already started")),
+        ActionKind::Cancel if status.is_final() => ended(),
+        ActionKind::Cancel if saga.cancel_requested => Permit::InEffect,
+        ActionKind::Cancel => Permit::Change,
+        ActionKind::Pause if status.is_final() => ended(),
+        ActionKind::Pause if status == SagaStatus::Compensating => Permit::Refused(format!(
+            "saga {id} is compensating; a pause stops a saga going forward, not its compensation"
+        )),
+        ActionKind::Pause if status == SagaStatus::Paused => Permit::InEffect,
+        ActionKind::Pause if saga.cancel_requested => {
+            Permit::Refused(format!("saga {id} is being cancelled"))
+        }
+        ActionKind::Pause if saga.pause_requested => Permit::InEffect,
+        ActionKind::Pause => Permit::Change,
+        ActionKind::Resume => match status {
+            SagaStatus::Paused => Permit::Change,
+            SagaStatus::Pending | SagaStatus::Running if saga.pause_requested => Permit::Change,
+            status => Permit::Refused(format!("saga {id} is {status}, not paused")),
+        },
+        ActionKind::Retry if status == SagaStatus::Failed => Permit::Change,
+        ActionKind::Retry => Permit::Refused(format!(
+            "saga {id} is {status}; only a failed saga can be retried"
+        )),
+        ActionKind::Resolve if status == SagaStatus::Failed => Permit::Change,
+        ActionKind::Resolve => Permit::Refused(format!(
+            "saga {id} is {status}; only a failed saga's steps can be resolved"
+        )),
+    }
+}
+
+/// What `act` does with a permit: write, nothing, or refuse.
+fn permitted(saga: &SagaRun, kind: ActionKind) -> Result<bool, ActionError> {
+    match permits(saga, kind) {
+        Permit::Change => Ok(true),
+        Permit::InEffect => Ok(false),
+        Permit::Refused(why) => Err(ActionError::Conflict(why)),
+    }
+}
+
 /// How many times an action is decided again when the saga keeps changing
 /// under it.
 const MAX_RACES: usize = 20;
@@ -81,13 +141,7 @@ impl Runner {
         let saga = self
             .act(id, |d, now| {
                 let s = &d.saga;
-                if s.status.is_final() {
-                    return Err(ActionError::Conflict(format!(
-                        "saga {id} has already ended ({})",
-                        s.status
-                    )));
-                }
-                if s.cancel_requested {
+                if !permitted(s, ActionKind::Cancel)? {
                     return Ok(Decision::Done);
                 }
                 let mut t = Transition::new(id, Fence::Version, s.version, now);
@@ -108,26 +162,7 @@ impl Runner {
         let saga = self
             .act(id, |d, now| {
                 let s = &d.saga;
-                match s.status {
-                    status if status.is_final() => {
-                        return Err(ActionError::Conflict(format!(
-                            "saga {id} has already ended ({status})"
-                        )));
-                    }
-                    SagaStatus::Compensating => {
-                        return Err(ActionError::Conflict(format!(
-                            "saga {id} is compensating; a pause stops a saga going forward, not its compensation"
-                        )));
-                    }
-                    SagaStatus::Paused => return Ok(Decision::Done),
-                    _ => {}
-                }
-                if s.cancel_requested {
-                    return Err(ActionError::Conflict(format!(
-                        "saga {id} is being cancelled"
-                    )));
-                }
-                if s.pause_requested {
+                if !permitted(s, ActionKind::Pause)? {
                     return Ok(Decision::Done);
                 }
                 let mut t = Transition::new(id, Fence::Version, s.version, now);
@@ -149,6 +184,7 @@ impl Runner {
         let saga = self
             .act(id, |d, now| {
                 let s = &d.saga;
+                permitted(s, ActionKind::Resume)?;
                 let action = with_action(s, ActionKind::Resume, &actor, now, None, None);
                 match s.status {
                     SagaStatus::Paused => {
@@ -170,15 +206,13 @@ impl Runner {
                         t.saga.actions = Some(action);
                         Ok(Decision::Write(Box::new(t)))
                     }
-                    SagaStatus::Pending | SagaStatus::Running if s.pause_requested => {
+                    // A pause asked for and not yet in effect, withdrawn.
+                    _ => {
                         let mut t = Transition::new(id, Fence::Version, s.version, now);
                         t.saga.pause_requested = Some(false);
                         t.saga.actions = Some(action);
                         Ok(Decision::Write(Box::new(t)))
                     }
-                    status => Err(ActionError::Conflict(format!(
-                        "saga {id} is {status}, not paused"
-                    ))),
                 }
             })
             .await?;
@@ -200,12 +234,7 @@ impl Runner {
         let result = self
             .act(id, |d, now| {
                 let s = &d.saga;
-                if s.status != SagaStatus::Failed {
-                    return Err(ActionError::Conflict(format!(
-                        "saga {id} is {}; only a failed saga can be retried",
-                        s.status
-                    )));
-                }
+                permitted(s, ActionKind::Retry)?;
                 let mut t = Transition::new(id, Fence::Unleased, s.version, now);
                 for row in d
                     .steps
@@ -265,12 +294,7 @@ impl Runner {
         let saga = self
             .act(id, |d, now| {
                 let s = &d.saga;
-                if s.status != SagaStatus::Failed {
-                    return Err(ActionError::Conflict(format!(
-                        "saga {id} is {}; only a failed saga's steps can be resolved",
-                        s.status
-                    )));
-                }
+                permitted(s, ActionKind::Resolve)?;
                 let Some(row) = d.steps.iter().find(|r| r.index == index) else {
                     return Err(ActionError::Conflict(format!(
                         "step {index} of saga {id} never ran; only a compensation_failed step can be resolved"

@@ -36,7 +36,7 @@ mod retention;
 mod saga;
 mod start;
 
-pub use actions::ActionError;
+pub use actions::{ActionError, Permit, permits};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use start::StartError;
 

@@ -1073,7 +1073,7 @@ async fn outbound_http(report: &mut Report, quick: bool) -> Result<()> {
     let (fresh_p50, pooled_p50) = (pct(&on_fresh, 0.5), pct(&on_pooled, 0.5));
     let added = |base: Duration| {
         format!(
-            "+{:.0} µs",
+            "{:+.0} µs",
             (step_p50.as_secs_f64() - base.as_secs_f64()) * 1e6
         )
     };
@@ -1110,7 +1110,7 @@ async fn outbound_http(report: &mut Report, quick: bool) -> Result<()> {
         us(pct(&with_get, 0.99)),
         format!("{} reqwest, new connection", us(pct(&on_fresh, 0.99))),
         format!(
-            "+{:.0} µs",
+            "{:+.0} µs",
             (pct(&with_get, 0.99).as_secs_f64() - pct(&on_fresh, 0.99).as_secs_f64()) * 1e6
         ),
         "",

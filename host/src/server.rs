@@ -107,6 +107,9 @@ pub struct Host {
     shutdown_grace: std::time::Duration,
     /// Stops the webhook deliverer.
     deliverer: CancellationToken,
+    /// The deliverer's task: awaited at shutdown, so nothing of this host
+    /// (the SQLite file's lock included) outlives it.
+    deliverer_task: tokio::task::JoinHandle<()>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -157,7 +160,7 @@ impl Host {
         tracing::info!(database = %store::redact_url(&url), node = runner.owner(), "host starting");
         runner.start();
         let deliverer = CancellationToken::new();
-        tokio::spawn(
+        let deliverer_task = tokio::spawn(
             Deliverer::new(
                 store.clone(),
                 key,
@@ -190,6 +193,7 @@ impl Host {
             state,
             shutdown_grace: options.server.shutdown_grace,
             deliverer,
+            deliverer_task,
             telemetry,
         })
     }
@@ -210,7 +214,18 @@ impl Host {
     /// and releases every lease.
     pub async fn shutdown(self) {
         self.runner.shutdown(self.shutdown_grace).await;
+        // A delivery in flight may finish within the grace; past it, it is
+        // dropped, and its lease lets another host (or this one, restarted)
+        // send it again: at least once.
         self.deliverer.cancel();
+        let mut deliverer = self.deliverer_task;
+        if tokio::time::timeout(self.shutdown_grace, &mut deliverer)
+            .await
+            .is_err()
+        {
+            deliverer.abort();
+            _ = deliverer.await;
+        }
         // The spans of the sagas this host ended, sent before it goes.
         let telemetry = self.telemetry;
         if let Err(e) = tokio::task::spawn_blocking(move || telemetry.shutdown()).await {

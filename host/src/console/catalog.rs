@@ -1,0 +1,153 @@
+//! The console's catalog pages: plugins (with the upload form), templates,
+//! secrets (names and origins, never values) and the resource ledger.
+
+use super::*;
+
+pub(super) fn plugin_rows(plugins: &[PluginInfo]) -> Markup {
+    html! {
+        @for p in plugins {
+            tr data-name=(p.name) {
+                td { (p.name) @if p.current { " " span.badge { "current" } } }
+                td.mono { (p.digest) }
+                td { (p.contract) }
+                td { (crate::plugin::format_bytes(p.size)) }
+                td { (p.created_at) }
+            }
+        }
+    }
+}
+
+pub(super) async fn plugins_page(State(state): State<AppState>, v: Viewer) -> Response {
+    let plugins = state.store.list_plugins().await.unwrap_or_default();
+    let mut grants = Vec::new();
+    let mut names: Vec<&str> = plugins
+        .iter()
+        .filter(|p| p.current)
+        .map(|p| p.name.as_str())
+        .collect();
+    names.dedup();
+    for name in names {
+        if let Ok(Some(g)) = state.store.grants(name).await {
+            grants.push((name.to_string(), g));
+        }
+    }
+    page(
+        Some(&v),
+        "/ui/plugins",
+        "Plugins",
+        html! {
+            h1 { "Plugins" }
+            @if v.caller.role >= Role::Admin {
+                label #drop.drop for="upload-file" {
+                    "Drop a component here, or choose one: "
+                    input #upload-file type="file" accept=".wasm,application/wasm";
+                }
+            }
+            table {
+                thead { tr { th { "Name" } th { "Digest" } th { "Contract" } th { "Size" } th { "Uploaded" } } }
+                tbody #plugin-rows { (plugin_rows(&plugins)) }
+            }
+            h2 { "Grants" }
+            @if grants.is_empty() { p.muted { "No plugin is granted anything: none can reach the network or a secret." } }
+            @else {
+                table { thead { tr { th { "Plugin" } th { "HTTP origins" } th { "Secrets" } } }
+                    tbody { @for (name, g) in &grants { tr { td { (name) } td.mono { (json(&g.http)) } td.mono { (json(&g.secrets)) } } } } }
+            }
+        },
+    )
+    .into_response()
+}
+
+pub(super) async fn plugin_rows_fragment(
+    State(state): State<AppState>,
+    _viewer: Viewer,
+) -> Response {
+    plugin_rows(&state.store.list_plugins().await.unwrap_or_default()).into_response()
+}
+
+pub(super) async fn templates_page(State(state): State<AppState>, v: Viewer) -> Response {
+    let templates = state.store.list_templates().await.unwrap_or_default();
+    page(
+        Some(&v),
+        "/ui/templates",
+        "Templates",
+        html! {
+            h1 { "Templates" }
+            @if templates.is_empty() { p.muted { "No templates. Put one with `wasaga template put NAME --file F`." } }
+            table { thead { tr { th { "Name" } th { "Version" } th { "Description" } th { "Steps" } th { "Inputs schema" } } }
+                tbody { @for t in &templates { tr {
+                    td { a href=(format!("/ui/?kind={}", t.name)) { (t.name) } }
+                    td { (t.version) }
+                    td { (t.description.as_deref().unwrap_or("")) }
+                    td.mono { (json(&t.steps)) }
+                    td { @if let Some(s) = &t.inputs_schema { details { summary { "schema" } pre.mono { (json(s)) } } } }
+                } } } }
+        },
+    )
+    .into_response()
+}
+
+pub(super) async fn secrets_page(State(state): State<AppState>, v: Viewer) -> Response {
+    if let Err(refused) = v.caller.require(Role::Admin) {
+        return error_page(Some(&v), StatusCode::FORBIDDEN, "Secrets", &refused.message);
+    }
+    let secrets = state.store.list_secrets().await.unwrap_or_default();
+    page(
+        Some(&v),
+        "/ui/secrets",
+        "Secrets",
+        html! {
+            h1 { "Secrets" }
+            p.muted { "Names and the origins each may be sent to. Values are never shown; set them with `wasaga secret set`." }
+            table { thead { tr { th { "Name" } th { "Origins" } th { "Updated" } } }
+                tbody { @for s in &secrets { tr { td { (s.name) } td.mono { (json(&s.origins)) } td { (s.updated_at) } } } } }
+        },
+    )
+    .into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ResourceQuery {
+    kind: Option<String>,
+    state: Option<String>,
+}
+
+pub(super) async fn resources_page(
+    State(state): State<AppState>,
+    v: Viewer,
+    Query(q): Query<ResourceQuery>,
+) -> Response {
+    let filter = ResourceFilter {
+        kind: q.kind.clone().filter(|k| !k.is_empty()),
+        state: q
+            .state
+            .as_deref()
+            .and_then(|s| crate::model::ResourceState::parse(s).ok()),
+        limit: 1000,
+        ..ResourceFilter::default()
+    };
+    let resources: Vec<Resource> = state
+        .store
+        .list_resources(&filter)
+        .await
+        .unwrap_or_default();
+    page(
+        Some(&v),
+        "/ui/resources",
+        "Resources",
+        html! {
+            h1 { "Resources" }
+            p.muted { "What sagas provisioned, one row per kind and external id, as last recorded." }
+            table { thead { tr { th { "Kind" } th { "External id" } th { "State" } th { "Version" } th { "Saga" } th { "Deployment" } th { "Spec" } } }
+                tbody { @for r in &resources { tr {
+                    td { (r.kind) } td.mono { (r.external_id) } td { (badge(r.state)) } td { (r.spec_version) }
+                    td.mono { a href=(format!("/ui/sagas/{}", r.saga_id)) { (r.saga_id) } " step " (r.step_index) }
+                    td { (r.deployment_id.as_deref().unwrap_or("")) }
+                    td { pre.mono { (json(&r.spec)) } }
+                } } } }
+        },
+    )
+    .into_response()
+}
+
+// ---- login

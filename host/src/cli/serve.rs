@@ -458,29 +458,24 @@ mod tests {
         let options = args.options().unwrap();
         let defaults = ServeOptions::new("./wasaga-data");
         assert_eq!(options.data_dir, defaults.data_dir);
-        assert_eq!(
-            format!("{:?}", options.runner),
-            format!("{:?}", defaults.runner)
-        );
-        assert_eq!(
-            format!("{:?}", options.server),
-            format!("{:?}", defaults.server)
-        );
-        assert_eq!(
-            format!("{:?}", options.store),
-            format!("{:?}", defaults.store)
-        );
-        assert_eq!(
-            format!("{:?}", options.webhooks),
-            format!("{:?}", defaults.webhooks)
-        );
-        assert_eq!(
-            format!("{:?}", options.telemetry),
-            format!("{:?}", defaults.telemetry)
-        );
-        assert_eq!(
-            format!("{:?}", options.runtime),
-            format!("{:?}", defaults.runtime)
-        );
+        let debug = |v: &dyn std::fmt::Debug| format!("{v:?}");
+        for (part, got, want) in [
+            ("runner", debug(&options.runner), debug(&defaults.runner)),
+            ("server", debug(&options.server), debug(&defaults.server)),
+            ("store", debug(&options.store), debug(&defaults.store)),
+            (
+                "webhooks",
+                debug(&options.webhooks),
+                debug(&defaults.webhooks),
+            ),
+            (
+                "telemetry",
+                debug(&options.telemetry),
+                debug(&defaults.telemetry),
+            ),
+            ("runtime", debug(&options.runtime), debug(&defaults.runtime)),
+        ] {
+            assert_eq!(got, want, "the {part} defaults (clap against config)");
+        }
     }
 }

@@ -390,6 +390,10 @@ pub struct StoreConfig {
     /// of space (small writes may still succeed on a nearly full disk).
     /// Default 30 s: a monitor that scrapes every 15 s sees it.
     pub degraded_for: Duration,
+    /// What a host does with a schema behind its migrations at start.
+    /// Default `Apply`: one host, or hosts whose starts may migrate
+    /// (serialized on PostgreSQL by an advisory lock).
+    pub migrations: Migrations,
 }
 
 impl Default for StoreConfig {
@@ -397,8 +401,21 @@ impl Default for StoreConfig {
         StoreConfig {
             max_database_bytes: None,
             degraded_for: Duration::from_secs(30),
+            migrations: Migrations::Apply,
         }
     }
+}
+
+/// Whether opening the store may change its schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::EnumString)]
+#[strum(serialize_all = "lowercase")]
+pub enum Migrations {
+    /// Apply the migrations this binary carries that the database lacks.
+    Apply,
+    /// Change nothing; refuse to start unless the schema is current (a
+    /// deployment whose migrations run as a job of their own, before the
+    /// hosts: `wasaga migrate`).
+    Require,
 }
 
 /// Webhook deliveries (`crate::webhooks`).

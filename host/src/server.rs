@@ -69,7 +69,8 @@ impl ServeOptions {
         }
     }
 
-    fn database_url(&self) -> String {
+    /// The database this host opens: `database_url`, or SQLite in `data_dir`.
+    pub fn database_url(&self) -> String {
         self.database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("wasaga.db").display()))

@@ -210,7 +210,7 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
      base-uri 'none'";
 
 /// The whole application: `/v1` (authenticated, limited), `/healthz`,
-/// `/metrics`, and `pages` (the console under `/ui/`, which the server
+/// `/readyz`, `/metrics`, and `pages` (the console under `/ui/`, which the server
 /// puts in): the gate and the browser headers cover them all.
 pub fn app(state: AppState, pages: Router<AppState>) -> Router {
     let (v1_routes, openapi) = v1(state.plugins.config().max_component_bytes);
@@ -233,6 +233,7 @@ pub fn app(state: AppState, pages: Router<AppState>) -> Router {
     Router::new()
         .nest("/v1", v1_routes)
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(pages)
         .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1") })
@@ -288,6 +289,49 @@ async fn healthz(State(state): State<AppState>) -> Response {
                 "the database does not answer",
             )
             .into_response()
+        }
+    }
+}
+
+/// `/readyz`: 200 when this host should get traffic: the database answers
+/// and takes writes, and its schema is current for this binary (every
+/// migration it carries applied; a newer release's extra ones do not
+/// count against it). 503 otherwise, saying which. Anyone may ask, like
+/// `/healthz`: the answer names no saga or secret.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let backend = state.store.backend();
+    let unready = |status: &str, message: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": status, "database": backend, "message": message})),
+        )
+            .into_response()
+    };
+    match state.store.health().await {
+        Ok(Health::Ok) => {}
+        Ok(Health::Degraded(why)) => return unready("degraded", why),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: the database does not answer");
+            return unready("unavailable", "the database does not answer".into());
+        }
+    }
+    match state.store.schema().await {
+        Ok(schema) if schema.is_current() => (
+            StatusCode::OK,
+            Json(serde_json::json!({
+                "status": "ready",
+                "database": backend,
+                "schema": schema.describe(),
+            })),
+        )
+            .into_response(),
+        Ok(schema) => unready("schema_not_current", schema.describe()),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: reading the schema's migrations");
+            unready(
+                "unavailable",
+                "the database's migrations cannot be read".into(),
+            )
         }
     }
 }

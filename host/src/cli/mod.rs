@@ -1,4 +1,4 @@
-//! The `wasaga` command line: `serve`, and client subcommands that talk to a
+//! The `wasaga` command line: `serve`, `migrate`, and client subcommands that talk to a
 //! server over HTTP API v1 (`plugin push|list|show|delete|grant|grants`, and
 //! `plugin new|run|test`, which need no server,
 //! `saga start|list|show|cancel|pause|resume|retry|resolve|watch`, `secret
@@ -12,6 +12,7 @@
 //! failed (needs a human), so scripts can branch on the outcome.
 
 mod client;
+mod migrate;
 mod plugins;
 mod resources;
 mod sagas;
@@ -24,6 +25,7 @@ pub use sagas::{EXIT_FAILED, EXIT_ROLLED_BACK};
 
 use crate::server::ServeError;
 use clap::{Args, Parser, Subcommand};
+use migrate::MigrateArgs;
 use plugins::PluginCommand;
 use resources::ResourceCommand;
 use sagas::SagaCommand;
@@ -48,6 +50,9 @@ pub struct Cli {
 enum Command {
     /// Run a host: HTTP API, runner and plugin runtime.
     Serve(Box<ServeArgs>),
+    /// Bring the database's schema to this binary's migrations and exit
+    /// (for hosts started with `--migrations require`).
+    Migrate(MigrateArgs),
     /// Upload, list, show, delete and grant step plugins; run and test one
     /// locally.
     #[command(subcommand)]
@@ -117,6 +122,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Serve(args) => serve::run(*args).await,
+        Command::Migrate(args) => migrate::run(args).await,
         Command::Plugin(command) => plugins::run(command).await,
         Command::Saga(command) => sagas::run(command).await,
         Command::Secret(command) => secrets::run(command).await,

@@ -4,7 +4,9 @@
 
 use super::CliError;
 use crate::api::Tokens;
-use crate::config::{Allocator, RunnerConfig, RuntimeConfig, ServerConfig, StepLimits};
+use crate::config::{
+    Allocator, Migrations, RunnerConfig, RuntimeConfig, ServerConfig, StepLimits, StoreConfig,
+};
 use crate::server::{self, ServeOptions};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -39,6 +41,11 @@ pub(super) struct ServeArgs {
     /// sqlite://PATH or postgres://USER@HOST/DB (default: SQLite in the data directory).
     #[arg(long, env = "WASAGA_DATABASE_URL", hide_env_values = true)]
     database: Option<String>,
+    /// `apply`: migrate the database's schema at start; `require`: change
+    /// nothing and refuse to start unless it is current (migrations run
+    /// apart, by `wasaga migrate`).
+    #[arg(long, env = "WASAGA_MIGRATIONS", default_value_t = StoreConfig::default().migrations)]
+    migrations: Migrations,
     /// Address to listen on. Without a token, only a loopback address is allowed.
     #[arg(long, env = "WASAGA_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
@@ -289,9 +296,10 @@ impl ServeArgs {
             runner,
             server,
             secrets_key_file: self.secrets_key_file.clone(),
-            store: crate::config::StoreConfig {
+            store: StoreConfig {
                 max_database_bytes: self.max_database_size,
-                ..crate::config::StoreConfig::default()
+                migrations: self.migrations,
+                ..StoreConfig::default()
             },
             examples: !self.no_examples,
             webhooks: crate::config::WebhookConfig {

@@ -120,7 +120,7 @@ impl Runner {
             match store.apply(t.clone()).await {
                 Ok(Applied::Done { version }) => {
                     let mut saga = detail.saga;
-                    super::apply_update(&mut saga, &t, version);
+                    t.apply_to_saga(&mut saga, version);
                     self.written(&saga, &t);
                     return Ok(saga);
                 }
@@ -325,7 +325,7 @@ impl Runner {
                     .collect();
                 let mut t = Transition::new(id, Fence::Unleased, s.version, now);
                 if let Some(mut error) = s.error.clone() {
-                    super::saga::needs_a_human(&mut error, &s.plan, left.clone());
+                    super::decide::needs_a_human(&mut error, &s.plan, left.clone());
                     t.saga.error = Some(error);
                 }
                 if left.is_empty() {

@@ -32,6 +32,7 @@
 
 mod actions;
 pub mod clock;
+mod decide;
 mod retention;
 mod saga;
 mod start;
@@ -650,38 +651,9 @@ pub(super) fn stamp_outbox(saga: &SagaRun, t: &mut Transition) {
         return;
     };
     let mut after = saga.clone();
-    apply_update(&mut after, t, saga.version + 1);
+    t.apply_to_saga(&mut after, saga.version + 1);
     t.outbox
         .push(crate::webhooks::saga_event(event, &after.summary(), t.now));
-}
-
-/// The saga as a written transition left it (what an action answers, and
-/// what the driver holds after a commit).
-pub(super) fn apply_update(saga: &mut SagaRun, t: &Transition, version: u64) {
-    let u = &t.saga;
-    if let Some(status) = u.status {
-        saga.status = status;
-    }
-    if let Some(index) = u.current_step_index {
-        saga.current_step_index = index;
-    }
-    if let Some(context) = &u.context {
-        saga.context = context.clone();
-    }
-    if let Some(error) = &u.error {
-        saga.error = Some(error.clone());
-    }
-    if let Some(flag) = u.cancel_requested {
-        saga.cancel_requested = flag;
-    }
-    if let Some(flag) = u.pause_requested {
-        saga.pause_requested = flag;
-    }
-    if let Some(actions) = &u.actions {
-        saga.actions = actions.clone();
-    }
-    saga.version = version;
-    saga.updated_at = t.now;
 }
 
 #[cfg(test)]

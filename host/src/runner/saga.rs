@@ -1,5 +1,9 @@
-//! The saga state machine, one saga at a time: every rule about which row
-//! comes next lives here; the store only writes what this decides, fenced.
+//! The saga state machine's driver, one saga at a time: the loop that asks
+//! `decide` what comes next, calls the plugin, and commits the rows
+//! `decide` computes (fenced), following each commit with
+//! `Transition::apply_to`. What the machine does is described here; the
+//! rules themselves are pure functions in `decide`, and the store only
+//! writes what they compute.
 //!
 //! `pending`/`running`: run the step at `current_step_index` (mark it
 //! running with attempt + 1, call `execute`, persist), retrying retryable
@@ -36,16 +40,13 @@
 //! recorded meanwhile) rereads the saga and decides again; a result already
 //! obtained from a plugin is never thrown away.
 
+use super::decide::{self, Ledger, Next, Stop, View, attempts, end_saga, outcome_label};
 use super::{ActiveSaga, Runner};
-use crate::model::{
-    CallRecord, LedgerLogLine, MAX_CALLS_KEPT, Phase, SagaError, SagaRun, SagaStatus, StepResult,
-    StepSpec, StepStatus, StopCause, Timestamp,
-};
+use crate::model::{Phase, SagaRun, SagaStatus, StepResult, StepSpec, StepStatus, Timestamp};
 use crate::plugin::{CallOutcome, Contract, Plugin, Progress, StepCall, StepFailure};
-use crate::store::{Applied, ClaimedSaga, Fence, Pins, StoreError, Transition};
+use crate::store::{Applied, ClaimedSaga, Fence, StoreError, Transition};
 use crate::telemetry::{CallInfo, CallSpan};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -94,62 +95,6 @@ enum Flow {
     Parked(Option<Timestamp>),
 }
 
-/// Why a saga stops going forward.
-enum Stop {
-    Cancelled,
-    Failed(String),
-}
-
-/// The first step's running mark, for a saga started by this host.
-pub(super) fn first_mark(saga: &SagaRun, owner: &str, now: Timestamp) -> StepResult {
-    let mut row = fresh_row(&saga.plan[0], 0, Phase::Execute);
-    row.attempts = 1;
-    row.started_at = Some(now);
-    row.executed_by = Some(owner.to_string());
-    row
-}
-
-/// A ledger row for a step that has none yet.
-fn fresh_row(spec: &StepSpec, index: u32, phase: Phase) -> StepResult {
-    StepResult {
-        index,
-        name: spec.name.clone(),
-        plugin: spec.plugin.clone(),
-        status: StepStatus::Running,
-        phase,
-        attempts: 0,
-        compensate_attempts: 0,
-        compensate_attempt_base: 0,
-        calls: Vec::new(),
-        output: None,
-        output_omitted: None,
-        error: None,
-        logs: Vec::new(),
-        started_at: None,
-        finished_at: None,
-        executed_by: None,
-        waiting_until: None,
-        polls: 0,
-        wait_started_at: None,
-    }
-}
-
-/// "1 attempt", "3 attempts".
-fn attempts(n: u32) -> String {
-    if n == 1 {
-        "1 attempt".into()
-    } else {
-        format!("{n} attempts")
-    }
-}
-
-fn attempts_of(row: Option<&StepResult>, phase: Phase) -> u32 {
-    row.map_or(0, |r| match phase {
-        Phase::Execute => r.attempts,
-        Phase::Compensate => r.compensate_attempts,
-    })
-}
-
 /// Drives one claimed saga until it ends, parks, or this host must let go.
 pub(super) async fn drive(
     runner: &Runner,
@@ -190,25 +135,70 @@ struct Driver<'a> {
     runner: &'a Runner,
     active: &'a Arc<ActiveSaga>,
     saga: SagaRun,
-    ledger: BTreeMap<u32, StepResult>,
+    ledger: Ledger,
     marked: Option<Marked>,
 }
 
 impl Driver<'_> {
+    /// The loop: decide from the state (`decide`), do what was decided,
+    /// commit; until the saga ends, parks, or this host must let go.
     async fn run(&mut self) -> Result<Ended, Halt> {
         loop {
-            let flow = match self.saga.status {
-                SagaStatus::Pending | SagaStatus::Running => self.advance().await?,
-                SagaStatus::Paused => self.claimed_while_paused().await?,
-                SagaStatus::Compensating => self.compensate_next().await?,
-                SagaStatus::Completed | SagaStatus::RolledBack | SagaStatus::Failed => {
-                    return Ok(Ended::Final(self.saga.status));
+            let flow = match self.view().next(self.now(), self.cancel_seen()) {
+                Next::Ended(status) => return Ok(Ended::Final(status)),
+                Next::Cancel => self.stop_forward(Stop::Cancelled, None).await?,
+                Next::Complete => self.complete_saga().await?,
+                Next::Pause => self.park_paused().await?,
+                Next::Wait {
+                    index,
+                    phase,
+                    until,
+                } => {
+                    self.may_go_on(index, phase)?;
+                    self.park_waiting(until).await?
                 }
+                Next::Call { index, phase } => {
+                    self.may_go_on(index, phase)?;
+                    match (self.mark(index, phase).await?, phase) {
+                        (None, _) => Flow::Continue,
+                        (Some(attempt), Phase::Execute) => self.execute(index, attempt).await?,
+                        (Some(attempt), Phase::Compensate) => {
+                            self.compensate(index, attempt).await?
+                        }
+                    }
+                }
+                Next::FinishCompensation => self.finish_compensation().await?,
             };
             if let Flow::Parked(at) = flow {
                 return Ok(Ended::Parked(at));
             }
         }
+    }
+
+    /// The saga and ledger as this driver holds them, for `decide`.
+    fn view(&self) -> View<'_> {
+        View {
+            saga: &self.saga,
+            ledger: &self.ledger,
+        }
+    }
+
+    /// Whether this host may go on to the step now: not when it must let
+    /// go or is draining; but a step this process marked running is owed
+    /// its call, which a draining host makes within the grace rather than
+    /// leave a mark that no call made.
+    fn may_go_on(&self, index: u32, phase: Phase) -> Result<(), Halt> {
+        let marked_here = self
+            .marked
+            .as_ref()
+            .is_some_and(|m| m.index == index && m.phase == phase);
+        if !marked_here {
+            return self.check_stop();
+        }
+        if self.active.lease_lost.load(Ordering::SeqCst) || self.active.stop.is_cancelled() {
+            return Err(self.halt());
+        }
+        Ok(())
     }
 
     fn now(&self) -> Timestamp {
@@ -282,7 +272,17 @@ impl Driver<'_> {
             super::stamp_outbox(&self.saga, &mut t);
             match self.apply(t.clone()).await? {
                 Applied::Done { version } => {
-                    super::apply_update(&mut self.saga, &t, version);
+                    t.apply_to(&mut self.saga, &mut self.ledger, version);
+                    let marked = self.marked.as_ref().map(|m| m.index);
+                    if t.steps
+                        .iter()
+                        .map(|r| r.index)
+                        .chain(t.remove_steps.iter().copied())
+                        .any(|i| Some(i) == marked)
+                    {
+                        // The mark was written over: no call is owed.
+                        self.marked = None;
+                    }
                     self.runner.written(&self.saga, &t);
                     return Ok(Some(t));
                 }
@@ -362,53 +362,8 @@ impl Driver<'_> {
         Ok(())
     }
 
-    /// The last attempt `phase` may begin: the step's `max_attempts`,
-    /// counted after the calls made before the saga's latest retry.
-    fn attempt_limit(&self, index: u32, phase: Phase) -> u32 {
-        let base = match phase {
-            Phase::Execute => 0,
-            Phase::Compensate => self
-                .ledger
-                .get(&index)
-                .map_or(0, |r| r.compensate_attempt_base),
-        };
-        base + self.spec(index).max_attempts
-    }
-
     fn spec(&self, index: u32) -> &StepSpec {
         &self.saga.plan[index as usize]
-    }
-
-    fn row(&self, index: u32, phase: Phase) -> StepResult {
-        self.ledger
-            .get(&index)
-            .cloned()
-            .unwrap_or_else(|| fresh_row(self.spec(index), index, phase))
-    }
-
-    /// The step's row marked as running (`execute`) or compensating, with
-    /// the attempt count of that phase set to `attempt`.
-    fn running_row(&self, index: u32, phase: Phase, attempt: u32) -> StepResult {
-        let mut row = self.row(index, phase);
-        row.phase = phase;
-        match phase {
-            Phase::Execute => {
-                row.status = StepStatus::Running;
-                row.attempts = attempt;
-                row.started_at = Some(self.now());
-            }
-            Phase::Compensate => {
-                row.status = StepStatus::Compensating;
-                row.compensate_attempts = attempt;
-            }
-        }
-        if row.waiting_until.is_none() && row.phase != phase {
-            row.polls = 0;
-            row.wait_started_at = None;
-        }
-        row.finished_at = None;
-        row.executed_by = Some(self.owner().to_string());
-        row
     }
 
     /// A pre-mark this process made and never called, undone in `t`.
@@ -440,65 +395,16 @@ impl Driver<'_> {
             .await;
     }
 
-    /// Runs the step at `current_step_index`, or ends the saga.
-    async fn advance(&mut self) -> Result<Flow, Halt> {
-        let index = self.saga.current_step_index;
-        if self.cancel_seen() {
-            return self.stop_forward(Stop::Cancelled, None).await;
-        }
-        if index as usize >= self.saga.plan.len() {
-            self.commit(&|d: &Self| {
-                let mut t = d.transition();
-                t.saga.status = Some(SagaStatus::Completed);
-                end_saga(&mut t);
-                Some(t)
-            })
-            .await?;
-            self.saga.status = SagaStatus::Completed;
-            return Ok(Flow::Continue);
-        }
-        if self.pause_seen() {
-            return self.park_paused().await;
-        }
-        let marked_here = self
-            .marked
-            .as_ref()
-            .is_some_and(|m| m.index == index && m.phase == Phase::Execute);
-        if marked_here {
-            // Marked running by this process, so owed a call: a draining
-            // host makes it within the grace rather than leave a mark that
-            // no call made.
-            if self.active.lease_lost.load(Ordering::SeqCst) || self.active.stop.is_cancelled() {
-                return Err(self.halt());
-            }
-        } else {
-            self.check_stop()?;
-        }
-        if let Some(until) = self.waiting(index, Phase::Execute)
-            && until > self.now()
-        {
-            return self.park_waiting(until).await;
-        }
-        let Some(attempt) = self.mark(index, Phase::Execute).await? else {
-            return Ok(Flow::Continue);
-        };
-        self.execute(index, attempt).await
-    }
-
-    /// When the step waits in `phase` (it answered `poll-after`).
-    fn waiting(&self, index: u32, phase: Phase) -> Option<Timestamp> {
-        self.ledger
-            .get(&index)
-            .filter(|r| r.phase == phase)
-            .and_then(|r| r.waiting_until)
-    }
-
-    /// Claimed while paused: only a cancel makes a paused saga ready.
-    async fn claimed_while_paused(&mut self) -> Result<Flow, Halt> {
-        if self.cancel_seen() {
-            return self.stop_forward(Stop::Cancelled, None).await;
-        }
-        self.park_paused().await
+    /// Every step completed: the saga completes.
+    async fn complete_saga(&mut self) -> Result<Flow, Halt> {
+        self.commit(&|d: &Self| {
+            let mut t = d.transition();
+            t.saga.status = Some(SagaStatus::Completed);
+            end_saga(&mut t);
+            Some(t)
+        })
+        .await?;
+        Ok(Flow::Continue)
     }
 
     /// Parks the saga `paused` between steps: ready only when resumed.
@@ -521,9 +427,7 @@ impl Driver<'_> {
             return Ok(Flow::Continue);
         };
         tracing::info!("paused");
-        self.absorb(&t);
-        self.saga.status = SagaStatus::Paused;
-        self.saga.pause_requested = false;
+        debug_assert_eq!(t.saga.status, Some(SagaStatus::Paused));
         Ok(Flow::Parked(None))
     }
 
@@ -547,25 +451,6 @@ impl Driver<'_> {
         })
     }
 
-    /// Applies what a committed transition wrote to the in-memory ledger.
-    fn absorb(&mut self, t: &Transition) {
-        for index in &t.remove_steps {
-            self.ledger.remove(index);
-        }
-        for row in &t.steps {
-            self.ledger.insert(row.index, row.clone());
-        }
-        if t.steps
-            .iter()
-            .any(|r| Some(r.index) == self.marked.as_ref().map(|m| m.index))
-            || t.remove_steps
-                .iter()
-                .any(|i| Some(*i) == self.marked.as_ref().map(|m| m.index))
-        {
-            self.marked = None;
-        }
-    }
-
     /// Marks the step running for its next call (unless this process
     /// already did) and returns that call's attempt: the next one, or the
     /// same one when the step was waiting. `None` when it must not run now
@@ -573,7 +458,7 @@ impl Driver<'_> {
     /// often than its attempt limit (then it has failed, and the state
     /// moved on).
     async fn mark(&mut self, index: u32, phase: Phase) -> Result<Option<u32>, Halt> {
-        let done = attempts_of(self.ledger.get(&index), phase);
+        let done = self.view().attempts(index, phase);
         if self
             .marked
             .as_ref()
@@ -582,9 +467,9 @@ impl Driver<'_> {
             self.marked = None;
             return Ok(Some(done));
         }
-        let waited = self.waiting(index, phase).is_some();
+        let waited = self.view().waiting(index, phase).is_some();
         let attempt = if waited { done } else { done + 1 };
-        if attempt > self.attempt_limit(index, phase) {
+        if attempt > self.view().attempt_limit(index, phase) {
             let max = self.spec(index).max_attempts;
             // Its last call was cut short (its host died mid-call), and no
             // attempt is left.
@@ -592,7 +477,7 @@ impl Driver<'_> {
                 "the step's last call was cut short (its host stopped mid-call) and all {max} \
                  attempts are used: it did not finish"
             );
-            let row = self.row(index, phase);
+            let row = self.view().row(index, phase);
             self.step_failed(index, phase, row, why, true).await?;
             return Ok(None);
         }
@@ -602,11 +487,12 @@ impl Driver<'_> {
                     return None;
                 }
                 let mut row = if waited {
-                    let mut row = d.row(index, phase);
+                    let mut row = d.view().row(index, phase);
                     row.executed_by = Some(d.owner().to_string());
                     row
                 } else {
-                    d.running_row(index, phase, attempt)
+                    d.view()
+                        .running_row(index, phase, attempt, d.now(), d.owner())
                 };
                 // The call begins: it no longer waits.
                 row.waiting_until = None;
@@ -622,14 +508,7 @@ impl Driver<'_> {
                 Some(t)
             })
             .await?;
-        let Some(t) = committed else {
-            return Ok(None);
-        };
-        self.absorb(&t);
-        if phase == Phase::Execute {
-            self.saga.status = SagaStatus::Running;
-        }
-        Ok(Some(attempt))
+        Ok(committed.map(|_| attempt))
     }
 
     async fn plugin(&self, spec: &StepSpec) -> Result<Arc<Plugin>, StepFailure> {
@@ -675,8 +554,8 @@ impl Driver<'_> {
         }
     }
 
-    /// The step's row with a call's log lines appended, within the limit of
-    /// lines a step keeps across its calls.
+    /// The step's row with the call's record and log lines (taken from
+    /// `outcome`) appended.
     fn with_logs<T>(
         &self,
         index: u32,
@@ -684,44 +563,14 @@ impl Driver<'_> {
         attempt: u32,
         outcome: &mut CallOutcome<Progress<T>>,
     ) -> StepResult {
-        let lines = std::mem::take(&mut outcome.logs);
-        let mut row = self.row(index, phase);
-        let finished_at = self.now();
-        row.calls.push(CallRecord {
+        decide::record_call(
+            self.view().row(index, phase),
             phase,
             attempt,
-            started_at: finished_at.minus(outcome.elapsed),
-            finished_at,
-            outcome: outcome_label(&outcome.result).to_string(),
-        });
-        let excess = row.calls.len().saturating_sub(MAX_CALLS_KEPT);
-        row.calls.drain(..excess);
-        let max = self.runner.inner.config.max_step_log_lines;
-        let room = max.saturating_sub(row.logs.len());
-        let dropped = lines.len().saturating_sub(room);
-        row.logs
-            .extend(lines.into_iter().take(room).map(|l| LedgerLogLine {
-                level: l.level,
-                message: l.message,
-                phase,
-                attempt,
-            }));
-        if dropped > 0
-            && let Some(last) = row.logs.last_mut()
-        {
-            // The last kept line says what was dropped, so the row stays
-            // within its bound whatever the step does.
-            *last = LedgerLogLine {
-                level: crate::model::LogLevel::Warn,
-                message: format!(
-                    "[host] {} more log lines dropped: a step keeps at most {max} lines across its calls",
-                    dropped + 1
-                ),
-                phase,
-                attempt,
-            };
-        }
-        row
+            outcome,
+            self.runner.inner.config.max_step_log_lines,
+            self.now(),
+        )
     }
 
     /// Calls the step's plugin for `phase`, in a span. `Err` when the call
@@ -824,16 +673,12 @@ impl Driver<'_> {
             Err(failure) if failure.is_retryable() && attempt < spec.max_attempts => {
                 tracing::info!(error = %failure, "step failed; will retry");
                 row.error = Some(failure.to_string());
-                let t = self
-                    .commit(&|d: &Self| {
-                        let mut t = d.transition();
-                        t.steps.push(row.clone());
-                        Some(t)
-                    })
-                    .await?;
-                if let Some(t) = t {
-                    self.absorb(&t);
-                }
+                self.commit(&|d: &Self| {
+                    let mut t = d.transition();
+                    t.steps.push(row.clone());
+                    Some(t)
+                })
+                .await?;
                 crate::metrics::global().retry(&spec.name);
                 let delay = self.runner.inner.config.retry.backoff(attempt + 1);
                 self.back_off(delay, Phase::Execute).await
@@ -863,43 +708,21 @@ impl Driver<'_> {
         output: Map<String, Value>,
         resources: Vec<crate::model::RecordedResource>,
     ) -> Result<Flow, Halt> {
-        let mut context = self.saga.context.clone();
-        context.extend(output.clone());
-        let size = Value::Object(context.clone()).to_string().len();
-        let limit = self.runner.inner.config.max_context_bytes;
-        if size > limit {
-            let why = format!(
-                "the saga's context would be {} with this step's output, beyond the limit of {}",
-                crate::plugin::format_bytes(size as u64),
-                crate::plugin::format_bytes(limit as u64)
-            );
-            self.step_failed(index, Phase::Execute, row, why, false)
-                .await?;
-            return Ok(Flow::Continue);
-        }
-        // Everything the saga keeps: the context, and every step's output
-        // and log lines (this one's included).
-        let stored = size
-            + json_len(&Value::Object(output.clone()))
-            + logs_len(&row)
-            + self
-                .ledger
-                .values()
-                .filter(|r| r.index != index)
-                .map(|r| r.output.as_ref().map_or(0, json_len) + logs_len(r))
-                .sum::<usize>();
-        let budget = self.runner.inner.config.max_saga_stored_bytes;
-        if stored > budget {
-            let why = format!(
-                "the saga would store {} with this step's output (its context, and every step's \
-                 output and logs), beyond the limit of {} (--max-saga-stored)",
-                crate::plugin::format_bytes(stored as u64),
-                crate::plugin::format_bytes(budget as u64)
-            );
-            self.step_failed(index, Phase::Execute, row, why, false)
-                .await?;
-            return Ok(Flow::Continue);
-        }
+        let config = &self.runner.inner.config;
+        let context = match self.view().context_after(
+            index,
+            &row,
+            &output,
+            config.max_context_bytes,
+            config.max_saga_stored_bytes,
+        ) {
+            Ok(context) => context,
+            Err(why) => {
+                self.step_failed(index, Phase::Execute, row, why, false)
+                    .await?;
+                return Ok(Flow::Continue);
+            }
+        };
         let now = self.now();
         row.status = StepStatus::Completed;
         row.output = Some(Value::Object(output));
@@ -908,13 +731,8 @@ impl Driver<'_> {
         row.waiting_until = None;
         let next = index + 1;
         let last = next as usize >= self.saga.plan.len();
-        let next_row = (!last).then(|| {
-            let mut r = fresh_row(self.spec(next), next, Phase::Execute);
-            r.attempts = 1;
-            r.started_at = Some(now);
-            r.executed_by = Some(self.owner().to_string());
-            r
-        });
+        let next_row =
+            (!last).then(|| decide::fresh_mark(self.spec(next), next, self.owner(), now));
         let t = self
             .commit(&|d: &Self| {
                 let mut t = d.transition();
@@ -933,12 +751,7 @@ impl Driver<'_> {
             })
             .await?
             .expect("a step's result is always written");
-        self.absorb(&t);
-        self.saga.context = context;
-        self.saga.current_step_index = next;
-        if last {
-            self.saga.status = SagaStatus::Completed;
-        } else if t.steps.len() == 2 {
+        if !last && t.steps.len() == 2 {
             self.marked = Some(Marked {
                 index: next,
                 phase: Phase::Execute,
@@ -959,31 +772,22 @@ impl Driver<'_> {
         asked: Duration,
     ) -> Result<Flow, Halt> {
         let config = &self.runner.inner.config;
-        let delay = asked.max(config.min_poll_interval);
-        let now = self.now();
-        let first = row.wait_started_at.unwrap_or(now);
-        let max_wait = self
-            .spec(index)
-            .max_wait_ms
-            .map(Duration::from_millis)
-            .unwrap_or(config.default_max_wait);
-        let until = now.plus(delay);
-        let waited = first.until(until);
-        row.polls += 1;
-        row.error = None;
-        if waited > max_wait {
-            let why = format!(
-                "the step asked to be called again in {} ms, which would make its wait {} ms in all \
-                 ({} polls), beyond its max_wait_ms of {}",
-                delay.as_millis(),
-                waited.as_millis(),
-                row.polls,
-                max_wait.as_millis()
-            );
-            tracing::info!(error = %why, "wait too long");
-            self.step_failed(index, phase, row, why, true).await?;
-            return Ok(Flow::Continue);
-        }
+        let waits = self.view().wait_until(
+            index,
+            &mut row,
+            asked,
+            config.min_poll_interval,
+            config.default_max_wait,
+            self.now(),
+        );
+        let (until, first) = match waits {
+            Ok(waits) => waits,
+            Err(why) => {
+                tracing::info!(error = %why, "wait too long");
+                self.step_failed(index, phase, row, why, true).await?;
+                return Ok(Flow::Continue);
+            }
+        };
         if phase == Phase::Execute && self.cancel_seen() {
             self.ledger.insert(index, row);
             return self
@@ -1017,11 +821,8 @@ impl Driver<'_> {
                 .stop_forward(Stop::Cancelled, Some((index, true)))
                 .await;
         };
-        self.absorb(&t);
         tracing::debug!(until = %until, polls = self.ledger[&index].polls, "step waits");
         if t.saga.status == Some(SagaStatus::Paused) {
-            self.saga.status = SagaStatus::Paused;
-            self.saga.pause_requested = false;
             return Ok(Flow::Parked(None));
         }
         Ok(Flow::Parked(Some(until)))
@@ -1075,30 +876,16 @@ impl Driver<'_> {
             Phase::Compensate => {
                 row.status = StepStatus::CompensationFailed;
                 row.waiting_until = None;
-                let mut error = self.saga.error.clone().unwrap_or_else(|| SagaError {
-                    message: String::new(),
-                    failed_step: None,
-                    compensate_from_idx: Some(index),
-                    reason: why.clone(),
-                    cause: Some(StopCause::StepFailed),
-                    compensation_failed_steps: Vec::new(),
-                });
-                if !error.compensation_failed_steps.contains(&index) {
-                    error.compensation_failed_steps.push(index);
-                }
-                let t = self
-                    .commit(&|d: &Self| {
-                        let mut t = d.transition();
-                        t.steps.push(row.clone());
-                        t.saga.error = Some(error.clone());
-                        t.saga.current_step_index = Some(index.saturating_sub(1));
-                        Some(t)
-                    })
-                    .await?
-                    .expect("always written");
-                self.absorb(&t);
-                self.saga.error = Some(error);
-                self.saga.current_step_index = index.saturating_sub(1);
+                let error = self.view().compensation_failed(index, &why);
+                self.commit(&|d: &Self| {
+                    let mut t = d.transition();
+                    t.steps.push(row.clone());
+                    t.saga.error = Some(error.clone());
+                    t.saga.current_step_index = Some(index.saturating_sub(1));
+                    Some(t)
+                })
+                .await?
+                .expect("always written");
                 Ok(())
             }
         }
@@ -1114,170 +901,41 @@ impl Driver<'_> {
         stop: Stop,
         failed: Option<(u32, bool)>,
     ) -> Result<Flow, Halt> {
-        // A running row not marked by this process and not just called:
-        // its call was cut short (a crash) or it waits.
-        let index = self.saga.current_step_index;
-        let failed = failed.or_else(|| {
-            let pre_marked = self.marked.as_ref().is_some_and(|m| m.index == index);
-            // Between retries (the last call answered an error), its call
-            // was not cut short.
-            self.ledger
-                .get(&index)
-                .filter(|r| r.status == StepStatus::Running && !pre_marked)
-                .map(|r| (index, r.error.is_none()))
-        });
+        let marked_here = self.marked.as_ref().map(|m| m.index);
+        let failed = self.view().stopped_step(failed, marked_here);
         let begun = match failed {
-            Some((i, interrupted)) => {
-                let row = &self.ledger[&i];
-                let from_outside = interrupted || row.waiting_until.is_some() || row.polls > 0;
-                from_outside && self.contract(i).await == Contract::V0_2
+            Some(stopped) if self.view().stopped_from_outside(stopped) => {
+                self.contract(stopped.0).await == Contract::V0_2
             }
-            None => false,
+            _ => false,
         };
-        let last_completed = self
-            .ledger
-            .values()
-            .filter(|r| r.status == StepStatus::Completed)
-            .map(|r| r.index)
-            .max();
-        let from = match failed {
-            Some((i, _)) if begun => Some(i),
-            _ => last_completed,
-        };
-        let cause = match (&stop, failed) {
-            (Stop::Cancelled, Some((i, _))) => {
-                let how = if self.ledger[&i].waiting_until.is_some() {
-                    "was waiting"
-                } else {
-                    "ran"
-                };
-                format!("cancelled while step {i} ({}) {how}", self.spec(i).name)
+        let plan = self.view().stop_plan(&stop, failed, begun, self.now());
+        let status = plan.status;
+        tracing::info!(%status, error = %plan.error.message, "saga stops going forward");
+        self.commit(&|d: &Self| {
+            let mut t = d.transition();
+            d.unmark_into(&mut t);
+            t.steps.extend(plan.failed_row.clone());
+            t.saga.status = Some(status);
+            t.saga.error = Some(plan.error.clone());
+            t.saga.pause_requested = Some(false);
+            if let Some(from) = plan.from {
+                t.saga.current_step_index = Some(from);
+            } else {
+                end_saga(&mut t);
             }
-            (Stop::Cancelled, None) => "cancelled".to_string(),
-            (Stop::Failed(why), Some((i, _))) => {
-                format!("step {i} ({}) failed: {why}", self.spec(i).name)
-            }
-            (Stop::Failed(why), None) => why.clone(),
-        };
-        let message = match from {
-            Some(from) if begun => {
-                format!("{cause}; its work had begun, so compensating from step {from}")
-            }
-            Some(from) => format!("{cause}; compensating from step {from}"),
-            None => format!("{cause}; no step had completed, nothing to compensate"),
-        };
-        let error = SagaError {
-            message,
-            failed_step: failed.map(|(i, _)| i),
-            compensate_from_idx: from,
-            reason: match &stop {
-                Stop::Cancelled => "cancelled".into(),
-                Stop::Failed(why) => why.clone(),
-            },
-            cause: Some(match stop {
-                Stop::Cancelled => StopCause::Cancelled,
-                Stop::Failed(_) => StopCause::StepFailed,
-            }),
-            compensation_failed_steps: Vec::new(),
-        };
-        let failed_row = failed.map(|(i, _)| {
-            let mut row = self.ledger[&i].clone();
-            if row.phase == Phase::Execute {
-                row.status = StepStatus::Failed;
-            }
-            if row.error.is_none() {
-                row.error = Some(StepFailure::Cancelled.to_string());
-            }
-            row.waiting_until = None;
-            row.finished_at = Some(self.now());
-            row
-        });
-        let status = match from {
-            Some(_) => SagaStatus::Compensating,
-            None => SagaStatus::RolledBack,
-        };
-        tracing::info!(%status, error = %error.message, "saga stops going forward");
-        let t = self
-            .commit(&|d: &Self| {
-                let mut t = d.transition();
-                d.unmark_into(&mut t);
-                t.steps.extend(failed_row.clone());
-                t.saga.status = Some(status);
-                t.saga.error = Some(error.clone());
-                t.saga.pause_requested = Some(false);
-                if let Some(from) = from {
-                    t.saga.current_step_index = Some(from);
-                } else {
-                    end_saga(&mut t);
-                }
-                Some(t)
-            })
-            .await?
-            .expect("always written");
-        self.absorb(&t);
+            Some(t)
+        })
+        .await?
+        .expect("always written");
         self.marked = None;
-        self.saga.status = status;
-        self.saga.error = Some(error);
-        self.saga.pause_requested = false;
-        if let Some(from) = from {
-            self.saga.current_step_index = from;
-        }
         Ok(Flow::Continue)
     }
 
-    /// Whether the walk compensates step `index` (its row is `r`).
-    /// For a compensated step whose execute never finished (its work had
-    /// begun when the saga stopped), why it did not finish, which its row
-    /// keeps; `None` for a step that had completed.
-    fn unfinished_cause(&self, r: &StepResult) -> Option<String> {
-        if r.output.is_some() {
-            return None;
-        }
-        let error = self.saga.error.as_ref()?;
-        if error.failed_step != Some(r.index) {
-            return None;
-        }
-        Some(match error.cause {
-            Some(StopCause::Cancelled) => StepFailure::Cancelled.to_string(),
-            _ => error.reason.clone(),
-        })
-    }
-
-    fn to_compensate(&self, r: &StepResult) -> bool {
-        match r.status {
-            StepStatus::Completed | StepStatus::Compensating => true,
-            // A step whose work began when the saga stopped (see the
-            // module docs): compensation started from it.
-            StepStatus::Failed => self.saga.error.as_ref().is_some_and(|e| {
-                e.failed_step == Some(r.index) && e.compensate_from_idx == Some(r.index)
-            }),
-            _ => false,
-        }
-    }
-
-    /// Compensates the next step to undo at or below
-    /// `current_step_index`, or ends the saga when none is left.
-    async fn compensate_next(&mut self) -> Result<Flow, Halt> {
-        let from = self.saga.current_step_index;
-        let next = self
-            .ledger
-            .range(..=from)
-            .rev()
-            .find(|(_, r)| self.to_compensate(r))
-            .map(|(i, _)| *i);
-        let Some(index) = next else {
-            return self.finish_compensation().await;
-        };
-        self.check_stop()?;
-        if let Some(until) = self.waiting(index, Phase::Compensate)
-            && until > self.now()
-        {
-            return self.park_waiting(until).await;
-        }
-        let Some(attempt) = self.mark(index, Phase::Compensate).await? else {
-            return Ok(Flow::Continue);
-        };
-        let limit = self.attempt_limit(index, Phase::Compensate);
+    /// Calls the step's `compensate` (marked, as attempt `attempt`) and
+    /// records what it answered.
+    async fn compensate(&mut self, index: u32, attempt: u32) -> Result<Flow, Halt> {
+        let limit = self.view().attempt_limit(index, Phase::Compensate);
         // Attempts since the latest retry (all of them, without one).
         let tried = attempt.saturating_sub(limit - self.spec(index).max_attempts);
         let mut outcome = self.call_plugin(index, Phase::Compensate, attempt).await?;
@@ -1285,36 +943,31 @@ impl Driver<'_> {
         match outcome.result {
             Ok(Progress::Done(_)) => {
                 row.status = StepStatus::Compensated;
-                row.error = self.unfinished_cause(&row);
+                row.error = self.view().unfinished_cause(&row);
                 row.finished_at = Some(self.now());
                 row.waiting_until = None;
-                let t = self
-                    .commit(&|d: &Self| {
-                        let mut t = d.transition();
-                        t.steps.push(row.clone());
-                        t.removed_resources.push(index);
-                        t.saga.current_step_index = Some(index.saturating_sub(1));
-                        Some(t)
-                    })
-                    .await?
-                    .expect("always written");
-                self.absorb(&t);
-                self.saga.current_step_index = index.saturating_sub(1);
+                self.commit(&|d: &Self| {
+                    let mut t = d.transition();
+                    t.steps.push(row.clone());
+                    t.removed_resources.push(index);
+                    t.saga.current_step_index = Some(index.saturating_sub(1));
+                    Some(t)
+                })
+                .await?
+                .expect("always written");
                 Ok(Flow::Continue)
             }
             Ok(Progress::PollAfter(delay)) => self.wait(index, Phase::Compensate, row, delay).await,
             Err(failure) if failure.is_retryable() && attempt < limit => {
                 tracing::info!(error = %failure, "compensation failed; will retry");
                 row.error = Some(failure.to_string());
-                let t = self
-                    .commit(&|d: &Self| {
-                        let mut t = d.transition();
-                        t.steps.push(row.clone());
-                        Some(t)
-                    })
-                    .await?
-                    .expect("always written");
-                self.absorb(&t);
+                self.commit(&|d: &Self| {
+                    let mut t = d.transition();
+                    t.steps.push(row.clone());
+                    Some(t)
+                })
+                .await?
+                .expect("always written");
                 crate::metrics::global().retry(&self.spec(index).name);
                 let delay = self.runner.inner.config.retry.backoff(tried + 1);
                 self.back_off(delay, Phase::Compensate).await
@@ -1336,27 +989,7 @@ impl Driver<'_> {
     /// No step is left to compensate: `rolled_back`, or `failed` when some
     /// compensation failed.
     async fn finish_compensation(&mut self) -> Result<Flow, Halt> {
-        let failed: Vec<u32> = self
-            .ledger
-            .values()
-            .filter(|r| r.status == StepStatus::CompensationFailed)
-            .map(|r| r.index)
-            .collect();
-        let mut error = self.saga.error.clone().unwrap_or_else(|| SagaError {
-            message: "compensated".into(),
-            failed_step: None,
-            compensate_from_idx: None,
-            reason: "unknown".into(),
-            cause: None,
-            compensation_failed_steps: Vec::new(),
-        });
-        let status = if failed.is_empty() {
-            SagaStatus::RolledBack
-        } else {
-            SagaStatus::Failed
-        };
-        // After a retry, steps that failed before may be undone now.
-        needs_a_human(&mut error, &self.saga.plan, failed);
+        let (status, error) = self.view().compensation_end();
         self.commit(&|d: &Self| {
             let mut t = d.transition();
             t.saga.status = Some(status);
@@ -1365,66 +998,6 @@ impl Driver<'_> {
             Some(t)
         })
         .await?;
-        self.saga.status = status;
-        self.saga.error = Some(error);
         Ok(Flow::Continue)
     }
-}
-
-/// A call's outcome in one word (metrics, and the ledger's call records).
-fn outcome_label<T>(result: &Result<Progress<T>, StepFailure>) -> &'static str {
-    match result {
-        Ok(Progress::Done(_)) => "ok",
-        Ok(Progress::PollAfter(_)) => "poll",
-        Err(StepFailure::Cancelled) => "interrupted",
-        Err(f) if f.is_retryable() => "retryable",
-        Err(_) => "fatal",
-    }
-}
-
-/// Records in a `failed` saga's error which steps' compensation failed
-/// and are left to a human (the message's first part, why the saga
-/// stopped, stays).
-pub(super) fn needs_a_human(error: &mut SagaError, plan: &[StepSpec], failed: Vec<u32>) {
-    let base = error
-        .message
-        .split("; compensation of step")
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    error.message = if failed.is_empty() {
-        base
-    } else {
-        let names: Vec<String> = failed
-            .iter()
-            .map(|i| {
-                let name = plan.get(*i as usize).map_or("?", |s| s.name.as_str());
-                format!("{i} ({name})")
-            })
-            .collect();
-        format!(
-            "{base}; compensation of step{} {} failed: needs a human",
-            if failed.len() == 1 { "" } else { "s" },
-            names.join(", ")
-        )
-    };
-    error.compensation_failed_steps = failed;
-}
-
-/// What ending a saga writes beside its final status: no longer ready,
-/// its lease given up, its plugins free to delete.
-fn end_saga(t: &mut Transition) {
-    t.saga.ready_at = Some(None);
-    t.release_lease = true;
-    t.pins = Pins::Release;
-}
-
-/// Bytes of a JSON value as stored.
-fn json_len(value: &Value) -> usize {
-    serde_json::to_string(value).map_or(0, |t| t.len())
-}
-
-/// Bytes of a ledger row's log lines.
-fn logs_len(row: &StepResult) -> usize {
-    row.logs.iter().map(|l| l.message.len()).sum()
 }

@@ -8,7 +8,8 @@
 //! expire.
 
 use super::Runner;
-use super::saga::{self, Marked};
+use super::decide;
+use super::saga::Marked;
 use crate::model::{Phase, SagaRun, SagaStatus};
 use crate::store::{CreateSaga, NewSaga, StoreError};
 use std::sync::atomic::Ordering;
@@ -55,7 +56,7 @@ impl Runner {
             // Started here and now: running, its first step marked in the
             // same commit that stores it.
             saga.status = SagaStatus::Running;
-            ledger.push(saga::first_mark(&saga, &inner.owner, now));
+            ledger.push(decide::first_mark(&saga, &inner.owner, now));
         }
         let created = inner
             .store

@@ -22,6 +22,10 @@ pub enum StoreError {
     Database(sqlx::Error),
     #[error("database error: {0}")]
     Sqlite(rusqlite::Error),
+    /// The schema is not the one this binary needs, and this host may not
+    /// migrate it (`--migrations require`).
+    #[error("the database's schema is not current: {0}")]
+    SchemaNotCurrent(String),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A row that does not parse: a bug or a hand-edited database.
@@ -103,6 +107,7 @@ impl StoreError {
             ),
             StoreError::LeaseLost(_)
             | StoreError::Migrate(_)
+            | StoreError::SchemaNotCurrent(_)
             | StoreError::Corrupt(_)
             | StoreError::Locked(_)
             | StoreError::BadUrl(_)

@@ -41,12 +41,14 @@ macro_rules! step_on_conflict {
 mod error;
 pub mod postgres;
 mod rows;
+pub mod schema;
 pub mod space;
 pub mod sqlite;
 pub mod webhooks;
 
 pub use error::{StoreError, StoreResult, redact_url};
 pub(crate) use rows::*;
+pub use schema::Schema;
 pub use webhooks::WebhookStore;
 
 use crate::model::Grants;
@@ -263,6 +265,53 @@ impl Transition {
             outbox: Vec::new(),
         }
     }
+
+    /// What this transition, written at `version`, makes of a copy of the
+    /// saga read before it: the one way a writer's copy follows its own
+    /// commits (the driver, an action's answer, the outbox's summary).
+    pub fn apply_to_saga(&self, saga: &mut SagaRun, version: u64) {
+        let u = &self.saga;
+        if let Some(status) = u.status {
+            saga.status = status;
+        }
+        if let Some(index) = u.current_step_index {
+            saga.current_step_index = index;
+        }
+        if let Some(context) = &u.context {
+            saga.context = context.clone();
+        }
+        if let Some(error) = &u.error {
+            saga.error = Some(error.clone());
+        }
+        if let Some(flag) = u.cancel_requested {
+            saga.cancel_requested = flag;
+        }
+        if let Some(flag) = u.pause_requested {
+            saga.pause_requested = flag;
+        }
+        if let Some(actions) = &u.actions {
+            saga.actions = actions.clone();
+        }
+        saga.version = version;
+        saga.updated_at = self.now;
+    }
+
+    /// [`Transition::apply_to_saga`], and the ledger rows it writes and
+    /// removes.
+    pub fn apply_to(
+        &self,
+        saga: &mut SagaRun,
+        ledger: &mut std::collections::BTreeMap<u32, StepResult>,
+        version: u64,
+    ) {
+        self.apply_to_saga(saga, version);
+        for index in &self.remove_steps {
+            ledger.remove(index);
+        }
+        for row in &self.steps {
+            ledger.insert(row.index, row.clone());
+        }
+    }
 }
 
 /// What applying a transition found.
@@ -315,6 +364,9 @@ pub trait Store: WebhookStore + Send + Sync + 'static {
 
     /// Answers when the database answers; degraded while writes fail.
     async fn health(&self) -> StoreResult<Health>;
+
+    /// The database's schema against this binary's migrations.
+    async fn schema(&self) -> StoreResult<Schema>;
 
     /// Stores a plugin (or finds it stored) and makes it current for its
     /// name.

@@ -33,11 +33,13 @@ macro_rules! json_ledger_values {
     };
 }
 
+mod admin;
 mod group;
 mod transition;
 use transition::{apply_transition, first_gone};
 mod webhooks;
 
+use super::schema::Schema;
 use super::space::Space;
 use super::{
     Applied, ClaimedSaga, ConsoleSession, CreateSaga, DeletePlugin, Fence, Health, Lease,
@@ -48,6 +50,7 @@ use super::{
     mark_omitted, pinned_by, pinned_digests, same_template, shown_step_columns, summary_columns,
     to_json,
 };
+use crate::config::Migrations;
 use crate::model::Grants;
 use crate::model::{
     Digest, PluginInfo, Resource, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus,
@@ -90,6 +93,22 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+/// The migrations the database records as applied: version and checksum
+/// (none when it is new).
+async fn recorded_migrations(pool: &PgPool) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+    let tracked: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !tracked {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as(
+        "SELECT version, checksum FROM _sqlx_migrations WHERE success ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
 impl PgStore {
     /// Connects and runs the migrations (serialized across hosts by sqlx's
     /// advisory lock). A `max_connections=N` query parameter sizes the pool
@@ -110,7 +129,11 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        MIGRATIONS.run(&pool).await?;
+        match config.migrations {
+            Migrations::Apply => MIGRATIONS.run(&pool).await?,
+            Migrations::Require => Schema::compare(&MIGRATIONS, &recorded_migrations(&pool).await?)
+                .require_current()?,
+        }
         Ok(PgStore {
             group: group::Grouper::start(pool.clone()),
             pool,
@@ -244,118 +267,33 @@ impl Store for PgStore {
         })
     }
 
+    async fn schema(&self) -> StoreResult<Schema> {
+        let recorded = recorded_migrations(&self.pool).await?;
+        Ok(Schema::compare(&MIGRATIONS, &recorded))
+    }
+
     async fn put_plugin(&self, info: &PluginInfo, wasm: &[u8]) -> StoreResult<PutPlugin> {
-        let mut tx = self.pool.begin().await?;
-        // One upload of a name at a time, so `previous` is exact.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('wasaga-plugin:' || $1))")
-            .bind(&info.name)
-            .execute(&mut *tx)
-            .await?;
-        let previous: Option<String> = sqlx::query_scalar(
-            "SELECT digest FROM plugins WHERE name = $1 ORDER BY promoted_seq DESC LIMIT 1",
-        )
-        .bind(&info.name)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let inserted = sqlx::query(
-            "INSERT INTO plugins (digest, name, size, wasm, created_at, promoted_seq, contract)
-             VALUES ($1, $2, $3, $4, $5, nextval('plugins_promotion'), $6)
-             ON CONFLICT (digest) DO NOTHING",
-        )
-        .bind(info.digest.as_str())
-        .bind(&info.name)
-        .bind(info.size as i64)
-        .bind(wasm)
-        .bind(info.created_at.millis())
-        .bind(&info.contract)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let replaced = previous.filter(|d| d != info.digest.as_str());
-        if inserted == 0 && replaced.is_some() {
-            sqlx::query(
-                "UPDATE plugins SET promoted_seq = nextval('plugins_promotion') WHERE digest = $1",
-            )
-            .bind(info.digest.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
-        let row: PluginRow = sqlx::query_as(&format!(
-            "SELECT {PLUGIN_COLUMNS} FROM plugins WHERE digest = $1"
-        ))
-        .bind(info.digest.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
-        let result = tx.commit().await.map_err(StoreError::from);
-        self.note(result)?;
-        Ok(PutPlugin {
-            info: row.try_into()?,
-            created: inserted == 1,
-            previous: replaced
-                .map(|d| d.parse().map_err(|e| StoreError::Corrupt(format!("{e}"))))
-                .transpose()?,
-        })
+        admin::put_plugin(self, info, wasm).await
     }
 
     async fn plugin(&self, digest: &Digest) -> StoreResult<Option<PluginInfo>> {
-        let row: Option<PluginRow> = sqlx::query_as(&format!(
-            "SELECT {PLUGIN_COLUMNS} FROM plugins WHERE digest = $1"
-        ))
-        .bind(digest.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(PluginInfo::try_from).transpose()
+        admin::plugin(self, digest).await
     }
 
     async fn plugin_by_name(&self, name: &str) -> StoreResult<Option<PluginInfo>> {
-        let row: Option<PluginRow> = sqlx::query_as(&format!(
-            "SELECT {PLUGIN_COLUMNS} FROM plugins WHERE name = $1 ORDER BY promoted_seq DESC LIMIT 1"
-        ))
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(PluginInfo::try_from).transpose()
+        admin::plugin_by_name(self, name).await
     }
 
     async fn plugin_bytes(&self, digest: &Digest) -> StoreResult<Option<Vec<u8>>> {
-        Ok(
-            sqlx::query_scalar("SELECT wasm FROM plugins WHERE digest = $1")
-                .bind(digest.as_str())
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        admin::plugin_bytes(self, digest).await
     }
 
     async fn list_plugins(&self) -> StoreResult<Vec<PluginInfo>> {
-        let rows: Vec<PluginRow> = sqlx::query_as(&format!(
-            "SELECT {PLUGIN_COLUMNS} FROM plugins ORDER BY created_at DESC, seq DESC"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(PluginInfo::try_from).collect()
+        admin::list_plugins(self).await
     }
 
     async fn delete_plugin(&self, digest: &Digest) -> StoreResult<DeletePlugin> {
-        let deleted = sqlx::query("DELETE FROM plugins WHERE digest = $1")
-            .bind(digest.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::from);
-        match deleted {
-            Ok(done) if done.rows_affected() == 0 => Ok(DeletePlugin::NotFound),
-            Ok(_) => Ok(DeletePlugin::Deleted),
-            Err(e) if e.is_foreign_key() => {
-                let pinned: Vec<String> = sqlx::query_scalar(
-                    "SELECT p.saga_id FROM saga_plugin_pins p JOIN saga_runs s ON s.id = p.saga_id
-                     WHERE p.digest = $1 ORDER BY s.created_at LIMIT 10",
-                )
-                .bind(digest.as_str())
-                .fetch_all(&self.pool)
-                .await?;
-                pinned_by(&pinned)
-            }
-            Err(e) => Err(e),
-        }
+        admin::delete_plugin(self, digest).await
     }
 
     async fn create_saga(&self, new: NewSaga) -> StoreResult<CreateSaga> {
@@ -726,13 +664,7 @@ impl Store for PgStore {
     }
 
     async fn grants(&self, plugin_name: &str) -> StoreResult<Option<Grants>> {
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT http, secrets FROM plugin_grants WHERE plugin_name = $1")
-                .bind(plugin_name)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|(http, secrets)| grants_from_row(&http, &secrets))
-            .transpose()
+        admin::grants(self, plugin_name).await
     }
 
     async fn put_grants(
@@ -741,20 +673,7 @@ impl Store for PgStore {
         grants: &Grants,
         now: Timestamp,
     ) -> StoreResult<()> {
-        let written = sqlx::query(
-            "INSERT INTO plugin_grants (plugin_name, http, secrets, updated_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (plugin_name) DO UPDATE SET
-                 http = excluded.http, secrets = excluded.secrets, updated_at = excluded.updated_at",
-        )
-        .bind(plugin_name)
-        .bind(to_json(&grants.http))
-        .bind(to_json(&grants.secrets))
-        .bind(now.millis())
-        .execute(&self.pool)
-        .await
-        .map(drop)
-        .map_err(StoreError::from);
-        self.note(written)
+        admin::put_grants(self, plugin_name, grants, now).await
     }
 
     async fn delete_ended(&self, before: Timestamp, limit: usize) -> StoreResult<usize> {
@@ -776,159 +695,35 @@ impl Store for PgStore {
     }
 
     async fn put_template(&self, template: &Template) -> StoreResult<PutTemplate> {
-        let mut new = template.clone();
-        let put = async {
-            let mut tx = self.pool.begin().await?;
-            // Puts of one name take turns (their versions are consecutive).
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('wasaga.template.' || $1))")
-                .bind(&new.name)
-                .execute(&mut *tx)
-                .await?;
-            let latest: Option<TemplateRow> = sqlx::query_as(&format!(
-                "SELECT {TEMPLATE_COLUMNS} FROM saga_templates WHERE name = $1
-                 ORDER BY version DESC LIMIT 1"
-            ))
-            .bind(&new.name)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let live: Option<bool> = sqlx::query_scalar(
-                "SELECT deleted_at IS NULL FROM saga_templates WHERE name = $1
-                 ORDER BY version DESC LIMIT 1",
-            )
-            .bind(&new.name)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let live = live == Some(true);
-            let latest = latest.map(Template::try_from).transpose()?;
-            if let Some(current) = &latest
-                && live
-                && same_template(current, &new)
-            {
-                return Ok(PutTemplate {
-                    template: current.clone(),
-                    created: false,
-                    changed: false,
-                });
-            }
-            new.version = latest.map_or(1, |t| t.version + 1);
-            sqlx::query(&format!(
-                "INSERT INTO saga_templates ({TEMPLATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-            ))
-            .bind(&new.name)
-            .bind(i64::from(new.version))
-            .bind(&new.description)
-            .bind(to_json(&new.steps))
-            .bind(new.inputs_schema.as_ref().map(to_json))
-            .bind(new.created_at.millis())
-            .bind(&new.created_by)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(PutTemplate {
-                template: new,
-                created: !live,
-                changed: true,
-            })
-        };
-        let put = put.await;
-        self.note(put)
+        admin::put_template(self, template).await
     }
 
     async fn template(&self, name: &str, version: Option<u32>) -> StoreResult<Option<Template>> {
-        let row: Option<TemplateRow> = sqlx::query_as(&format!(
-            "SELECT {TEMPLATE_COLUMNS} FROM saga_templates
-             WHERE name = $1 AND deleted_at IS NULL AND ($2::bigint IS NULL OR version = $2)
-             ORDER BY version DESC LIMIT 1"
-        ))
-        .bind(name)
-        .bind(version.map(i64::from))
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(Template::try_from).transpose()
+        admin::template(self, name, version).await
     }
 
     async fn list_templates(&self) -> StoreResult<Vec<Template>> {
-        let rows: Vec<TemplateRow> = sqlx::query_as(&format!(
-            "SELECT DISTINCT ON (name) {TEMPLATE_COLUMNS} FROM saga_templates
-             WHERE deleted_at IS NULL ORDER BY name, version DESC"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(Template::try_from).collect()
+        admin::list_templates(self).await
     }
 
     async fn delete_template(&self, name: &str, now: Timestamp) -> StoreResult<bool> {
-        let deleted = sqlx::query(
-            "UPDATE saga_templates SET deleted_at = $1 WHERE name = $2 AND deleted_at IS NULL",
-        )
-        .bind(now.millis())
-        .bind(name)
-        .execute(&self.pool)
-        .await
-        .map(|r| r.rows_affected() > 0)
-        .map_err(StoreError::from);
-        self.note(deleted)
+        admin::delete_template(self, name, now).await
     }
 
     async fn put_secret(&self, s: &SealedSecret) -> StoreResult<()> {
-        let written = sqlx::query(
-            "INSERT INTO secrets (name, nonce, ciphertext, origins, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (name) DO UPDATE SET nonce = excluded.nonce, ciphertext = excluded.ciphertext,
-                 origins = excluded.origins, updated_at = excluded.updated_at",
-        )
-        .bind(s.name.as_str())
-        .bind(&s.nonce)
-        .bind(&s.ciphertext)
-        .bind(to_json(&s.origins))
-        .bind(s.created_at.millis())
-        .bind(s.updated_at.millis())
-        .execute(&self.pool)
-        .await
-        .map(drop)
-        .map_err(StoreError::from);
-        self.note(written)
+        admin::put_secret(self, s).await
     }
 
     async fn list_secrets(&self) -> StoreResult<Vec<SecretInfo>> {
-        let rows: Vec<SecretRow> = sqlx::query_as(&format!(
-            "SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| SealedSecret::try_from(r).map(|s| SecretInfo::from(&s)))
-            .collect()
+        admin::list_secrets(self).await
     }
 
     async fn delete_secret(&self, name: &SecretName) -> StoreResult<bool> {
-        Ok(sqlx::query("DELETE FROM secrets WHERE name = $1")
-            .bind(name.as_str())
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
-            > 0)
+        admin::delete_secret(self, name).await
     }
 
     async fn put_session(&self, s: &ConsoleSession, now: Timestamp) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM console_sessions WHERE expires_at <= $1")
-            .bind(now.millis())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO console_sessions (id_sha256, label, token_sha256, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&s.id_sha256)
-        .bind(&s.label)
-        .bind(&s.token_sha256)
-        .bind(s.created_at.millis())
-        .bind(s.expires_at.millis())
-        .execute(&mut *tx)
-        .await?;
-        let written = tx.commit().await.map_err(StoreError::from);
-        self.note(written)
+        admin::put_session(self, s, now).await
     }
 
     async fn session(
@@ -936,34 +731,15 @@ impl Store for PgStore {
         id_sha256: &str,
         now: Timestamp,
     ) -> StoreResult<Option<ConsoleSession>> {
-        let row: Option<(String, String, String, i64, i64)> = sqlx::query_as(
-            "SELECT id_sha256, label, token_sha256, created_at, expires_at
-             FROM console_sessions WHERE id_sha256 = $1 AND expires_at > $2",
-        )
-        .bind(id_sha256)
-        .bind(now.millis())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(ConsoleSession::from_row))
+        admin::session(self, id_sha256, now).await
     }
 
     async fn delete_session(&self, id_sha256: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM console_sessions WHERE id_sha256 = $1")
-            .bind(id_sha256)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        admin::delete_session(self, id_sha256).await
     }
 
     async fn sealed_secrets(&self, names: &[SecretName]) -> StoreResult<Vec<SealedSecret>> {
-        let names: Vec<&str> = names.iter().map(SecretName::as_str).collect();
-        let rows: Vec<SecretRow> = sqlx::query_as(&format!(
-            "SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ANY($1)"
-        ))
-        .bind(&names)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(SealedSecret::try_from).collect()
+        admin::sealed_secrets(self, names).await
     }
 
     async fn announce_access(&self) -> StoreResult<()> {

@@ -14,12 +14,14 @@
 //! `<file>.lock`), so on open every lease in it is from a dead process and is
 //! released at once: a restart after SIGKILL resumes its sagas immediately.
 
+mod admin;
 mod catalog;
 mod transition;
 use transition::{apply_transition, pin, upsert_step};
 mod webhooks;
 mod writer;
 
+use super::schema::Schema;
 use super::space::Space;
 use super::{
     Applied, ClaimedSaga, ConsoleSession, CreateSaga, DeletePlugin, Fence, Health, Lease,
@@ -29,7 +31,7 @@ use super::{
     SummaryRow, TEMPLATE_COLUMNS, TemplateRow, Transition, grants_from_row, mark_omitted,
     pinned_by, pinned_digests, same_template, shown_step_columns, summary_columns, to_json,
 };
-use crate::config::{SQLITE_PAGE_BYTES, StoreConfig};
+use crate::config::{Migrations, SQLITE_PAGE_BYTES, StoreConfig};
 use crate::model::Grants;
 use crate::model::{
     Digest, PluginInfo, Resource, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus,
@@ -106,11 +108,14 @@ impl SqliteStore {
             .max_connections(1)
             .connect_with(options.clone().foreign_keys(false))
             .await?;
-        let before = applied_migrations(&migrations).await?;
-        MIGRATIONS.run(&migrations).await?;
+        let before = recorded_migrations(&migrations).await?;
+        match settings.migrations {
+            Migrations::Apply => MIGRATIONS.run(&migrations).await?,
+            Migrations::Require => Schema::compare(&MIGRATIONS, &before).require_current()?,
+        }
         // A full scan of every child table: only after a migration ran.
         let dangling: Vec<(String, Option<i64>, String)> =
-            if applied_migrations(&migrations).await? > before {
+            if recorded_migrations(&migrations).await?.len() > before.len() {
                 sqlx::query_as("SELECT \"table\", rowid, parent FROM pragma_foreign_key_check")
                     .fetch_all(&migrations)
                     .await?
@@ -170,21 +175,22 @@ impl SqliteStore {
     }
 }
 
-/// How many migrations the database has had (none when it is new).
-async fn applied_migrations(pool: &SqlitePool) -> StoreResult<i64> {
+/// The migrations the database records as applied: version and checksum
+/// (none when it is new).
+async fn recorded_migrations(pool: &SqlitePool) -> StoreResult<Vec<(i64, Vec<u8>)>> {
     let tracked: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
     )
     .fetch_one(pool)
     .await?;
     if !tracked {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    Ok(
-        sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await?,
+    Ok(sqlx::query_as(
+        "SELECT version, checksum FROM _sqlx_migrations WHERE success ORDER BY version",
     )
+    .fetch_all(pool)
+    .await?)
 }
 
 /// The writing connection, with the same settings as the sqlx ones, after
@@ -387,113 +393,33 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn schema(&self) -> StoreResult<Schema> {
+        let recorded = recorded_migrations(&self.reads).await?;
+        Ok(Schema::compare(&MIGRATIONS, &recorded))
+    }
+
     async fn put_plugin(&self, info: &PluginInfo, wasm: &[u8]) -> StoreResult<PutPlugin> {
-        let info = info.clone();
-        let wasm = wasm.to_vec();
-        let catalog = self.catalog.clone();
-        self.writer
-            .write_then(
-                move |conn| {
-                    let previous: Option<String> = conn
-                        .prepare_cached(
-                            "SELECT digest FROM plugins WHERE name = ? ORDER BY promoted_seq DESC LIMIT 1",
-                        )?
-                        .query_row([&info.name], |r| r.get(0))
-                        .optional()?;
-                    let inserted = conn
-                        .prepare_cached(
-                            "INSERT INTO plugins (digest, name, size, wasm, created_at, promoted_seq, contract)
-                             VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(promoted_seq), 0) + 1 FROM plugins), ?)
-                             ON CONFLICT (digest) DO NOTHING",
-                        )?
-                        .execute(params![
-                            info.digest.as_str(),
-                            info.name,
-                            info.size as i64,
-                            wasm,
-                            info.created_at.millis(),
-                            info.contract,
-                        ])?;
-                    let replaced = previous.filter(|d| d != info.digest.as_str());
-                    if inserted == 0 && replaced.is_some() {
-                        // A re-upload of an older digest makes it current again.
-                        conn.prepare_cached(
-                            "UPDATE plugins SET promoted_seq = (SELECT MAX(promoted_seq) + 1 FROM plugins)
-                             WHERE digest = ?",
-                        )?
-                        .execute([info.digest.as_str()])?;
-                    }
-                    let row = conn
-                        .prepare_cached(&format!(
-                            "SELECT {PLUGIN_COLUMNS} FROM plugins WHERE digest = ?"
-                        ))?
-                        .query_row([info.digest.as_str()], plugin_row)?;
-                    Ok(PutPlugin {
-                        info: row.try_into()?,
-                        created: inserted == 1,
-                        previous: replaced
-                            .map(|d| d.parse().map_err(|e| StoreError::Corrupt(format!("{e}"))))
-                            .transpose()?,
-                    })
-                },
-                move || catalog.changed(),
-            )
-            .await
+        admin::put_plugin(self, info, wasm).await
     }
 
     async fn plugin(&self, digest: &Digest) -> StoreResult<Option<PluginInfo>> {
-        Ok(self.plugins().await?.by_digest(digest))
+        admin::plugin(self, digest).await
     }
 
     async fn plugin_by_name(&self, name: &str) -> StoreResult<Option<PluginInfo>> {
-        Ok(self.plugins().await?.by_name(name))
+        admin::plugin_by_name(self, name).await
     }
 
     async fn plugin_bytes(&self, digest: &Digest) -> StoreResult<Option<Vec<u8>>> {
-        Ok(
-            sqlx::query_scalar("SELECT wasm FROM plugins WHERE digest = ?")
-                .bind(digest.as_str())
-                .fetch_optional(&self.reads)
-                .await?,
-        )
+        admin::plugin_bytes(self, digest).await
     }
 
     async fn list_plugins(&self) -> StoreResult<Vec<PluginInfo>> {
-        Ok(self.plugins().await?.newest_first.clone())
+        admin::list_plugins(self).await
     }
 
     async fn delete_plugin(&self, digest: &Digest) -> StoreResult<DeletePlugin> {
-        let digest = digest.clone();
-        let catalog = self.catalog.clone();
-        self.writer
-            .write_then(
-                move |conn| {
-                    let deleted = match conn
-                        .prepare_cached("DELETE FROM plugins WHERE digest = ?")?
-                        .execute([digest.as_str()])
-                    {
-                        Ok(n) => n,
-                        Err(e) if super::error::sqlite_foreign_key(&e) => {
-                            let pinned = conn
-                                .prepare_cached(
-                                    "SELECT p.saga_id FROM saga_plugin_pins p JOIN saga_runs s ON s.id = p.saga_id
-                                     WHERE p.digest = ? ORDER BY s.created_at LIMIT 10",
-                                )?
-                                .query_map([digest.as_str()], |r| r.get::<_, String>(0))?
-                                .collect::<Result<Vec<_>, _>>()?;
-                            return pinned_by(&pinned);
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    Ok(if deleted == 0 {
-                        DeletePlugin::NotFound
-                    } else {
-                        DeletePlugin::Deleted
-                    })
-                },
-                move || catalog.changed(),
-            )
-            .await
+        admin::delete_plugin(self, digest).await
     }
 
     async fn create_saga(&self, new: NewSaga) -> StoreResult<CreateSaga> {
@@ -744,13 +670,7 @@ impl Store for SqliteStore {
     }
 
     async fn grants(&self, plugin_name: &str) -> StoreResult<Option<Grants>> {
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT http, secrets FROM plugin_grants WHERE plugin_name = ?")
-                .bind(plugin_name)
-                .fetch_optional(&self.reads)
-                .await?;
-        row.map(|(http, secrets)| grants_from_row(&http, &secrets))
-            .transpose()
+        admin::grants(self, plugin_name).await
     }
 
     async fn put_grants(
@@ -759,19 +679,7 @@ impl Store for SqliteStore {
         grants: &Grants,
         now: Timestamp,
     ) -> StoreResult<()> {
-        let name = plugin_name.to_string();
-        let (http, secrets) = (to_json(&grants.http), to_json(&grants.secrets));
-        self.writer
-            .write(move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO plugin_grants (plugin_name, http, secrets, updated_at) VALUES (?, ?, ?, ?)
-                     ON CONFLICT (plugin_name) DO UPDATE SET
-                         http = excluded.http, secrets = excluded.secrets, updated_at = excluded.updated_at",
-                )?
-                .execute(params![name, http, secrets, now.millis()])?;
-                Ok(())
-            })
-            .await
+        admin::put_grants(self, plugin_name, grants, now).await
     }
 
     async fn delete_ended(&self, before: Timestamp, limit: usize) -> StoreResult<usize> {
@@ -792,159 +700,35 @@ impl Store for SqliteStore {
     }
 
     async fn put_template(&self, template: &Template) -> StoreResult<PutTemplate> {
-        let mut new = template.clone();
-        self.writer
-            .write(move |conn| {
-                let latest: Option<(i64, bool)> = conn
-                    .prepare_cached(
-                        "SELECT version, deleted_at IS NULL FROM saga_templates
-                         WHERE name = ? ORDER BY version DESC LIMIT 1",
-                    )?
-                    .query_row([&new.name], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                if let Some((version, true)) = latest {
-                    let current = conn
-                        .prepare_cached(&format!(
-                            "SELECT {TEMPLATE_COLUMNS} FROM saga_templates WHERE name = ? AND version = ?"
-                        ))?
-                        .query_row(params![new.name, version], template_row)?;
-                    let current = Template::try_from(current)?;
-                    if same_template(&current, &new) {
-                        return Ok(PutTemplate {
-                            template: current,
-                            created: false,
-                            changed: false,
-                        });
-                    }
-                }
-                new.version = latest.map_or(1, |(v, _)| v as u32 + 1);
-                conn.prepare_cached(&format!(
-                    "INSERT INTO saga_templates ({TEMPLATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                ))?
-                .execute(params![
-                    new.name,
-                    new.version as i64,
-                    new.description,
-                    to_json(&new.steps),
-                    new.inputs_schema.as_ref().map(to_json),
-                    new.created_at.millis(),
-                    new.created_by,
-                ])?;
-                Ok(PutTemplate {
-                    template: new,
-                    created: !matches!(latest, Some((_, true))),
-                    changed: true,
-                })
-            })
-            .await
+        admin::put_template(self, template).await
     }
 
     async fn template(&self, name: &str, version: Option<u32>) -> StoreResult<Option<Template>> {
-        let row: Option<TemplateRow> = sqlx::query_as(&format!(
-            "SELECT {TEMPLATE_COLUMNS} FROM saga_templates
-             WHERE name = ?1 AND deleted_at IS NULL AND (?2 IS NULL OR version = ?2)
-             ORDER BY version DESC LIMIT 1"
-        ))
-        .bind(name)
-        .bind(version.map(i64::from))
-        .fetch_optional(&self.reads)
-        .await?;
-        row.map(Template::try_from).transpose()
+        admin::template(self, name, version).await
     }
 
     async fn list_templates(&self) -> StoreResult<Vec<Template>> {
-        let rows: Vec<TemplateRow> = sqlx::query_as(&format!(
-            "SELECT {TEMPLATE_COLUMNS} FROM saga_templates t
-             WHERE deleted_at IS NULL
-               AND version = (SELECT MAX(version) FROM saga_templates l WHERE l.name = t.name)
-             ORDER BY name"
-        ))
-        .fetch_all(&self.reads)
-        .await?;
-        rows.into_iter().map(Template::try_from).collect()
+        admin::list_templates(self).await
     }
 
     async fn delete_template(&self, name: &str, now: Timestamp) -> StoreResult<bool> {
-        let name = name.to_string();
-        self.writer
-            .write(move |conn| {
-                Ok(conn
-                    .prepare_cached(
-                        "UPDATE saga_templates SET deleted_at = ? WHERE name = ? AND deleted_at IS NULL",
-                    )?
-                    .execute(params![now.millis(), name])?
-                    > 0)
-            })
-            .await
+        admin::delete_template(self, name, now).await
     }
 
     async fn put_secret(&self, secret: &SealedSecret) -> StoreResult<()> {
-        let s = secret.clone();
-        self.writer
-            .write(move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO secrets (name, nonce, ciphertext, origins, created_at, updated_at)
-                     VALUES (?, ?, ?, ?, ?, ?)
-                     ON CONFLICT (name) DO UPDATE SET nonce = excluded.nonce,
-                         ciphertext = excluded.ciphertext, origins = excluded.origins,
-                         updated_at = excluded.updated_at",
-                )?
-                .execute(params![
-                    s.name.as_str(),
-                    s.nonce,
-                    s.ciphertext,
-                    to_json(&s.origins),
-                    s.created_at.millis(),
-                    s.updated_at.millis(),
-                ])?;
-                Ok(())
-            })
-            .await
+        admin::put_secret(self, secret).await
     }
 
     async fn list_secrets(&self) -> StoreResult<Vec<SecretInfo>> {
-        let rows: Vec<SecretRow> = sqlx::query_as(&format!(
-            "SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"
-        ))
-        .fetch_all(&self.reads)
-        .await?;
-        rows.into_iter()
-            .map(|r| SealedSecret::try_from(r).map(|s| SecretInfo::from(&s)))
-            .collect()
+        admin::list_secrets(self).await
     }
 
     async fn delete_secret(&self, name: &SecretName) -> StoreResult<bool> {
-        let name = name.to_string();
-        self.writer
-            .write(move |conn| {
-                Ok(conn
-                    .prepare_cached("DELETE FROM secrets WHERE name = ?")?
-                    .execute([name])?
-                    > 0)
-            })
-            .await
+        admin::delete_secret(self, name).await
     }
 
     async fn put_session(&self, session: &ConsoleSession, now: Timestamp) -> StoreResult<()> {
-        let s = session.clone();
-        self.writer
-            .write(move |conn| {
-                conn.prepare_cached("DELETE FROM console_sessions WHERE expires_at <= ?")?
-                    .execute([now.millis()])?;
-                conn.prepare_cached(
-                    "INSERT INTO console_sessions (id_sha256, label, token_sha256, created_at, expires_at)
-                     VALUES (?, ?, ?, ?, ?)",
-                )?
-                .execute(params![
-                    s.id_sha256,
-                    s.label,
-                    s.token_sha256,
-                    s.created_at.millis(),
-                    s.expires_at.millis(),
-                ])?;
-                Ok(())
-            })
-            .await
+        admin::put_session(self, session, now).await
     }
 
     async fn session(
@@ -952,42 +736,15 @@ impl Store for SqliteStore {
         id_sha256: &str,
         now: Timestamp,
     ) -> StoreResult<Option<ConsoleSession>> {
-        let row: Option<(String, String, String, i64, i64)> = sqlx::query_as(
-            "SELECT id_sha256, label, token_sha256, created_at, expires_at
-             FROM console_sessions WHERE id_sha256 = ? AND expires_at > ?",
-        )
-        .bind(id_sha256)
-        .bind(now.millis())
-        .fetch_optional(&self.reads)
-        .await?;
-        Ok(row.map(ConsoleSession::from_row))
+        admin::session(self, id_sha256, now).await
     }
 
     async fn delete_session(&self, id_sha256: &str) -> StoreResult<()> {
-        let id = id_sha256.to_string();
-        self.writer
-            .write(move |conn| {
-                conn.prepare_cached("DELETE FROM console_sessions WHERE id_sha256 = ?")?
-                    .execute([id])?;
-                Ok(())
-            })
-            .await
+        admin::delete_session(self, id_sha256).await
     }
 
     async fn sealed_secrets(&self, names: &[SecretName]) -> StoreResult<Vec<SealedSecret>> {
-        let mut found = Vec::with_capacity(names.len());
-        for name in names {
-            let row: Option<SecretRow> = sqlx::query_as(&format!(
-                "SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ?"
-            ))
-            .bind(name.as_str())
-            .fetch_optional(&self.reads)
-            .await?;
-            if let Some(row) = row {
-                found.push(row.try_into()?);
-            }
-        }
-        Ok(found)
+        admin::sealed_secrets(self, names).await
     }
 
     async fn apply(&self, transition: Transition) -> StoreResult<Applied> {

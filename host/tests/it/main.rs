@@ -5,6 +5,7 @@
 mod authoring;
 mod cli;
 mod crash;
+mod deploy;
 mod multihost;
 mod plugin_runtime;
 mod soak;

@@ -1,0 +1,854 @@
+//! The saga state machine's decisions, as pure functions of the saga, its
+//! ledger and what the driver observed (the time, a cancel signalled to
+//! this host): what to do next, and every row and error a move writes. No
+//! I/O here: the driver (`saga.rs`) calls plugins and commits what these
+//! functions compute, and follows its commits with
+//! [`Transition::apply_to`](crate::store::Transition::apply_to). Keeping the
+//! rules apart keeps them testable without a store or a plugin, and keeps
+//! the driver a loop of "decide, do, commit".
+
+use crate::model::{
+    CallRecord, LedgerLogLine, LogLevel, MAX_CALLS_KEPT, Phase, SagaError, SagaRun, SagaStatus,
+    StepResult, StepSpec, StepStatus, StopCause, Timestamp,
+};
+use crate::plugin::{CallOutcome, Progress, StepFailure};
+use crate::store::{Pins, Transition};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The ledger by step index.
+pub(super) type Ledger = BTreeMap<u32, StepResult>;
+
+/// What the machine does next from a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    /// The saga has a final status: nothing to do.
+    Ended(SagaStatus),
+    /// A cancel was seen while going forward (or paused): stop going
+    /// forward and compensate.
+    Cancel,
+    /// Every step completed: the saga completes.
+    Complete,
+    /// A pause was asked, or the saga was claimed while paused: park it.
+    Pause,
+    /// The step waits in `phase` (it answered `poll-after`) until then.
+    Wait {
+        index: u32,
+        phase: Phase,
+        until: Timestamp,
+    },
+    /// Call the step for `phase` (after marking it running).
+    Call { index: u32, phase: Phase },
+    /// No step is left to undo: the saga ends rolled back, or failed.
+    FinishCompensation,
+}
+
+/// Why a saga stops going forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Stop {
+    Cancelled,
+    Failed(String),
+}
+
+/// What stopping going forward writes.
+#[derive(Debug, Clone)]
+pub(super) struct StopPlan {
+    /// `compensating`, or `rolled_back` when nothing is to be undone.
+    pub status: SagaStatus,
+    pub error: SagaError,
+    /// The row of the step that stopped the saga, finished.
+    pub failed_row: Option<StepResult>,
+    /// The step compensation starts from.
+    pub from: Option<u32>,
+}
+
+/// A saga and its ledger, as the driver last read or wrote them.
+#[derive(Clone, Copy)]
+pub(super) struct View<'a> {
+    pub saga: &'a SagaRun,
+    pub ledger: &'a Ledger,
+}
+
+impl View<'_> {
+    /// What to do next. `cancel_seen`: a cancel is recorded, or was
+    /// signalled to this host.
+    pub fn next(&self, now: Timestamp, cancel_seen: bool) -> Next {
+        match self.saga.status {
+            SagaStatus::Pending | SagaStatus::Running => {
+                let index = self.saga.current_step_index;
+                if cancel_seen {
+                    Next::Cancel
+                } else if index as usize >= self.saga.plan.len() {
+                    Next::Complete
+                } else if self.saga.pause_requested {
+                    Next::Pause
+                } else {
+                    self.call_or_wait(index, Phase::Execute, now)
+                }
+            }
+            // Only a cancel makes a paused saga ready.
+            SagaStatus::Paused if cancel_seen => Next::Cancel,
+            SagaStatus::Paused => Next::Pause,
+            SagaStatus::Compensating => match self.next_to_compensate() {
+                Some(index) => self.call_or_wait(index, Phase::Compensate, now),
+                None => Next::FinishCompensation,
+            },
+            status @ (SagaStatus::Completed | SagaStatus::RolledBack | SagaStatus::Failed) => {
+                Next::Ended(status)
+            }
+        }
+    }
+
+    fn call_or_wait(&self, index: u32, phase: Phase, now: Timestamp) -> Next {
+        match self.waiting(index, phase) {
+            Some(until) if until > now => Next::Wait {
+                index,
+                phase,
+                until,
+            },
+            _ => Next::Call { index, phase },
+        }
+    }
+
+    pub fn spec(&self, index: u32) -> &StepSpec {
+        &self.saga.plan[index as usize]
+    }
+
+    /// The step's row, or a fresh one.
+    pub fn row(&self, index: u32, phase: Phase) -> StepResult {
+        self.ledger
+            .get(&index)
+            .cloned()
+            .unwrap_or_else(|| fresh_row(self.spec(index), index, phase))
+    }
+
+    /// When the step waits in `phase` (it answered `poll-after`).
+    pub fn waiting(&self, index: u32, phase: Phase) -> Option<Timestamp> {
+        self.ledger
+            .get(&index)
+            .filter(|r| r.phase == phase)
+            .and_then(|r| r.waiting_until)
+    }
+
+    /// Calls begun in `phase`.
+    pub fn attempts(&self, index: u32, phase: Phase) -> u32 {
+        self.ledger.get(&index).map_or(0, |r| match phase {
+            Phase::Execute => r.attempts,
+            Phase::Compensate => r.compensate_attempts,
+        })
+    }
+
+    /// The last attempt `phase` may begin: the step's `max_attempts`,
+    /// counted after the calls made before the saga's latest retry.
+    pub fn attempt_limit(&self, index: u32, phase: Phase) -> u32 {
+        let base = match phase {
+            Phase::Execute => 0,
+            Phase::Compensate => self
+                .ledger
+                .get(&index)
+                .map_or(0, |r| r.compensate_attempt_base),
+        };
+        base + self.spec(index).max_attempts
+    }
+
+    /// The step's row marked as running (`execute`) or compensating, with
+    /// the attempt count of that phase set to `attempt`.
+    pub fn running_row(
+        &self,
+        index: u32,
+        phase: Phase,
+        attempt: u32,
+        now: Timestamp,
+        owner: &str,
+    ) -> StepResult {
+        let mut row = self.row(index, phase);
+        row.phase = phase;
+        match phase {
+            Phase::Execute => {
+                row.status = StepStatus::Running;
+                row.attempts = attempt;
+                row.started_at = Some(now);
+            }
+            Phase::Compensate => {
+                row.status = StepStatus::Compensating;
+                row.compensate_attempts = attempt;
+            }
+        }
+        if row.waiting_until.is_none() && row.phase != phase {
+            row.polls = 0;
+            row.wait_started_at = None;
+        }
+        row.finished_at = None;
+        row.executed_by = Some(owner.to_string());
+        row
+    }
+
+    /// The highest step at or below `current_step_index` to undo.
+    fn next_to_compensate(&self) -> Option<u32> {
+        self.ledger
+            .range(..=self.saga.current_step_index)
+            .rev()
+            .find(|(_, r)| self.to_compensate(r))
+            .map(|(i, _)| *i)
+    }
+
+    /// Whether the walk compensates the step whose row is `r`.
+    fn to_compensate(&self, r: &StepResult) -> bool {
+        match r.status {
+            StepStatus::Completed | StepStatus::Compensating => true,
+            // A step whose work began when the saga stopped (see the
+            // driver's module docs): compensation started from it.
+            StepStatus::Failed => self.saga.error.as_ref().is_some_and(|e| {
+                e.failed_step == Some(r.index) && e.compensate_from_idx == Some(r.index)
+            }),
+            _ => false,
+        }
+    }
+
+    /// For a compensated step whose execute never finished (its work had
+    /// begun when the saga stopped), why it did not finish, which its row
+    /// keeps; `None` for a step that had completed.
+    pub fn unfinished_cause(&self, r: &StepResult) -> Option<String> {
+        if r.output.is_some() {
+            return None;
+        }
+        let error = self.saga.error.as_ref()?;
+        if error.failed_step != Some(r.index) {
+            return None;
+        }
+        Some(match error.cause {
+            Some(StopCause::Cancelled) => StepFailure::Cancelled.to_string(),
+            _ => error.reason.clone(),
+        })
+    }
+
+    /// The step that stops the saga going forward, with whether it was
+    /// interrupted from outside: `failed` when a call just told; else the
+    /// current step when its row says running and this process did not
+    /// mark it (its call was cut short by a crash, or it waits). Between
+    /// retries (the last call answered an error) it was not cut short.
+    pub fn stopped_step(
+        &self,
+        failed: Option<(u32, bool)>,
+        marked_here: Option<u32>,
+    ) -> Option<(u32, bool)> {
+        let index = self.saga.current_step_index;
+        failed.or_else(|| {
+            self.ledger
+                .get(&index)
+                .filter(|r| r.status == StepStatus::Running && marked_here != Some(index))
+                .map(|r| (index, r.error.is_none()))
+        })
+    }
+
+    /// Whether the stopped step was stopped from outside (interrupted, or
+    /// waiting): its work may have begun, which a 0.2.0 step's
+    /// compensation undoes.
+    pub fn stopped_from_outside(&self, (index, interrupted): (u32, bool)) -> bool {
+        let row = &self.ledger[&index];
+        interrupted || row.waiting_until.is_some() || row.polls > 0
+    }
+
+    /// What stopping going forward writes. `failed`: see
+    /// [`View::stopped_step`]; `begun`: its work had begun (stopped from
+    /// outside, on a contract whose compensation undoes a partial
+    /// execute). Compensation starts from the last step whose work began;
+    /// with none, the saga is rolled back.
+    pub fn stop_plan(
+        &self,
+        stop: &Stop,
+        failed: Option<(u32, bool)>,
+        begun: bool,
+        now: Timestamp,
+    ) -> StopPlan {
+        let last_completed = self
+            .ledger
+            .values()
+            .filter(|r| r.status == StepStatus::Completed)
+            .map(|r| r.index)
+            .max();
+        let from = match failed {
+            Some((i, _)) if begun => Some(i),
+            _ => last_completed,
+        };
+        let cause = match (stop, failed) {
+            (Stop::Cancelled, Some((i, _))) => {
+                let how = if self.ledger[&i].waiting_until.is_some() {
+                    "was waiting"
+                } else {
+                    "ran"
+                };
+                format!("cancelled while step {i} ({}) {how}", self.spec(i).name)
+            }
+            (Stop::Cancelled, None) => "cancelled".to_string(),
+            (Stop::Failed(why), Some((i, _))) => {
+                format!("step {i} ({}) failed: {why}", self.spec(i).name)
+            }
+            (Stop::Failed(why), None) => why.clone(),
+        };
+        let message = match from {
+            Some(from) if begun => {
+                format!("{cause}; its work had begun, so compensating from step {from}")
+            }
+            Some(from) => format!("{cause}; compensating from step {from}"),
+            None => format!("{cause}; no step had completed, nothing to compensate"),
+        };
+        let error = SagaError {
+            message,
+            failed_step: failed.map(|(i, _)| i),
+            compensate_from_idx: from,
+            reason: match stop {
+                Stop::Cancelled => "cancelled".into(),
+                Stop::Failed(why) => why.clone(),
+            },
+            cause: Some(match stop {
+                Stop::Cancelled => StopCause::Cancelled,
+                Stop::Failed(_) => StopCause::StepFailed,
+            }),
+            compensation_failed_steps: Vec::new(),
+        };
+        let failed_row = failed.map(|(i, _)| {
+            let mut row = self.ledger[&i].clone();
+            if row.phase == Phase::Execute {
+                row.status = StepStatus::Failed;
+            }
+            if row.error.is_none() {
+                row.error = Some(StepFailure::Cancelled.to_string());
+            }
+            row.waiting_until = None;
+            row.finished_at = Some(now);
+            row
+        });
+        StopPlan {
+            status: match from {
+                Some(_) => SagaStatus::Compensating,
+                None => SagaStatus::RolledBack,
+            },
+            error,
+            failed_row,
+            from,
+        }
+    }
+
+    /// A compensation that failed for good: the saga's error names the
+    /// step among those left to a human.
+    pub fn compensation_failed(&self, index: u32, why: &str) -> SagaError {
+        let mut error = self.saga.error.clone().unwrap_or_else(|| SagaError {
+            message: String::new(),
+            failed_step: None,
+            compensate_from_idx: Some(index),
+            reason: why.to_string(),
+            cause: Some(StopCause::StepFailed),
+            compensation_failed_steps: Vec::new(),
+        });
+        if !error.compensation_failed_steps.contains(&index) {
+            error.compensation_failed_steps.push(index);
+        }
+        error
+    }
+
+    /// No step is left to compensate: `rolled_back`, or `failed` (with the
+    /// steps left to a human named) when some compensation failed.
+    pub fn compensation_end(&self) -> (SagaStatus, SagaError) {
+        let failed: Vec<u32> = self
+            .ledger
+            .values()
+            .filter(|r| r.status == StepStatus::CompensationFailed)
+            .map(|r| r.index)
+            .collect();
+        let mut error = self.saga.error.clone().unwrap_or_else(|| SagaError {
+            message: "compensated".into(),
+            failed_step: None,
+            compensate_from_idx: None,
+            reason: "unknown".into(),
+            cause: None,
+            compensation_failed_steps: Vec::new(),
+        });
+        let status = if failed.is_empty() {
+            SagaStatus::RolledBack
+        } else {
+            SagaStatus::Failed
+        };
+        // After a retry, steps that failed before may be undone now.
+        needs_a_human(&mut error, &self.saga.plan, failed);
+        (status, error)
+    }
+
+    /// The context after step `index` completes with `output`, if the
+    /// saga's limits allow it: the context within `max_context`, and
+    /// everything the saga keeps (the context, every step's output and
+    /// log lines, this one's `row` included) within `max_stored`. `Err`
+    /// says why the step fails instead.
+    pub fn context_after(
+        &self,
+        index: u32,
+        row: &StepResult,
+        output: &Map<String, Value>,
+        max_context: usize,
+        max_stored: usize,
+    ) -> Result<Map<String, Value>, String> {
+        let mut context = self.saga.context.clone();
+        context.extend(output.clone());
+        let size = Value::Object(context.clone()).to_string().len();
+        if size > max_context {
+            return Err(format!(
+                "the saga's context would be {} with this step's output, beyond the limit of {}",
+                crate::plugin::format_bytes(size as u64),
+                crate::plugin::format_bytes(max_context as u64)
+            ));
+        }
+        let stored = size
+            + json_len(&Value::Object(output.clone()))
+            + logs_len(row)
+            + self
+                .ledger
+                .values()
+                .filter(|r| r.index != index)
+                .map(|r| r.output.as_ref().map_or(0, json_len) + logs_len(r))
+                .sum::<usize>();
+        if stored > max_stored {
+            return Err(format!(
+                "the saga would store {} with this step's output (its context, and every step's \
+                 output and logs), beyond the limit of {} (--max-saga-stored)",
+                crate::plugin::format_bytes(stored as u64),
+                crate::plugin::format_bytes(max_stored as u64)
+            ));
+        }
+        Ok(context)
+    }
+
+    /// The step answered `poll-after` (asking for `asked`, at least
+    /// `min_interval`): counts the poll on its `row`, and answers until
+    /// when it waits and since when it has waited in all; or why the wait
+    /// fails (its total would pass the step's `max_wait_ms`, else
+    /// `default_max_wait`).
+    pub fn wait_until(
+        &self,
+        index: u32,
+        row: &mut StepResult,
+        asked: Duration,
+        min_interval: Duration,
+        default_max_wait: Duration,
+        now: Timestamp,
+    ) -> Result<(Timestamp, Timestamp), String> {
+        let delay = asked.max(min_interval);
+        let first = row.wait_started_at.unwrap_or(now);
+        let max_wait = self
+            .spec(index)
+            .max_wait_ms
+            .map(Duration::from_millis)
+            .unwrap_or(default_max_wait);
+        let until = now.plus(delay);
+        let waited = first.until(until);
+        row.polls += 1;
+        row.error = None;
+        if waited > max_wait {
+            return Err(format!(
+                "the step asked to be called again in {} ms, which would make its wait {} ms in all \
+                 ({} polls), beyond its max_wait_ms of {}",
+                delay.as_millis(),
+                waited.as_millis(),
+                row.polls,
+                max_wait.as_millis()
+            ));
+        }
+        Ok((until, first))
+    }
+}
+
+/// The first step's running mark, for a saga started by this host.
+pub(super) fn first_mark(saga: &SagaRun, owner: &str, now: Timestamp) -> StepResult {
+    fresh_mark(&saga.plan[0], 0, owner, now)
+}
+
+/// The running mark of a step that has no row yet, for its first call
+/// (written with the previous step's result, or when the saga starts).
+pub(super) fn fresh_mark(spec: &StepSpec, index: u32, owner: &str, now: Timestamp) -> StepResult {
+    let mut row = fresh_row(spec, index, Phase::Execute);
+    row.attempts = 1;
+    row.started_at = Some(now);
+    row.executed_by = Some(owner.to_string());
+    row
+}
+
+/// A ledger row for a step that has none yet.
+fn fresh_row(spec: &StepSpec, index: u32, phase: Phase) -> StepResult {
+    StepResult {
+        index,
+        name: spec.name.clone(),
+        plugin: spec.plugin.clone(),
+        status: StepStatus::Running,
+        phase,
+        attempts: 0,
+        compensate_attempts: 0,
+        compensate_attempt_base: 0,
+        calls: Vec::new(),
+        output: None,
+        output_omitted: None,
+        error: None,
+        logs: Vec::new(),
+        started_at: None,
+        finished_at: None,
+        executed_by: None,
+        waiting_until: None,
+        polls: 0,
+        wait_started_at: None,
+    }
+}
+
+/// "1 attempt", "3 attempts".
+pub(super) fn attempts(n: u32) -> String {
+    if n == 1 {
+        "1 attempt".into()
+    } else {
+        format!("{n} attempts")
+    }
+}
+
+/// A call's outcome in one word (metrics, and the ledger's call records).
+pub(super) fn outcome_label<T>(result: &Result<Progress<T>, StepFailure>) -> &'static str {
+    match result {
+        Ok(Progress::Done(_)) => "ok",
+        Ok(Progress::PollAfter(_)) => "poll",
+        Err(StepFailure::Cancelled) => "interrupted",
+        Err(f) if f.is_retryable() => "retryable",
+        Err(_) => "fatal",
+    }
+}
+
+/// `row` with a call's record and log lines appended (the lines taken
+/// from `outcome`), within `max_lines` lines kept across the step's calls:
+/// past it, the last kept line says how many were dropped.
+pub(super) fn record_call<T>(
+    mut row: StepResult,
+    phase: Phase,
+    attempt: u32,
+    outcome: &mut CallOutcome<Progress<T>>,
+    max_lines: usize,
+    finished_at: Timestamp,
+) -> StepResult {
+    let lines = std::mem::take(&mut outcome.logs);
+    row.calls.push(CallRecord {
+        phase,
+        attempt,
+        started_at: finished_at.minus(outcome.elapsed),
+        finished_at,
+        outcome: outcome_label(&outcome.result).to_string(),
+    });
+    let excess = row.calls.len().saturating_sub(MAX_CALLS_KEPT);
+    row.calls.drain(..excess);
+    let room = max_lines.saturating_sub(row.logs.len());
+    let dropped = lines.len().saturating_sub(room);
+    row.logs
+        .extend(lines.into_iter().take(room).map(|l| LedgerLogLine {
+            level: l.level,
+            message: l.message,
+            phase,
+            attempt,
+        }));
+    if dropped > 0
+        && let Some(last) = row.logs.last_mut()
+    {
+        // The last kept line says what was dropped, so the row stays
+        // within its bound whatever the step does.
+        *last = LedgerLogLine {
+            level: LogLevel::Warn,
+            message: format!(
+                "[host] {} more log lines dropped: a step keeps at most {max_lines} lines across its calls",
+                dropped + 1
+            ),
+            phase,
+            attempt,
+        };
+    }
+    row
+}
+
+/// Records in a `failed` saga's error which steps' compensation failed
+/// and are left to a human (the message's first part, why the saga
+/// stopped, stays).
+pub(super) fn needs_a_human(error: &mut SagaError, plan: &[StepSpec], failed: Vec<u32>) {
+    let base = error
+        .message
+        .split("; compensation of step")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    error.message = if failed.is_empty() {
+        base
+    } else {
+        let names: Vec<String> = failed
+            .iter()
+            .map(|i| {
+                let name = plan.get(*i as usize).map_or("?", |s| s.name.as_str());
+                format!("{i} ({name})")
+            })
+            .collect();
+        format!(
+            "{base}; compensation of step{} {} failed: needs a human",
+            if failed.len() == 1 { "" } else { "s" },
+            names.join(", ")
+        )
+    };
+    error.compensation_failed_steps = failed;
+}
+
+/// What ending a saga writes beside its final status: no longer ready,
+/// its lease given up, its plugins free to delete.
+pub(super) fn end_saga(t: &mut Transition) {
+    t.saga.ready_at = Some(None);
+    t.release_lease = true;
+    t.pins = Pins::Release;
+}
+
+/// Bytes of a JSON value as stored.
+fn json_len(value: &Value) -> usize {
+    serde_json::to_string(value).map_or(0, |t| t.len())
+}
+
+/// Bytes of a ledger row's log lines.
+fn logs_len(row: &StepResult) -> usize {
+    row.logs.iter().map(|l| l.message.len()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Digest;
+    use serde_json::json;
+
+    const NOW: Timestamp = Timestamp(1_000_000);
+
+    fn saga(steps: usize) -> SagaRun {
+        let plan = (0..steps)
+            .map(|i| StepSpec {
+                name: format!("step{i}"),
+                plugin: Digest::of(format!("plugin {i}").as_bytes()),
+                max_attempts: 3,
+                timeout_ms: 1000,
+                max_memory_bytes: None,
+                max_output_bytes: None,
+                max_wait_ms: Some(60_000),
+            })
+            .collect();
+        SagaRun::pending("test", plan, json!({}), None, None, Timestamp(0))
+    }
+
+    fn row(saga: &SagaRun, index: u32, status: StepStatus) -> StepResult {
+        let mut row = fresh_mark(&saga.plan[index as usize], index, "host", Timestamp(0));
+        row.status = status;
+        if status == StepStatus::Completed {
+            row.output = Some(json!({ format!("out{index}"): index }));
+        }
+        row
+    }
+
+    fn ledger(rows: Vec<StepResult>) -> Ledger {
+        rows.into_iter().map(|r| (r.index, r)).collect()
+    }
+
+    #[test]
+    fn going_forward_the_next_move_follows_cancel_then_end_then_pause_then_wait() {
+        let mut s = saga(2);
+        let mut l = ledger(vec![row(&s, 0, StepStatus::Running)]);
+        let next = |s: &SagaRun, l: &Ledger, cancel| View { saga: s, ledger: l }.next(NOW, cancel);
+        assert_eq!(
+            next(&s, &l, false),
+            Next::Call {
+                index: 0,
+                phase: Phase::Execute
+            }
+        );
+        assert_eq!(next(&s, &l, true), Next::Cancel);
+        s.pause_requested = true;
+        assert_eq!(next(&s, &l, false), Next::Pause);
+        assert_eq!(
+            next(&s, &l, true),
+            Next::Cancel,
+            "a cancel outranks a pause"
+        );
+        s.pause_requested = false;
+        l.get_mut(&0).unwrap().waiting_until = Some(NOW.plus(Duration::from_secs(5)));
+        assert_eq!(
+            next(&s, &l, false),
+            Next::Wait {
+                index: 0,
+                phase: Phase::Execute,
+                until: NOW.plus(Duration::from_secs(5))
+            }
+        );
+        l.get_mut(&0).unwrap().waiting_until = Some(NOW);
+        assert!(
+            matches!(next(&s, &l, false), Next::Call { index: 0, .. }),
+            "a wait whose time came is a call"
+        );
+        s.current_step_index = 2;
+        assert_eq!(next(&s, &l, false), Next::Complete);
+        s.status = SagaStatus::Paused;
+        assert_eq!(next(&s, &l, false), Next::Pause);
+        assert_eq!(next(&s, &l, true), Next::Cancel);
+        s.status = SagaStatus::RolledBack;
+        assert_eq!(next(&s, &l, true), Next::Ended(SagaStatus::RolledBack));
+    }
+
+    #[test]
+    fn compensation_walks_down_from_the_current_step_over_what_completed() {
+        let mut s = saga(4);
+        s.status = SagaStatus::Compensating;
+        s.current_step_index = 2;
+        let l = ledger(vec![
+            row(&s, 0, StepStatus::Completed),
+            row(&s, 1, StepStatus::Compensated),
+            row(&s, 2, StepStatus::Failed),
+            row(&s, 3, StepStatus::Completed),
+        ]);
+        let view = View {
+            saga: &s,
+            ledger: &l,
+        };
+        // Step 3 is above the walk; 2 failed (its work had not begun); 1
+        // is undone already.
+        assert_eq!(
+            view.next(NOW, false),
+            Next::Call {
+                index: 0,
+                phase: Phase::Compensate
+            }
+        );
+        s.current_step_index = 0;
+        let l = ledger(vec![row(&s, 0, StepStatus::Compensated)]);
+        let view = View {
+            saga: &s,
+            ledger: &l,
+        };
+        assert_eq!(view.next(NOW, false), Next::FinishCompensation);
+        assert_eq!(view.compensation_end().0, SagaStatus::RolledBack);
+    }
+
+    #[test]
+    fn a_stop_compensates_from_the_last_completed_step_or_from_a_step_whose_work_began() {
+        let mut s = saga(3);
+        s.current_step_index = 1;
+        let mut running = row(&s, 1, StepStatus::Running);
+        running.error = Some("boom".into());
+        let l = ledger(vec![row(&s, 0, StepStatus::Completed), running]);
+        let view = View {
+            saga: &s,
+            ledger: &l,
+        };
+        let failed = view.stopped_step(Some((1, false)), None);
+        let plan = view.stop_plan(&Stop::Failed("boom".into()), failed, false, NOW);
+        assert_eq!(plan.status, SagaStatus::Compensating);
+        assert_eq!(plan.from, Some(0));
+        assert_eq!(
+            plan.error.message,
+            "step 1 (step1) failed: boom; compensating from step 0"
+        );
+        let failed_row = plan.failed_row.unwrap();
+        assert_eq!(failed_row.status, StepStatus::Failed);
+        assert_eq!(failed_row.finished_at, Some(NOW));
+
+        let plan = view.stop_plan(&Stop::Cancelled, Some((1, true)), true, NOW);
+        assert_eq!(plan.from, Some(1), "its work had begun: undo it too");
+        assert!(
+            plan.error
+                .message
+                .ends_with("its work had begun, so compensating from step 1"),
+            "{}",
+            plan.error.message
+        );
+
+        // Between retries the running step's last call answered an error:
+        // it was not cut short. A mark this process made is not a stop.
+        assert_eq!(view.stopped_step(None, None), Some((1, false)));
+        assert_eq!(view.stopped_step(None, Some(1)), None);
+
+        let l = Ledger::new();
+        let view = View {
+            saga: &s,
+            ledger: &l,
+        };
+        let plan = view.stop_plan(&Stop::Cancelled, None, false, NOW);
+        assert_eq!(plan.status, SagaStatus::RolledBack);
+        assert_eq!(
+            plan.error.message,
+            "cancelled; no step had completed, nothing to compensate"
+        );
+    }
+
+    #[test]
+    fn a_compensation_that_failed_for_good_leaves_the_saga_failed_naming_the_step() {
+        let mut s = saga(2);
+        s.status = SagaStatus::Compensating;
+        let l = ledger(vec![row(&s, 0, StepStatus::Completed)]);
+        let view = View {
+            saga: &s,
+            ledger: &l,
+        };
+        s.error = Some(view.compensation_failed(0, "gone"));
+        let l = ledger(vec![row(&s, 0, StepStatus::CompensationFailed)]);
+        let view = View {
+            saga: &s,
+            ledger: &l,
+        };
+        let (status, error) = view.compensation_end();
+        assert_eq!(status, SagaStatus::Failed);
+        assert_eq!(error.compensation_failed_steps, vec![0]);
+        assert!(
+            error
+                .message
+                .ends_with("compensation of step 0 (step0) failed: needs a human"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn a_step_output_past_the_saga_limits_fails_the_step_instead() {
+        let s = saga(1);
+        let l = Ledger::new();
+        let view = View {
+            saga: &s,
+            ledger: &l,
+        };
+        let r = row(&s, 0, StepStatus::Running);
+        let output: Map<String, Value> =
+            serde_json::from_value(json!({"a": "x".repeat(100)})).unwrap();
+        let context = view.context_after(0, &r, &output, 1000, 1000).unwrap();
+        assert_eq!(context["a"], output["a"]);
+        let why = view.context_after(0, &r, &output, 50, 1000).unwrap_err();
+        assert!(why.starts_with("the saga's context would be"), "{why}");
+        let why = view.context_after(0, &r, &output, 1000, 150).unwrap_err();
+        assert!(why.contains("--max-saga-stored"), "{why}");
+    }
+
+    #[test]
+    fn a_wait_counts_its_polls_and_fails_past_the_steps_longest_wait() {
+        let s = saga(1);
+        let l = Ledger::new();
+        let view = View {
+            saga: &s,
+            ledger: &l,
+        };
+        let mut r = row(&s, 0, StepStatus::Running);
+        let second = Duration::from_secs(1);
+        let (until, first) = view
+            .wait_until(0, &mut r, Duration::ZERO, second, Duration::MAX, NOW)
+            .unwrap();
+        assert_eq!((until, first, r.polls), (NOW.plus(second), NOW, 1));
+        r.wait_started_at = Some(Timestamp(0));
+        let why = view
+            .wait_until(
+                0,
+                &mut r,
+                Duration::from_secs(61),
+                second,
+                Duration::MAX,
+                Timestamp(0),
+            )
+            .unwrap_err();
+        assert!(why.contains("beyond its max_wait_ms of 60000"), "{why}");
+        assert_eq!(r.polls, 2);
+    }
+}

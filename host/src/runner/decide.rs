@@ -189,12 +189,12 @@ impl View<'_> {
         self.ledger
             .range(..=self.saga.current_step_index)
             .rev()
-            .find(|(_, r)| self.to_compensate(r))
+            .find(|(_, r)| self.is_undone_by_the_walk(r))
             .map(|(i, _)| *i)
     }
 
     /// Whether the walk compensates the step whose row is `r`.
-    fn to_compensate(&self, r: &StepResult) -> bool {
+    fn is_undone_by_the_walk(&self, r: &StepResult) -> bool {
         match r.status {
             StepStatus::Completed | StepStatus::Compensating => true,
             // A step whose work began when the saga stopped (see the

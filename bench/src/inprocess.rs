@@ -176,6 +176,10 @@ pub(crate) struct LocalHost {
     pub(crate) base: String,
     pub(crate) http: reqwest::Client,
     pub(crate) _dir: tempfile::TempDir,
+    /// Each saga `start_saga` starts holds a concurrency key of its own
+    /// (the cost of a key, without contention).
+    pub(crate) keyed: bool,
+    next_key: std::sync::atomic::AtomicU64,
 }
 
 impl LocalHost {
@@ -193,16 +197,29 @@ impl LocalHost {
             base,
             http: reqwest::Client::new(),
             _dir: dir,
+            keyed: false,
+            next_key: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     pub(crate) async fn start_saga(&self, steps: usize) -> Result<String> {
-        let body =
+        let mut body =
             json!({"kind": "bench", "steps": vec!["echo"; steps], "inputs": {"message": "hello"}});
+        if self.keyed {
+            let n = self
+                .next_key
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            body["concurrency"] = json!([{"key": format!("bench:{n}")}]);
+        }
+        self.start_body(&body).await
+    }
+
+    /// Starts the saga `body` describes; its id.
+    pub(crate) async fn start_body(&self, body: &serde_json::Value) -> Result<String> {
         let r = self
             .http
             .post(format!("{}/v1/sagas", self.base))
-            .json(&body)
+            .json(body)
             .send()
             .await?;
         if r.status() != 201 {

@@ -36,6 +36,7 @@
 //!   baseline: the same wait as a sleep inside the call.
 
 mod events;
+mod flow;
 mod inprocess;
 mod report;
 mod served;
@@ -165,6 +166,9 @@ async fn main() -> Result<()> {
     }
     if wanted("load") {
         plugin_load(&mut report, args.quick).await?;
+    }
+    if wanted("keys") {
+        flow::concurrency_keys(&mut report, args.quick).await?;
     }
     if wanted("memory") {
         match &args.wasaga_bin {

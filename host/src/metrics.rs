@@ -33,7 +33,18 @@ pub const MAX_KIND_LABELS: usize = 100;
 /// [`MAX_KIND_LABELS`] distinct labels a new one is `other`.
 pub fn kind_label(kind: &str) -> String {
     static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    let safe: String = kind
+    bounded_label(&SEEN, kind)
+}
+
+/// The label a concurrency key's prefix (the key up to its first `:`) is
+/// counted under, bounded as [`kind_label`] is (its own set of labels).
+pub fn key_prefix_label(key: &str) -> String {
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    bounded_label(&SEEN, crate::model::key_prefix(key))
+}
+
+fn bounded_label(seen: &OnceLock<Mutex<HashSet<String>>>, text: &str) -> String {
+    let safe: String = text
         .chars()
         .take(64)
         .map(|c| {
@@ -44,7 +55,7 @@ pub fn kind_label(kind: &str) -> String {
             }
         })
         .collect();
-    let mut seen = SEEN
+    let mut seen = seen
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
@@ -61,6 +72,11 @@ pub fn kind_label(kind: &str) -> String {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyPrefixLabel {
+    pub key_prefix: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -123,6 +139,7 @@ pub struct Metrics {
     pub store_commit_duration: Histogram,
     pub lease_takeovers: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
+    pub concurrency_queued: Family<KeyPrefixLabel, Gauge>,
 }
 
 impl Metrics {
@@ -139,6 +156,7 @@ impl Metrics {
             store_commit_duration: Histogram::new(COMMIT_BUCKETS),
             lease_takeovers: Counter::default(),
             http_requests: Family::default(),
+            concurrency_queued: Family::default(),
             registry: Registry::default(),
         };
         registry.register("sagas_started", "Sagas started", m.sagas_started.clone());
@@ -189,7 +207,26 @@ impl Metrics {
             "Outbound HTTP requests of plugins, by outcome",
             m.http_requests.clone(),
         );
+        registry.register(
+            "concurrency_queued",
+            "Sagas queued for a concurrency key, by the key up to its first `:` (read at scrape time from the database)",
+            m.concurrency_queued.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Sets the queued gauge from counts per key prefix (every host's
+    /// sagas, as the database has them); a prefix with none queued leaves
+    /// the exposition.
+    pub fn set_concurrency_queued(&self, counts: &[(String, u64)]) {
+        self.concurrency_queued.clear();
+        for (prefix, n) in counts {
+            self.concurrency_queued
+                .get_or_create(&KeyPrefixLabel {
+                    key_prefix: key_prefix_label(prefix),
+                })
+                .inc_by(*n as i64);
+        }
     }
 
     /// The text exposition format (OpenMetrics, which Prometheus reads).

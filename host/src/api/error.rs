@@ -19,13 +19,16 @@ use serde::de::DeserializeOwned;
 use utoipa::ToSchema;
 
 /// An error answer: status, machine-readable code, human message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
     /// Answer with `Retry-After: 1` (a transient failure).
     pub retry_after: bool,
+    /// Fields the code adds beside `code` and `message` (e.g. a
+    /// `concurrency_conflict`'s `key` and `holders`).
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The error body (contract).
@@ -40,6 +43,11 @@ pub struct ErrorDetail {
     pub code: String,
     /// For humans; may change.
     pub message: String,
+    /// What some codes add: `concurrency_conflict` names the `key` and
+    /// its `holders` (saga ids).
+    #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
+    #[schema(value_type = Object)]
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -49,6 +57,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: false,
+            details: serde_json::Map::new(),
         }
     }
 
@@ -90,6 +99,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.to_string(),
                 message: self.message,
+                details: self.details,
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();

@@ -11,6 +11,7 @@
 //! caller's role, and submit to the runner, which decides every transition.
 
 mod auth;
+mod concurrency;
 pub(crate) mod cursor;
 mod error;
 mod events;
@@ -73,6 +74,7 @@ pub struct AppState {
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(
+        (name = "concurrency", description = "Concurrency keys: who holds a key for its whole life, and who waits for it in order"),
         (name = "events", description = "Live events (server-sent events): a saga's steps and status as they change"),
         (name = "plugins", description = "Step plugins: Wasm components implementing wasaga:step/step"),
         (name = "resources", description = "The desired-state ledger: what sagas provisioned, and whether it is still meant to exist"),
@@ -181,6 +183,7 @@ impl utoipa::Modify for CommonErrors {
 fn v1(max_component_bytes: usize) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (routes, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(plugins::router(max_component_bytes))
+        .merge(concurrency::router())
         .merge(events::router())
         .merge(grants::router())
         .merge(resources::router())
@@ -349,6 +352,10 @@ async fn metrics(State(state): State<AppState>, request: Request) -> Response {
     }
     let m = crate::metrics::global();
     m.sagas_in_flight.set(state.runner.active_count() as i64);
+    match state.store.queued_by_prefix().await {
+        Ok(counts) => m.set_concurrency_queued(&counts),
+        Err(e) => tracing::debug!(error = %e, "counting queued sagas for /metrics"),
+    }
     match state.store.pending_count().await {
         Ok(n) => {
             m.sagas_pending.set(n as i64);

@@ -101,7 +101,7 @@ fn canonical(value: &Value) -> String {
         (status = 200, description = "the same request with this idempotency key started it before", body = SagaRun),
         (status = 400, description = "malformed request", body = ErrorBody),
         (status = 403, description = "the token's role may not start sagas", body = ErrorBody),
-        (status = 409, description = "the idempotency key was used with another request", body = ErrorBody),
+        (status = 409, description = "the idempotency key was used with another request (`conflict`), or a concurrency key with `on_conflict: reject` has no free slot (`concurrency_conflict`, with `key` and `holders`)", body = ErrorBody),
         (status = 422, description = "unknown plugin or template, or inputs failing the template's schema", body = ErrorBody),
     )
 )]
@@ -135,6 +135,32 @@ async fn start_saga(
             let saga = created.saga;
             tracing::info!(saga = %saga.id, kind = %saga.kind, steps = saga.plan.len(), "saga started");
             Ok((StatusCode::CREATED, Json(saga)))
+        }
+        CreateSaga::Queued(saga) => {
+            tracing::info!(saga = %saga.id, kind = %saga.kind, "saga queued for a concurrency key");
+            Ok((StatusCode::CREATED, Json(saga)))
+        }
+        CreateSaga::ConcurrencyConflict(blocked) => {
+            let mut error = ApiError::new(
+                StatusCode::CONFLICT,
+                "concurrency_conflict",
+                format!(
+                    "the concurrency key `{}` has no free slot (held by {}); nothing was stored",
+                    blocked.key,
+                    blocked
+                        .holders
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            error.details.insert("key".into(), blocked.key.into());
+            error.details.insert(
+                "holders".into(),
+                serde_json::to_value(&blocked.holders).expect("ids serialize"),
+            );
+            Err(error)
         }
         CreateSaga::Existing(saga) => Ok((StatusCode::OK, Json(saga))),
         CreateSaga::KeyConflict(id) => Err(ApiError::conflict(format!(

@@ -77,6 +77,7 @@ async fn put_template(
         description: request.description,
         steps,
         inputs_schema: request.inputs_schema,
+        concurrency: request.concurrency.unwrap_or_default(),
         created_at: Timestamp::now(),
         created_by: caller.actor(),
     };

@@ -225,6 +225,7 @@ mod tests {
             saga,
             steps: Vec::new(),
             resources: Vec::new(),
+            slots: Vec::new(),
         };
         saga_live(&detail, &viewer).into_string()
     }

@@ -3,6 +3,7 @@
 //! timeline, the ledger, resources and context), refreshed live.
 
 use super::*;
+use crate::model::SlotState;
 
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct SagaQuery {
@@ -307,6 +308,20 @@ pub(super) fn saga_live(detail: &SagaDetail, v: &Viewer) -> Markup {
                     }
                 }
             }
+        }
+        @if !detail.slots.is_empty() {
+            h2 { "Concurrency keys" }
+            table #slots { thead { tr { th { "Key" } th { "Limit" } th { "State" } th { "Since" } } }
+                tbody { @for slot in &detail.slots { tr {
+                    td.mono { (slot.key) }
+                    td { (slot.limit) }
+                    td.{ "slot-" (slot.state) } { (match slot.state {
+                        SlotState::Holding => "holds it",
+                        SlotState::Queued => "waits for it",
+                        SlotState::Released => "gave it up",
+                    }) }
+                    td { (slot.since) }
+                } } } }
         }
         @if !detail.resources.is_empty() {
             h2 { "Resources" }

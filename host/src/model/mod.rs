@@ -8,6 +8,7 @@
 //! renamed or removed).
 
 mod access;
+mod concurrency;
 mod ids;
 mod saga;
 mod status;
@@ -16,6 +17,10 @@ mod webhook;
 
 pub use access::{
     BadOrigin, BadSecretName, Grants, Origin, SealedSecret, SecretInfo, SecretMode, SecretName,
+};
+pub use concurrency::{
+    Arrival, Blocked, ConcurrencyKey, KeyStatus, MAX_KEY_BYTES, MAX_KEYS, OnConflict, Slot,
+    SlotAge, SlotState, admit, arrive, key_prefix,
 };
 pub use ids::{BadDigest, Digest, SagaId, Timestamp};
 pub use saga::{

@@ -3,8 +3,8 @@
 //! human actions taken on it, and a stored plugin ([`PluginInfo`]).
 
 use super::{
-    ActionKind, Digest, LogLevel, Phase, ResourceState, SagaId, SagaStatus, StepStatus, StopCause,
-    Timestamp,
+    ActionKind, ConcurrencyKey, Digest, LogLevel, Phase, ResourceState, SagaId, SagaStatus, Slot,
+    StepStatus, StopCause, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -161,6 +161,10 @@ pub struct Template {
     /// A JSON Schema the inputs of a start must pass.
     #[schema(value_type = Option<Object>)]
     pub inputs_schema: Option<Value>,
+    /// Concurrency keys every start from it claims (fields filled in at
+    /// start).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub concurrency: Vec<ConcurrencyKey>,
     pub created_at: Timestamp,
     /// Who put this version.
     pub created_by: Option<String>,
@@ -266,6 +270,10 @@ pub struct SagaRun {
     /// id's 16 bytes: `telemetry::SagaTrace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_parent: Option<String>,
+    /// The concurrency keys it holds for its whole life, or waits for
+    /// (docs/flow-control.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub concurrency: Vec<ConcurrencyKey>,
 }
 
 impl SagaRun {
@@ -298,6 +306,7 @@ impl SagaRun {
             created_at: now,
             updated_at: now,
             trace_parent: None,
+            concurrency: Vec::new(),
         }
     }
 
@@ -413,6 +422,9 @@ pub struct SagaDetail {
     pub saga: SagaRun,
     pub steps: Vec<StepResult>,
     pub resources: Vec<SagaResource>,
+    /// Where it stands on each of its concurrency keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<Slot>,
 }
 
 /// A stored plugin, without its bytes.

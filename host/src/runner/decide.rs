@@ -40,6 +40,9 @@ pub(super) enum Next {
     },
     /// Call the step for `phase` (after marking it running).
     Call { index: u32, phase: Phase },
+    /// Take the saga's concurrency slots before its first step (it was
+    /// queued, or stored while no driving slot was free).
+    Admit,
     /// No step is left to undo: the saga ends rolled back, or failed.
     FinishCompensation,
 }
@@ -68,6 +71,9 @@ pub(super) struct StopPlan {
 pub(super) struct View<'a> {
     pub saga: &'a SagaRun,
     pub ledger: &'a Ledger,
+    /// The saga is known to hold its concurrency slots (it has none, or
+    /// this driver took them, or it has begun a step).
+    pub slots_held: bool,
 }
 
 impl View<'_> {
@@ -83,6 +89,8 @@ impl View<'_> {
                     Next::Complete
                 } else if self.saga.pause_requested {
                     Next::Pause
+                } else if !self.slots_held && self.ledger.is_empty() {
+                    Next::Admit
                 } else {
                     self.call_or_wait(index, Phase::Execute, now)
                 }
@@ -595,11 +603,13 @@ pub(super) fn needs_a_human(error: &mut SagaError, plan: &[StepSpec], failed: Ve
 }
 
 /// What ending a saga writes beside its final status: no longer ready,
-/// its lease given up, its plugins free to delete.
-pub(super) fn end_saga(t: &mut Transition) {
+/// its lease given up, its plugins free to delete, its concurrency slots
+/// given to the next sagas queued on its keys.
+pub(super) fn end_saga(t: &mut Transition, saga: &SagaRun) {
     t.saga.ready_at = Some(None);
     t.release_lease = true;
     t.pins = Pins::Release;
+    t.release_slots = !saga.concurrency.is_empty();
 }
 
 /// Bytes of a JSON value as stored.
@@ -649,10 +659,44 @@ mod tests {
     }
 
     #[test]
+    fn a_saga_takes_its_slots_before_its_first_step_unless_cancelled_or_paused() {
+        let mut s = saga(1);
+        let empty = Ledger::new();
+        let next = |s: &SagaRun, held, cancel| {
+            View {
+                saga: s,
+                ledger: &empty,
+                slots_held: held,
+            }
+            .next(NOW, cancel)
+        };
+        assert_eq!(next(&s, false, false), Next::Admit);
+        assert_eq!(
+            next(&s, false, true),
+            Next::Cancel,
+            "a queued saga is cancelled at once"
+        );
+        assert!(matches!(next(&s, true, false), Next::Call { index: 0, .. }));
+        s.pause_requested = true;
+        assert_eq!(
+            next(&s, false, false),
+            Next::Pause,
+            "a queued saga may be paused"
+        );
+    }
+
+    #[test]
     fn going_forward_the_next_move_follows_cancel_then_end_then_pause_then_wait() {
         let mut s = saga(2);
         let mut l = ledger(vec![row(&s, 0, StepStatus::Running)]);
-        let next = |s: &SagaRun, l: &Ledger, cancel| View { saga: s, ledger: l }.next(NOW, cancel);
+        let next = |s: &SagaRun, l: &Ledger, cancel| {
+            View {
+                saga: s,
+                ledger: l,
+                slots_held: true,
+            }
+            .next(NOW, cancel)
+        };
         assert_eq!(
             next(&s, &l, false),
             Next::Call {
@@ -706,6 +750,7 @@ mod tests {
         let view = View {
             saga: &s,
             ledger: &l,
+            slots_held: true,
         };
         // Step 3 is above the walk; 2 failed (its work had not begun); 1
         // is undone already.
@@ -721,6 +766,7 @@ mod tests {
         let view = View {
             saga: &s,
             ledger: &l,
+            slots_held: true,
         };
         assert_eq!(view.next(NOW, false), Next::FinishCompensation);
         assert_eq!(view.compensation_end().0, SagaStatus::RolledBack);
@@ -736,6 +782,7 @@ mod tests {
         let view = View {
             saga: &s,
             ledger: &l,
+            slots_held: true,
         };
         let failed = view.stopped_step(Some((1, false)), None);
         let plan = view.stop_plan(&Stop::Failed("boom".into()), failed, false, NOW);
@@ -768,6 +815,7 @@ mod tests {
         let view = View {
             saga: &s,
             ledger: &l,
+            slots_held: true,
         };
         let plan = view.stop_plan(&Stop::Cancelled, None, false, NOW);
         assert_eq!(plan.status, SagaStatus::RolledBack);
@@ -785,12 +833,14 @@ mod tests {
         let view = View {
             saga: &s,
             ledger: &l,
+            slots_held: true,
         };
         s.error = Some(view.compensation_failed(0, "gone"));
         let l = ledger(vec![row(&s, 0, StepStatus::CompensationFailed)]);
         let view = View {
             saga: &s,
             ledger: &l,
+            slots_held: true,
         };
         let (status, error) = view.compensation_end();
         assert_eq!(status, SagaStatus::Failed);
@@ -811,6 +861,7 @@ mod tests {
         let view = View {
             saga: &s,
             ledger: &l,
+            slots_held: true,
         };
         let r = row(&s, 0, StepStatus::Running);
         let output: Map<String, Value> =
@@ -830,6 +881,7 @@ mod tests {
         let view = View {
             saga: &s,
             ledger: &l,
+            slots_held: true,
         };
         let mut r = row(&s, 0, StepStatus::Running);
         let second = Duration::from_secs(1);

@@ -44,7 +44,7 @@ use super::decide::{self, Ledger, Next, Stop, View, attempts, end_saga, outcome_
 use super::{ActiveSaga, Runner};
 use crate::model::{Phase, SagaRun, SagaStatus, StepResult, StepSpec, StepStatus, Timestamp};
 use crate::plugin::{CallOutcome, Contract, Plugin, Progress, StepCall, StepFailure};
-use crate::store::{Applied, ClaimedSaga, Fence, StoreError, Transition};
+use crate::store::{Admission, Applied, ClaimedSaga, Fence, StoreError, Transition};
 use crate::telemetry::{CallInfo, CallSpan};
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -107,6 +107,7 @@ pub(super) async fn drive(
         runner,
         active,
         ledger: claim.ledger.into_iter().map(|r| (r.index, r)).collect(),
+        slots_held: claim.saga.concurrency.is_empty() || claim.saga.status != SagaStatus::Pending,
         saga: claim.saga,
         marked,
     };
@@ -137,6 +138,8 @@ struct Driver<'a> {
     saga: SagaRun,
     ledger: Ledger,
     marked: Option<Marked>,
+    /// The saga holds its concurrency slots (see [`View::slots_held`]).
+    slots_held: bool,
 }
 
 impl Driver<'_> {
@@ -168,10 +171,45 @@ impl Driver<'_> {
                     }
                 }
                 Next::FinishCompensation => self.finish_compensation().await?,
+                Next::Admit => self.admit().await?,
             };
             if let Flow::Parked(at) = flow {
                 return Ok(Ended::Parked(at));
             }
+        }
+    }
+
+    /// Takes the saga's concurrency slots, or parks it queued (its lease
+    /// given up; a holder's end makes it claimable again).
+    async fn admit(&mut self) -> Result<Flow, Halt> {
+        self.check_stop()?;
+        let admission = self
+            .runner
+            .inner
+            .store
+            .admit_saga(
+                self.saga.id,
+                self.owner(),
+                self.active.epoch.load(Ordering::SeqCst),
+                self.saga.version,
+                self.now(),
+            )
+            .await;
+        match admission {
+            Ok(Admission::Admitted) => {
+                self.slots_held = true;
+                Ok(Flow::Continue)
+            }
+            Ok(Admission::Queued) => {
+                tracing::debug!("queued: a concurrency key has no free slot");
+                Ok(Flow::Parked(None))
+            }
+            Ok(Admission::Stale) => {
+                self.refresh().await?;
+                Ok(Flow::Continue)
+            }
+            Ok(Admission::LeaseLost) => Err(Halt::LeaseLost),
+            Err(e) => Err(Halt::Store(e)),
         }
     }
 
@@ -180,6 +218,7 @@ impl Driver<'_> {
         View {
             saga: &self.saga,
             ledger: &self.ledger,
+            slots_held: self.slots_held,
         }
     }
 
@@ -400,7 +439,7 @@ impl Driver<'_> {
         self.commit(&|d: &Self| {
             let mut t = d.transition();
             t.saga.status = Some(SagaStatus::Completed);
-            end_saga(&mut t);
+            end_saga(&mut t, &d.saga);
             Some(t)
         })
         .await?;
@@ -742,7 +781,7 @@ impl Driver<'_> {
                 t.resources = resources.iter().map(|r| (index, r.clone())).collect();
                 if last {
                     t.saga.status = Some(SagaStatus::Completed);
-                    end_saga(&mut t);
+                    end_saga(&mut t, &d.saga);
                 } else if !d.draining() && !d.cancel_seen() && !d.pause_seen() {
                     // The next step's running mark rides in this transaction.
                     t.steps.extend(next_row.clone());
@@ -922,7 +961,7 @@ impl Driver<'_> {
             if let Some(from) = plan.from {
                 t.saga.current_step_index = Some(from);
             } else {
-                end_saga(&mut t);
+                end_saga(&mut t, &d.saga);
             }
             Some(t)
         })
@@ -994,7 +1033,7 @@ impl Driver<'_> {
             let mut t = d.transition();
             t.saga.status = Some(status);
             t.saga.error = Some(error.clone());
-            end_saga(&mut t);
+            end_saga(&mut t, &d.saga);
             Some(t)
         })
         .await?;

@@ -68,9 +68,16 @@ impl Runner {
                 ready_at: Some(now),
             })
             .await?;
-        if let CreateSaga::Created(claimed) = &created {
-            crate::metrics::global().started(&claimed.saga.kind);
-            inner.hub.publish(&claimed.saga, true, &claimed.ledger);
+        match &created {
+            CreateSaga::Created(claimed) => {
+                crate::metrics::global().started(&claimed.saga.kind);
+                inner.hub.publish(&claimed.saga, true, &claimed.ledger);
+            }
+            CreateSaga::Queued(saga) => {
+                crate::metrics::global().started(&saga.kind);
+                inner.hub.publish(saga, true, &[]);
+            }
+            _ => {}
         }
         match (&created, permit) {
             (CreateSaga::Created(claimed), Some(permit)) => {

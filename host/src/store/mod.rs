@@ -53,8 +53,9 @@ pub use webhooks::WebhookStore;
 
 use crate::model::Grants;
 use crate::model::{
-    Action, Digest, OutboxEvent, PluginInfo, RecordedResource, Resource, ResourceState, SagaDetail,
-    SagaError, SagaId, SagaRun, SagaStatus, SagaSummary, StepResult, Template, Timestamp,
+    Action, Blocked, Digest, OutboxEvent, PluginInfo, RecordedResource, Resource, ResourceState,
+    SagaDetail, SagaError, SagaId, SagaRun, SagaStatus, SagaSummary, Slot, StepResult, Template,
+    Timestamp,
 };
 use crate::model::{SealedSecret, SecretInfo, SecretName};
 use async_trait::async_trait;
@@ -80,6 +81,17 @@ pub enum DeletePlugin {
     NotFound,
     /// Unfinished sagas pin it (some of their ids).
     Pinned(Vec<SagaId>),
+}
+
+/// Counts keys by their metric label (the key up to its first `:`).
+pub(crate) fn count_prefixes(keys: impl Iterator<Item = String>) -> Vec<(String, u64)> {
+    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    for key in keys {
+        *counts
+            .entry(crate::model::key_prefix(&key).to_string())
+            .or_default() += 1;
+    }
+    counts.into_iter().collect()
 }
 
 /// A saga to store, as the runner prepared it.
@@ -131,6 +143,26 @@ pub enum CreateSaga {
     KeyConflict(SagaId),
     /// A plugin the plan pins is no longer stored (deleted meanwhile).
     PluginGone(Digest),
+    /// Stored `pending`, queued on its concurrency keys: no lease, no
+    /// ledger, not claimable until a slot frees.
+    Queued(SagaRun),
+    /// A concurrency key with `on_conflict: reject` has no room: nothing
+    /// was stored.
+    ConcurrencyConflict(Blocked),
+}
+
+/// What asking for a claimed saga's concurrency slots did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// It holds every key now (or already did).
+    Admitted,
+    /// A key has no room: it stays queued, its lease given up and not
+    /// claimable until a holder of its keys ends.
+    Queued,
+    /// The saga changed since the version given: read it again.
+    Stale,
+    /// Another host holds its lease.
+    LeaseLost,
 }
 
 /// Filters of `GET /v1/sagas`, and where the page starts.
@@ -242,6 +274,9 @@ pub struct Transition {
     pub removed_resources: Vec<u32>,
     /// Give up the lease (the saga ended, waits or is paused).
     pub release_lease: bool,
+    /// Give up its concurrency slots (the saga ended), and make the next
+    /// sagas queued on those keys claimable.
+    pub release_slots: bool,
     pub pins: Pins,
     /// Webhook events this change causes, written to the outbox in the
     /// same transaction (one delivery per subscribed endpoint).
@@ -261,6 +296,7 @@ impl Transition {
             resources: Vec::new(),
             removed_resources: Vec::new(),
             release_lease: false,
+            release_slots: false,
             pins: Pins::Keep,
             outbox: Vec::new(),
         }
@@ -414,6 +450,25 @@ pub trait Store: WebhookStore + Send + Sync + 'static {
     async fn release_leases(&self, owner: &str, held: &[(SagaId, u64)]) -> StoreResult<()>;
     /// Applies a transition atomically, if its fence and version hold.
     async fn apply(&self, transition: Transition) -> StoreResult<Applied>;
+
+    /// Takes a claimed `pending` saga's concurrency slots if every key has
+    /// room (in arrival order), under its lease and at `version`; else
+    /// leaves it queued, gives up its lease and makes it unclaimable until
+    /// a holder of one of its keys ends.
+    async fn admit_saga(
+        &self,
+        id: SagaId,
+        owner: &str,
+        epoch: u64,
+        version: u64,
+        now: Timestamp,
+    ) -> StoreResult<Admission>;
+
+    /// The live slots (holding, then queued) of a key, in arrival order.
+    async fn concurrency_key(&self, key: &str) -> StoreResult<Vec<Slot>>;
+
+    /// Queued slots per key prefix (the key up to its first `:`).
+    async fn queued_by_prefix(&self) -> StoreResult<Vec<(String, u64)>>;
 
     /// Notices from the other hosts sharing this database, or `None` when
     /// no other host can share it (SQLite).

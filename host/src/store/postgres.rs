@@ -35,6 +35,7 @@ macro_rules! json_ledger_values {
 
 mod admin;
 mod group;
+mod slots;
 mod transition;
 use transition::{apply_transition, first_gone};
 mod webhooks;
@@ -42,19 +43,19 @@ mod webhooks;
 use super::schema::Schema;
 use super::space::Space;
 use super::{
-    Applied, ClaimedSaga, ConsoleSession, CreateSaga, DeletePlugin, Fence, Health, Lease,
-    LeaseState, LedgerResourceRow, NewSaga, Notice, PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin,
-    PutTemplate, RESOURCE_COLUMNS, ResourceFilter, ResourceRow, SAGA_COLUMNS, SECRET_COLUMNS,
-    STEP_COLUMNS, SagaFilter, SagaRow, SecretRow, StepRow, Store, StoreError, StoreResult,
-    SummaryRow, TEMPLATE_COLUMNS, TemplateRow, Transition, grants_from_row, ledger_row_json,
-    mark_omitted, pinned_by, pinned_digests, same_template, shown_step_columns, summary_columns,
-    to_json,
+    Admission, Applied, ClaimedSaga, ConsoleSession, CreateSaga, DeletePlugin, Fence, Health,
+    Lease, LeaseState, LedgerResourceRow, NewSaga, Notice, PLUGIN_COLUMNS, Pins, PluginRow,
+    PutPlugin, PutTemplate, RESOURCE_COLUMNS, ResourceFilter, ResourceRow, SAGA_COLUMNS,
+    SECRET_COLUMNS, STEP_COLUMNS, SagaFilter, SagaRow, SecretRow, StepRow, Store, StoreError,
+    StoreResult, SummaryRow, TEMPLATE_COLUMNS, TemplateRow, Transition, grants_from_row,
+    ledger_row_json, mark_omitted, pinned_by, pinned_digests, same_template, shown_step_columns,
+    summary_columns, to_json,
 };
 use crate::config::Migrations;
 use crate::model::Grants;
 use crate::model::{
-    Digest, PluginInfo, Resource, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus,
-    SagaSummary, StepResult, Template, Timestamp,
+    Arrival, Blocked, Digest, PluginInfo, Resource, SagaDetail, SagaId, SagaResource, SagaRun,
+    SagaStatus, SagaSummary, Slot, SlotState, StepResult, Template, Timestamp, arrive,
 };
 use crate::model::{SealedSecret, SecretInfo, SecretName};
 use async_trait::async_trait;
@@ -244,12 +245,145 @@ impl PgStore {
             .into_iter()
             .map(SagaResource::try_from)
             .collect::<StoreResult<_>>()?;
+        let slots = if saga.concurrency.is_empty() {
+            Vec::new()
+        } else {
+            slots::of_saga(&mut tx, &id.to_string()).await?
+        };
         tx.commit().await?;
         Ok(Some(SagaDetail {
             saga,
             steps,
             resources,
+            slots,
         }))
+    }
+}
+
+/// Inserts a new saga with its pins and first ledger rows, and tells the
+/// hosts: one statement, atomic without an explicit transaction. `wake` is
+/// a plain SELECT: it runs only if the result refers to it. Answers how
+/// many sagas were inserted (0: the idempotency key exists).
+async fn insert_saga<'c>(
+    exec: impl sqlx::PgExecutor<'c>,
+    new: &NewSaga,
+) -> Result<(i64, i64), sqlx::Error> {
+    let NewSaga {
+        saga,
+        idempotency,
+        lease,
+        ledger,
+        ready_at,
+    } = new;
+    let rows: Vec<serde_json::Value> = ledger
+        .iter()
+        .map(|s| serde_json::Value::Object(ledger_row_json(s)))
+        .collect();
+    let digests: Vec<String> = pinned_digests(&saga.plan)
+        .into_iter()
+        .map(String::from)
+        .collect();
+    sqlx::query_as(&format!(
+        concat!(
+            "WITH saga AS (
+             INSERT INTO saga_runs (id, kind, status, steps, inputs, current_step_index, context, error,
+                 cancel_requested, pause_requested, deployment_id, triggered_by, template, template_version,
+                 actions, version, idempotency_key, request_hash, lease_owner, lease_epoch, lease_expires_at,
+                 ready_at, created_at, updated_at, trace_parent, concurrency)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, FALSE, FALSE, $8, $9, $10, $11, $23, 0, $12, $13, $14,
+                 $15, CASE WHEN $14::text IS NULL THEN NULL ELSE {DB_NOW} + $16 END, $17, $18, $19, $24, $25)
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING id
+         ), pins AS (
+             INSERT INTO saga_plugin_pins (digest, saga_id)
+             SELECT d, saga.id FROM saga, unnest($20::text[]) AS d
+         ), first AS (",
+            step_insert!(),
+            " SELECT saga.id, ",
+            json_ledger_values!(),
+            " FROM saga, jsonb_to_recordset($21::jsonb) AS r(",
+            json_ledger_columns!(),
+            ")
+         ), wake AS (
+             SELECT pg_notify('wasaga_work', '') FROM saga WHERE $22
+         ), changed AS (
+             SELECT pg_notify('{CHANGE_CHANNEL}', saga.id || ' 0 ' || COALESCE($14::text, '')) FROM saga
+         )
+         SELECT (SELECT count(*) FROM saga), (SELECT count(*) FROM wake) + (SELECT count(*) FROM changed)"
+        ),
+        DB_NOW = DB_NOW,
+        CHANGE_CHANNEL = CHANGE_CHANNEL,
+    ))
+    .bind(saga.id.to_string())
+    .bind(&saga.kind)
+    .bind(saga.status.as_str())
+    .bind(to_json(&saga.plan))
+    .bind(to_json(&saga.inputs))
+    .bind(saga.current_step_index as i64)
+    .bind(to_json(&saga.context))
+    .bind(&saga.deployment_id)
+    .bind(&saga.triggered_by)
+    .bind(&saga.template)
+    .bind(saga.template_version.map(i64::from))
+    .bind(idempotency.as_ref().map(|(k, _)| k.as_str()))
+    .bind(idempotency.as_ref().map(|(_, h)| h.as_str()))
+    .bind(lease.as_ref().map(|l| l.owner.to_string()))
+    .bind(i64::from(lease.is_some()))
+    .bind(lease.as_ref().map_or(0, |l| l.ttl.as_millis() as i64))
+    .bind(ready_at.map(Timestamp::millis))
+    .bind(saga.created_at.millis())
+    .bind(saga.updated_at.millis())
+    .bind(&digests)
+    .bind(serde_json::Value::Array(rows).to_string())
+    .bind(lease.is_none() && ready_at.is_some())
+    .bind(to_json(&saga.actions))
+    .bind(&saga.trace_parent)
+    .bind(to_json(&saga.concurrency))
+    .fetch_one(exec)
+    .await
+}
+
+impl PgStore {
+    /// Creates a saga that names concurrency keys, in one transaction
+    /// holding its keys' locks: it takes its slots, or is stored queued
+    /// (`pending`, no lease, no ledger, not claimable), or (a `reject` key
+    /// without room) nothing is stored. Answers what the insert answered
+    /// and whether the saga was queued.
+    async fn create_keyed(
+        &self,
+        new: &mut NewSaga,
+    ) -> StoreResult<Result<((i64, i64), bool), Blocked>> {
+        let mut tx = self.pool.begin().await?;
+        if let Some((key, _)) = &new.idempotency {
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM saga_runs WHERE idempotency_key = $1")
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if exists.is_some() {
+                return Ok(Ok(((0, 0), false)));
+            }
+        }
+        let keys = &new.saga.concurrency;
+        slots::lock(&mut tx, keys.iter().map(|k| k.key.as_str())).await?;
+        let others = slots::live_on(&mut tx, keys, &new.saga.id.to_string()).await?;
+        let state = match arrive(keys, &others) {
+            Arrival::Rejected(blocked) => return Ok(Err(blocked)),
+            Arrival::Queued => {
+                new.saga.status = SagaStatus::Pending;
+                new.lease = None;
+                new.ledger.clear();
+                new.ready_at = None;
+                SlotState::Queued
+            }
+            Arrival::Admitted => SlotState::Holding,
+        };
+        let inserted = insert_saga(&mut *tx, new).await?;
+        if inserted.0 == 1 {
+            slots::insert(&mut tx, &new.saga, state).await?;
+        }
+        tx.commit().await?;
+        Ok(Ok((inserted, state == SlotState::Queued)))
     }
 }
 
@@ -296,84 +430,29 @@ impl Store for PgStore {
         admin::delete_plugin(self, digest).await
     }
 
-    async fn create_saga(&self, new: NewSaga) -> StoreResult<CreateSaga> {
+    async fn create_saga(&self, mut new: NewSaga) -> StoreResult<CreateSaga> {
+        let mut queued = false;
+        let created = if new.saga.concurrency.is_empty() {
+            insert_saga(&self.pool, &new)
+                .await
+                .map_err(StoreError::from)
+        } else {
+            match self.create_keyed(&mut new).await {
+                Ok(Err(blocked)) => return Ok(CreateSaga::ConcurrencyConflict(blocked)),
+                Ok(Ok((inserted, was_queued))) => {
+                    queued = was_queued;
+                    Ok(inserted)
+                }
+                Err(e) => Err(e),
+            }
+        };
         let NewSaga {
             saga,
             idempotency,
             lease,
             ledger,
-            ready_at,
+            ..
         } = new;
-        let rows: Vec<serde_json::Value> = ledger
-            .iter()
-            .map(|s| serde_json::Value::Object(ledger_row_json(s)))
-            .collect();
-        let digests: Vec<String> = pinned_digests(&saga.plan)
-            .into_iter()
-            .map(String::from)
-            .collect();
-        // One statement: the saga, its pins, its first ledger rows, and a
-        // wake-up for the hosts when nobody holds it yet; atomic without an
-        // explicit transaction. `wake` is a plain SELECT: it runs only if
-        // the result refers to it.
-        let created: Result<(i64, i64), StoreError> = sqlx::query_as(&format!(
-            concat!(
-                "WITH saga AS (
-                 INSERT INTO saga_runs (id, kind, status, steps, inputs, current_step_index, context, error,
-                     cancel_requested, pause_requested, deployment_id, triggered_by, template, template_version,
-                     actions, version, idempotency_key, request_hash, lease_owner, lease_epoch, lease_expires_at,
-                     ready_at, created_at, updated_at, trace_parent)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, FALSE, FALSE, $8, $9, $10, $11, $23, 0, $12, $13, $14,
-                     $15, CASE WHEN $14::text IS NULL THEN NULL ELSE {DB_NOW} + $16 END, $17, $18, $19, $24)
-                 ON CONFLICT (idempotency_key) DO NOTHING
-                 RETURNING id
-             ), pins AS (
-                 INSERT INTO saga_plugin_pins (digest, saga_id)
-                 SELECT d, saga.id FROM saga, unnest($20::text[]) AS d
-             ), first AS (",
-                step_insert!(),
-                " SELECT saga.id, ",
-                json_ledger_values!(),
-                " FROM saga, jsonb_to_recordset($21::jsonb) AS r(",
-                json_ledger_columns!(),
-                ")
-             ), wake AS (
-                 SELECT pg_notify('wasaga_work', '') FROM saga WHERE $22
-             ), changed AS (
-                 SELECT pg_notify('{CHANGE_CHANNEL}', saga.id || ' 0 ' || COALESCE($14::text, '')) FROM saga
-             )
-             SELECT (SELECT count(*) FROM saga), (SELECT count(*) FROM wake) + (SELECT count(*) FROM changed)"
-            ),
-            DB_NOW = DB_NOW,
-            CHANGE_CHANNEL = CHANGE_CHANNEL,
-        ))
-        .bind(saga.id.to_string())
-        .bind(&saga.kind)
-        .bind(saga.status.as_str())
-        .bind(to_json(&saga.plan))
-        .bind(to_json(&saga.inputs))
-        .bind(saga.current_step_index as i64)
-        .bind(to_json(&saga.context))
-        .bind(&saga.deployment_id)
-        .bind(&saga.triggered_by)
-        .bind(&saga.template)
-        .bind(saga.template_version.map(i64::from))
-        .bind(idempotency.as_ref().map(|(k, _)| k.as_str()))
-        .bind(idempotency.as_ref().map(|(_, h)| h.as_str()))
-        .bind(lease.as_ref().map(|l| l.owner.to_string()))
-        .bind(i64::from(lease.is_some()))
-        .bind(lease.as_ref().map_or(0, |l| l.ttl.as_millis() as i64))
-        .bind(ready_at.map(Timestamp::millis))
-        .bind(saga.created_at.millis())
-        .bind(saga.updated_at.millis())
-        .bind(&digests)
-        .bind(serde_json::Value::Array(rows).to_string())
-        .bind(lease.is_none() && ready_at.is_some())
-        .bind(to_json(&saga.actions))
-        .bind(&saga.trace_parent)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(StoreError::from);
         let inserted = match self.note(created) {
             Ok((inserted, _)) => inserted,
             Err(e) if e.is_foreign_key() => {
@@ -386,6 +465,9 @@ impl Store for PgStore {
             }
             Err(e) => return Err(e),
         };
+        if inserted == 1 && queued {
+            return Ok(CreateSaga::Queued(saga));
+        }
         if inserted == 1 {
             return Ok(CreateSaga::Created(ClaimedSaga {
                 epoch: u64::from(lease.is_some()),
@@ -774,6 +856,10 @@ impl Store for PgStore {
         } else {
             async {
                 let mut tx = self.pool.begin().await?;
+                if transition.release_slots {
+                    // Keys before rows: the one lock order (`slots`).
+                    slots::lock_saga_keys(&mut tx, &transition.saga_id.to_string()).await?;
+                }
                 let applied = apply_transition(&mut tx, &transition).await?;
                 tx.commit().await?;
                 Ok(applied)
@@ -781,5 +867,26 @@ impl Store for PgStore {
             .await
         };
         self.note(result)
+    }
+
+    async fn admit_saga(
+        &self,
+        id: SagaId,
+        owner: &str,
+        epoch: u64,
+        version: u64,
+        now: Timestamp,
+    ) -> StoreResult<Admission> {
+        let admitted =
+            slots::admit_saga(&self.pool, &id.to_string(), owner, epoch, version, now).await;
+        self.note(admitted)
+    }
+
+    async fn concurrency_key(&self, key: &str) -> StoreResult<Vec<Slot>> {
+        slots::of_key(&self.pool, key).await
+    }
+
+    async fn queued_by_prefix(&self) -> StoreResult<Vec<(String, u64)>> {
+        slots::queued_by_prefix(&self.pool).await
     }
 }

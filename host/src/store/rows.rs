@@ -4,8 +4,8 @@
 use super::{StoreError, StoreResult};
 use crate::model::{
     Action, Digest, LedgerLogLine, Phase, PluginInfo, Resource, ResourceState, SagaId,
-    SagaResource, SagaRun, SagaStatus, SagaSummary, StepResult, StepSpec, StepStatus, Template,
-    Timestamp,
+    SagaResource, SagaRun, SagaStatus, SagaSummary, Slot, SlotState, StepResult, StepSpec,
+    StepStatus, Template, Timestamp,
 };
 
 /// Parses the JSON of a stored column.
@@ -130,12 +130,13 @@ pub(crate) struct SagaRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub trace_parent: Option<String>,
+    pub concurrency: String,
 }
 
 /// The saga columns every query selects, in [`SagaRow`]'s order.
 pub(crate) const SAGA_COLUMNS: &str = "id, kind, status, steps, inputs, current_step_index, context, error, \
      cancel_requested, pause_requested, deployment_id, triggered_by, template, template_version, actions, \
-     version, created_at, updated_at, trace_parent";
+     version, created_at, updated_at, trace_parent, concurrency";
 
 impl TryFrom<SagaRow> for SagaRun {
     type Error = StoreError;
@@ -164,6 +165,7 @@ impl TryFrom<SagaRow> for SagaRun {
             created_at: Timestamp(r.created_at),
             updated_at: Timestamp(r.updated_at),
             trace_parent: r.trace_parent,
+            concurrency: from_json("saga concurrency", &r.concurrency)?,
         })
     }
 }
@@ -295,10 +297,11 @@ pub(crate) struct TemplateRow {
     pub inputs_schema: Option<String>,
     pub created_at: i64,
     pub created_by: Option<String>,
+    pub concurrency: String,
 }
 
 pub(crate) const TEMPLATE_COLUMNS: &str =
-    "name, version, description, steps, inputs_schema, created_at, created_by";
+    "name, version, description, steps, inputs_schema, created_at, created_by, concurrency";
 
 impl TryFrom<TemplateRow> for Template {
     type Error = StoreError;
@@ -312,6 +315,7 @@ impl TryFrom<TemplateRow> for Template {
                 .map(|s| from_json("template inputs schema", s))
                 .transpose()?,
             created_at: Timestamp(r.created_at),
+            concurrency: from_json("template concurrency", &r.concurrency)?,
             name: r.name,
             description: r.description,
             created_by: r.created_by,
@@ -324,6 +328,7 @@ pub(crate) fn same_template(latest: &Template, new: &Template) -> bool {
     latest.description == new.description
         && latest.steps == new.steps
         && latest.inputs_schema == new.inputs_schema
+        && latest.concurrency == new.concurrency
 }
 
 /// A plugin row as stored (without the bytes), with whether it is current.
@@ -416,4 +421,31 @@ pub(crate) fn grants_from_row(http: &str, secrets: &str) -> StoreResult<crate::m
         http: from_json("grants http", http)?,
         secrets: from_json("grants secrets", secrets)?,
     })
+}
+
+/// A concurrency slot as stored, in [`SLOT_COLUMNS`]' order.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct SlotRow {
+    pub key: String,
+    pub saga_id: String,
+    pub slot_limit: i64,
+    pub state: String,
+    pub seq: i64,
+    pub since: i64,
+}
+
+pub(crate) const SLOT_COLUMNS: &str = "key, saga_id, slot_limit, state, seq, since";
+
+impl TryFrom<SlotRow> for Slot {
+    type Error = StoreError;
+    fn try_from(r: SlotRow) -> StoreResult<Slot> {
+        Ok(Slot {
+            saga_id: parse_saga_id(&r.saga_id)?,
+            key: r.key,
+            limit: r.slot_limit as u32,
+            state: SlotState::parse(&r.state).map_err(StoreError::Corrupt)?,
+            seq: r.seq,
+            since: Timestamp(r.since),
+        })
+    }
 }

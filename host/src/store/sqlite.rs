@@ -16,6 +16,7 @@
 
 mod admin;
 mod catalog;
+mod slots;
 mod transition;
 use transition::{apply_transition, pin, upsert_step};
 mod webhooks;
@@ -24,8 +25,8 @@ mod writer;
 use super::schema::Schema;
 use super::space::Space;
 use super::{
-    Applied, ClaimedSaga, ConsoleSession, CreateSaga, DeletePlugin, Fence, Health, Lease,
-    LeaseState, LedgerResourceRow, NewSaga, PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin,
+    Admission, Applied, ClaimedSaga, ConsoleSession, CreateSaga, DeletePlugin, Fence, Health,
+    Lease, LeaseState, LedgerResourceRow, NewSaga, PLUGIN_COLUMNS, Pins, PluginRow, PutPlugin,
     PutTemplate, RESOURCE_COLUMNS, ResourceFilter, ResourceRow, SAGA_COLUMNS, SECRET_COLUMNS,
     STEP_COLUMNS, SagaFilter, SagaRow, SecretRow, StepRow, Store, StoreError, StoreResult,
     SummaryRow, TEMPLATE_COLUMNS, TemplateRow, Transition, grants_from_row, mark_omitted,
@@ -34,8 +35,8 @@ use super::{
 use crate::config::{Migrations, SQLITE_PAGE_BYTES, StoreConfig};
 use crate::model::Grants;
 use crate::model::{
-    Digest, PluginInfo, Resource, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus,
-    SagaSummary, StepResult, Template, Timestamp,
+    Arrival, Digest, PluginInfo, Resource, SagaDetail, SagaId, SagaResource, SagaRun, SagaStatus,
+    SagaSummary, Slot, SlotState, StepResult, Template, Timestamp, arrive,
 };
 use crate::model::{SealedSecret, SecretInfo, SecretName};
 use async_trait::async_trait;
@@ -239,6 +240,7 @@ fn saga_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SagaRow> {
         created_at: r.get(16)?,
         updated_at: r.get(17)?,
         trace_parent: r.get(18)?,
+        concurrency: r.get(19)?,
     })
 }
 
@@ -274,6 +276,7 @@ fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
         inputs_schema: r.get(4)?,
         created_at: r.get(5)?,
         created_by: r.get(6)?,
+        concurrency: r.get(7)?,
     })
 }
 
@@ -367,11 +370,17 @@ impl SqliteStore {
             .into_iter()
             .map(SagaResource::try_from)
             .collect::<StoreResult<_>>()?;
+        let slots = if saga.concurrency.is_empty() {
+            Vec::new()
+        } else {
+            slots::of_saga(&mut tx, &id.to_string()).await?
+        };
         tx.commit().await?;
         Ok(Some(SagaDetail {
             saga,
             steps,
             resources,
+            slots,
         }))
     }
 }
@@ -426,11 +435,11 @@ impl Store for SqliteStore {
         self.writer
             .write(move |conn| {
                 let NewSaga {
-                    saga,
+                    mut saga,
                     idempotency,
-                    lease,
-                    ledger,
-                    ready_at,
+                    mut lease,
+                    mut ledger,
+                    mut ready_at,
                 } = new;
                 if let Some((key, hash)) = &idempotency {
                     let existing: Option<(String, Option<String>)> = conn
@@ -450,12 +459,29 @@ impl Store for SqliteStore {
                     }
                 }
                 let id = saga.id.to_string();
+                let arrival = if saga.concurrency.is_empty() {
+                    Arrival::Admitted
+                } else {
+                    arrive(&saga.concurrency, &slots::live_on(conn, &saga.concurrency, &id)?)
+                };
+                match &arrival {
+                    Arrival::Rejected(blocked) => {
+                        return Ok(CreateSaga::ConcurrencyConflict(blocked.clone()));
+                    }
+                    Arrival::Queued => {
+                        saga.status = SagaStatus::Pending;
+                        lease = None;
+                        ledger.clear();
+                        ready_at = None;
+                    }
+                    Arrival::Admitted => {}
+                }
                 conn.prepare_cached(
                     "INSERT INTO saga_runs (id, kind, status, steps, inputs, current_step_index, context, error,
                          cancel_requested, pause_requested, deployment_id, triggered_by, template, template_version,
                          actions, version, idempotency_key, request_hash, lease_owner, lease_epoch, lease_expires_at,
-                         ready_at, created_at, updated_at, trace_parent)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, 0, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         ready_at, created_at, updated_at, trace_parent, concurrency)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, 0, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )?
                 .execute(params![
                     id,
@@ -479,6 +505,7 @@ impl Store for SqliteStore {
                     saga.created_at.millis(),
                     saga.updated_at.millis(),
                     saga.trace_parent,
+                    to_json(&saga.concurrency),
                 ])?;
                 if let Some(gone) = pin(conn, &id, &pinned_digests(&saga.plan))? {
                     // Undone by the job's savepoint (or its batch's rollback).
@@ -486,6 +513,16 @@ impl Store for SqliteStore {
                 }
                 for row in &ledger {
                     upsert_step(conn, &id, row)?;
+                }
+                if !saga.concurrency.is_empty() {
+                    let state = match arrival {
+                        Arrival::Queued => SlotState::Queued,
+                        _ => SlotState::Holding,
+                    };
+                    slots::insert(conn, &saga, state)?;
+                }
+                if arrival == Arrival::Queued {
+                    return Ok(CreateSaga::Queued(saga));
                 }
                 Ok(CreateSaga::Created(ClaimedSaga {
                     epoch: u64::from(lease.is_some()),
@@ -593,7 +630,7 @@ impl Store for SqliteStore {
                             claim.now.plus(claim.ttl).millis(),
                             limit as i64
                         ],
-                        |r| Ok((saga_row(r)?, r.get::<_, i64>(19)?)),
+                        |r| Ok((saga_row(r)?, r.get::<_, i64>(SAGA_COLUMNS.split(',').count())?)),
                     )?
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut claimed = Vec::with_capacity(rows.len());
@@ -751,6 +788,30 @@ impl Store for SqliteStore {
         self.writer
             .write(move |conn| apply_transition(conn, &transition))
             .await
+    }
+
+    async fn admit_saga(
+        &self,
+        id: SagaId,
+        owner: &str,
+        epoch: u64,
+        version: u64,
+        now: Timestamp,
+    ) -> StoreResult<Admission> {
+        let owner = owner.to_string();
+        self.writer
+            .write(move |conn| {
+                slots::admit_saga(conn, &id.to_string(), &owner, epoch, version, now)
+            })
+            .await
+    }
+
+    async fn concurrency_key(&self, key: &str) -> StoreResult<Vec<Slot>> {
+        slots::of_key(self, key).await
+    }
+
+    async fn queued_by_prefix(&self) -> StoreResult<Vec<(String, u64)>> {
+        slots::queued_by_prefix(self).await
     }
 }
 

@@ -548,3 +548,104 @@ async fn a_pause_survives_a_sigkill() {
         }
     }
 }
+
+/// A concurrency key belongs to the saga, not the host: a saga holding a
+/// key while it waits, and one queued behind it, survive a SIGKILL; after
+/// the restart the first still holds the key and the second is admitted
+/// only when the first ends. On both databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_key_is_held_across_a_sigkill() {
+    for backend in [
+        wasaga_tests::Backend::Sqlite,
+        wasaga_tests::Backend::Postgres,
+    ] {
+        let counter = Counter::start().await;
+        let db = wasaga_tests::TestDb::new(backend).await;
+        let args = db_args(&db);
+        let http = wasaga_tests::Http::new();
+        let mut server = ServerProcess::start(BIN, &args, db.dir.path().join("first.log"))
+            .await
+            .unwrap();
+        let base = server.base.clone();
+        for name in ["poll", "echo"] {
+            let r = http
+                .post(format!("{base}/v1/plugins"))
+                .body(component(name))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+        counter.grant_on_to("poll", &http, &base).await;
+        let key = json!([{"key": "customer:{{inputs.customer}}"}]);
+        let start = |steps: Value, inputs: Value| {
+            let body =
+                json!({"kind": "offboard", "steps": steps, "inputs": inputs, "concurrency": key});
+            let request = http.post(format!("{base}/v1/sagas")).json(&body);
+            async move {
+                let r = request.send().await.unwrap();
+                assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+                r.json::<Value>().await.unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            }
+        };
+        let holder = start(
+            json!(["poll"]),
+            json!({"customer": "acme", "counter_url": counter.url(), "polls": 1, "poll_ms": 1500}),
+        )
+        .await;
+        let queued = start(json!(["echo"]), json!({"customer": "acme"})).await;
+        poll_saga(&http, &base, &holder, Duration::from_secs(60), |s| {
+            !s["steps"][0]["waiting_until"].is_null()
+        })
+        .await;
+        server.kill();
+
+        let server = ServerProcess::start(BIN, &args, db.dir.path().join("second.log"))
+            .await
+            .unwrap();
+        let base = server.base.clone();
+        let status: Value = http
+            .get(format!("{base}/v1/concurrency/customer:acme"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            status["holders"][0]["saga_id"], holder,
+            "{backend:?}: {status}"
+        );
+        assert_eq!(
+            status["queue"][0]["saga_id"], queued,
+            "{backend:?}: {status}"
+        );
+        let done = |id: String| {
+            let http = &http;
+            let base = base.clone();
+            async move {
+                poll_saga(http, &base, &id, Duration::from_secs(60), |s| {
+                    s["status"] == "completed"
+                })
+                .await
+            }
+        };
+        let first = done(holder).await;
+        let second = done(queued).await;
+        let ended = first["steps"][0]["finished_at"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let began = second["steps"][0]["started_at"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            began >= ended,
+            "{backend:?}: the queued saga began at {began}, before the holder ended at {ended}"
+        );
+    }
+}

@@ -809,6 +809,7 @@ async fn the_openapi_document_matches_the_router() {
         "POST /webhooks/{id}/enable",
         "GET /webhooks/{id}/deliveries",
         "POST /webhooks/{id}/deliveries/{delivery}/redeliver",
+        "GET /concurrency/{key}",
     ];
     contract.sort();
     assert_eq!(
@@ -827,7 +828,8 @@ async fn the_openapi_document_matches_the_router() {
             )
             .replace("{id}", "019ac4f2-6b1e-7c3a-9d2e-5f1a2b3c4d5e")
             .replace("{name}", "some-name")
-            .replace("{index}", "0");
+            .replace("{index}", "0")
+            .replace("{key}", "droplet:1");
         let r = server
             .http
             .request(method.parse().unwrap(), server.url(&format!("/v1{path}")))

@@ -5,6 +5,7 @@
 mod api;
 mod console;
 mod contract_v0_2;
+mod flow_control;
 mod fuzz;
 mod hardening;
 mod lifecycle;

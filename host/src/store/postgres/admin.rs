@@ -193,7 +193,7 @@ pub(super) async fn put_template(store: &PgStore, template: &Template) -> StoreR
         }
         new.version = latest.map_or(1, |t| t.version + 1);
         sqlx::query(&format!(
-            "INSERT INTO saga_templates ({TEMPLATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            "INSERT INTO saga_templates ({TEMPLATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         ))
         .bind(&new.name)
         .bind(i64::from(new.version))
@@ -202,6 +202,7 @@ pub(super) async fn put_template(store: &PgStore, template: &Template) -> StoreR
         .bind(new.inputs_schema.as_ref().map(to_json))
         .bind(new.created_at.millis())
         .bind(&new.created_by)
+        .bind(to_json(&new.concurrency))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -65,6 +65,7 @@ impl Grouper {
             && t.remove_steps.is_empty()
             && !matches!(t.pins, Pins::Restore(_))
             && t.outbox.is_empty()
+            && !t.release_slots
             && t.steps.iter().all(|step| indexes.insert(step.index))
     }
 

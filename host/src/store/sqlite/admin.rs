@@ -193,7 +193,7 @@ pub(super) async fn put_template(
                 }
                 new.version = latest.map_or(1, |(v, _)| v as u32 + 1);
                 conn.prepare_cached(&format!(
-                    "INSERT INTO saga_templates ({TEMPLATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO saga_templates ({TEMPLATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 ))?
                 .execute(params![
                     new.name,
@@ -203,6 +203,7 @@ pub(super) async fn put_template(
                     new.inputs_schema.as_ref().map(to_json),
                     new.created_at.millis(),
                     new.created_by,
+                    to_json(&new.concurrency),
                 ])?;
                 Ok(PutTemplate {
                     template: new,

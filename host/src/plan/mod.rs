@@ -14,8 +14,10 @@
 //! compiled once per template version, and checked off the request
 //! threads within a deadline.
 
+mod keys;
+
 use crate::config::{RuntimeConfig, SchemaLimits};
-use crate::model::{Digest, PluginInfo, SagaRun, StepSpec, Template, Timestamp};
+use crate::model::{ConcurrencyKey, Digest, PluginInfo, SagaRun, StepSpec, Template, Timestamp};
 pub use crate::model::{StepOptions, StepRequest};
 use crate::store::{Store, StoreError};
 use serde::Deserialize;
@@ -57,6 +59,10 @@ pub struct StartSaga {
     pub deployment_id: Option<String>,
     #[serde(default)]
     pub triggered_by: Option<String>,
+    /// Concurrency keys the saga holds for its whole life (added to its
+    /// template's): docs/flow-control.md.
+    #[serde(default)]
+    pub concurrency: Option<Vec<ConcurrencyKey>>,
 }
 
 /// `PUT /v1/templates/{name}` body.
@@ -73,6 +79,10 @@ pub struct TemplateRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub inputs_schema: Option<Value>,
+    /// Concurrency keys every start from it holds; their fields are filled
+    /// in at each start.
+    #[serde(default)]
+    pub concurrency: Option<Vec<ConcurrencyKey>>,
 }
 
 /// Longest template description.
@@ -477,13 +487,19 @@ impl Planner {
         request: StartSaga,
     ) -> Result<SagaRun, PlanError> {
         let triggered_by = request.triggered_by;
-        match (request.steps, request.template) {
-            (Some(_), Some(_)) => Err(PlanError::Invalid(
-                "give either `steps` or `template`, not both".into(),
-            )),
-            (None, None) => Err(PlanError::Missing(
-                "`steps` (or a `template` to start from)",
-            )),
+        let asked = request.concurrency.unwrap_or_default();
+        keys::check(&asked)?;
+        let mut saga = match (request.steps, request.template) {
+            (Some(_), Some(_)) => {
+                return Err(PlanError::Invalid(
+                    "give either `steps` or `template`, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(PlanError::Missing(
+                    "`steps` (or a `template` to start from)",
+                ));
+            }
             (Some(steps), None) => {
                 let kind = request.kind.ok_or(PlanError::Missing("`kind`"))?;
                 let plan = self.steps(store, &steps).await?;
@@ -493,7 +509,7 @@ impl Planner {
                     request.inputs,
                     request.deployment_id,
                     triggered_by,
-                )
+                )?
             }
             (None, Some(name)) => {
                 let template = store
@@ -513,9 +529,17 @@ impl Planner {
                 )?;
                 saga.template = Some(template.name);
                 saga.template_version = Some(template.version);
-                Ok(saga)
+                saga.concurrency = template.concurrency;
+                saga
             }
-        }
+        };
+        saga.concurrency.extend(asked);
+        saga.concurrency = keys::fill(
+            &saga.concurrency,
+            &saga.inputs,
+            saga.deployment_id.as_deref(),
+        )?;
+        Ok(saga)
     }
 
     /// Checks a template as a put would store it: its steps as a start
@@ -538,6 +562,7 @@ impl Planner {
             .as_ref()
             .ok_or(PlanError::Missing("`steps`"))?;
         self.steps(store, steps).await?;
+        keys::check(request.concurrency.as_deref().unwrap_or_default())?;
         if let Some(schema) = &request.inputs_schema {
             if !schema.is_object() && !schema.is_boolean() {
                 return Err(PlanError::Invalid(

@@ -1,0 +1,174 @@
+//! Concurrency slots on SQLite (docs/flow-control.md): the rows a saga
+//! holds or waits in, written by the one writer, so a start, an admission
+//! and a release never interleave. Which saga may hold a key is decided by
+//! [`crate::model::admit`]; this module reads the rows it needs and writes
+//! what it decided, in the transaction of the change that causes it.
+
+use super::*;
+use crate::model::{ConcurrencyKey, Slot, SlotState, admit};
+use crate::store::{Admission, SLOT_COLUMNS, SlotRow, from_json};
+
+fn slot_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SlotRow> {
+    Ok(SlotRow {
+        key: r.get(0)?,
+        saga_id: r.get(1)?,
+        slot_limit: r.get(2)?,
+        state: r.get(3)?,
+        seq: r.get(4)?,
+        since: r.get(5)?,
+    })
+}
+
+/// The live (holding or queued) slots of sagas other than `except` on
+/// `keys`.
+pub(super) fn live_on(
+    conn: &Connection,
+    keys: &[ConcurrencyKey],
+    except: &str,
+) -> StoreResult<Vec<Slot>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SLOT_COLUMNS} FROM concurrency_slots
+         WHERE key = ? AND state <> 'released' AND saga_id <> ?"
+    ))?;
+    let mut live = Vec::new();
+    for k in keys {
+        for row in stmt.query_map(params![k.key, except], slot_row)? {
+            live.push(Slot::try_from(row?)?);
+        }
+    }
+    Ok(live)
+}
+
+/// Stores a new saga's slots, all in `state`, at the back of the arrival
+/// order.
+pub(super) fn insert(conn: &Connection, saga: &SagaRun, state: SlotState) -> StoreResult<()> {
+    let seq: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM concurrency_slots")?
+        .query_row([], |r| r.get(0))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "INSERT INTO concurrency_slots ({SLOT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+    ))?;
+    for k in &saga.concurrency {
+        stmt.execute(params![
+            k.key,
+            saga.id.to_string(),
+            i64::from(k.limit),
+            state.as_str(),
+            seq,
+            saga.created_at.millis(),
+        ])?;
+    }
+    Ok(())
+}
+
+/// Gives up an ending saga's slots and makes the sagas at the head of
+/// each key's queue claimable (as many as the key's limit: each decides
+/// for itself when claimed).
+pub(super) fn release(conn: &Connection, saga_id: &str, now: Timestamp) -> StoreResult<()> {
+    let released: Vec<(String, i64)> = conn
+        .prepare_cached(
+            "UPDATE concurrency_slots SET state = 'released', since = ?
+             WHERE saga_id = ? AND state <> 'released' RETURNING key, slot_limit",
+        )?
+        .query_map(params![now.millis(), saga_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut wake = conn.prepare_cached(
+        "UPDATE saga_runs SET ready_at = ?
+         WHERE ready_at IS NULL AND status = 'pending' AND id IN (
+             SELECT saga_id FROM concurrency_slots WHERE key = ? AND state = 'queued'
+             ORDER BY seq LIMIT ?)",
+    )?;
+    for (key, limit) in released {
+        wake.execute(params![now.millis(), key, limit])?;
+    }
+    Ok(())
+}
+
+/// [`Store::admit_saga`] on the writer.
+pub(super) fn admit_saga(
+    conn: &Connection,
+    id: &str,
+    owner: &str,
+    epoch: u64,
+    version: u64,
+    now: Timestamp,
+) -> StoreResult<Admission> {
+    let found: Option<(Option<String>, i64, i64, String)> = conn
+        .prepare_cached(
+            "SELECT lease_owner, lease_epoch, version, concurrency FROM saga_runs WHERE id = ?",
+        )?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    let Some((lease_owner, lease_epoch, found_version, keys)) = found else {
+        return Ok(Admission::LeaseLost);
+    };
+    if lease_owner.as_deref() != Some(owner) || lease_epoch as u64 != epoch {
+        return Ok(Admission::LeaseLost);
+    }
+    if found_version as u64 != version {
+        return Ok(Admission::Stale);
+    }
+    let keys: Vec<ConcurrencyKey> = from_json("saga concurrency", &keys)?;
+    let own: Vec<(String, i64)> = conn
+        .prepare_cached(
+            "SELECT state, seq FROM concurrency_slots WHERE saga_id = ? AND state <> 'released'",
+        )?
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let Some(seq) = own
+        .iter()
+        .find(|(state, _)| state == SlotState::Queued.as_str())
+        .map(|(_, seq)| *seq)
+    else {
+        return Ok(Admission::Admitted);
+    };
+    if admit(&keys, Some(seq), &live_on(conn, &keys, id)?).is_ok() {
+        conn.prepare_cached(
+            "UPDATE concurrency_slots SET state = 'holding', since = ?
+             WHERE saga_id = ? AND state = 'queued'",
+        )?
+        .execute(params![now.millis(), id])?;
+        return Ok(Admission::Admitted);
+    }
+    conn.prepare_cached(
+        "UPDATE saga_runs SET lease_owner = NULL, lease_expires_at = NULL, ready_at = NULL,
+             version = version + 1, updated_at = ?
+         WHERE id = ?",
+    )?
+    .execute(params![now.millis(), id])?;
+    Ok(Admission::Queued)
+}
+
+/// A saga's slots, by key, on the read pool.
+pub(super) async fn of_saga(conn: &mut SqliteConnection, id: &str) -> StoreResult<Vec<Slot>> {
+    let rows: Vec<SlotRow> = sqlx::query_as(&format!(
+        "SELECT {SLOT_COLUMNS} FROM concurrency_slots WHERE saga_id = ? ORDER BY key"
+    ))
+    .bind(id)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(Slot::try_from).collect()
+}
+
+/// The live slots of a key, holders first, each in arrival order.
+pub(super) async fn of_key(store: &SqliteStore, key: &str) -> StoreResult<Vec<Slot>> {
+    let rows: Vec<SlotRow> = sqlx::query_as(&format!(
+        "SELECT {SLOT_COLUMNS} FROM concurrency_slots
+         WHERE key = ? AND state <> 'released' ORDER BY state = 'queued', seq"
+    ))
+    .bind(key)
+    .fetch_all(&store.reads)
+    .await?;
+    rows.into_iter().map(Slot::try_from).collect()
+}
+
+/// Queued slots per key prefix.
+pub(super) async fn queued_by_prefix(store: &SqliteStore) -> StoreResult<Vec<(String, u64)>> {
+    let keys: Vec<(String,)> =
+        sqlx::query_as("SELECT key FROM concurrency_slots WHERE state = 'queued'")
+            .fetch_all(&store.reads)
+            .await?;
+    Ok(crate::store::count_prefixes(keys.into_iter().map(|(k,)| k)))
+}

@@ -119,6 +119,10 @@ pub struct OutboundConfig {
     pub idle_timeout: Duration,
     /// Idle connections kept per plugin and origin. Default 16.
     pub max_idle_per_origin: usize,
+    /// How old this host's copy of the provider budgets (which origins
+    /// they cover) may be; tokens and pauses are always read from the
+    /// database. Default 1 s.
+    pub budgets_refresh: Duration,
 }
 
 impl Default for OutboundConfig {
@@ -127,6 +131,7 @@ impl Default for OutboundConfig {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             max_idle_per_origin: 16,
+            budgets_refresh: Duration::from_secs(1),
         }
     }
 }

@@ -23,6 +23,7 @@
 //! and `console`, which `server` puts together, and `cli` on top.
 
 pub mod api;
+pub mod budgets;
 pub mod cli;
 pub mod config;
 pub mod console;

@@ -43,6 +43,13 @@ pub fn key_prefix_label(key: &str) -> String {
     bounded_label(&SEEN, crate::model::key_prefix(key))
 }
 
+/// A budget's name as a label (names are an admin's, but bounded all the
+/// same).
+pub fn budget_label(name: &str) -> String {
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    bounded_label(&SEEN, name)
+}
+
 fn bounded_label(seen: &OnceLock<Mutex<HashSet<String>>>, text: &str) -> String {
     let safe: String = text
         .chars()
@@ -72,6 +79,11 @@ fn bounded_label(seen: &OnceLock<Mutex<HashSet<String>>>, text: &str) -> String 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabel {
+    pub budget: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -140,7 +152,11 @@ pub struct Metrics {
     pub lease_takeovers: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
     pub concurrency_queued: Family<KeyPrefixLabel, Gauge>,
+    pub budget_wait: CallHistogramsBy<BudgetLabel>,
+    pub budget_paused: Family<BudgetLabel, Gauge>,
 }
+
+type CallHistogramsBy<L> = Family<L, Histogram, fn() -> Histogram>;
 
 impl Metrics {
     fn new() -> Metrics {
@@ -157,6 +173,8 @@ impl Metrics {
             lease_takeovers: Counter::default(),
             http_requests: Family::default(),
             concurrency_queued: Family::default(),
+            budget_wait: Family::new_with_constructor(call_histogram),
+            budget_paused: Family::default(),
             registry: Registry::default(),
         };
         registry.register("sagas_started", "Sagas started", m.sagas_started.clone());
@@ -212,7 +230,39 @@ impl Metrics {
             "Sagas queued for a concurrency key, by the key up to its first `:` (read at scrape time from the database)",
             m.concurrency_queued.clone(),
         );
+        registry.register_with_unit(
+            "budget_wait",
+            "Time a step's request waited for a provider budget's token",
+            prometheus_client::registry::Unit::Seconds,
+            m.budget_wait.clone(),
+        );
+        registry.register(
+            "budget_paused",
+            "1 while a provider budget is paused (a 429 or Retry-After, or by hand), read at scrape time",
+            m.budget_paused.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts a request's wait for a budget's token.
+    pub fn budget_waited(&self, budget: &str, waited: Duration) {
+        self.budget_wait
+            .get_or_create(&BudgetLabel {
+                budget: budget_label(budget),
+            })
+            .observe(waited.as_secs_f64());
+    }
+
+    /// Sets the paused gauge of every budget (read from the database).
+    pub fn set_budgets_paused(&self, paused: &[(String, bool)]) {
+        self.budget_paused.clear();
+        for (name, is_paused) in paused {
+            self.budget_paused
+                .get_or_create(&BudgetLabel {
+                    budget: budget_label(name),
+                })
+                .set(i64::from(*is_paused));
+        }
     }
 
     /// Sets the queued gauge from counts per key prefix (every host's

@@ -126,6 +126,11 @@ impl Host {
             runtime.cache_dir = Some(options.data_dir.join("cache"));
         }
         let plugins = PluginHost::new(runtime)?;
+        let budgets = Arc::new(crate::budgets::Budgets::new(
+            store.clone(),
+            options.runtime.outbound.budgets_refresh,
+        ));
+        plugins.outbound().set_budgets(budgets.clone());
         if options.examples {
             register_examples(&store, &plugins).await?;
         }
@@ -173,6 +178,7 @@ impl Host {
         );
         let state = AppState {
             webhooks: Arc::new(options.webhooks.clone()),
+            budgets,
             store: store.clone(),
             plugins: plugins.clone(),
             runner: runner.clone(),

@@ -11,6 +11,7 @@
 //! caller's role, and submit to the runner, which decides every transition.
 
 mod auth;
+mod budgets;
 mod concurrency;
 pub(crate) mod cursor;
 mod error;
@@ -62,6 +63,9 @@ pub struct AppState {
     pub throttle: Arc<guard::Throttle>,
     /// Where webhooks may deliver, and their rotation overlap.
     pub webhooks: Arc<crate::config::WebhookConfig>,
+    /// This host's gate of the provider budgets (its copy of them, and
+    /// the requests waiting).
+    pub budgets: Arc<crate::budgets::Budgets>,
 }
 
 #[derive(OpenApi)]
@@ -74,6 +78,7 @@ pub struct AppState {
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(
+        (name = "budgets", description = "Provider budgets: a rate every host keeps to a provider's origins, paused by its 429 and Retry-After"),
         (name = "concurrency", description = "Concurrency keys: who holds a key for its whole life, and who waits for it in order"),
         (name = "events", description = "Live events (server-sent events): a saga's steps and status as they change"),
         (name = "plugins", description = "Step plugins: Wasm components implementing wasaga:step/step"),
@@ -183,6 +188,7 @@ impl utoipa::Modify for CommonErrors {
 fn v1(max_component_bytes: usize) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (routes, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(plugins::router(max_component_bytes))
+        .merge(budgets::router())
         .merge(concurrency::router())
         .merge(events::router())
         .merge(grants::router())
@@ -352,6 +358,20 @@ async fn metrics(State(state): State<AppState>, request: Request) -> Response {
     }
     let m = crate::metrics::global();
     m.sagas_in_flight.set(state.runner.active_count() as i64);
+    match state.store.list_budgets().await {
+        Ok(rows) => m.set_budgets_paused(
+            &rows
+                .iter()
+                .map(|(b, _, now)| {
+                    (
+                        b.name.clone(),
+                        b.paused_until.is_some_and(|t| t.millis() * 1000 > *now),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        ),
+        Err(e) => tracing::debug!(error = %e, "reading budgets for /metrics"),
+    }
     match state.store.queued_by_prefix().await {
         Ok(counts) => m.set_concurrency_queued(&counts),
         Err(e) => tracing::debug!(error = %e, "counting queued sagas for /metrics"),

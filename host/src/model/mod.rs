@@ -8,6 +8,7 @@
 //! renamed or removed).
 
 mod access;
+mod budget;
 mod concurrency;
 mod ids;
 mod saga;
@@ -17,6 +18,10 @@ mod webhook;
 
 pub use access::{
     BadOrigin, BadSecretName, Grants, Origin, SealedSecret, SecretInfo, SecretMode, SecretName,
+};
+pub use budget::{
+    Budget, BudgetRequest, BudgetStatus, MAX_BUDGET_NAME, MAX_BUDGET_ORIGINS, interval_us,
+    retry_after,
 };
 pub use concurrency::{
     Arrival, Blocked, ConcurrencyKey, KeyStatus, MAX_KEY_BYTES, MAX_KEYS, OnConflict, Slot,

@@ -140,15 +140,21 @@ pub async fn resolve(store: &dyn Store, reference: &str) -> Result<Option<Plugin
     store.plugin_by_name(reference).await
 }
 
-/// A template name: 1 to 128 letters, digits, `.`, `_` or `-`, starting
-/// with a letter or digit (it is a path segment).
-pub fn check_template_name(name: &str) -> Result<(), PlanError> {
-    let ok = (1..=128).contains(&name.len())
+/// Whether `name` is 1 to `max` letters, digits, `.`, `_` or `-`,
+/// starting with a letter or digit: a name that is a path segment
+/// (templates, budgets).
+pub fn is_segment_name(name: &str, max: usize) -> bool {
+    (1..=max).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A template name: 1 to 128 letters, digits, `.`, `_` or `-`, starting
+/// with a letter or digit (it is a path segment).
+pub fn check_template_name(name: &str) -> Result<(), PlanError> {
+    if is_segment_name(name, 128) {
         Ok(())
     } else {
         Err(PlanError::Invalid(format!(

@@ -17,6 +17,7 @@
 //! ends as a [`StepFailure`] whose message names the limit or the trap; the
 //! host is never the one to panic.
 
+mod budgeted;
 mod cache;
 mod engine;
 pub mod outbound;
@@ -333,6 +334,11 @@ impl PluginHost {
 
     pub fn config(&self) -> &RuntimeConfig {
         &self.inner.config
+    }
+
+    /// Where steps' requests go out (its pools, and the budgets' gate).
+    pub fn outbound(&self) -> &Arc<outbound::Outbound> {
+        &self.inner.outbound
     }
 
     /// The threads that run Wasm, where blocking for a while is expected;

@@ -13,6 +13,7 @@
 //! cannot be left through a `Location` header.
 
 use crate::config::OutboundConfig;
+use crate::model::{Budget, Origin, Timestamp};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper_rustls::HttpsConnector;
@@ -29,11 +30,26 @@ use wasmtime_wasi_http::{Error, WasiBody};
 
 type Pool = Client<HttpsConnector<HttpConnector>, WasiBody>;
 
+/// What stands between a step's request and a provider with a budget
+/// (`crate::budgets` on the database): which budget covers an origin, a
+/// token (waiting for one within a bound), a pause for every host.
+#[async_trait::async_trait]
+pub trait BudgetGate: Send + Sync {
+    /// The budget covering `origin`, if any.
+    async fn covering(&self, origin: &Origin) -> Option<Budget>;
+    /// Takes a token of `budget`, waiting at most `max_wait` for it; how
+    /// long it waited, or why it may not go out.
+    async fn take(&self, budget: &Budget, max_wait: Duration) -> Result<Duration, String>;
+    /// No request to `budget`'s origins before `until`, from any host.
+    async fn pause(&self, budget: &Budget, until: Timestamp);
+}
+
 /// The pools of one host, by plugin name.
 pub struct Outbound {
     config: OutboundConfig,
     tls: rustls::ClientConfig,
     pools: Mutex<HashMap<Arc<str>, Pool>>,
+    budgets: std::sync::OnceLock<Arc<dyn BudgetGate>>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -61,7 +77,19 @@ impl Outbound {
             config,
             tls,
             pools: Mutex::new(HashMap::new()),
+            budgets: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Puts every request to a budgeted origin through `gate` (once, when
+    /// the host starts; later calls are ignored).
+    pub fn set_budgets(&self, gate: Arc<dyn BudgetGate>) {
+        let _ = self.budgets.set(gate);
+    }
+
+    /// The budgets' gate, when this host has one.
+    pub fn budgets(&self) -> Option<Arc<dyn BudgetGate>> {
+        self.budgets.get().cloned()
     }
 
     /// The pool of `plugin` (made on its first request).

@@ -657,7 +657,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpPolicy {
             Origin::of(request.uri()).map_or_else(|| "?".to_string(), |o| o.to_string()),
             request.uri().path()
         );
-        let (mut request, _origin) = match self.admit(request) {
+        let (mut request, origin) = match self.admit(request) {
             Ok(admitted) => admitted,
             Err(why) => {
                 self.note(
@@ -691,10 +691,32 @@ impl wasmtime_wasi_http::WasiHttpHooks for HttpPolicy {
         let plugin = self.plugin.clone();
         let outbound = self.outbound.clone();
         let max_body = self.limits.max_response_bytes;
+        let deadline = self.deadline;
         Box::new(async move {
             use http_body_util::BodyExt;
             let started = Instant::now();
-            let sent = outbound.send(&plugin, request, head, between_bytes).await;
+            let gate = outbound.budgets();
+            let budget = match &gate {
+                Some(gate) => gate.covering(&origin).await,
+                None => None,
+            };
+            let sent = match (&gate, &budget) {
+                (Some(gate), Some(budget)) => {
+                    super::budgeted::Budgeted {
+                        outbound: &outbound,
+                        gate: gate.as_ref(),
+                        budget,
+                        plugin: &plugin,
+                        log: &log,
+                        deadline,
+                        head,
+                        between_bytes,
+                    }
+                    .send(request, &format!("{method} {target}"))
+                    .await
+                }
+                _ => outbound.send(&plugin, request, head, between_bytes).await,
+            };
             let ms = started.elapsed().as_millis();
             let note = |line: String| {
                 log.lock()

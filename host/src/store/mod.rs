@@ -38,6 +38,7 @@ macro_rules! step_on_conflict {
     };
 }
 
+pub mod budgets;
 mod error;
 pub mod postgres;
 mod rows;
@@ -46,6 +47,7 @@ pub mod space;
 pub mod sqlite;
 pub mod webhooks;
 
+pub use budgets::{BudgetStore, PutBudget, Take};
 pub use error::{StoreError, StoreResult, redact_url};
 pub(crate) use rows::*;
 pub use schema::Schema;
@@ -394,7 +396,7 @@ pub enum Health {
 
 /// The persistence the runner and the API need.
 #[async_trait]
-pub trait Store: WebhookStore + Send + Sync + 'static {
+pub trait Store: WebhookStore + BudgetStore + Send + Sync + 'static {
     /// Which database this is ("sqlite", "postgres").
     fn backend(&self) -> &'static str;
 

@@ -34,6 +34,7 @@ macro_rules! json_ledger_values {
 }
 
 mod admin;
+mod budgets;
 mod group;
 mod slots;
 mod transition;

@@ -15,6 +15,7 @@
 //! released at once: a restart after SIGKILL resumes its sagas immediately.
 
 mod admin;
+mod budgets;
 mod catalog;
 mod slots;
 mod transition;

@@ -810,6 +810,11 @@ async fn the_openapi_document_matches_the_router() {
         "GET /webhooks/{id}/deliveries",
         "POST /webhooks/{id}/deliveries/{delivery}/redeliver",
         "GET /concurrency/{key}",
+        "GET /budgets",
+        "GET /budgets/{name}",
+        "PUT /budgets/{name}",
+        "DELETE /budgets/{name}",
+        "POST /budgets/{name}/pause",
     ];
     contract.sort();
     assert_eq!(

@@ -217,3 +217,243 @@ async fn two_hosts_never_let_more_than_the_limit_hold_a_key() {
     first.stop().await.unwrap();
     second.stop().await.unwrap();
 }
+
+/// A provider's API that counts requests (when each arrived, for which
+/// saga) and answers the next ones `429` with a `Retry-After` when told.
+#[derive(Clone)]
+struct Provider {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Instant)>>>,
+    throttle: std::sync::Arc<std::sync::Mutex<Option<(u32, &'static str)>>>,
+}
+
+impl Provider {
+    async fn start() -> Provider {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let provider = Provider {
+            addr: listener.local_addr().unwrap(),
+            seen: Default::default(),
+            throttle: Default::default(),
+        };
+        let state = provider.clone();
+        let app = axum::Router::new().route(
+            "/count",
+            axum::routing::get(
+                move |axum::extract::Query(q): axum::extract::Query<
+                    std::collections::BTreeMap<String, String>,
+                >| {
+                    let state = state.clone();
+                    async move {
+                        let saga = q.get("saga").cloned().unwrap_or_default();
+                        state.seen.lock().unwrap().push((saga, Instant::now()));
+                        let mut throttle = state.throttle.lock().unwrap();
+                        if let Some((left, retry_after)) = throttle.as_mut() {
+                            *left -= 1;
+                            let retry_after = *retry_after;
+                            if *left == 0 {
+                                *throttle = None;
+                            }
+                            return (
+                                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                                [("retry-after", retry_after)],
+                                "slow down".to_string(),
+                            );
+                        }
+                        (
+                            axum::http::StatusCode::OK,
+                            [("x-served", "1")],
+                            "1".to_string(),
+                        )
+                    }
+                },
+            ),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        provider
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn arrivals(&self) -> Vec<(String, Instant)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The next `n` requests are answered 429 with `Retry-After: after`.
+    fn throttle(&self, n: u32, after: &'static str) {
+        *self.throttle.lock().unwrap() = Some((n, after));
+    }
+}
+
+async fn grant_provider(server: &TestServer, provider: &Provider) {
+    let r = server
+        .http
+        .put(server.url("/v1/plugins/counter/grants"))
+        .json(&json!({"http": [provider.url()]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+async fn put_budget(server: &TestServer, name: &str, body: Value) -> (StatusCode, Value) {
+    let r = server
+        .http
+        .put(server.url(&format!("/v1/budgets/{name}")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or_default())
+}
+
+fn provider_saga(provider: &Provider) -> Value {
+    json!({"kind": "call", "steps": ["counter"], "inputs": {"counter_url": provider.url()}})
+}
+
+fn logs(saga: &Value) -> String {
+    saga["steps"][0]["logs"].to_string()
+}
+
+on_both! {
+    a_budget_spaces_requests_and_a_429_pauses_it_without_costing_an_attempt(backend) {
+        let db = TestDb::new(backend).await;
+        let server = TestServer::on(&db, |_| {}).await;
+        let provider = Provider::start().await;
+        server.upload("counter").await;
+        grant_provider(&server, &provider).await;
+
+        // Bad budgets: each names its field; nothing stored.
+        for (body, says) in [
+            (json!({"origins": [provider.url()], "rate": 0}), "rate"),
+            (json!({"origins": ["api.example.com"], "rate": 5}), "origins"),
+            (json!({"origins": [provider.url()], "rate": 5, "per": "soon"}), "per"),
+            (json!({"origins": [provider.url()], "rate": 5, "burst": 0}), "burst"),
+            (json!({"origins": [], "rate": 5}), "origins"),
+            (json!({"origins": [provider.url()], "rate": 5, "ceiling": 1}), "ceiling"),
+        ] {
+            let (status, answer) = put_budget(&server, "provider", body.clone()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+            assert!(answer["error"]["message"].as_str().unwrap().contains(says), "{body}: {answer}");
+        }
+        assert_eq!(server.get_json("/v1/budgets").await["budgets"], json!([]));
+
+        // 5 a second, one at a time: 6 calls span a second at least.
+        let (status, budget) = put_budget(&server, "provider", json!({"origins": [provider.url()], "rate": 5, "per": "1s"})).await;
+        assert_eq!(status, StatusCode::CREATED, "{budget}");
+        let (status, answer) = put_budget(&server, "other", json!({"origins": [provider.url()], "rate": 1})).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains("budget `provider`"), "{answer}");
+
+        let mut ids = Vec::new();
+        for _ in 0..6 {
+            ids.push(started(&server, provider_saga(&provider)).await["id"].as_str().unwrap().to_string());
+        }
+        let mut waited = false;
+        for id in &ids {
+            let saga = wait_status(&server, id, "completed").await;
+            waited |= logs(&saga).contains("ms for budget provider");
+        }
+        assert!(waited, "a request that waited says so in its call's log");
+        let mut arrivals: Vec<Instant> = provider.arrivals().into_iter().map(|(_, at)| at).collect();
+        arrivals.sort();
+        assert_eq!(arrivals.len(), 6);
+        // The k-th request went out no sooner than k intervals after the
+        // first (less a little for the database's round trip).
+        for (k, at) in arrivals.iter().enumerate() {
+            let since = at.duration_since(arrivals[0]);
+            assert!(
+                since + Duration::from_millis(40) >= Duration::from_millis(200) * k as u32,
+                "request {k} went out {since:?} after the first"
+            );
+        }
+
+        // The provider answers 429 (Retry-After: 1) once: the budget is
+        // paused for a second, the host sends the request again after it,
+        // and the step never sees the 429 nor pays an attempt.
+        provider.throttle(1, "1");
+        let id = started(&server, provider_saga(&provider)).await["id"].as_str().unwrap().to_string();
+        let saga = wait_status(&server, &id, "completed").await;
+        assert_eq!(saga["steps"][0]["attempts"], 1, "{saga}");
+        assert!(logs(&saga).contains("-> 429: budget provider paused until"), "{}", logs(&saga));
+        let mine: Vec<Instant> = provider.arrivals().into_iter().filter(|(s, _)| *s == id).map(|(_, at)| at).collect();
+        assert_eq!(mine.len(), 2, "sent once more after the pause");
+        assert!(mine[1].duration_since(mine[0]) + Duration::from_millis(50) >= Duration::from_secs(1));
+        let status = server.get_json("/v1/budgets/provider").await;
+        assert!(status["paused_until"].is_string(), "{status}");
+        assert_eq!(status["rate"], 5);
+        let metrics = server.http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        // (One registry per process: other tests' budgets count there too.)
+        assert!(metrics.contains("wasaga_budget_wait_seconds_count{budget=\"provider\"}"), "{metrics}");
+        assert!(metrics.contains("wasaga_budget_paused{budget=\"provider\"}"), "{metrics}");
+
+        // A provider that keeps answering 429: after 3 retries by the host
+        // the step gets the 429 (and the counter step retries it itself).
+        provider.throttle(4, "0");
+        let id = started(&server, provider_saga(&provider)).await["id"].as_str().unwrap().to_string();
+        let saga = wait_status(&server, &id, "completed").await;
+        assert!(logs(&saga).contains("3 retries by the host spent"), "{}", logs(&saga));
+        assert_eq!(saga["steps"][0]["attempts"], 2, "the step's own retry is an attempt: {saga}");
+
+        // A pause by hand, lifted; a delete.
+        let r = server.http.post(server.url("/v1/budgets/provider/pause")).json(&json!({"until": "2000-01-01T00:00:00Z"})).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = server.http.delete(server.url("/v1/budgets/provider")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let r = server.http.delete(server.url("/v1/budgets/provider")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        server.stop().await.unwrap();
+    }
+}
+
+/// A 429 seen by one host pauses the budget for the other: on PostgreSQL
+/// two hosts share the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_on_one_host_holds_back_the_other() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let first = TestServer::on(&db, |_| {}).await;
+    let second = TestServer::on(&db, |o| {
+        o.runtime.outbound.budgets_refresh = Duration::from_millis(100)
+    })
+    .await;
+    let provider = Provider::start().await;
+    first.upload("counter").await;
+    grant_provider(&first, &provider).await;
+    let (status, body) = put_budget(
+        &first,
+        "provider",
+        json!({"origins": [provider.url()], "rate": 100, "burst": 10}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    provider.throttle(1, "2");
+    let throttled = started(&first, provider_saga(&provider)).await;
+    // Wait until the 429 was answered, then start on the other host.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while provider.arrivals().is_empty() {
+        assert!(Instant::now() < deadline, "no request came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pushed_back = provider.arrivals()[0].1;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other = started(&second, provider_saga(&provider)).await;
+    for saga in [&throttled, &other] {
+        wait_status(&first, saga["id"].as_str().unwrap(), "completed").await;
+    }
+    let other_id = other["id"].as_str().unwrap();
+    let other_at = provider
+        .arrivals()
+        .into_iter()
+        .find(|(s, _)| s == other_id)
+        .unwrap()
+        .1;
+    assert!(
+        other_at.duration_since(pushed_back) + Duration::from_millis(50) >= Duration::from_secs(2),
+        "the other host's request went out {:?} after the 429 (Retry-After: 2)",
+        other_at.duration_since(pushed_back)
+    );
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+}

@@ -118,7 +118,7 @@ impl Runner {
             };
             super::stamp_outbox(&detail.saga, &mut t);
             match store.apply(t.clone()).await {
-                Ok(Applied::Done { version }) => {
+                Ok(Applied::Done { version, .. }) => {
                     let mut saga = detail.saga;
                     t.apply_to_saga(&mut saga, version);
                     self.written(&saga, &t);

@@ -310,7 +310,12 @@ impl Driver<'_> {
             };
             super::stamp_outbox(&self.saga, &mut t);
             match self.apply(t.clone()).await? {
-                Applied::Done { version } => {
+                Applied::Done { version, woke } => {
+                    if woke {
+                        // Sagas queued on its keys are claimable now (on
+                        // PostgreSQL every host also hears it).
+                        self.runner.wake();
+                    }
                     t.apply_to(&mut self.saga, &mut self.ledger, version);
                     let marked = self.marked.as_ref().map(|m| m.index);
                     if t.steps

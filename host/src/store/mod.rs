@@ -356,7 +356,11 @@ impl Transition {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// Written; the saga is now at this version.
-    Done { version: u64 },
+    Done {
+        version: u64,
+        /// Ending it made sagas queued on its concurrency keys claimable.
+        woke: bool,
+    },
     /// Not written: the saga changed since the writer read it (a request,
     /// another writer). Read it again and decide again.
     Stale,

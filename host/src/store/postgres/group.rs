@@ -257,6 +257,7 @@ async fn apply_together(
             None => Err(StoreError::LeaseLost(t.saga_id)),
             Some((_, _, Some(version))) => Ok(Applied::Done {
                 version: *version as u64,
+                woke: false,
             }),
             Some((owner, epoch, None)) => match &t.fence {
                 Fence::Lease {

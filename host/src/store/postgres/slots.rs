@@ -95,12 +95,13 @@ pub(super) async fn insert(
 
 /// Gives up an ending saga's slots (its keys locked already) and makes the
 /// sagas at the head of each key's queue claimable (as many as the key's
-/// limit: each decides for itself when claimed), telling every host.
+/// limit: each decides for itself when claimed), telling every host;
+/// whether it made any claimable.
 pub(super) async fn release(
     tx: &mut Transaction<'static, Postgres>,
     saga_id: &str,
     now: Timestamp,
-) -> StoreResult<()> {
+) -> StoreResult<bool> {
     let woken: Option<i64> = sqlx::query_scalar(&format!(
         "WITH released AS (
              UPDATE concurrency_slots SET state = 'released', since = $2
@@ -122,12 +123,13 @@ pub(super) async fn release(
     .bind(now.millis())
     .fetch_optional(&mut **tx)
     .await?;
-    if woken.unwrap_or(0) > 0 {
+    let woke = woken.unwrap_or(0) > 0;
+    if woke {
         sqlx::query("SELECT pg_notify('wasaga_work', '')")
             .execute(&mut **tx)
             .await?;
     }
-    Ok(())
+    Ok(woke)
 }
 
 /// [`Store::admit_saga`].

@@ -171,12 +171,11 @@ pub(super) async fn apply_transition(
             }
         }
     }
-    if t.release_slots {
-        super::slots::release(tx, &id, t.now).await?;
-    }
+    let woke = t.release_slots && super::slots::release(tx, &id, t.now).await?;
     webhooks::write_outbox(tx, &t.outbox, t.now).await?;
     Ok(Applied::Done {
         version: version as u64,
+        woke,
     })
 }
 

@@ -63,8 +63,8 @@ pub(super) fn insert(conn: &Connection, saga: &SagaRun, state: SlotState) -> Sto
 
 /// Gives up an ending saga's slots and makes the sagas at the head of
 /// each key's queue claimable (as many as the key's limit: each decides
-/// for itself when claimed).
-pub(super) fn release(conn: &Connection, saga_id: &str, now: Timestamp) -> StoreResult<()> {
+/// for itself when claimed); whether it made any claimable.
+pub(super) fn release(conn: &Connection, saga_id: &str, now: Timestamp) -> StoreResult<bool> {
     let released: Vec<(String, i64)> = conn
         .prepare_cached(
             "UPDATE concurrency_slots SET state = 'released', since = ?
@@ -80,10 +80,11 @@ pub(super) fn release(conn: &Connection, saga_id: &str, now: Timestamp) -> Store
              SELECT saga_id FROM concurrency_slots WHERE key = ? AND state = 'queued'
              ORDER BY seq LIMIT ?)",
     )?;
+    let mut woken = 0;
     for (key, limit) in released {
-        wake.execute(params![now.millis(), key, limit])?;
+        woken += wake.execute(params![now.millis(), key, limit])?;
     }
-    Ok(())
+    Ok(woken > 0)
 }
 
 /// [`Store::admit_saga`] on the writer.

@@ -204,12 +204,11 @@ pub(super) fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult
             }
         }
     }
-    if t.release_slots {
-        super::slots::release(conn, &id, t.now)?;
-    }
+    let woke = t.release_slots && super::slots::release(conn, &id, t.now)?;
     webhooks::write_outbox(conn, &t.outbox, t.now)?;
     Ok(Applied::Done {
         version: version as u64,
+        woke,
     })
 }
 

@@ -150,4 +150,29 @@ pub(super) async fn resources_page(
     .into_response()
 }
 
+pub(super) async fn budgets_page(State(state): State<AppState>, v: Viewer) -> Response {
+    let budgets = state.store.list_budgets().await.unwrap_or_default();
+    page(
+        Some(&v),
+        "/ui/budgets",
+        "Budgets",
+        html! {
+            h1 { "Provider budgets" }
+            p.muted { "The rate every host keeps to a provider's origins; a 429 or Retry-After pauses a budget for every host. Put one with `PUT /v1/budgets/NAME`." }
+            @if budgets.is_empty() { p.muted { "No budgets: steps' requests go out unmetered." } }
+            table #budgets { thead { tr { th { "Name" } th { "Origins" } th { "Rate" } th { "Burst" } th { "Tokens now" } th { "Paused until" } th { "Waiting here" } } }
+                tbody { @for (b, tat, now) in &budgets { tr {
+                    td { (b.name) }
+                    td.mono { (json(&b.origins)) }
+                    td { (b.rate) " per " (b.per) }
+                    td { (b.burst) }
+                    td { (b.tokens(*tat, *now)) }
+                    td { @match b.paused_until.filter(|t| t.millis() * 1000 > *now) { Some(t) => { (t) }, None => { "" } } }
+                    td { (state.budgets.waiting(&b.name)) }
+                } } } }
+        },
+    )
+    .into_response()
+}
+
 // ---- login

@@ -60,6 +60,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/templates", get(templates_page))
         .route("/ui/secrets", get(secrets_page))
         .route("/ui/resources", get(resources_page))
+        .route("/ui/budgets", get(budgets_page))
         .route("/ui/login", get(login_page).post(login))
         .route("/ui/logout", post(logout))
         .route("/ui/assets/console.js", get(script))
@@ -127,6 +128,7 @@ fn page(viewer: Option<&Viewer>, here: &str, title: &str, body: Markup) -> Marku
         ("/ui/plugins", "Plugins"),
         ("/ui/templates", "Templates"),
         ("/ui/resources", "Resources"),
+        ("/ui/budgets", "Budgets"),
         ("/ui/secrets", "Secrets"),
     ];
     html! {

@@ -95,6 +95,8 @@ on_both! {
         assert!(metrics.contains("wasaga_concurrency_queued{key_prefix=\"droplet\"} 2"), "{metrics}");
         let page = server.get_json(&format!("/v1/sagas/{}", b["id"].as_str().unwrap())).await;
         assert_eq!(page["slots"][0]["state"], "queued", "{page}");
+        let html = server.http.get(server.url(&format!("/ui/sagas/{}", b["id"].as_str().unwrap()))).send().await.unwrap().text().await.unwrap();
+        assert!(html.contains("Concurrency keys") && html.contains("droplet:7") && html.contains("waits for it"), "{html}");
 
         // A queued saga cancelled ends at once, with nothing to undo.
         let c_id = c["id"].as_str().unwrap();
@@ -383,6 +385,8 @@ on_both! {
         assert!(mine[1].duration_since(mine[0]) + Duration::from_millis(50) >= Duration::from_secs(1));
         let status = server.get_json("/v1/budgets/provider").await;
         assert!(status["paused_until"].is_string(), "{status}");
+        let html = server.http.get(server.url("/ui/budgets")).send().await.unwrap().text().await.unwrap();
+        assert!(html.contains("Provider budgets") && html.contains(&provider.url()) && html.contains("5 per 1s"), "{html}");
         assert_eq!(status["rate"], 5);
         let metrics = server.http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
         // (One registry per process: other tests' budgets count there too.)

@@ -1,10 +1,12 @@
 //! Flow control's figures (docs/flow-control.md): what a concurrency key
-//! costs a saga with no contention, and how close sagas serialized on
-//! shared keys come to the ideal (one after another per key, keys side by
-//! side), with the ledger's call times checked for overlap.
+//! costs a saga with no contention, how close sagas serialized on shared
+//! keys come to the ideal (one after another per key, keys side by side),
+//! with the ledger's call times checked for overlap; and a provider budget
+//! shared by two hosts on PostgreSQL, counted at the provider.
 
 use super::*;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// `--only keys`.
 pub(crate) async fn concurrency_keys(report: &mut Report, quick: bool) -> Result<()> {
@@ -126,6 +128,154 @@ async fn serialized(report: &mut Report, quick: bool) -> Result<()> {
         format!("{} ideal", ms(ideal)),
         format!("{:.2}×", took.as_secs_f64() / ideal.as_secs_f64()),
         "within 10 % of the ideal",
+    );
+    Ok(())
+}
+
+/// A provider's API that notes when each request arrived and answers the
+/// next one `429 Retry-After: 2` when told.
+#[derive(Clone, Default)]
+struct Provider {
+    arrivals: Arc<std::sync::Mutex<Vec<Instant>>>,
+    throttled: Arc<std::sync::Mutex<Option<Instant>>>,
+    throttle_next: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Provider {
+    async fn start(self) -> Result<String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let app = axum::Router::new().route(
+            "/count",
+            axum::routing::get(move || {
+                let state = self.clone();
+                async move {
+                    let now = Instant::now();
+                    state.arrivals.lock().unwrap().push(now);
+                    if state
+                        .throttle_next
+                        .swap(false, std::sync::atomic::Ordering::SeqCst)
+                    {
+                        *state.throttled.lock().unwrap() = Some(now);
+                        return (
+                            axum::http::StatusCode::TOO_MANY_REQUESTS,
+                            [("retry-after", "2")],
+                            "",
+                        );
+                    }
+                    (axum::http::StatusCode::OK, [("x-served", "1")], "1")
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(url)
+    }
+}
+
+/// `--only budgets`: a budget of 50 requests/s (burst 10) shared by 2
+/// hosts on one PostgreSQL database, sagas of one request each started on
+/// both; the provider answers one `429 Retry-After: 2` halfway. Counted
+/// at the provider: the most requests in any 1 s window, and the requests
+/// within 2 s after the 429.
+pub(crate) async fn shared_budget(report: &mut Report, quick: bool) -> Result<()> {
+    report.measured_by(format!("{BENCH} --only budgets"));
+    const RATE: usize = 50;
+    const BURST: usize = 10;
+    let sagas = if quick { 100 } else { 500 };
+    let db = wasaga_tests::TestDb::new(wasaga_tests::Backend::Postgres).await;
+    let start_host = || {
+        let url = db.url.clone();
+        LocalHost::start(move |o| {
+            o.database_url = Some(url);
+            o.runner.concurrency = 64;
+            o.runtime.max_instances = 64;
+        })
+    };
+    let hosts = [start_host().await?, start_host().await?];
+    let provider = Provider::default();
+    let origin = provider.clone().start().await?;
+    let http = wasaga_tests::Http::new();
+    let base = &hosts[0].base;
+    let r = http
+        .post(format!("{base}/v1/plugins"))
+        .body(wasaga_tests::component("counter"))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("uploading counter: {}", r.status());
+    }
+    for (path, body) in [
+        ("plugins/counter/grants", json!({"http": [origin]})),
+        (
+            "budgets/provider",
+            json!({"origins": [origin], "rate": RATE, "per": "1s", "burst": BURST}),
+        ),
+    ] {
+        let r = http
+            .put(format!("{base}/v1/{path}"))
+            .json(&body)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("PUT {path}: {}", r.status());
+        }
+    }
+    let mut ids = Vec::with_capacity(sagas);
+    for i in 0..sagas {
+        let body =
+            json!({"kind": "budgeted", "steps": ["counter"], "inputs": {"counter_url": origin}});
+        ids.push(hosts[i % 2].start_body(&body).await?);
+    }
+    // Halfway through the requests, the provider pushes back once.
+    while provider.arrivals.lock().unwrap().len() < sagas / 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    provider
+        .throttle_next
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for id in &ids {
+        wait_completed(&hosts[0], id).await?;
+    }
+    for host in hosts {
+        host.host.shutdown().await;
+    }
+    let mut arrivals = provider.arrivals.lock().unwrap().clone();
+    arrivals.sort();
+    let most = arrivals
+        .iter()
+        .enumerate()
+        .map(|(i, at)| {
+            arrivals[i..]
+                .iter()
+                .take_while(|later| later.duration_since(*at) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    let throttled = provider
+        .throttled
+        .lock()
+        .unwrap()
+        .context("the 429 was never sent")?;
+    let during_pause = arrivals
+        .iter()
+        .filter(|at| **at > throttled && at.duration_since(throttled) < Duration::from_secs(2))
+        .count();
+    report.add(
+        "provider budgets",
+        format!("{sagas} sagas of one request, 2 hosts on PostgreSQL, budget 50/s burst 10: most requests in any 1 s window at the provider"),
+        most.to_string(),
+        format!("{} allowed", RATE + BURST),
+        format!("{:.2}", most as f64 / (RATE + BURST) as f64),
+        "≤ rate + burst",
+    );
+    report.add(
+        "provider budgets",
+        "requests reaching the provider within 2 s after its 429 Retry-After: 2",
+        during_pause.to_string(),
+        "0 allowed".into(),
+        String::new(),
+        "0",
     );
     Ok(())
 }

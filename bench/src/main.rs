@@ -170,6 +170,9 @@ async fn main() -> Result<()> {
     if wanted("keys") {
         flow::concurrency_keys(&mut report, args.quick).await?;
     }
+    if wanted("budgets") {
+        flow::shared_budget(&mut report, args.quick).await?;
+    }
     if wanted("memory") {
         match &args.wasaga_bin {
             Some(bin) => memory(&mut report, args.quick, bin).await?,

@@ -92,17 +92,44 @@ impl BudgetGate for Budgets {
     }
 
     async fn take(&self, budget: &Budget, max_wait: Duration) -> Result<Duration, String> {
+        let began = Instant::now();
+        loop {
+            let left = max_wait.saturating_sub(began.elapsed());
+            let wait = self.take_once(budget, left).await?;
+            if wait.is_zero() {
+                return Ok(began.elapsed());
+            }
+            self.count_waiting(&budget.name, 1);
+            tokio::time::sleep(wait).await;
+            self.count_waiting(&budget.name, -1);
+            // A pause set while this request slept (a 429 on any host)
+            // holds it back too: its slot was taken before the pause, so
+            // it takes another, which waits the pause out.
+            match self.store.budget_paused_until(&budget.name).await {
+                Ok(Some(until)) if until > Timestamp::now() => continue,
+                Ok(_) => return Ok(began.elapsed()),
+                Err(e) => {
+                    tracing::warn!(error = %e, budget = %budget.name, "reading a budget's pause");
+                    return Ok(began.elapsed());
+                }
+            }
+        }
+    }
+
+    async fn pause(&self, budget: &Budget, until: Timestamp) {
+        if let Err(e) = self.store.pause_budget(&budget.name, until, true).await {
+            tracing::warn!(error = %e, budget = %budget.name, "pausing a budget");
+        }
+    }
+}
+
+impl Budgets {
+    /// Takes one token of `budget` within `max_wait`: how long to wait for
+    /// its slot.
+    async fn take_once(&self, budget: &Budget, max_wait: Duration) -> Result<Duration, String> {
         let max_us = max_wait.as_micros().min(i64::MAX as u128) as i64;
         match self.store.take_budget(&budget.name, max_us).await {
-            Ok(Take::Granted { wait_us }) => {
-                let wait = Duration::from_micros(wait_us.max(0) as u64);
-                if !wait.is_zero() {
-                    self.count_waiting(&budget.name, 1);
-                    tokio::time::sleep(wait).await;
-                    self.count_waiting(&budget.name, -1);
-                }
-                Ok(wait)
-            }
+            Ok(Take::Granted { wait_us }) => Ok(Duration::from_micros(wait_us.max(0) as u64)),
             Ok(Take::TooLong { wait_us }) => Err(format!(
                 "budget {} has no token within the call's deadline (the next in {} ms)",
                 budget.name,
@@ -120,12 +147,6 @@ impl BudgetGate for Budgets {
                     budget.name
                 ))
             }
-        }
-    }
-
-    async fn pause(&self, budget: &Budget, until: Timestamp) {
-        if let Err(e) = self.store.pause_budget(&budget.name, until, true).await {
-            tracing::warn!(error = %e, budget = %budget.name, "pausing a budget");
         }
     }
 }

@@ -46,6 +46,9 @@ pub trait BudgetStore: Send + Sync {
     async fn delete_budget(&self, name: &str) -> StoreResult<bool>;
     /// Takes a token of `name` if one comes within `max_wait_us`.
     async fn take_budget(&self, name: &str, max_wait_us: i64) -> StoreResult<Take>;
+    /// Until when `name` is paused (`None`: not paused, or no such
+    /// budget).
+    async fn budget_paused_until(&self, name: &str) -> StoreResult<Option<Timestamp>>;
     /// No token of `name` before `until`; `extend_only` (a provider's
     /// `Retry-After`) never shortens a pause already set. False when there
     /// is no such budget.

@@ -129,6 +129,15 @@ impl BudgetStore for PgStore {
         Ok(needed.map_or(Take::Gone, |wait_us| Take::TooLong { wait_us }))
     }
 
+    async fn budget_paused_until(&self, name: &str) -> StoreResult<Option<Timestamp>> {
+        let until: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT paused_until FROM budgets WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(until.flatten().map(Timestamp))
+    }
+
     async fn pause_budget(
         &self,
         name: &str,

@@ -133,6 +133,15 @@ impl BudgetStore for SqliteStore {
             .await
     }
 
+    async fn budget_paused_until(&self, name: &str) -> StoreResult<Option<Timestamp>> {
+        let until: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT paused_until FROM budgets WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.reads)
+                .await?;
+        Ok(until.flatten().map(Timestamp))
+    }
+
     async fn pause_budget(
         &self,
         name: &str,

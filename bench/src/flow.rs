@@ -6,7 +6,6 @@
 
 use super::*;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// `--only keys`.
 pub(crate) async fn concurrency_keys(report: &mut Report, quick: bool) -> Result<()> {
@@ -132,46 +131,6 @@ async fn serialized(report: &mut Report, quick: bool) -> Result<()> {
     Ok(())
 }
 
-/// A provider's API that notes when each request arrived and answers the
-/// next one `429 Retry-After: 2` when told.
-#[derive(Clone, Default)]
-struct Provider {
-    arrivals: Arc<std::sync::Mutex<Vec<Instant>>>,
-    throttled: Arc<std::sync::Mutex<Option<Instant>>>,
-    throttle_next: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Provider {
-    async fn start(self) -> Result<String> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let app = axum::Router::new().route(
-            "/count",
-            axum::routing::get(move || {
-                let state = self.clone();
-                async move {
-                    let now = Instant::now();
-                    state.arrivals.lock().unwrap().push(now);
-                    if state
-                        .throttle_next
-                        .swap(false, std::sync::atomic::Ordering::SeqCst)
-                    {
-                        *state.throttled.lock().unwrap() = Some(now);
-                        return (
-                            axum::http::StatusCode::TOO_MANY_REQUESTS,
-                            [("retry-after", "2")],
-                            "",
-                        );
-                    }
-                    (axum::http::StatusCode::OK, [("x-served", "1")], "1")
-                }
-            }),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(url)
-    }
-}
-
 /// `--only budgets`: a budget of 50 requests/s (burst 10) shared by 2
 /// hosts on one PostgreSQL database, sagas of one request each started on
 /// both; the provider answers one `429 Retry-After: 2` halfway. Counted
@@ -192,8 +151,8 @@ pub(crate) async fn shared_budget(report: &mut Report, quick: bool) -> Result<()
         })
     };
     let hosts = [start_host().await?, start_host().await?];
-    let provider = Provider::default();
-    let origin = provider.clone().start().await?;
+    let provider = wasaga_tests::Provider::start().await;
+    let origin = provider.url();
     let http = wasaga_tests::Http::new();
     let base = &hosts[0].base;
     let r = http
@@ -227,19 +186,17 @@ pub(crate) async fn shared_budget(report: &mut Report, quick: bool) -> Result<()
         ids.push(hosts[i % 2].start_body(&body).await?);
     }
     // Halfway through the requests, the provider pushes back once.
-    while provider.arrivals.lock().unwrap().len() < sagas / 2 {
+    while provider.arrivals().len() < sagas / 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    provider
-        .throttle_next
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    provider.throttle(1, "2");
     for id in &ids {
         wait_completed(&hosts[0], id).await?;
     }
     for host in hosts {
         host.host.shutdown().await;
     }
-    let mut arrivals = provider.arrivals.lock().unwrap().clone();
+    let mut arrivals: Vec<Instant> = provider.arrivals().into_iter().map(|(_, at)| at).collect();
     arrivals.sort();
     let most = arrivals
         .iter()
@@ -252,11 +209,7 @@ pub(crate) async fn shared_budget(report: &mut Report, quick: bool) -> Result<()
         })
         .max()
         .unwrap_or(0);
-    let throttled = provider
-        .throttled
-        .lock()
-        .unwrap()
-        .context("the 429 was never sent")?;
+    let throttled = provider.first_429().context("the 429 was never sent")?;
     let during_pause = arrivals
         .iter()
         .filter(|at| **at > throttled && at.duration_since(throttled) < Duration::from_secs(2))

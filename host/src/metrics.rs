@@ -136,7 +136,9 @@ fn call_histogram() -> Histogram {
     Histogram::new(CALL_BUCKETS)
 }
 
-type CallHistograms = Family<PhaseLabels, Histogram, fn() -> Histogram>;
+/// Histograms by a label set, with the call buckets.
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+type CallHistograms = Histograms<PhaseLabels>;
 
 /// Every series.
 pub struct Metrics {
@@ -152,11 +154,9 @@ pub struct Metrics {
     pub lease_takeovers: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
     pub concurrency_queued: Family<KeyPrefixLabel, Gauge>,
-    pub budget_wait: CallHistogramsBy<BudgetLabel>,
+    pub budget_wait: Histograms<BudgetLabel>,
     pub budget_paused: Family<BudgetLabel, Gauge>,
 }
-
-type CallHistogramsBy<L> = Family<L, Histogram, fn() -> Histogram>;
 
 impl Metrics {
     fn new() -> Metrics {

@@ -15,9 +15,11 @@
 
 mod cloud;
 mod http;
+mod provider;
 
 pub use cloud::Cloud;
 pub use http::{Contract, Http};
+pub use provider::Provider;
 
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;

@@ -118,7 +118,11 @@ impl Runner {
             };
             super::stamp_outbox(&detail.saga, &mut t);
             match store.apply(t.clone()).await {
-                Ok(Applied::Done { version, .. }) => {
+                Ok(Applied::Done { version, woke, .. }) => {
+                    if woke {
+                        // A queued saga cancelled let the next ones in.
+                        self.wake();
+                    }
                     let mut saga = detail.saga;
                     t.apply_to_saga(&mut saga, version);
                     self.written(&saga, &t);

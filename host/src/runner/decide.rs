@@ -465,6 +465,32 @@ impl View<'_> {
     }
 }
 
+/// What a saga that a release admitted and claimed for this host
+/// becomes in that same transaction ([`crate::store::TakeOver::mark`]):
+/// `running`, with its first step marked for `owner`, when that step is
+/// what it does next; else nothing (a cancel or a pause is recorded, or
+/// it has begun before), and its driver decides.
+pub(super) fn handoff_mark(
+    saga: &SagaRun,
+    ledger: &[StepResult],
+    owner: &str,
+    now: Timestamp,
+) -> Option<(SagaStatus, StepResult)> {
+    let ledger: Ledger = ledger.iter().map(|r| (r.index, r.clone())).collect();
+    let view = View {
+        saga,
+        ledger: &ledger,
+        slots_held: true,
+    };
+    match view.next(now, saga.cancel_requested) {
+        Next::Call {
+            index: 0,
+            phase: Phase::Execute,
+        } if ledger.is_empty() => Some((SagaStatus::Running, first_mark(saga, owner, now))),
+        _ => None,
+    }
+}
+
 /// The first step's running mark, for a saga started by this host.
 pub(super) fn first_mark(saga: &SagaRun, owner: &str, now: Timestamp) -> StepResult {
     fresh_mark(&saga.plan[0], 0, owner, now)
@@ -683,6 +709,28 @@ mod tests {
             Next::Pause,
             "a queued saga may be paused"
         );
+    }
+
+    #[test]
+    fn a_saga_handed_a_key_begins_its_first_step_in_that_commit_unless_told_otherwise() {
+        let mut s = saga(2);
+        let (status, row) = handoff_mark(&s, &[], "host-b", NOW).expect("marked");
+        assert_eq!(status, SagaStatus::Running);
+        assert_eq!(
+            (row.index, row.attempts, row.status),
+            (0, 1, StepStatus::Running)
+        );
+        assert_eq!(row.executed_by.as_deref(), Some("host-b"));
+        assert_eq!(
+            handoff_mark(&s, std::slice::from_ref(&row), "host-b", NOW),
+            None,
+            "a saga that has begun is left to its driver"
+        );
+        s.pause_requested = true;
+        assert_eq!(handoff_mark(&s, &[], "host-b", NOW), None, "paused in line");
+        s.pause_requested = false;
+        s.cancel_requested = true;
+        assert_eq!(handoff_mark(&s, &[], "host-b", NOW), None, "cancelled");
     }
 
     #[test]

@@ -44,9 +44,9 @@ pub use start::StartError;
 use crate::config::{RetryPolicy, RunnerConfig};
 use crate::events::EventHub;
 use crate::grants::AccessBook;
-use crate::model::{SagaId, SagaRun, SagaStatus, StepStatus, Timestamp};
+use crate::model::{Phase, SagaId, SagaRun, SagaStatus, StepStatus, Timestamp};
 use crate::plugin::PluginHost;
-use crate::store::{ClaimedSaga, Lease, Notice, Store, Transition};
+use crate::store::{ClaimedSaga, Lease, Notice, Store, Taken, Transition};
 use crate::telemetry::Telemetry;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -523,16 +523,27 @@ impl Runner {
         };
         let runner = self.clone();
         let driver = async move {
+            let mut successor = None;
             match saga::drive(&runner, claim, &active, marked).await {
-                saga::Ended::Final(status) => {
+                saga::Ended::Final(status, next) => {
                     let _ = runner.inner.events.send(SagaEnded { id, status });
+                    successor = next;
                 }
                 saga::Ended::Parked(Some(at)) => runner.wake_at(at),
                 saga::Ended::Parked(None) | saga::Ended::Halted => {}
             }
             runner.inner.active.lock().expect("active lock").remove(&id);
-            drop(permit);
-            runner.slot_freed();
+            match successor {
+                // Its keys' next saga, claimed in its last commit, drives
+                // on in its slot.
+                Some(next) => {
+                    runner.drive_taken(*next, permit);
+                }
+                None => {
+                    drop(permit);
+                    runner.slot_freed();
+                }
+            }
         };
         // On the Wasm threads where there are some: the saga's calls then
         // run in place, and its commits may too.
@@ -541,6 +552,20 @@ impl Runner {
             None => inner.drivers.spawn(driver),
         };
         true
+    }
+
+    /// Drives a saga that a release admitted and claimed for this host
+    /// ([`crate::store::TakeOver`]), from the step marked for it there.
+    fn drive_taken(&self, taken: Taken, permit: OwnedSemaphorePermit) {
+        let marked = taken.marked.then_some(saga::Marked {
+            index: 0,
+            phase: Phase::Execute,
+            previous: None,
+        });
+        self.inner
+            .hub
+            .publish(&taken.claim.saga, taken.marked, &taken.claim.ledger);
+        self.drive(taken.claim, permit, marked);
     }
 
     async fn renew_loop(&self) {

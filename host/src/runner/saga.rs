@@ -44,7 +44,9 @@ use super::decide::{self, Ledger, Next, Stop, View, attempts, end_saga, outcome_
 use super::{ActiveSaga, Runner};
 use crate::model::{Phase, SagaRun, SagaStatus, StepResult, StepSpec, StepStatus, Timestamp};
 use crate::plugin::{CallOutcome, Contract, Plugin, Progress, StepCall, StepFailure};
-use crate::store::{Admission, Applied, ClaimedSaga, Fence, StoreError, Transition};
+use crate::store::{
+    Admission, Applied, ClaimedSaga, Fence, StoreError, TakeOver, Taken, Transition,
+};
 use crate::telemetry::{CallInfo, CallSpan};
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -63,8 +65,9 @@ pub(super) struct Marked {
 
 /// How driving a saga ended on this host.
 pub(super) enum Ended {
-    /// It reached a final status.
-    Final(SagaStatus),
+    /// It reached a final status; its release may have handed its keys
+    /// to a saga claimed for this host, which takes over its driving slot.
+    Final(SagaStatus, Option<Box<Taken>>),
     /// It waits (ready again at that time) or was paused (ready when
     /// resumed); its lease is released.
     Parked(Option<Timestamp>),
@@ -107,15 +110,16 @@ pub(super) async fn drive(
         runner,
         active,
         ledger: claim.ledger.into_iter().map(|r| (r.index, r)).collect(),
-        slots_held: claim.saga.concurrency.is_empty() || claim.saga.status != SagaStatus::Pending,
+        slots_held: claim.slots_held,
         saga: claim.saga,
         marked,
+        successor: None,
     };
     let outcome = driver.run().instrument(span.clone()).await;
     let _enter = span.enter();
     match outcome {
         Ok(ended) => {
-            if let Ended::Final(status) = &ended {
+            if let Ended::Final(status, _) = &ended {
                 tracing::info!(%status, "saga ended");
             }
             return ended;
@@ -140,6 +144,9 @@ struct Driver<'a> {
     marked: Option<Marked>,
     /// The saga holds its concurrency slots (see [`View::slots_held`]).
     slots_held: bool,
+    /// A saga its release admitted and claimed for this host, to be driven
+    /// in this saga's slot once it has ended.
+    successor: Option<Taken>,
 }
 
 impl Driver<'_> {
@@ -148,7 +155,9 @@ impl Driver<'_> {
     async fn run(&mut self) -> Result<Ended, Halt> {
         loop {
             let flow = match self.view().next(self.now(), self.cancel_seen()) {
-                Next::Ended(status) => return Ok(Ended::Final(status)),
+                Next::Ended(status) => {
+                    return Ok(Ended::Final(status, self.successor.take().map(Box::new)));
+                }
                 Next::Cancel => self.stop_forward(Stop::Cancelled, None).await?,
                 Next::Complete => self.complete_saga().await?,
                 Next::Pause => self.park_paused().await?,
@@ -309,12 +318,36 @@ impl Driver<'_> {
                 return Ok(None);
             };
             super::stamp_outbox(&self.saga, &mut t);
+            // The sagas its release admits are driven here at once (a
+            // handoff with no claim round): one in this saga's own slot,
+            // which it gives up as it ends, others (a saga with several
+            // keys may let several in) in slots free now.
+            let mut permits = Vec::new();
+            if t.release_slots && !self.draining() {
+                permits = (1..self.saga.concurrency.len())
+                    .map_while(|_| self.runner.inner.slots.clone().try_acquire_owned().ok())
+                    .collect();
+                t.take_over = Some(TakeOver {
+                    lease: self.runner.lease(),
+                    max: 1 + permits.len(),
+                    mark: decide::handoff_mark,
+                });
+            }
             match self.apply(t.clone()).await? {
-                Applied::Done { version, woke } => {
+                Applied::Done {
+                    version,
+                    woke,
+                    taken,
+                } => {
                     if woke {
                         // Sagas queued on its keys are claimable now (on
                         // PostgreSQL every host also hears it).
                         self.runner.wake();
+                    }
+                    let mut taken = taken.into_iter();
+                    self.successor = taken.next();
+                    for (taken, permit) in taken.zip(permits) {
+                        self.runner.drive_taken(taken, permit);
                     }
                     t.apply_to(&mut self.saga, &mut self.ledger, version);
                     let marked = self.marked.as_ref().map(|m| m.index);

@@ -200,6 +200,9 @@ pub struct ClaimedSaga {
     pub ledger: Vec<StepResult>,
     /// The lease's fencing number: every write of this claim carries it.
     pub epoch: u64,
+    /// It holds every concurrency slot it asked for (or asked for none):
+    /// no admission is owed before its first step.
+    pub slots_held: bool,
 }
 
 /// Who claims sagas, and for how long.
@@ -276,9 +279,14 @@ pub struct Transition {
     pub removed_resources: Vec<u32>,
     /// Give up the lease (the saga ended, waits or is paused).
     pub release_lease: bool,
-    /// Give up its concurrency slots (the saga ended), and make the next
-    /// sagas queued on those keys claimable.
+    /// Give up its concurrency slots (the saga ended), and admit the
+    /// sagas queued next on those keys that now fit.
     pub release_slots: bool,
+    /// With `release_slots`: claim up to this many of the sagas the release
+    /// admits for the writer, in the same transaction, so it drives them
+    /// at once (a handoff with no claim round and no poll); the others are
+    /// made claimable for any host.
+    pub take_over: Option<TakeOver>,
     pub pins: Pins,
     /// Webhook events this change causes, written to the outbox in the
     /// same transaction (one delivery per subscribed endpoint).
@@ -299,6 +307,7 @@ impl Transition {
             removed_resources: Vec::new(),
             release_lease: false,
             release_slots: false,
+            take_over: None,
             pins: Pins::Keep,
             outbox: Vec::new(),
         }
@@ -352,14 +361,73 @@ impl Transition {
     }
 }
 
+/// Sagas a release may claim for its writer (see
+/// [`Transition::take_over`]).
+#[derive(Debug, Clone)]
+pub struct TakeOver {
+    pub lease: Lease,
+    pub max: usize,
+    /// What a saga claimed so becomes at once, decided by the runner
+    /// from the saga and its ledger as claimed (with the lease's owner and
+    /// time): its new status and its first step's running mark, written
+    /// in the same transaction; `None` leaves it as it is.
+    pub mark: HandoffMark,
+}
+
+/// See [`TakeOver::mark`].
+pub type HandoffMark =
+    fn(&SagaRun, &[StepResult], &str, Timestamp) -> Option<(SagaStatus, StepResult)>;
+
+/// A saga a release admitted and claimed for its writer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Taken {
+    pub claim: ClaimedSaga,
+    /// Its first step was marked running for the writer, which owes that
+    /// call.
+    pub marked: bool,
+}
+
+impl Taken {
+    /// A saga just claimed by a release for `t`'s writer (holding its
+    /// slots), with [`TakeOver::mark`] applied: what the store is to write
+    /// (its status, then the row), if anything, and the claim as it is
+    /// once written.
+    pub fn marking(
+        saga: SagaRun,
+        ledger: Vec<StepResult>,
+        epoch: u64,
+        t: &TakeOver,
+    ) -> (Taken, Option<(SagaStatus, StepResult)>) {
+        let mut claim = ClaimedSaga {
+            saga,
+            ledger,
+            epoch,
+            slots_held: true,
+        };
+        let mark = (t.mark)(&claim.saga, &claim.ledger, &t.lease.owner, t.lease.now);
+        if let Some((status, row)) = &mark {
+            claim.saga.status = *status;
+            claim.saga.version += 1;
+            claim.saga.updated_at = t.lease.now;
+            claim.ledger.push(row.clone());
+        }
+        let marked = mark.is_some();
+        (Taken { claim, marked }, mark)
+    }
+}
+
 /// What applying a transition found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
     /// Written; the saga is now at this version.
     Done {
         version: u64,
-        /// Ending it made sagas queued on its concurrency keys claimable.
+        /// Ending it made sagas queued on its concurrency keys claimable
+        /// by any host.
         woke: bool,
+        /// The sagas it admitted and claimed for the writer
+        /// ([`Transition::take_over`]).
+        taken: Vec<Taken>,
     },
     /// Not written: the saga changed since the writer read it (a request,
     /// another writer). Read it again and decide again.

@@ -474,6 +474,7 @@ impl Store for PgStore {
                 epoch: u64::from(lease.is_some()),
                 saga,
                 ledger,
+                slots_held: true,
             }));
         }
         let Some((key, hash)) = idempotency else {
@@ -605,10 +606,13 @@ impl Store for PgStore {
             for (row, epoch) in rows {
                 let saga = SagaRun::try_from(row)?;
                 let ledger = ledger(&mut conn, &saga, STEP_COLUMNS).await?;
+                let slots_held = saga.concurrency.is_empty()
+                    || !slots::queued(&mut conn, &saga.id.to_string()).await?;
                 claimed.push(ClaimedSaga {
                     saga,
                     ledger,
                     epoch: epoch as u64,
+                    slots_held,
                 });
             }
         }

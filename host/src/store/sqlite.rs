@@ -529,6 +529,7 @@ impl Store for SqliteStore {
                     epoch: u64::from(lease.is_some()),
                     saga,
                     ledger,
+                    slots_held: true,
                 }))
             })
             .await
@@ -638,10 +639,13 @@ impl Store for SqliteStore {
                 for (row, epoch) in rows {
                     let saga = SagaRun::try_from(row)?;
                     let ledger = ledger_on(conn, &saga)?;
+                    let slots_held = saga.concurrency.is_empty()
+                        || !slots::queued(conn, &saga.id.to_string())?;
                     claimed.push(ClaimedSaga {
                         saga,
                         ledger,
                         epoch: epoch as u64,
+                        slots_held,
                     });
                 }
                 claimed.sort_by_key(|c| (c.saga.created_at, c.saga.id));

@@ -165,7 +165,7 @@ on_both! {
         t.saga.ready_at = Some(None);
         t.release_lease = true;
         t.pins = Pins::Release;
-        assert!(matches!(store.apply(t).await.unwrap(), Applied::Done { version: 1, woke: false }));
+        assert!(matches!(store.apply(t).await.unwrap(), Applied::Done { version: 1, woke: false, .. }));
         assert_eq!(store.delete_plugin(&echo.plugin).await.unwrap(), DeletePlugin::Deleted);
     }
 
@@ -299,7 +299,7 @@ on_both! {
         assert!(matches!(write(fence(&a, "b"), 0).await, Err(StoreError::LeaseLost(_))), "another owner cannot write");
         assert!(matches!(write(Fence::Lease { owner: Arc::from("a"), epoch: 7 }, 0).await, Err(StoreError::LeaseLost(_))), "nor an old epoch");
         assert!(matches!(write(Fence::Unleased, 0).await, Err(StoreError::LeaseLost(_))), "a live lease is not unleased");
-        assert_eq!(write(fence(&a, "a"), 0).await.unwrap(), Applied::Done { version: 1, woke: false });
+        assert_eq!(write(fence(&a, "a"), 0).await.unwrap(), Applied::Done { version: 1, woke: false, taken: Vec::new() });
         assert_eq!(write(fence(&a, "a"), 0).await.unwrap(), Applied::Stale, "a writer that missed a change");
         let states = store.renew_leases("a", &[(id, a.epoch)], TTL, now).await.unwrap();
         assert!(states[0].held && !states[0].cancel_requested && !states[0].pause_requested);
@@ -314,12 +314,12 @@ on_both! {
         assert_eq!(again.epoch, a.epoch + 1);
         assert!(matches!(write(fence(&a, "a"), 2).await, Err(StoreError::LeaseLost(_))), "the older claim is fenced off");
         assert!(!store.renew_leases("a", &[(id, a.epoch)], TTL, later).await.unwrap()[0].held);
-        assert_eq!(write(fence(&again, "a"), 2).await.unwrap(), Applied::Done { version: 3, woke: false });
+        assert_eq!(write(fence(&again, "a"), 2).await.unwrap(), Applied::Done { version: 3, woke: false, taken: Vec::new() });
         store.release_leases("a", &[(id, again.epoch)]).await.unwrap();
         assert!(matches!(write(fence(&again, "a"), 3).await, Err(StoreError::LeaseLost(_))), "a released lease fences too");
         // Nobody holds it now: an unleased write applies, and fences off
         // the last holder for good.
-        assert_eq!(write(Fence::Unleased, 3).await.unwrap(), Applied::Done { version: 4, woke: false });
+        assert_eq!(write(Fence::Unleased, 3).await.unwrap(), Applied::Done { version: 4, woke: false, taken: Vec::new() });
     }
 
     transitions_written_together_each_get_their_own_answer(backend) {
@@ -377,7 +377,7 @@ on_both! {
                     assert!(detail.saga.cancel_requested);
                 }
                 other => {
-                    assert_eq!(result.unwrap_or_else(|e| panic!("{i}: {e}")), Applied::Done { version: 1, woke: false }, "{i}");
+                    assert_eq!(result.unwrap_or_else(|e| panic!("{i}: {e}")), Applied::Done { version: 1, woke: false, taken: Vec::new() }, "{i}");
                     assert_eq!(detail.saga.version, 1);
                     assert_eq!(detail.saga.current_step_index, 1, "{i}");
                     assert_eq!(detail.saga.context, *json!({"n": i}).as_object().unwrap(), "{i}");

@@ -258,6 +258,7 @@ async fn apply_together(
             Some((_, _, Some(version))) => Ok(Applied::Done {
                 version: *version as u64,
                 woke: false,
+                taken: Vec::new(),
             }),
             Some((owner, epoch, None)) => match &t.fence {
                 Fence::Lease {

@@ -10,7 +10,7 @@
 
 use super::*;
 use crate::model::{ConcurrencyKey, Slot, SlotState, admit};
-use crate::store::{Admission, SLOT_COLUMNS, SlotRow, from_json};
+use crate::store::{Admission, SLOT_COLUMNS, SlotRow, TakeOver, Taken, from_json};
 
 /// Takes the advisory locks of `keys` (sorted, each once) until the
 /// transaction ends.
@@ -93,43 +93,143 @@ pub(super) async fn insert(
     Ok(())
 }
 
-/// Gives up an ending saga's slots (its keys locked already) and makes the
-/// sagas at the head of each key's queue claimable (as many as the key's
-/// limit: each decides for itself when claimed), telling every host;
-/// whether it made any claimable.
+/// Gives up an ending saga's slots (its keys locked already) and admits
+/// the sagas queued next on its keys that now fit. A head is admitted here
+/// only when every key it asks for is one of the locked ones (else it is
+/// made claimable, and asks for admission, under its own locks, when
+/// claimed): its slots become `holding`, and it is claimed for
+/// `take_over`'s writer while that has room, else made claimable for any
+/// host, which are told. Answers whether any was made claimable, and
+/// those claimed.
 pub(super) async fn release(
     tx: &mut Transaction<'static, Postgres>,
     saga_id: &str,
     now: Timestamp,
-) -> StoreResult<bool> {
-    let woken: Option<i64> = sqlx::query_scalar(&format!(
+    take_over: Option<&TakeOver>,
+) -> StoreResult<(bool, Vec<Taken>)> {
+    let heads: Vec<(i64, String, String)> = sqlx::query_as(
         "WITH released AS (
              UPDATE concurrency_slots SET state = 'released', since = $2
              WHERE saga_id = $1 AND state <> 'released'
              RETURNING key, slot_limit
-         ), heads AS (
-             SELECT q.saga_id FROM released r,
-                 LATERAL (SELECT saga_id FROM concurrency_slots c
-                          WHERE c.key = r.key AND c.state = 'queued'
-                          ORDER BY c.seq LIMIT r.slot_limit) q
-         ), woken AS (
-             UPDATE saga_runs SET ready_at = {DB_NOW}
-             WHERE ready_at IS NULL AND status = 'pending' AND id IN (SELECT saga_id FROM heads)
-             RETURNING id
          )
-         SELECT count(*) FROM woken"
-    ))
+         SELECT DISTINCT q.seq, q.saga_id, s.concurrency FROM released r,
+             LATERAL (SELECT seq, saga_id FROM concurrency_slots c
+                      WHERE c.key = r.key AND c.state = 'queued'
+                      ORDER BY c.seq LIMIT r.slot_limit) q
+             JOIN saga_runs s ON s.id = q.saga_id AND s.status = 'pending'
+         ORDER BY q.seq",
+    )
     .bind(saga_id)
     .bind(now.millis())
-    .fetch_optional(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    let woke = woken.unwrap_or(0) > 0;
+    let locked: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM concurrency_slots WHERE saga_id = $1")
+            .bind(saga_id)
+            .fetch_all(&mut **tx)
+            .await?;
+    let (mut wake, mut taken) = (Vec::new(), Vec::new());
+    for (seq, id, keys) in heads {
+        let keys: Vec<ConcurrencyKey> = from_json("saga concurrency", &keys)?;
+        if !keys.iter().all(|k| locked.contains(&k.key)) {
+            wake.push(id);
+            continue;
+        }
+        if admit(&keys, Some(seq), &live_on(tx, &keys, &id).await?).is_err() {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE concurrency_slots SET state = 'holding', since = $2
+             WHERE saga_id = $1 AND state = 'queued'",
+        )
+        .bind(&id)
+        .bind(now.millis())
+        .execute(&mut **tx)
+        .await?;
+        let claimed = match take_over {
+            Some(t) if taken.len() < t.max => claim_one(tx, &id, t).await?,
+            _ => None,
+        };
+        match claimed {
+            Some(claimed) => taken.push(claimed),
+            None => wake.push(id),
+        }
+    }
+    let woken = sqlx::query(&format!(
+        "UPDATE saga_runs SET ready_at = {DB_NOW} WHERE id = ANY($1) AND ready_at IS NULL"
+    ))
+    .bind(&wake)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    let woke = woken > 0;
     if woke {
         sqlx::query("SELECT pg_notify('wasaga_work', '')")
             .execute(&mut **tx)
             .await?;
     }
-    Ok(woke)
+    Ok((woke, taken))
+}
+
+/// Claims one admitted saga for the take-over's writer (unless another
+/// claim holds it), with its first step marked when the runner says so.
+async fn claim_one(
+    tx: &mut Transaction<'static, Postgres>,
+    id: &str,
+    t: &TakeOver,
+) -> StoreResult<Option<Taken>> {
+    let lease = &t.lease;
+    let row: Option<(SagaRow, i64)> = sqlx::query(&format!(
+        "UPDATE saga_runs SET lease_owner = $2, lease_expires_at = {DB_NOW} + $3,
+             lease_epoch = lease_epoch + 1, ready_at = {DB_NOW}
+         WHERE id = $1 AND (lease_owner IS NULL OR lease_expires_at < {DB_NOW})
+         RETURNING {SAGA_COLUMNS}, lease_epoch"
+    ))
+    .bind(id)
+    .bind(&*lease.owner)
+    .bind(lease.ttl.as_millis() as i64)
+    .try_map(|row: sqlx::postgres::PgRow| {
+        use sqlx::{FromRow, Row};
+        Ok((SagaRow::from_row(&row)?, row.try_get("lease_epoch")?))
+    })
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((row, epoch)) = row else {
+        return Ok(None);
+    };
+    let saga = SagaRun::try_from(row)?;
+    let ledger = ledger(tx, &saga, STEP_COLUMNS).await?;
+    let (taken, mark) = Taken::marking(saga, ledger, epoch as u64, t);
+    if let Some((status, step)) = mark {
+        let version: i64 = sqlx::query_scalar(
+            "UPDATE saga_runs SET status = $2, version = version + 1, updated_at = $3
+             WHERE id = $1 RETURNING version",
+        )
+        .bind(id)
+        .bind(status.as_str())
+        .bind(lease.now.millis())
+        .fetch_one(&mut **tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANGE_CHANNEL)
+            .bind(format!("{id} {version} {}", lease.owner))
+            .execute(&mut **tx)
+            .await?;
+        super::transition::upsert_steps(tx, id, std::slice::from_ref(&step)).await?;
+    }
+    Ok(Some(taken))
+}
+
+/// Whether a saga still waits in a queue (claimed after a wake that did
+/// not admit it: it must ask for admission before its first step).
+pub(super) async fn queued(conn: &mut PgConnection, id: &str) -> StoreResult<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM concurrency_slots WHERE saga_id = $1 AND state = 'queued')",
+    )
+    .bind(id)
+    .fetch_one(conn)
+    .await?)
 }
 
 /// [`Store::admit_saga`].

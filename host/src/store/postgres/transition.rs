@@ -171,11 +171,16 @@ pub(super) async fn apply_transition(
             }
         }
     }
-    let woke = t.release_slots && super::slots::release(tx, &id, t.now).await?;
+    let (woke, taken) = if t.release_slots {
+        super::slots::release(tx, &id, t.now, t.take_over.as_ref()).await?
+    } else {
+        (false, Vec::new())
+    };
     webhooks::write_outbox(tx, &t.outbox, t.now).await?;
     Ok(Applied::Done {
         version: version as u64,
         woke,
+        taken,
     })
 }
 

@@ -6,7 +6,7 @@
 
 use super::*;
 use crate::model::{ConcurrencyKey, Slot, SlotState, admit};
-use crate::store::{Admission, SLOT_COLUMNS, SlotRow, from_json};
+use crate::store::{Admission, SLOT_COLUMNS, SlotRow, TakeOver, Taken, from_json};
 
 fn slot_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SlotRow> {
     Ok(SlotRow {
@@ -61,10 +61,17 @@ pub(super) fn insert(conn: &Connection, saga: &SagaRun, state: SlotState) -> Sto
     Ok(())
 }
 
-/// Gives up an ending saga's slots and makes the sagas at the head of
-/// each key's queue claimable (as many as the key's limit: each decides
-/// for itself when claimed); whether it made any claimable.
-pub(super) fn release(conn: &Connection, saga_id: &str, now: Timestamp) -> StoreResult<bool> {
+/// Gives up an ending saga's slots and admits the sagas queued next on
+/// its keys that now fit (each by [`admit`], over all of its keys): their
+/// slots become `holding`, and each is claimed for `take_over`'s writer
+/// while it has room, else made claimable for the next claim. Answers
+/// whether any was made claimable, and those claimed.
+pub(super) fn release(
+    conn: &Connection,
+    saga_id: &str,
+    now: Timestamp,
+    take_over: Option<&TakeOver>,
+) -> StoreResult<(bool, Vec<Taken>)> {
     let released: Vec<(String, i64)> = conn
         .prepare_cached(
             "UPDATE concurrency_slots SET state = 'released', since = ?
@@ -74,17 +81,107 @@ pub(super) fn release(conn: &Connection, saga_id: &str, now: Timestamp) -> Store
             Ok((r.get(0)?, r.get(1)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let mut wake = conn.prepare_cached(
-        "UPDATE saga_runs SET ready_at = ?
-         WHERE ready_at IS NULL AND status = 'pending' AND id IN (
-             SELECT saga_id FROM concurrency_slots WHERE key = ? AND state = 'queued'
-             ORDER BY seq LIMIT ?)",
+    let mut heads: Vec<(i64, String)> = Vec::new();
+    let mut queued = conn.prepare_cached(
+        "SELECT seq, saga_id FROM concurrency_slots WHERE key = ? AND state = 'queued'
+         ORDER BY seq LIMIT ?",
     )?;
-    let mut woken = 0;
-    for (key, limit) in released {
-        woken += wake.execute(params![now.millis(), key, limit])?;
+    for (key, limit) in &released {
+        for head in queued.query_map(params![key, limit], |r| Ok((r.get(0)?, r.get(1)?)))? {
+            heads.push(head?);
+        }
     }
-    Ok(woken > 0)
+    heads.sort();
+    heads.dedup();
+    let (mut woke, mut taken) = (false, Vec::new());
+    for (seq, id) in heads {
+        let keys: Option<String> = conn
+            .prepare_cached(
+                "SELECT concurrency FROM saga_runs WHERE id = ? AND status = 'pending'",
+            )?
+            .query_row([&id], |r| r.get(0))
+            .optional()?;
+        let Some(keys) = keys else { continue };
+        let keys: Vec<ConcurrencyKey> = from_json("saga concurrency", &keys)?;
+        if admit(&keys, Some(seq), &live_on(conn, &keys, &id)?).is_err() {
+            continue;
+        }
+        conn.prepare_cached(
+            "UPDATE concurrency_slots SET state = 'holding', since = ?
+             WHERE saga_id = ? AND state = 'queued'",
+        )?
+        .execute(params![now.millis(), id])?;
+        let claimed = match take_over {
+            Some(t) if taken.len() < t.max => claim_one(conn, &id, t)?,
+            _ => None,
+        };
+        match claimed {
+            Some(claimed) => taken.push(claimed),
+            None => {
+                woke |= conn
+                    .prepare_cached(
+                        "UPDATE saga_runs SET ready_at = ? WHERE id = ? AND ready_at IS NULL",
+                    )?
+                    .execute(params![now.millis(), id])?
+                    > 0;
+            }
+        }
+    }
+    Ok((woke, taken))
+}
+
+/// Claims one admitted saga for the take-over's writer (unless another
+/// claim holds it), with its first step marked when the runner says so.
+fn claim_one(conn: &Connection, id: &str, t: &TakeOver) -> StoreResult<Option<Taken>> {
+    let lease = &t.lease;
+    let now = lease.now.millis();
+    let row = conn
+        .prepare_cached(&format!(
+            "UPDATE saga_runs SET lease_owner = ?, lease_expires_at = ?,
+                 lease_epoch = lease_epoch + 1, ready_at = ?
+             WHERE id = ? AND (lease_owner IS NULL OR lease_expires_at < ?)
+             RETURNING {SAGA_COLUMNS}, lease_epoch",
+        ))?
+        .query_row(
+            params![
+                &*lease.owner,
+                lease.now.plus(lease.ttl).millis(),
+                now,
+                id,
+                now
+            ],
+            |r| {
+                Ok((
+                    saga_row(r)?,
+                    r.get::<_, i64>(SAGA_COLUMNS.split(',').count())?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((row, epoch)) = row else {
+        return Ok(None);
+    };
+    let saga = SagaRun::try_from(row)?;
+    let ledger = ledger_on(conn, &saga)?;
+    let (taken, mark) = Taken::marking(saga, ledger, epoch as u64, t);
+    if let Some((status, step)) = mark {
+        conn.prepare_cached(
+            "UPDATE saga_runs SET status = ?, version = version + 1, updated_at = ? WHERE id = ?",
+        )?
+        .execute(params![status.as_str(), now, id])?;
+        super::upsert_step(conn, id, &step)?;
+    }
+    Ok(Some(taken))
+}
+
+/// Whether a saga still waits in a queue (claimed after a wake that did
+/// not admit it: it must ask for admission before its first step).
+pub(super) fn queued(conn: &Connection, id: &str) -> StoreResult<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM concurrency_slots WHERE saga_id = ? AND state = 'queued')",
+        )?
+        .query_row([id], |r| r.get(0))?)
 }
 
 /// [`Store::admit_saga`] on the writer.

@@ -204,11 +204,16 @@ pub(super) fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult
             }
         }
     }
-    let woke = t.release_slots && super::slots::release(conn, &id, t.now)?;
+    let (woke, taken) = if t.release_slots {
+        super::slots::release(conn, &id, t.now, t.take_over.as_ref())?
+    } else {
+        (false, Vec::new())
+    };
     webhooks::write_outbox(conn, &t.outbox, t.now)?;
     Ok(Applied::Done {
         version: version as u64,
         woke,
+        taken,
     })
 }
 

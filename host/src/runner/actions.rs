@@ -263,6 +263,8 @@ impl Runner {
                 t.saga.status = Some(SagaStatus::Compensating);
                 t.saga.current_step_index = Some(from);
                 t.saga.ready_at = Some(Some(now));
+                // Its compensation is part of its life: it holds its keys.
+                t.retake_slots = !s.concurrency.is_empty();
                 t.saga.actions = Some(with_action(s, ActionKind::Retry, &actor, now, None, None));
                 Ok(Decision::Write(Box::new(t)))
             })

@@ -98,6 +98,8 @@ impl View<'_> {
             // Only a cancel makes a paused saga ready.
             SagaStatus::Paused if cancel_seen => Next::Cancel,
             SagaStatus::Paused => Next::Pause,
+            // A retried saga waits for its keys again.
+            SagaStatus::Compensating if !self.slots_held => Next::Admit,
             SagaStatus::Compensating => match self.next_to_compensate() {
                 Some(index) => self.call_or_wait(index, Phase::Compensate, now),
                 None => Next::FinishCompensation,
@@ -709,6 +711,14 @@ mod tests {
             Next::Pause,
             "a queued saga may be paused"
         );
+        s.pause_requested = false;
+        s.status = SagaStatus::Compensating;
+        assert_eq!(
+            next(&s, false, false),
+            Next::Admit,
+            "a retried saga waits for its keys again"
+        );
+        assert_eq!(next(&s, true, false), Next::FinishCompensation);
     }
 
     #[test]

@@ -287,6 +287,10 @@ pub struct Transition {
     /// at once (a handoff with no claim round and no poll); the others are
     /// made claimable for any host.
     pub take_over: Option<TakeOver>,
+    /// Take the saga's concurrency keys again (a retry of a saga that
+    /// ended): holding when they have room, else queued at the back of
+    /// the arrival order, the saga then claimable only once admitted.
+    pub retake_slots: bool,
     pub pins: Pins,
     /// Webhook events this change causes, written to the outbox in the
     /// same transaction (one delivery per subscribed endpoint).
@@ -308,6 +312,7 @@ impl Transition {
             release_lease: false,
             release_slots: false,
             take_over: None,
+            retake_slots: false,
             pins: Pins::Keep,
             outbox: Vec::new(),
         }

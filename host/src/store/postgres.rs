@@ -861,7 +861,7 @@ impl Store for PgStore {
         } else {
             async {
                 let mut tx = self.pool.begin().await?;
-                if transition.release_slots {
+                if transition.release_slots || transition.retake_slots {
                     // Keys before rows: the one lock order (`slots`).
                     slots::lock_saga_keys(&mut tx, &transition.saga_id.to_string()).await?;
                 }

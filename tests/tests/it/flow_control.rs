@@ -224,6 +224,62 @@ on_both! {
     }
 }
 
+on_both! {
+    a_retried_saga_takes_its_key_again_for_its_compensation(backend) {
+        let db = TestDb::new(backend).await;
+        let server = TestServer::on(&db, |_| {}).await;
+        let counter = Counter::start().await;
+        server.upload("counter").await;
+        counter.grant_on(&server.http, &server.base).await;
+        // A: step 1 fails, step 0's compensation fails twice (failed), then
+        // works when retried.
+        let step = json!({"plugin": "counter", "max_attempts": 2});
+        let a = started(&server, json!({
+            "kind": "offboard",
+            "steps": [step, step],
+            "inputs": {"counter_url": counter.url(), "counter_fail_at": [1], "counter_compensate_retry_until": {"0": 3}},
+            "concurrency": [{"key": "customer:9"}],
+        })).await;
+        let a_id = a["id"].as_str().unwrap();
+        wait_status(&server, a_id, "failed").await;
+        let key = server.get_json("/v1/concurrency/customer:9").await;
+        assert_eq!(key["holders"], json!([]), "a failed saga has let its key go: {key}");
+
+        // B holds the key now, for 400 ms.
+        let hold = Duration::from_millis(400);
+        counter.set_delay(hold);
+        let b = started(&server, json!({
+            "kind": "offboard",
+            "steps": ["counter"],
+            "inputs": {"counter_url": counter.url()},
+            "concurrency": [{"key": "customer:9"}],
+        })).await;
+        let b_id = b["id"].as_str().unwrap();
+        let r = server.http.post(server.url(&format!("/v1/sagas/{a_id}/retry"))).json(&json!({})).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let key = server.get_json("/v1/concurrency/customer:9").await;
+        assert_eq!(ids(&key["holders"]), [b_id], "{key}");
+        assert_eq!(ids(&key["queue"]), [a_id], "the retried saga waits for its key: {key}");
+
+        wait_status(&server, b_id, "completed").await;
+        let rolled = wait_status(&server, a_id, "rolled_back").await;
+        assert_eq!(rolled["steps"][0]["compensate_attempts"], 3, "{rolled}");
+        let b_call = counter.calls_of(&b_id.parse().unwrap())[0].at;
+        let undo = counter
+            .calls_of(&a_id.parse().unwrap())
+            .into_iter()
+            .find(|c| c.phase == "compensate" && c.attempt == 3)
+            .expect("the retried compensation")
+            .at;
+        let gap = undo.duration_since(b_call).expect("A undid after B's call began");
+        assert!(gap >= hold, "A's compensation began {gap:?} after B's call: B still held the key");
+        let key = server.get_json("/v1/concurrency/customer:9").await;
+        assert_eq!(key["holders"], json!([]), "{key}");
+        assert_eq!(key["queue"], json!([]), "{key}");
+        server.stop().await.unwrap();
+    }
+}
+
 /// Two hosts on one PostgreSQL database race starts on one key of limit 1
 /// (each start takes or queues under the key's lock): the ledger's call
 /// times never overlap, and every saga completes. (Once queued, each

@@ -66,6 +66,7 @@ impl Grouper {
             && !matches!(t.pins, Pins::Restore(_))
             && t.outbox.is_empty()
             && !t.release_slots
+            && !t.retake_slots
             && t.steps.iter().all(|step| indexes.insert(step.index))
     }
 

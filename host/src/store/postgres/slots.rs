@@ -30,18 +30,17 @@ pub(super) async fn lock<'k>(
     Ok(())
 }
 
-/// Takes the locks of the keys a saga holds or waits for (before its row
-/// is written, so locks come in the one order).
+/// Takes the locks of a saga's keys (before its row is written, so locks
+/// come in the one order).
 pub(super) async fn lock_saga_keys(
     tx: &mut Transaction<'static, Postgres>,
     saga_id: &str,
 ) -> StoreResult<()> {
-    let keys: Vec<String> = sqlx::query_scalar(
-        "SELECT key FROM concurrency_slots WHERE saga_id = $1 AND state <> 'released'",
-    )
-    .bind(saga_id)
-    .fetch_all(&mut **tx)
-    .await?;
+    let keys: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM concurrency_slots WHERE saga_id = $1")
+            .bind(saga_id)
+            .fetch_all(&mut **tx)
+            .await?;
     lock(tx, keys.iter().map(String::as_str)).await
 }
 
@@ -117,7 +116,7 @@ pub(super) async fn release(
              LATERAL (SELECT seq, saga_id FROM concurrency_slots c
                       WHERE c.key = r.key AND c.state = 'queued'
                       ORDER BY c.seq LIMIT r.slot_limit) q
-             JOIN saga_runs s ON s.id = q.saga_id AND s.status = 'pending'
+             JOIN saga_runs s ON s.id = q.saga_id AND s.status IN ('pending', 'compensating')
          ORDER BY q.seq",
     )
     .bind(saga_id)
@@ -219,6 +218,40 @@ async fn claim_one(
         super::transition::upsert_steps(tx, id, std::slice::from_ref(&step)).await?;
     }
     Ok(Some(taken))
+}
+
+/// Takes an ended saga's keys again (its keys locked already): see
+/// [`crate::store::Transition::retake_slots`].
+pub(super) async fn retake(
+    tx: &mut Transaction<'static, Postgres>,
+    saga_id: &str,
+    now: Timestamp,
+) -> StoreResult<()> {
+    let keys: String = sqlx::query_scalar("SELECT concurrency FROM saga_runs WHERE id = $1")
+        .bind(saga_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let keys: Vec<ConcurrencyKey> = from_json("saga concurrency", &keys)?;
+    let state = match admit(&keys, None, &live_on(tx, &keys, saga_id).await?) {
+        Ok(()) => SlotState::Holding,
+        Err(_) => SlotState::Queued,
+    };
+    sqlx::query(
+        "UPDATE concurrency_slots SET state = $2, seq = nextval('concurrency_arrivals'), since = $3
+         WHERE saga_id = $1",
+    )
+    .bind(saga_id)
+    .bind(state.as_str())
+    .bind(now.millis())
+    .execute(&mut **tx)
+    .await?;
+    if state == SlotState::Queued {
+        sqlx::query("UPDATE saga_runs SET ready_at = NULL WHERE id = $1")
+            .bind(saga_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Whether a saga still waits in a queue (claimed after a wake that did

@@ -171,6 +171,9 @@ pub(super) async fn apply_transition(
             }
         }
     }
+    if t.retake_slots {
+        super::slots::retake(tx, &id, t.now).await?;
+    }
     let (woke, taken) = if t.release_slots {
         super::slots::release(tx, &id, t.now, t.take_over.as_ref()).await?
     } else {

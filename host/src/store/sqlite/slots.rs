@@ -39,12 +39,17 @@ pub(super) fn live_on(
     Ok(live)
 }
 
+/// The next place in the one arrival order.
+fn next_seq(conn: &Connection) -> StoreResult<i64> {
+    Ok(conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM concurrency_slots")?
+        .query_row([], |r| r.get(0))?)
+}
+
 /// Stores a new saga's slots, all in `state`, at the back of the arrival
 /// order.
 pub(super) fn insert(conn: &Connection, saga: &SagaRun, state: SlotState) -> StoreResult<()> {
-    let seq: i64 = conn
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM concurrency_slots")?
-        .query_row([], |r| r.get(0))?;
+    let seq = next_seq(conn)?;
     let mut stmt = conn.prepare_cached(&format!(
         "INSERT INTO concurrency_slots ({SLOT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
     ))?;
@@ -97,7 +102,7 @@ pub(super) fn release(
     for (seq, id) in heads {
         let keys: Option<String> = conn
             .prepare_cached(
-                "SELECT concurrency FROM saga_runs WHERE id = ? AND status = 'pending'",
+                "SELECT concurrency FROM saga_runs WHERE id = ? AND status IN ('pending', 'compensating')",
             )?
             .query_row([&id], |r| r.get(0))
             .optional()?;
@@ -172,6 +177,29 @@ fn claim_one(conn: &Connection, id: &str, t: &TakeOver) -> StoreResult<Option<Ta
         super::upsert_step(conn, id, &step)?;
     }
     Ok(Some(taken))
+}
+
+/// Takes an ended saga's keys again: see
+/// [`crate::store::Transition::retake_slots`].
+pub(super) fn retake(conn: &Connection, saga_id: &str, now: Timestamp) -> StoreResult<()> {
+    let keys: String = conn
+        .prepare_cached("SELECT concurrency FROM saga_runs WHERE id = ?")?
+        .query_row([saga_id], |r| r.get(0))?;
+    let keys: Vec<ConcurrencyKey> = from_json("saga concurrency", &keys)?;
+    let state = match admit(&keys, None, &live_on(conn, &keys, saga_id)?) {
+        Ok(()) => SlotState::Holding,
+        Err(_) => SlotState::Queued,
+    };
+    let seq = next_seq(conn)?;
+    conn.prepare_cached(
+        "UPDATE concurrency_slots SET state = ?, seq = ?, since = ? WHERE saga_id = ?",
+    )?
+    .execute(params![state.as_str(), seq, now.millis(), saga_id])?;
+    if state == SlotState::Queued {
+        conn.prepare_cached("UPDATE saga_runs SET ready_at = NULL WHERE id = ?")?
+            .execute([saga_id])?;
+    }
+    Ok(())
 }
 
 /// Whether a saga still waits in a queue (claimed after a wake that did

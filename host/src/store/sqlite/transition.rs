@@ -204,6 +204,9 @@ pub(super) fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult
             }
         }
     }
+    if t.retake_slots {
+        super::slots::retake(conn, &id, t.now)?;
+    }
     let (woke, taken) = if t.release_slots {
         super::slots::release(conn, &id, t.now, t.take_over.as_ref())?
     } else {

@@ -135,6 +135,11 @@ async fn main() -> Result<()> {
     if let Some((url, n)) = &args.subscribe {
         return events::subscribe(url, *n).await;
     }
+    // A run of some benchmarks into an existing file updates their rows.
+    let merge = !args.only.is_empty() && args.out.as_ref().is_some_and(|o| o.exists());
+    if merge && args.quick {
+        bail!("a quick run's rows are not written into an existing file; drop --quick or --out");
+    }
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut report = Report {
         rows: Vec::new(),
@@ -207,7 +212,11 @@ async fn main() -> Result<()> {
         }
     }
     if let Some(out) = &args.out {
-        write_markdown(&report, out, args.quick)?;
+        if merge {
+            merge_markdown(&report, out)?;
+        } else {
+            write_markdown(&report, out, args.quick)?;
+        }
         println!("wrote {}", out.display());
     }
     Ok(())

@@ -78,6 +78,41 @@ pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
+/// A row of the table as markdown.
+fn row_line(r: &Row) -> String {
+    format!(
+        "| {} | {} | {} | {} | {} | {} | `{}` |",
+        r.section, r.metric, r.value, r.baseline, r.ratio, r.target, r.command
+    )
+}
+
+/// Writes the rows of a partial run (`--only`) into an existing file:
+/// each replaces the row with its section and metric, or is added after
+/// the table's last row; every other row and the notes stay as they are.
+pub(crate) fn merge_markdown(report: &Report, path: &Path) -> Result<()> {
+    let old = std::fs::read_to_string(path)?;
+    let mut lines: Vec<String> = old.lines().map(str::to_string).collect();
+    let key = |line: &str| -> Option<(String, String)> {
+        let mut cells = line.strip_prefix("| ")?.split(" | ");
+        Some((cells.next()?.to_string(), cells.next()?.to_string()))
+    };
+    for r in &report.rows {
+        let wanted = Some((r.section.to_string(), r.metric.clone()));
+        match lines.iter().position(|l| key(l) == wanted) {
+            Some(i) => lines[i] = row_line(r),
+            None => {
+                let last = lines
+                    .iter()
+                    .rposition(|l| l.starts_with("| "))
+                    .context("no table to add a row to")?;
+                lines.insert(last + 1, row_line(r));
+            }
+        }
+    }
+    std::fs::write(path, lines.join("\n") + "\n")?;
+    Ok(())
+}
+
 pub(crate) fn write_markdown(report: &Report, path: &Path, quick: bool) -> Result<()> {
     let mut md = String::new();
     md.push_str("# Benchmarks\n\n");
@@ -95,10 +130,8 @@ pub(crate) fn write_markdown(report: &Report, path: &Path, quick: bool) -> Resul
     );
     md.push_str("| section | metric | value | baseline (same run) | ratio | target | command |\n|---|---|---|---|---|---|---|\n");
     for r in &report.rows {
-        md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | `{}` |\n",
-            r.section, r.metric, r.value, r.baseline, r.ratio, r.target, r.command
-        ));
+        md.push_str(&row_line(r));
+        md.push('\n');
     }
     md.push_str("\n## Notes\n\n");
     for note in &report.notes {

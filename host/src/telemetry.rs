@@ -249,9 +249,11 @@ impl Telemetry {
         });
     }
 
-    /// `saga` reached the final `status` at `at`: its span, from its
-    /// creation to then.
-    pub fn saga_ended(&self, saga: &SagaRun, status: SagaStatus, at: Timestamp) {
+    /// `saga` reached the final `status`, committed just now: its span, from
+    /// its creation to now. (Not to the transition's time: that is in
+    /// whole milliseconds, and would end the span before a call that
+    /// ended within the same millisecond.)
+    pub fn saga_ended(&self, saga: &SagaRun, status: SagaStatus) {
         let Some(export) = &self.export else {
             return;
         };
@@ -280,7 +282,7 @@ impl Telemetry {
             remote_parent: trace.parent.is_some(),
             name: format!("saga {}", saga.kind),
             start: system_time(saga.created_at),
-            end: system_time(at),
+            end: SystemTime::now(),
             attributes,
             status,
         });

@@ -656,7 +656,7 @@ impl Runner {
         }
         if let Some(status) = u.status.filter(|s| s.is_final()) {
             crate::metrics::global().finished(&saga.kind, status.as_str());
-            self.inner.telemetry.saga_ended(saga, status, t.now);
+            self.inner.telemetry.saga_ended(saga, status);
         }
     }
 }

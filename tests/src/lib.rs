@@ -647,6 +647,24 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
     }
 
+    /// `POST path` with `body` as JSON: the status, and the answer as JSON
+    /// (null when it is not JSON).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = r.status();
+        (status, r.json().await.unwrap_or_default())
+    }
+
     /// Graceful shutdown; returns what `run` returned.
     pub async fn stop(mut self) -> Result<(), wasaga::server::ServeError> {
         if let Some(tx) = self.shutdown.take() {

@@ -44,7 +44,7 @@ pub use start::StartError;
 use crate::config::{RetryPolicy, RunnerConfig};
 use crate::events::EventHub;
 use crate::grants::AccessBook;
-use crate::model::{Phase, SagaId, SagaRun, SagaStatus, StepStatus, Timestamp};
+use crate::model::{SagaId, SagaRun, SagaStatus, StepStatus, Timestamp};
 use crate::plugin::PluginHost;
 use crate::store::{ClaimedSaga, Lease, Notice, Store, Taken, Transition};
 use crate::telemetry::Telemetry;
@@ -557,11 +557,7 @@ impl Runner {
     /// Drives a saga that a release admitted and claimed for this host
     /// ([`crate::store::TakeOver`]), from the step marked for it there.
     fn drive_taken(&self, taken: Taken, permit: OwnedSemaphorePermit) {
-        let marked = taken.marked.then_some(saga::Marked {
-            index: 0,
-            phase: Phase::Execute,
-            previous: None,
-        });
+        let marked = taken.marked.then(saga::Marked::first);
         self.inner
             .hub
             .publish(&taken.claim.saga, taken.marked, &taken.claim.ledger);

@@ -63,6 +63,18 @@ pub(super) struct Marked {
     pub previous: Option<StepResult>,
 }
 
+impl Marked {
+    /// Step 0's execute mark, written with the commit that stores or hands
+    /// over a saga that had no ledger row.
+    pub fn first() -> Marked {
+        Marked {
+            index: 0,
+            phase: Phase::Execute,
+            previous: None,
+        }
+    }
+}
+
 /// How driving a saga ended on this host.
 pub(super) enum Ended {
     /// It reached a final status; its release may have handed its keys

@@ -10,7 +10,7 @@
 use super::Runner;
 use super::decide;
 use super::saga::Marked;
-use crate::model::{Phase, SagaRun, SagaStatus};
+use crate::model::{SagaRun, SagaStatus};
 use crate::store::{CreateSaga, NewSaga, StoreError};
 use std::sync::atomic::Ordering;
 
@@ -81,12 +81,7 @@ impl Runner {
         }
         match (&created, permit) {
             (CreateSaga::Created(claimed), Some(permit)) => {
-                let marked = Marked {
-                    index: 0,
-                    phase: Phase::Execute,
-                    previous: None,
-                };
-                self.drive(claimed.clone(), permit, Some(marked));
+                self.drive(claimed.clone(), permit, Some(Marked::first()));
             }
             // The store told the other hosts (where there are any).
             (CreateSaga::Created(_), None) => self.wake(),

@@ -15,15 +15,20 @@ const BIN: &str = env!("CARGO_BIN_EXE_wasaga");
 const SAGAS: usize = 50;
 const STEPS: usize = 5;
 
-async fn upload_counter(http: &wasaga_tests::Http, base: &str, counter: &Counter) {
-    counter.grant_on(http, base).await;
+/// Uploads a bundled plugin to the server at `base`.
+async fn upload(http: &wasaga_tests::Http, base: &str, name: &str) {
     let r = http
         .post(format!("{base}/v1/plugins"))
-        .body(component("counter"))
+        .body(component(name))
         .send()
         .await
         .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
+    assert!(r.status().is_success(), "uploading {name}: {}", r.status());
+}
+
+async fn upload_counter(http: &wasaga_tests::Http, base: &str, counter: &Counter) {
+    counter.grant_on(http, base).await;
+    upload(http, base, "counter").await;
 }
 
 /// Completed (saga, step) pairs as the database holds them: what was
@@ -267,13 +272,7 @@ async fn a_kill_between_create_and_commit_creates_nothing_twice() {
         .await
         .unwrap();
     let base = server.base.clone();
-    let r = http
-        .post(format!("{base}/v1/plugins"))
-        .body(component("http-resource"))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    upload(&http, &base, "http-resource").await;
     let r = http
         .put(format!("{base}/v1/secrets/cloud-token"))
         .json(&json!({"value": "crash-t0ken", "origins": [cloud.origin()]}))
@@ -408,13 +407,7 @@ async fn a_wait_survives_a_sigkill_and_is_not_called_early() {
             .await
             .unwrap();
         let base = server.base.clone();
-        let r = http
-            .post(format!("{base}/v1/plugins"))
-            .body(component("poll"))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
+        upload(&http, &base, "poll").await;
         counter.grant_on_to("poll", &http, &base).await;
         let inputs = json!({"counter_url": counter.url(), "polls": 1, "poll_ms": 2500});
         let r = http
@@ -568,13 +561,7 @@ async fn a_concurrency_key_is_held_across_a_sigkill() {
             .unwrap();
         let base = server.base.clone();
         for name in ["poll", "echo"] {
-            let r = http
-                .post(format!("{base}/v1/plugins"))
-                .body(component(name))
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success());
+            upload(&http, &base, name).await;
         }
         counter.grant_on_to("poll", &http, &base).await;
         let key = json!([{"key": "customer:{{inputs.customer}}"}]);

@@ -23,18 +23,9 @@ async fn server(db: &TestDb, adjust: impl FnOnce(&mut wasaga::server::ServeOptio
 }
 
 async fn start(server: &TestServer, body: Value) -> String {
-    let r = server
-        .http
-        .post(server.url("/v1/sagas"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    let (status, saga) = server.post_json("/v1/sagas", &body).await;
+    assert_eq!(status, StatusCode::CREATED);
+    saga["id"].as_str().unwrap().to_string()
 }
 
 fn ended(s: &Value) -> bool {

@@ -9,15 +9,7 @@ use std::time::{Duration, Instant};
 use wasaga_tests::{Backend, Counter, Provider, TestDb, TestServer, on_both};
 
 async fn start(server: &TestServer, body: Value) -> (StatusCode, Value) {
-    let r = server
-        .http
-        .post(server.url("/v1/sagas"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or_default())
+    server.post_json("/v1/sagas", &body).await
 }
 
 async fn started(server: &TestServer, body: Value) -> Value {

@@ -55,15 +55,8 @@ async fn grant_cloud(server: &TestServer, cloud: &Cloud, plugin: &str) {
 }
 
 async fn finish(server: &TestServer, body: Value) -> Value {
-    let r = server
-        .http
-        .post(server.url("/v1/sagas"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let saga: Value = r.json().await.unwrap();
+    let (status, saga) = server.post_json("/v1/sagas", &body).await;
+    assert_eq!(status, StatusCode::CREATED);
     poll_saga(
         &server.http,
         &server.base,

@@ -34,10 +34,15 @@
 //! - durable waits: 10,000 sagas whose one step polls 5 times 1 s apart
 //!   (`poll-after`); wall time, peak RSS and CPU seconds of the server;
 //!   baseline: the same wait as a sleep inside the call.
+//! - waits for messages: 10,000 sagas parked at a wait, then 10,000
+//!   messages: time from the last message to the last completion, peak
+//!   RSS; 1,000 messages posted before their waits open, none lost
+//!   (`mailbox.rs`).
 
 mod events;
 mod flow;
 mod inprocess;
+mod mailbox;
 mod report;
 mod served;
 
@@ -197,6 +202,12 @@ async fn main() -> Result<()> {
         match &args.wasaga_bin {
             Some(bin) => durable_waits(&mut report, args.quick, bin).await?,
             None => eprintln!("durable waits: skipped (needs --wasaga-bin)"),
+        }
+    }
+    if wanted("mailbox") {
+        match &args.wasaga_bin {
+            Some(bin) => mailbox::mailbox(&mut report, args.quick, bin).await?,
+            None => eprintln!("mailbox: skipped (needs --wasaga-bin)"),
         }
     }
     if wanted("attacks") {

@@ -74,6 +74,46 @@
     else flash((body.error && body.error.message) || ("refused: " + r.status), false);
   });
 
+  // A wait's answer: the form's fields become the payload (by their
+  // data-type), posted to the wait's complete or reject route.
+  document.addEventListener("click", async function (e) {
+    const button = e.target.closest("button[data-answer]");
+    if (!button) return;
+    e.preventDefault();
+    if (button.dataset.confirm && !confirm(button.dataset.confirm)) return;
+    const form = button.closest("form.wait-answer");
+    const body = {};
+    const note = form.querySelector("input[name=note]").value;
+    if (note) body.note = note;
+    if (button.dataset.answer === "complete") {
+      const payload = {};
+      try {
+        for (const field of form.querySelectorAll("[data-type]")) {
+          const type = field.dataset.type;
+          if (field.name === "payload" && type === "json") { Object.assign(payload, JSON.parse(field.value || "{}")); continue; }
+          if (type === "boolean") payload[field.name] = field.checked;
+          else if (field.value === "") continue;
+          else if (type === "number") payload[field.name] = Number(field.value);
+          else if (type === "json") payload[field.name] = JSON.parse(field.value);
+          else payload[field.name] = field.value;
+        }
+      } catch (err) {
+        flash("the payload is not JSON: " + err.message, false);
+        return;
+      }
+      body.payload = payload;
+    }
+    const r = await fetch(form.dataset[button.dataset.answer], {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "X-CSRF-Token": csrf, "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const answer = await r.json().catch(function () { return {}; });
+    if (r.ok) flash(button.textContent.trim() + " " + form.dataset.wait + ": done (" + (answer.status || "ok") + ")", true);
+    else flash((answer.error && answer.error.message) || ("refused: " + r.status), false);
+  });
+
   const drop = document.getElementById("drop");
   if (drop) {
     const input = document.getElementById("upload-file");

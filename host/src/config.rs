@@ -302,6 +302,14 @@ pub struct RunnerConfig {
 /// operator to look into a failure.
 pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
 
+/// The shortest and longest timeout a wait (docs/waits.md) may state: an
+/// approval may take a month of holidays, not a year of neglect.
+pub const WAIT_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(31 * 24 * 3600);
+
+/// How long a message no wait has taken yet is kept (`--message-ttl`).
+pub const DEFAULT_MESSAGE_TTL: Duration = Duration::from_secs(3600);
+
 impl RunnerConfig {
     /// Checks a retention period, saying why one is refused.
     pub fn check_retention(retention: Duration) -> Result<(), String> {
@@ -543,6 +551,12 @@ pub struct ServerConfig {
     /// is refused (429) for the rest of that minute; 0 turns it off.
     /// Default 20.
     pub auth_failures_per_minute: u32,
+    /// The URL clients reach this server at (`https://wasaga.example.com`):
+    /// waits' `callback_url`s start with it. Without it they are paths.
+    pub public_url: Option<String>,
+    /// How long a message no wait took is kept for one that opens later.
+    /// Default one hour.
+    pub message_ttl: Duration,
 }
 
 impl Default for ServerConfig {
@@ -556,6 +570,8 @@ impl Default for ServerConfig {
             session_ttl: Duration::from_secs(12 * 3600),
             shown_output_bytes: 64 * 1024,
             auth_failures_per_minute: 20,
+            public_url: None,
+            message_ttl: DEFAULT_MESSAGE_TTL,
         }
     }
 }

@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod budgets;
+pub mod callbacks;
 pub mod cli;
 pub mod config;
 pub mod console;

@@ -147,6 +147,10 @@ pub struct Metrics {
     pub sagas_finished: Family<FinishedLabels, Counter>,
     pub sagas_in_flight: Gauge,
     pub sagas_pending: Gauge,
+    /// Waits open on the database, and messages kept for waits to come
+    /// (docs/waits.md); read at scrape time.
+    pub waits_open: Gauge,
+    pub messages_kept: Gauge,
     pub step_calls: Family<CallLabels, Counter>,
     pub step_call_duration: CallHistograms,
     pub step_retries: Family<PluginLabel, Counter>,
@@ -166,6 +170,8 @@ impl Metrics {
             sagas_finished: Family::default(),
             sagas_in_flight: Gauge::default(),
             sagas_pending: Gauge::default(),
+            waits_open: Gauge::default(),
+            messages_kept: Gauge::default(),
             step_calls: Family::default(),
             step_call_duration: Family::new_with_constructor(call_histogram),
             step_retries: Family::default(),
@@ -192,6 +198,16 @@ impl Metrics {
             "sagas_pending",
             "Sagas started and not yet taken by any host",
             m.sagas_pending.clone(),
+        );
+        registry.register(
+            "waits_open",
+            "Waits (plan elements) open now, on every host of the database",
+            m.waits_open.clone(),
+        );
+        registry.register(
+            "messages_kept",
+            "Messages kept for a wait that has not opened yet",
+            m.messages_kept.clone(),
         );
         registry.register(
             "step_calls",

@@ -22,6 +22,9 @@ use zeroize::Zeroizing;
 /// The key secrets are sealed with.
 pub struct SecretBox {
     cipher: XChaCha20Poly1305,
+    /// The key waits' capability URLs are signed with, derived from the
+    /// secrets key (`crate::callbacks`).
+    callback_key: Zeroizing<[u8; 32]>,
 }
 
 /// Why a secrets key file is refused. Never quotes the file's content.
@@ -52,7 +55,14 @@ impl SecretBox {
         }
         Ok(SecretBox {
             cipher: XChaCha20Poly1305::new(Key::from_slice(&bytes)),
+            callback_key: crate::callbacks::derive_key(&bytes),
         })
+    }
+
+    /// What signs and checks waits' capability URLs on this host (and on
+    /// every host sharing its key).
+    pub fn callbacks(&self) -> crate::callbacks::CallbackSigner {
+        crate::callbacks::CallbackSigner::new(self.callback_key.clone())
     }
 
     /// Seals `value` for the secret `name`.

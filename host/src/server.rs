@@ -140,6 +140,12 @@ impl Host {
             )),
             None => None,
         };
+        let callbacks = key.as_ref().map(|k| {
+            Arc::new(crate::callbacks::CallbackUrls::new(
+                k.callbacks(),
+                options.server.public_url.as_deref(),
+            ))
+        });
         let access = Arc::new(AccessBook::new(store.clone(), key.clone()));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let node = options
@@ -164,6 +170,9 @@ impl Host {
             telemetry.clone(),
         );
         tracing::info!(database = %store::redact_url(&url), node = runner.owner(), "host starting");
+        if let Some(urls) = &callbacks {
+            runner.set_callback_urls(urls.clone());
+        }
         runner.start();
         let deliverer = CancellationToken::new();
         let deliverer_task = tokio::spawn(
@@ -177,6 +186,7 @@ impl Host {
             .run(deliverer.clone()),
         );
         let state = AppState {
+            callbacks,
             webhooks: Arc::new(options.webhooks.clone()),
             budgets,
             store: store.clone(),

@@ -180,6 +180,12 @@ impl From<crate::runner::ActionError> for ApiError {
         match e {
             ActionError::NotFound(_) => ApiError::not_found(message),
             ActionError::Conflict(_) => ApiError::conflict(message),
+            ActionError::NoWait(_) => ApiError::new(StatusCode::NOT_FOUND, "no_such_wait", message),
+            ActionError::Forbidden(_) => ApiError::forbidden(message),
+            ActionError::Invalid(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", message)
+            }
+            ActionError::Gone(_) => ApiError::new(StatusCode::GONE, "gone", message),
             ActionError::Store(e) => e.into(),
         }
     }

@@ -190,11 +190,12 @@ async fn saga_events(
     })?;
     // Subscribed before the snapshot is read: nothing falls between them.
     let rx = state.runner.hub().subscribe();
-    let detail: SagaDetail = state
+    let mut detail: SagaDetail = state
         .store
         .saga_shown(id, state.server.shown_output_bytes)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no saga {id}")))?;
+    super::waits::with_callback_urls(&state, &mut detail);
     let ended = detail.saga.status.is_final();
     let snapshot = crate::events::frame("snapshot", 0, &detail);
     Ok(sse(

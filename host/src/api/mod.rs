@@ -24,6 +24,7 @@ mod sagas;
 mod secrets;
 pub(crate) mod session;
 mod templates;
+mod waits;
 mod webhooks;
 
 pub use auth::{Caller, Role, Tokens, TokensError};
@@ -66,6 +67,9 @@ pub struct AppState {
     /// This host's gate of the provider budgets (its copy of them, and
     /// the requests waiting).
     pub budgets: Arc<crate::budgets::Budgets>,
+    /// What makes and checks waits' capability URLs: `None` without a
+    /// secrets key.
+    pub callbacks: Option<Arc<crate::callbacks::CallbackUrls>>,
 }
 
 #[derive(OpenApi)]
@@ -86,6 +90,7 @@ pub struct AppState {
         (name = "sagas", description = "Sagas: ordered steps run durably, compensated in reverse on failure or cancel"),
         (name = "templates", description = "Saga templates: start requests kept under a name, versioned, with an optional JSON Schema for inputs"),
         (name = "secrets", description = "Write-only secrets a step can use (or read, when granted) without them being stored or shown in plain text"),
+        (name = "waits", description = "Waits for people and systems: approve or reject a saga's wait, call a wait's capability URL, post a message for a correlation key"),
         (name = "webhooks", description = "Signed deliveries (Standard Webhooks) of saga events to subscribed endpoints, from an outbox written with the change"),
     )
 )]
@@ -196,6 +201,7 @@ fn v1(max_component_bytes: usize) -> (Router<AppState>, utoipa::openapi::OpenApi
         .merge(sagas::router())
         .merge(secrets::router())
         .merge(templates::router())
+        .merge(waits::router())
         .merge(webhooks::router())
         .split_for_parts();
     // After the routers merged their paths: the modifiers of `ApiDoc` run
@@ -375,6 +381,17 @@ async fn metrics(State(state): State<AppState>, request: Request) -> Response {
     match state.store.queued_by_prefix().await {
         Ok(counts) => m.set_concurrency_queued(&counts),
         Err(e) => tracing::debug!(error = %e, "counting queued sagas for /metrics"),
+    }
+    match state
+        .store
+        .mailbox_counts(crate::model::Timestamp::now())
+        .await
+    {
+        Ok((open, kept)) => {
+            m.waits_open.set(open as i64);
+            m.messages_kept.set(kept as i64);
+        }
+        Err(e) => tracing::debug!(error = %e, "counting open waits for /metrics"),
     }
     match state.store.pending_count().await {
         Ok(n) => {

@@ -235,7 +235,7 @@ async fn list_sagas(
     Ok(Json(SagaList { sagas, next_cursor }))
 }
 
-fn parse_id(id: &str) -> Result<SagaId, ApiError> {
+pub(super) fn parse_id(id: &str) -> Result<SagaId, ApiError> {
     id.parse().map_err(|_| {
         ApiError::not_found(format!(
             "no saga `{}` (saga ids are UUIDs)",
@@ -257,12 +257,13 @@ async fn get_saga(
     Path(id): Path<String>,
 ) -> Result<Json<SagaDetail>, ApiError> {
     let id = parse_id(&id)?;
-    state
+    let mut detail = state
         .store
         .saga_shown(id, state.server.shown_output_bytes)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no saga {id}")))
+        .ok_or_else(|| ApiError::not_found(format!("no saga {id}")))?;
+    super::waits::with_callback_urls(&state, &mut detail);
+    Ok(Json(detail))
 }
 
 /// One step's whole output (a saga read leaves out an output larger than

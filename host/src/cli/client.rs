@@ -224,6 +224,33 @@ impl Client {
         Ok(self.send(request).await?.1)
     }
 
+    /// `POST /v1/sagas/{id}/waits/{wait}/{answer}` (complete, reject).
+    pub async fn answer_wait(
+        &self,
+        id: &str,
+        wait: &str,
+        answer: &str,
+        body: &serde_json::Value,
+    ) -> Result<SagaRun, ClientError> {
+        let request = self
+            .request(Method::POST, &["sagas", id, "waits", wait, answer])
+            .json(body);
+        Ok(self.send(request).await?.1)
+    }
+
+    /// `POST /v1/messages`, with an `Idempotency-Key` when given.
+    pub async fn send_message(
+        &self,
+        body: &serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut request = self.request(Method::POST, &["messages"]).json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        Ok(self.send(request).await?.1)
+    }
+
     /// `POST /v1/sagas/{id}/{action}` (cancel, pause, resume, retry).
     pub async fn saga_action(&self, id: &str, action: &str) -> Result<SagaRun, ClientError> {
         Ok(self

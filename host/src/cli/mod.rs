@@ -12,6 +12,7 @@
 //! failed (needs a human), so scripts can branch on the outcome.
 
 mod client;
+mod messages;
 mod migrate;
 mod plugins;
 mod resources;
@@ -25,6 +26,7 @@ pub use sagas::{EXIT_FAILED, EXIT_ROLLED_BACK};
 
 use crate::server::ServeError;
 use clap::{Args, Parser, Subcommand};
+use messages::MessageCommand;
 use migrate::MigrateArgs;
 use plugins::PluginCommand;
 use resources::ResourceCommand;
@@ -69,6 +71,10 @@ enum Command {
     /// List the desired-state resource ledger.
     #[command(subcommand)]
     Resource(ResourceCommand),
+    /// Send a message to the wait with its correlation key (or keep it for
+    /// one that opens later).
+    #[command(subcommand)]
+    Message(MessageCommand),
 }
 
 /// Where the server is, for the client subcommands.
@@ -128,6 +134,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Secret(command) => secrets::run(command).await,
         Command::Template(command) => templates::run(command).await,
         Command::Resource(command) => resources::run(command).await,
+        Command::Message(command) => messages::run(command).await,
     }
 }
 

@@ -117,6 +117,30 @@ pub(super) enum SagaCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Approve (complete) a saga's open wait.
+    Approve {
+        id: String,
+        /// The wait's name.
+        wait: String,
+        /// The payload (JSON); `{}` when not given.
+        #[arg(long)]
+        payload: Option<String>,
+        /// Kept on the saga's actions.
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Reject a saga's open wait: it fails and the saga compensates.
+    Reject {
+        id: String,
+        /// The wait's name.
+        wait: String,
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Follow a saga's progress until it ends.
     Watch {
         id: String,
@@ -309,6 +333,50 @@ pub(super) async fn run(command: SagaCommand) -> Result<ExitCode, CliError> {
             } else {
                 println!(
                     "resolved step {step} of saga {} (status {})",
+                    saga.id, saga.status
+                );
+            }
+        }
+        SagaCommand::Approve {
+            id,
+            wait,
+            payload,
+            note,
+            server,
+        } => {
+            let payload: serde_json::Value = match payload {
+                Some(text) => serde_json::from_str(&text)
+                    .map_err(|e| CliError::Usage(format!("--payload is not JSON: {e}")))?,
+                None => serde_json::json!({}),
+            };
+            let body = serde_json::json!({ "payload": payload, "note": note });
+            let saga = client(&server)
+                .answer_wait(&id, &wait, "complete", &body)
+                .await?;
+            if server.json {
+                print_json(&saga);
+            } else {
+                println!(
+                    "approved wait {wait} of saga {} (status {})",
+                    saga.id, saga.status
+                );
+            }
+        }
+        SagaCommand::Reject {
+            id,
+            wait,
+            note,
+            server,
+        } => {
+            let body = serde_json::json!({ "note": note });
+            let saga = client(&server)
+                .answer_wait(&id, &wait, "reject", &body)
+                .await?;
+            if server.json {
+                print_json(&saga);
+            } else {
+                println!(
+                    "rejected wait {wait} of saga {} (status {})",
                     saga.id, saga.status
                 );
             }

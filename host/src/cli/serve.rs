@@ -167,6 +167,14 @@ pub(super) struct ServeArgs {
         value_delimiter = ','
     )]
     allowed_hosts: Vec<String>,
+    /// The URL clients reach this server at: waits' callback URLs start
+    /// with it (without it they are paths).
+    #[arg(long, env = "WASAGA_PUBLIC_URL", value_parser = parse_public_url)]
+    public_url: Option<String>,
+    /// How long a posted message no wait took yet is kept for a wait that
+    /// opens later.
+    #[arg(long, env = "WASAGA_MESSAGE_TTL", value_parser = humantime::parse_duration, default_value = "1h")]
+    message_ttl: Duration,
     /// How long a console login lasts.
     #[arg(long, env = "WASAGA_SESSION_TTL", value_parser = humantime::parse_duration, default_value = "12h")]
     session_ttl: Duration,
@@ -287,6 +295,8 @@ impl ServeArgs {
             allowed_hosts: self.allowed_hosts.clone(),
             session_ttl: self.session_ttl,
             auth_failures_per_minute: self.auth_failures_per_minute,
+            public_url: self.public_url.clone(),
+            message_ttl: self.message_ttl,
             ..ServerConfig::default()
         };
         Ok(ServeOptions {
@@ -364,6 +374,19 @@ async fn shutdown_signal() {
         _ = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
         _ = term => tracing::info!("SIGTERM: shutting down"),
     }
+}
+
+/// `--public-url`: an `http(s)` URL with nothing after its path, kept
+/// without a trailing `/`.
+fn parse_public_url(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("an http or https URL with a host, e.g. https://wasaga.example.com".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("no query or fragment: callback URLs are this URL and a path".into());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
 #[cfg(test)]

@@ -241,6 +241,70 @@ pub(super) fn format_ms(ms: i64) -> String {
     }
 }
 
+/// An open wait's answer form, for the roles that may answer it (an
+/// operator, or one of its approvers): a field per top-level property of
+/// its schema (or one JSON field), a note, Approve and Reject; and its
+/// capability URL when the host has one.
+fn wait_form(
+    name: &str,
+    wait: &crate::model::WaitSpec,
+    row: &crate::model::StepResult,
+    v: &Viewer,
+    base: &str,
+) -> Markup {
+    let may = v.caller.role >= Role::Operator
+        || v.caller
+            .label
+            .as_ref()
+            .is_some_and(|l| wait.approvers.contains(l));
+    let properties: Vec<(String, String)> = wait
+        .schema
+        .as_ref()
+        .and_then(|s| s.get("properties"))
+        .and_then(|p| p.as_object())
+        .map(|p| {
+            p.iter()
+                .map(|(k, v)| {
+                    let kind = v.get("type").and_then(|t| t.as_str()).unwrap_or("json");
+                    (k.clone(), kind.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    html! {
+        div.wait {
+            p.muted { "Waits until " (row.waiting_until.map(|t| t.to_string()).unwrap_or_default())
+                @if wait.approvals > 1 { " for " (wait.approvals) " approvals" }
+                @if !wait.approvers.is_empty() { " by " (wait.approvers.join(", ")) " or an operator" } }
+            @if let Some(url) = &row.callback_url {
+                @if v.caller.role >= Role::Operator {
+                    p { "Callback URL: " code.callback-url { (url) } }
+                }
+            }
+            @if may {
+                form.wait-answer data-complete=(format!("{base}/complete")) data-reject=(format!("{base}/reject")) data-wait=(name) {
+                    @if properties.is_empty() {
+                        label { "Payload (JSON) " textarea name="payload" data-type="json" rows="3" { "{}" } }
+                    } @else {
+                        @for (field, kind) in &properties {
+                            label { (field) " "
+                                @if kind == "boolean" { input type="checkbox" name=(field) data-type="boolean"; }
+                                @else if kind == "number" || kind == "integer" { input type="number" name=(field) data-type="number"; }
+                                @else if kind == "string" { input type="text" name=(field) data-type="string"; }
+                                @else { input type="text" name=(field) data-type="json" placeholder="JSON"; }
+                            }
+                        }
+                    }
+                    label { "Note " input type="text" name="note"; }
+                    button type="button" data-answer="complete" { "Approve" }
+                    " "
+                    button.danger type="button" data-answer="reject" data-confirm="Reject this wait? The saga compensates." { "Reject" }
+                }
+            }
+        }
+    }
+}
+
 /// The live part of a saga's page: header facts, actions, timeline,
 /// ledger, resources, context.
 pub(super) fn saga_live(detail: &SagaDetail, v: &Viewer) -> Markup {
@@ -299,6 +363,11 @@ pub(super) fn saga_live(detail: &SagaDetail, v: &Viewer) -> Markup {
                                 @if !r.logs.is_empty() {
                                     details { summary { (r.logs.len()) " log lines" }
                                         pre.mono { @for l in &r.logs { (l.phase) "#" (l.attempt) " " (l.level) " " (l.message) "\n" } } }
+                                }
+                                @if let Some(wait) = &spec.wait {
+                                    @if r.status == crate::model::StepStatus::Waiting && r.received.is_none() && !s.cancel_requested {
+                                        (wait_form(&spec.name, wait, r, v, &post(&format!("waits/{}", spec.name))))
+                                    }
                                 }
                                 @if can_act && r.status == crate::model::StepStatus::CompensationFailed && offers(ActionKind::Resolve) {
                                     button.secondary data-post=(format!("/v1/sagas/{id}/steps/{i}/resolve")) data-confirm="Mark this step undone by hand?" { "Resolve by hand" }
@@ -361,7 +430,12 @@ pub(super) async fn load_saga(
         .saga_shown(saga_id, state.server.shown_output_bytes)
         .await
     {
-        Ok(Some(detail)) => Ok(detail),
+        Ok(Some(mut detail)) => {
+            if let Some(urls) = &state.callbacks {
+                urls.fill(&detail.saga, &mut detail.steps);
+            }
+            Ok(detail)
+        }
         Ok(None) => Err(not_found()),
         Err(e) => Err(error_page(
             Some(v),

@@ -110,6 +110,12 @@ impl Digest {
         Digest(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
     }
 
+    /// What a wait's `plugin` says: all zeros, no component's digest. A
+    /// wait calls no plugin and pins none.
+    pub fn wait() -> Digest {
+        Digest(format!("sha256:{}", "0".repeat(64)))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

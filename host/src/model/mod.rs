@@ -14,6 +14,7 @@ mod ids;
 mod saga;
 mod status;
 mod tokens;
+mod wait;
 mod webhook;
 
 pub use access::{
@@ -36,6 +37,10 @@ pub use saga::{
 pub(crate) use status::string_enum;
 pub use status::{ActionKind, LogLevel, Phase, ResourceState, SagaStatus, StepStatus, StopCause};
 pub use tokens::{Caller, Role, Tokens, TokensError};
+pub use wait::{
+    MAX_APPROVERS, Message, MessageDelivery, MessageRequest, OnTimeout, WaitAnswer, WaitElement,
+    WaitRequest, WaitSpec, WaitVerdict,
+};
 pub use webhook::{
     AttemptOutcome, Delivery, DeliveryStatus, DueDelivery, NewWebhook, OutboxEvent, SealedKey,
     Webhook, WebhookEvent, WebhookFilter, WebhookKeys,

@@ -4,7 +4,7 @@
 
 use super::{
     ActionKind, ConcurrencyKey, Digest, LogLevel, Phase, ResourceState, SagaId, SagaStatus, Slot,
-    StepStatus, StopCause, Timestamp,
+    StepStatus, StopCause, Timestamp, WaitElement, WaitSpec, WaitVerdict,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -79,6 +79,8 @@ pub enum StepRequest {
     /// A plugin digest (`sha256:...`) or name.
     Ref(String),
     Detailed(StepOptions),
+    /// `{"wait": {...}}`: a wait for a payload (docs/waits.md).
+    Wait(WaitElement),
 }
 
 /// Each step is a string or an object; say which is wrong and why, rather
@@ -95,12 +97,18 @@ pub fn deserialize_steps<'de, D: serde::Deserializer<'de>>(
         .enumerate()
         .map(|(i, step)| match step {
             Value::String(reference) => Ok(StepRequest::Ref(reference)),
+            Value::Object(ref fields) if fields.contains_key("wait") => {
+                WaitElement::deserialize(step)
+                    .map(StepRequest::Wait)
+                    .map_err(|e| D::Error::custom(format!("steps[{i}]: {e}")))
+            }
             Value::Object(_) => StepOptions::deserialize(step)
                 .map(StepRequest::Detailed)
                 .map_err(|e| D::Error::custom(format!("steps[{i}]: {e}"))),
             other => Err(D::Error::custom(format!(
                 "steps[{i}]: a step is a plugin reference (a string) or an object \
-                 {{plugin, max_attempts?, timeout_ms?, max_memory_bytes?, max_output_bytes?, max_wait_ms?}}, not {other}"
+                 {{plugin, max_attempts?, timeout_ms?, max_memory_bytes?, max_output_bytes?, max_wait_ms?}} \
+                 or a wait {{\"wait\": {{name, timeout, ...}}}}, not {other}"
             ))),
         })
         .collect::<Result<Vec<_>, _>>()
@@ -131,17 +139,19 @@ pub struct StepOptions {
 }
 
 impl StepRequest {
-    pub fn options(&self) -> StepOptions {
+    /// A plugin step's settings; `None` for a wait.
+    pub fn options(&self) -> Option<StepOptions> {
         match self {
-            StepRequest::Ref(plugin) => StepOptions {
+            StepRequest::Ref(plugin) => Some(StepOptions {
                 plugin: plugin.clone(),
                 max_attempts: None,
                 timeout_ms: None,
                 max_memory_bytes: None,
                 max_output_bytes: None,
                 max_wait_ms: None,
-            },
-            StepRequest::Detailed(options) => options.clone(),
+            }),
+            StepRequest::Detailed(options) => Some(options.clone()),
+            StepRequest::Wait(_) => None,
         }
     }
 }
@@ -191,6 +201,10 @@ pub struct StepSpec {
     /// the host's default (one hour).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_wait_ms: Option<u64>,
+    /// Set for a wait (its `plugin` is then [`Digest::wait`]): no plugin
+    /// is called; the step waits for a payload (docs/waits.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<WaitSpec>,
 }
 
 /// Why a saga stopped short of `completed`. The original engine recorded
@@ -225,9 +239,13 @@ pub struct Action {
     pub actor: Option<String>,
     pub at: Timestamp,
     pub note: Option<String>,
-    /// The step a resolve was about.
+    /// The step a resolve (or a wait's answer) was about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_index: Option<u32>,
+    /// The payload an approval of a wait approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Value>,
 }
 
 /// A saga, without its ledger.
@@ -399,6 +417,17 @@ pub struct StepResult {
     /// When the current phase's first wait began (bounds the total wait).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_started_at: Option<Timestamp>,
+    /// A wait's: what it received while open (the driver completes or
+    /// fails it next).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<WaitVerdict>,
+    /// A wait's correlation key, filled in, while it is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_key: Option<String>,
+    /// An open wait's capability URL (`POST` a payload to it, no token):
+    /// shown while the wait is open, on a host with a secrets key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// Calls a ledger row keeps in `calls`.

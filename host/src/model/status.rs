@@ -102,6 +102,9 @@ string_enum! {
     pub enum StepStatus {
         /// Executing, or waiting to be called again (`waiting_until`).
         Running,
+        /// A wait, open until it receives a payload or times out
+        /// (`waiting_until`).
+        Waiting,
         Completed,
         Failed,
         Compensating,
@@ -140,6 +143,10 @@ string_enum! {
         Resume,
         Retry,
         Resolve,
+        /// An approval (or the completion) of a wait, by its actor.
+        Complete,
+        /// A wait rejected: it fails and the saga compensates.
+        Reject,
     }
 }
 

@@ -91,15 +91,7 @@ pub fn fill(
     let mut filled: Vec<ConcurrencyKey> = Vec::with_capacity(keys.len());
     for (i, k) in keys.iter().enumerate() {
         let at = format!("concurrency[{i}].key");
-        let mut key = String::new();
-        for part in parts(&at, &k.key)? {
-            match part {
-                Part::Text(text) => key.push_str(text),
-                Part::Field(name, field) => {
-                    key.push_str(&value(&at, name, &field, inputs, deployment_id)?)
-                }
-            }
-        }
+        let key = fill_text(&at, &k.key, inputs, deployment_id)?;
         if key.len() > MAX_KEY_BYTES {
             return Err(PlanError::Invalid(format!(
                 "{at} is {} bytes once filled in; at most {MAX_KEY_BYTES}",
@@ -116,6 +108,32 @@ pub fn fill(
             limit: k.limit,
             on_conflict: k.on_conflict,
         });
+    }
+    Ok(filled)
+}
+
+/// Checks a text with fields (a wait's correlation key) as a template
+/// states it: braces closed, every field known.
+pub fn check_text(at: &str, text: &str) -> Result<(), PlanError> {
+    parts(at, text).map(drop)
+}
+
+/// `text` with its fields filled in from the start's inputs and
+/// deployment id; `at` names the field in errors.
+pub fn fill_text(
+    at: &str,
+    text: &str,
+    inputs: &Value,
+    deployment_id: Option<&str>,
+) -> Result<String, PlanError> {
+    let mut filled = String::new();
+    for part in parts(at, text)? {
+        match part {
+            Part::Text(text) => filled.push_str(text),
+            Part::Field(name, field) => {
+                filled.push_str(&value(at, name, &field, inputs, deployment_id)?)
+            }
+        }
     }
     Ok(filled)
 }

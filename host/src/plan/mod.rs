@@ -15,6 +15,9 @@
 //! threads within a deadline.
 
 mod keys;
+mod waits;
+
+pub use waits::MAX_WAIT_NAME;
 
 use crate::config::{RuntimeConfig, SchemaLimits};
 use crate::model::{ConcurrencyKey, Digest, PluginInfo, SagaRun, StepSpec, Template, Timestamp};
@@ -481,6 +484,7 @@ impl Planner {
                 at: saga.created_at,
                 note: None,
                 step_index: None,
+                payload: None,
             });
         }
         Ok(saga)
@@ -540,6 +544,7 @@ impl Planner {
             }
         };
         saga.concurrency.extend(asked);
+        waits::fill(&mut saga.plan, &saga.inputs, saga.deployment_id.as_deref())?;
         saga.concurrency = keys::fill(
             &saga.concurrency,
             &saga.inputs,
@@ -600,8 +605,20 @@ impl Planner {
         let mut unknown = Vec::new();
         // A plan often names one plugin several times: look each up once.
         let mut resolved: HashMap<String, Option<PluginInfo>> = HashMap::new();
+        let mut waits = Vec::new();
         for (i, step) in steps.iter().enumerate() {
-            let options = step.options();
+            let options = match step {
+                StepRequest::Wait(element) => {
+                    plan.push(waits::plan(
+                        i,
+                        &element.wait,
+                        &self.schema_limits,
+                        &mut waits,
+                    )?);
+                    continue;
+                }
+                step => step.options().expect("a plugin step has options"),
+            };
             let max_attempts = options.max_attempts.unwrap_or(self.default_max_attempts);
             if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
                 return Err(PlanError::Invalid(format!(
@@ -663,6 +680,7 @@ impl Planner {
                     max_memory_bytes: options.max_memory_bytes,
                     max_output_bytes: options.max_output_bytes,
                     max_wait_ms: options.max_wait_ms,
+                    wait: None,
                 }),
                 None => unknown.push(format!("`{}` (steps[{i}])", options.plugin)),
             }

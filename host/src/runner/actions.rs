@@ -25,6 +25,19 @@ pub enum ActionError {
     /// Not allowed in the saga's state; the message says the state.
     #[error("{0}")]
     Conflict(String),
+    /// The saga has no wait of that name (404).
+    #[error("{0}")]
+    NoWait(String),
+    /// The caller may not answer this wait (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// What the action brings fails a rule (a wait's schema): 422, the
+    /// saga unchanged.
+    #[error("{0}")]
+    Invalid(String),
+    /// What the action is about is over (a wait past, or cancelled): 410.
+    #[error("{0}")]
+    Gone(String),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -74,6 +87,9 @@ pub fn permits(saga: &SagaRun, kind: ActionKind) -> Permit {
             "saga {id} is {status}; only a failed saga can be retried"
         )),
         ActionKind::Resolve if status == SagaStatus::Failed => Permit::Change,
+        ActionKind::Complete | ActionKind::Reject => Permit::Refused(format!(
+            "a wait of saga {id} is answered at /v1/sagas/{id}/waits/NAME/complete or /reject"
+        )),
         ActionKind::Resolve => Permit::Refused(format!(
             "saga {id} is {status}; only a failed saga's steps can be resolved"
         )),
@@ -94,7 +110,7 @@ fn permitted(saga: &SagaRun, kind: ActionKind) -> Result<bool, ActionError> {
 const MAX_RACES: usize = 20;
 
 /// What an action decided, from the saga as read.
-enum Decision {
+pub(super) enum Decision {
     /// Nothing to write (the action is already in effect).
     Done,
     Write(Box<Transition>),
@@ -103,7 +119,7 @@ enum Decision {
 impl Runner {
     /// Reads the saga, asks `decide` what to write, writes it if nothing
     /// changed meanwhile (else decides again), and returns the saga.
-    async fn act(
+    pub(super) async fn act(
         &self,
         id: SagaId,
         decide: impl Fn(&SagaDetail, Timestamp) -> Result<Decision, ActionError>,
@@ -196,6 +212,8 @@ impl Runner {
                         let ready = d
                             .steps
                             .iter()
+                            // A wait answered while paused goes on at once.
+                            .filter(|r| r.received.is_none())
                             .filter_map(|r| r.waiting_until)
                             .max()
                             .map_or(now, |until| until.max(now));
@@ -380,6 +398,7 @@ pub(super) fn with_action(
         at,
         note,
         step_index,
+        payload: None,
     });
     actions
 }

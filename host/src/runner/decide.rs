@@ -133,11 +133,12 @@ impl View<'_> {
             .unwrap_or_else(|| fresh_row(self.spec(index), index, phase))
     }
 
-    /// When the step waits in `phase` (it answered `poll-after`).
+    /// When the step waits in `phase` (it answered `poll-after`, or it is
+    /// a wait with nothing received yet).
     pub fn waiting(&self, index: u32, phase: Phase) -> Option<Timestamp> {
         self.ledger
             .get(&index)
-            .filter(|r| r.phase == phase)
+            .filter(|r| r.phase == phase && r.received.is_none())
             .and_then(|r| r.waiting_until)
     }
 
@@ -247,7 +248,10 @@ impl View<'_> {
         failed.or_else(|| {
             self.ledger
                 .get(&index)
-                .filter(|r| r.status == StepStatus::Running && marked_here != Some(index))
+                .filter(|r| {
+                    matches!(r.status, StepStatus::Running | StepStatus::Waiting)
+                        && marked_here != Some(index)
+                })
                 .map(|r| (index, r.error.is_none()))
         })
     }
@@ -256,6 +260,10 @@ impl View<'_> {
     /// waiting): its work may have begun, which a 0.2.0 step's
     /// compensation undoes.
     pub fn stopped_from_outside(&self, (index, interrupted): (u32, bool)) -> bool {
+        if self.spec(index).wait.is_some() {
+            // A wait does nothing outside: nothing of it to undo.
+            return false;
+        }
         let row = &self.ledger[&index];
         interrupted || row.waiting_until.is_some() || row.polls > 0
     }
@@ -509,7 +517,7 @@ pub(super) fn fresh_mark(spec: &StepSpec, index: u32, owner: &str, now: Timestam
 }
 
 /// A ledger row for a step that has none yet.
-fn fresh_row(spec: &StepSpec, index: u32, phase: Phase) -> StepResult {
+pub(super) fn fresh_row(spec: &StepSpec, index: u32, phase: Phase) -> StepResult {
     StepResult {
         index,
         name: spec.name.clone(),
@@ -530,6 +538,9 @@ fn fresh_row(spec: &StepSpec, index: u32, phase: Phase) -> StepResult {
         waiting_until: None,
         polls: 0,
         wait_started_at: None,
+        received: None,
+        correlation_key: None,
+        callback_url: None,
     }
 }
 
@@ -668,6 +679,7 @@ mod tests {
                 max_memory_bytes: None,
                 max_output_bytes: None,
                 max_wait_ms: Some(60_000),
+                wait: None,
             })
             .collect();
         SagaRun::pending("test", plan, json!({}), None, None, Timestamp(0))

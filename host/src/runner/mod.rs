@@ -36,6 +36,7 @@ mod decide;
 mod retention;
 mod saga;
 mod start;
+pub mod waits;
 
 pub use actions::{ActionError, Permit, permits};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -95,6 +96,9 @@ struct RunnerInner {
     hub: Arc<EventHub>,
     /// Woken when a transition wrote webhook deliveries.
     outbox_written: Arc<Notify>,
+    /// What makes waits' capability URLs, for the `step` events of waits
+    /// opening (set once at start, on a host with a secrets key).
+    callback_urls: std::sync::OnceLock<Arc<crate::callbacks::CallbackUrls>>,
     /// Spans of calls and sagas (`--otlp-endpoint`).
     telemetry: Arc<Telemetry>,
 }
@@ -190,6 +194,7 @@ impl Runner {
                 events: broadcast::channel(1024).0,
                 hub: Arc::new(EventHub::new(event_buffer)),
                 outbox_written: Arc::new(Notify::new()),
+                callback_urls: std::sync::OnceLock::new(),
                 telemetry,
             }),
         }
@@ -208,6 +213,12 @@ impl Runner {
     /// This host's live events.
     pub fn hub(&self) -> &Arc<EventHub> {
         &self.inner.hub
+    }
+
+    /// Makes the `step` events of waits opening carry their capability
+    /// URLs (the first call counts).
+    pub fn set_callback_urls(&self, urls: Arc<crate::callbacks::CallbackUrls>) {
+        let _ = self.inner.callback_urls.set(urls);
     }
 
     /// Woken when this host wrote webhook deliveries (for the deliverer).
@@ -646,7 +657,14 @@ impl Runner {
             || u.actions.is_some()
             || u.cancel_requested.is_some()
             || u.pause_requested.is_some();
-        self.inner.hub.publish(saga, saga_changed, &t.steps);
+        match self.inner.callback_urls.get() {
+            Some(urls) if t.steps.iter().any(crate::callbacks::is_open_wait) => {
+                let mut rows = t.steps.clone();
+                urls.fill(saga, &mut rows);
+                self.inner.hub.publish(saga, saga_changed, &rows);
+            }
+            _ => self.inner.hub.publish(saga, saga_changed, &t.steps),
+        }
         if !t.outbox.is_empty() {
             self.inner.outbox_written.notify_one();
         }

@@ -41,8 +41,12 @@
 //! obtained from a plugin is never thrown away.
 
 use super::decide::{self, Ledger, Next, Stop, View, attempts, end_saga, outcome_label};
+use super::waits;
 use super::{ActiveSaga, Runner};
-use crate::model::{Phase, SagaRun, SagaStatus, StepResult, StepSpec, StepStatus, Timestamp};
+use crate::model::{
+    LedgerLogLine, LogLevel, Phase, SagaRun, SagaStatus, StepResult, StepSpec, StepStatus,
+    Timestamp, WaitSpec,
+};
 use crate::plugin::{CallOutcome, Contract, Plugin, Progress, StepCall, StepFailure};
 use crate::store::{
     Admission, Applied, ClaimedSaga, Fence, StoreError, TakeOver, Taken, Transition,
@@ -180,6 +184,13 @@ impl Driver<'_> {
                 } => {
                     self.may_go_on(index, phase)?;
                     self.park_waiting(until).await?
+                }
+                Next::Call { index, phase } if self.spec(index).wait.is_some() => {
+                    self.may_go_on(index, phase)?;
+                    match phase {
+                        Phase::Execute => self.wait_turn(index).await?,
+                        Phase::Compensate => self.undo_wait(index).await?,
+                    }
                 }
                 Next::Call { index, phase } => {
                     self.may_go_on(index, phase)?;
@@ -850,6 +861,107 @@ impl Driver<'_> {
         Ok(Flow::Continue)
     }
 
+    /// A wait's turn going forward: open it (taking a message kept for
+    /// its key), or complete or fail it with what it received or its
+    /// timeout, or park the saga until its timeout (`waits::turn`).
+    async fn wait_turn(&mut self, index: u32) -> Result<Flow, Halt> {
+        let spec = self.spec(index).clone();
+        let wait = spec.wait.clone().expect("a wait");
+        let open = self
+            .ledger
+            .get(&index)
+            .filter(|r| r.status == StepStatus::Waiting)
+            .cloned();
+        let Some(mut row) = open else {
+            return self.open_wait(index, &wait).await;
+        };
+        match waits::turn(&spec.name, &wait, &row, self.now()) {
+            waits::Turn::Park(until) => self.park_waiting(until).await,
+            waits::Turn::Complete { payload, how } => {
+                tracing::info!(wait = %spec.name, "{how}");
+                row.logs.push(wait_log(&how));
+                row.received = None;
+                row.correlation_key = None;
+                self.complete(index, row, waits::output(&spec.name, payload), Vec::new())
+                    .await
+            }
+            waits::Turn::Fail(why) => {
+                tracing::info!(wait = %spec.name, error = %why, "wait failed");
+                row.logs.push(wait_log(&why));
+                row.correlation_key = None;
+                self.step_failed(index, Phase::Execute, row, why, false)
+                    .await?;
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    /// Opens a wait: its row `waiting` until its timeout, holding its
+    /// correlation key; a message kept under that key is taken in the same
+    /// transaction (and read back).
+    async fn open_wait(&mut self, index: u32, wait: &WaitSpec) -> Result<Flow, Halt> {
+        let now = self.now();
+        let mut row = self.view().row(index, Phase::Execute);
+        row.status = StepStatus::Waiting;
+        row.phase = Phase::Execute;
+        row.attempts = 0;
+        row.started_at = Some(now);
+        row.finished_at = None;
+        row.error = None;
+        row.received = None;
+        row.executed_by = Some(self.owner().to_string());
+        row.waiting_until = Some(Timestamp(now.millis() + wait.timeout_ms as i64));
+        row.correlation_key = wait.correlation_key.clone();
+        let committed = self
+            .commit(&|d: &Self| {
+                if d.cancel_seen() || d.pause_seen() {
+                    return None;
+                }
+                let mut t = d.transition();
+                t.saga.status =
+                    (d.saga.status != SagaStatus::Running).then_some(SagaStatus::Running);
+                t.saga.current_step_index = Some(index);
+                t.take_message = row.correlation_key.clone().map(|key| (index, key));
+                t.steps.push(row.clone());
+                Some(t)
+            })
+            .await?;
+        if committed.is_some() {
+            tracing::info!(wait = %self.spec(index).name, "wait opened");
+            if wait.correlation_key.is_some() {
+                // A message kept for it may be on its row now.
+                self.refresh().await?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// A completed wait in the compensation walk: nothing to undo.
+    async fn undo_wait(&mut self, index: u32) -> Result<Flow, Halt> {
+        let mut row = self.view().row(index, Phase::Compensate);
+        row.phase = Phase::Compensate;
+        self.compensated(index, row).await
+    }
+
+    /// Records the step undone (`row` carries its last call's logs), its
+    /// resources gone from the desired state, and moves the walk on.
+    async fn compensated(&mut self, index: u32, mut row: StepResult) -> Result<Flow, Halt> {
+        row.status = StepStatus::Compensated;
+        row.error = self.view().unfinished_cause(&row);
+        row.finished_at = Some(self.now());
+        row.waiting_until = None;
+        self.commit(&|d: &Self| {
+            let mut t = d.transition();
+            t.steps.push(row.clone());
+            t.removed_resources.push(index);
+            t.saga.current_step_index = Some(index.saturating_sub(1));
+            Some(t)
+        })
+        .await?
+        .expect("always written");
+        Ok(Flow::Continue)
+    }
+
     /// The step answered `poll-after`: park the saga until then, holding
     /// nothing, unless its total wait would pass its limit (it fails) or a
     /// cancel arrived (compensation starts, from this step).
@@ -1030,22 +1142,7 @@ impl Driver<'_> {
         let mut outcome = self.call_plugin(index, Phase::Compensate, attempt).await?;
         let mut row = self.with_logs(index, Phase::Compensate, attempt, &mut outcome);
         match outcome.result {
-            Ok(Progress::Done(_)) => {
-                row.status = StepStatus::Compensated;
-                row.error = self.view().unfinished_cause(&row);
-                row.finished_at = Some(self.now());
-                row.waiting_until = None;
-                self.commit(&|d: &Self| {
-                    let mut t = d.transition();
-                    t.steps.push(row.clone());
-                    t.removed_resources.push(index);
-                    t.saga.current_step_index = Some(index.saturating_sub(1));
-                    Some(t)
-                })
-                .await?
-                .expect("always written");
-                Ok(Flow::Continue)
-            }
+            Ok(Progress::Done(_)) => self.compensated(index, row).await,
             Ok(Progress::PollAfter(delay)) => self.wait(index, Phase::Compensate, row, delay).await,
             Err(failure) if failure.is_retryable() && attempt < limit => {
                 tracing::info!(error = %failure, "compensation failed; will retry");
@@ -1088,5 +1185,15 @@ impl Driver<'_> {
         })
         .await?;
         Ok(Flow::Continue)
+    }
+}
+
+/// A line the host writes in a wait's log.
+fn wait_log(message: &str) -> LedgerLogLine {
+    LedgerLogLine {
+        level: LogLevel::Info,
+        message: format!("[host] {message}"),
+        phase: Phase::Execute,
+        attempt: 0,
     }
 }

@@ -22,7 +22,8 @@ macro_rules! step_insert {
     () => {
         "INSERT INTO saga_step_results
      (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at,
-      finished_at, executed_by, waiting_until, polls, wait_started_at, compensate_attempt_base, calls)"
+      finished_at, executed_by, waiting_until, polls, wait_started_at, compensate_attempt_base, calls,
+      received, correlation_key)"
     };
 }
 
@@ -34,12 +35,14 @@ macro_rules! step_on_conflict {
      attempts = excluded.attempts, compensate_attempts = excluded.compensate_attempts, logs = excluded.logs,
      started_at = excluded.started_at, finished_at = excluded.finished_at, executed_by = excluded.executed_by,
      waiting_until = excluded.waiting_until, polls = excluded.polls, wait_started_at = excluded.wait_started_at,
-     compensate_attempt_base = excluded.compensate_attempt_base, calls = excluded.calls"
+     compensate_attempt_base = excluded.compensate_attempt_base, calls = excluded.calls,
+     received = excluded.received, correlation_key = excluded.correlation_key"
     };
 }
 
 pub mod budgets;
 mod error;
+pub mod mailbox;
 pub mod postgres;
 mod rows;
 pub mod schema;
@@ -49,6 +52,7 @@ pub mod webhooks;
 
 pub use budgets::{BudgetStore, PutBudget, Take};
 pub use error::{StoreError, StoreResult, redact_url};
+pub use mailbox::{MailboxStore, NewMessage, Posted};
 pub(crate) use rows::*;
 pub use schema::Schema;
 pub use webhooks::WebhookStore;
@@ -291,6 +295,10 @@ pub struct Transition {
     /// ended): holding when they have room, else queued at the back of
     /// the arrival order, the saga then claimable only once admitted.
     pub retake_slots: bool,
+    /// A wait this transition opens, with its correlation key: the oldest
+    /// message kept under the key goes to it in the same transaction
+    /// (`store::mailbox`).
+    pub take_message: Option<(u32, String)>,
     pub pins: Pins,
     /// Webhook events this change causes, written to the outbox in the
     /// same transaction (one delivery per subscribed endpoint).
@@ -313,6 +321,7 @@ impl Transition {
             release_slots: false,
             take_over: None,
             retake_slots: false,
+            take_message: None,
             pins: Pins::Keep,
             outbox: Vec::new(),
         }
@@ -473,7 +482,7 @@ pub enum Health {
 
 /// The persistence the runner and the API need.
 #[async_trait]
-pub trait Store: WebhookStore + BudgetStore + Send + Sync + 'static {
+pub trait Store: WebhookStore + BudgetStore + MailboxStore + Send + Sync + 'static {
     /// Which database this is ("sqlite", "postgres").
     fn backend(&self) -> &'static str;
 

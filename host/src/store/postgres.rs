@@ -19,7 +19,7 @@ macro_rules! json_ledger_columns {
         "step_index BIGINT, phase TEXT, status TEXT, output TEXT, error TEXT, attempts BIGINT,
          compensate_attempts BIGINT, logs TEXT, started_at BIGINT, finished_at BIGINT, executed_by TEXT,
          waiting_until BIGINT, polls BIGINT, wait_started_at BIGINT, compensate_attempt_base BIGINT,
-         calls TEXT"
+         calls TEXT, received TEXT, correlation_key TEXT"
     };
 }
 
@@ -29,13 +29,14 @@ macro_rules! json_ledger_values {
     () => {
         "r.step_index, r.phase, r.status, r.output, r.error, r.attempts, r.compensate_attempts, r.logs,
          r.started_at, r.finished_at, r.executed_by, r.waiting_until, r.polls, r.wait_started_at,
-         r.compensate_attempt_base, r.calls"
+         r.compensate_attempt_base, r.calls, r.received, r.correlation_key"
     };
 }
 
 mod admin;
 mod budgets;
 mod group;
+mod mailbox;
 mod slots;
 mod transition;
 use transition::{apply_transition, first_gone};
@@ -864,6 +865,10 @@ impl Store for PgStore {
                 if transition.release_slots || transition.retake_slots {
                     // Keys before rows: the one lock order (`slots`).
                     slots::lock_saga_keys(&mut tx, &transition.saga_id.to_string()).await?;
+                }
+                if let Some((_, key)) = &transition.take_message {
+                    // The key before the saga's row, as a post takes them.
+                    mailbox::lock(&mut tx, key).await?;
                 }
                 let applied = apply_transition(&mut tx, &transition).await?;
                 tx.commit().await?;

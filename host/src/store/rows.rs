@@ -41,11 +41,14 @@ pub(crate) struct StepRow {
     pub wait_started_at: Option<i64>,
     pub compensate_attempt_base: i64,
     pub calls: String,
+    pub received: Option<String>,
+    pub correlation_key: Option<String>,
 }
 
 /// The ledger columns every query selects, in [`StepRow`]'s order.
 pub(crate) const STEP_COLUMNS: &str = "step_index, phase, status, output, error, attempts, compensate_attempts, \
-     logs, started_at, finished_at, executed_by, waiting_until, polls, wait_started_at, compensate_attempt_base, calls";
+     logs, started_at, finished_at, executed_by, waiting_until, polls, wait_started_at, compensate_attempt_base, calls, \
+     received, correlation_key";
 
 impl StepRow {
     /// The ledger row, named and pinned from the saga's plan.
@@ -78,6 +81,13 @@ impl StepRow {
             wait_started_at: self.wait_started_at.map(Timestamp),
             compensate_attempt_base: self.compensate_attempt_base as u32,
             calls: from_json("step calls", &self.calls)?,
+            received: self
+                .received
+                .as_deref()
+                .map(|r| from_json("what a wait received", r))
+                .transpose()?,
+            correlation_key: self.correlation_key,
+            callback_url: None,
         })
     }
 }
@@ -102,6 +112,8 @@ pub(crate) fn ledger_row_json(step: &StepResult) -> serde_json::Map<String, serd
         "wait_started_at": step.wait_started_at.map(Timestamp::millis),
         "compensate_attempt_base": step.compensate_attempt_base,
         "calls": to_json(&step.calls),
+        "received": step.received.as_ref().map(to_json),
+        "correlation_key": step.correlation_key.as_deref(),
     }) else {
         unreachable!("an object literal")
     };
@@ -376,7 +388,7 @@ pub(crate) fn pinned_by(ids: &[String]) -> StoreResult<super::DeletePlugin> {
 /// The distinct digests a plan pins, in plan order.
 pub(crate) fn pinned_digests(plan: &[StepSpec]) -> Vec<Digest> {
     let mut digests: Vec<Digest> = Vec::new();
-    for step in plan {
+    for step in plan.iter().filter(|s| s.wait.is_none()) {
         if !digests.contains(&step.plugin) {
             digests.push(step.plugin.clone());
         }

@@ -17,6 +17,7 @@
 mod admin;
 mod budgets;
 mod catalog;
+mod mailbox;
 mod slots;
 mod transition;
 use transition::{apply_transition, pin, upsert_step};
@@ -264,6 +265,8 @@ fn step_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StepRow> {
         wait_started_at: r.get(13)?,
         compensate_attempt_base: r.get(14)?,
         calls: r.get(15)?,
+        received: r.get(16)?,
+        correlation_key: r.get(17)?,
     })
 }
 

@@ -815,6 +815,10 @@ async fn the_openapi_document_matches_the_router() {
         "PUT /budgets/{name}",
         "DELETE /budgets/{name}",
         "POST /budgets/{name}/pause",
+        "POST /sagas/{id}/waits/{name}/complete",
+        "POST /sagas/{id}/waits/{name}/reject",
+        "POST /callbacks/{token}",
+        "POST /messages",
     ];
     contract.sort();
     assert_eq!(
@@ -899,6 +903,7 @@ async fn the_openapi_document_is_what_answers_are_checked_against() {
         schemas["StepStatus"]["enum"],
         json!([
             "running",
+            "waiting",
             "completed",
             "failed",
             "compensating",

@@ -15,4 +15,5 @@ mod saga_properties;
 mod security;
 mod store;
 mod telemetry;
+mod waits;
 mod webhooks;

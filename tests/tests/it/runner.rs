@@ -508,6 +508,9 @@ fn running_row(spec: &StepSpec, index: u32) -> wasaga::model::StepResult {
         waiting_until: None,
         polls: 0,
         wait_started_at: None,
+        received: None,
+        correlation_key: None,
+        callback_url: None,
     }
 }
 

@@ -80,6 +80,9 @@ fn step_rows(plan: &[StepSpec], owner: &str, now: Timestamp, n: usize) -> (StepR
         waiting_until: None,
         polls: 0,
         wait_started_at: None,
+        received: None,
+        correlation_key: None,
+        callback_url: None,
     };
     let mut done = row(0);
     done.status = StepStatus::Completed;

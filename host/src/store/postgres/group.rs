@@ -67,6 +67,7 @@ impl Grouper {
             && t.outbox.is_empty()
             && !t.release_slots
             && !t.retake_slots
+            && t.take_message.is_none()
             && t.steps.iter().all(|step| indexes.insert(step.index))
     }
 

@@ -114,6 +114,9 @@ pub(super) async fn apply_transition(
             .await?;
     }
     upsert_steps(tx, &id, &t.steps).await?;
+    if let Some((index, key)) = &t.take_message {
+        super::mailbox::take(tx, &id, *index, key, t.now).await?;
+    }
     for (step_index, resource) in &t.resources {
         // The desired state (new, or re-recorded: spec replaced, version
         // bumped, present again, now this step's), then the saga's own

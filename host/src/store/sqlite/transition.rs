@@ -11,7 +11,7 @@ use super::*;
 pub(super) fn upsert_step(conn: &Connection, saga_id: &str, step: &StepResult) -> StoreResult<()> {
     const UPSERT: &str = concat!(
         step_insert!(),
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         step_on_conflict!()
     );
     // The columns, in `step_insert!`'s order.
@@ -33,6 +33,8 @@ pub(super) fn upsert_step(conn: &Connection, saga_id: &str, step: &StepResult) -
         step.wait_started_at.map(Timestamp::millis),
         step.compensate_attempt_base as i64,
         to_json(&step.calls),
+        step.received.as_ref().map(to_json),
+        step.correlation_key.as_deref(),
     ])?;
     Ok(())
 }
@@ -156,6 +158,9 @@ pub(super) fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult
     }
     for step in &t.steps {
         upsert_step(conn, &id, step)?;
+    }
+    if let Some((index, key)) = &t.take_message {
+        super::mailbox::take(conn, &id, *index, key, t.now)?;
     }
     if !t.resources.is_empty() {
         let mut record = conn.prepare_cached(RESOURCE_RECORD)?;

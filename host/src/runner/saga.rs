@@ -21,6 +21,14 @@
 //! walk goes on. The end is `completed`, `rolled_back`, or `failed` when a
 //! compensation failed.
 //!
+//! A wait (a plan element calling no plugin; its rules are `waits`) opens
+//! as a `waiting` row until its timeout, taking a message kept for its
+//! correlation key in the same commit, and the saga parks holding nothing.
+//! Claimed again (answered, or at its timeout) it completes with what it
+//! received or its default, merged into the context like a step's output,
+//! or fails, and the saga compensates. In the compensation walk a
+//! completed wait is undone without a call.
+//!
 //! Which step's work began: a completed step's; and, for a step built on
 //! contract 0.2.0, one that was waiting or was interrupted from outside (a
 //! cancel, its deadline, a crash) when the saga stopped. A 0.1.0 step that

@@ -636,3 +636,89 @@ async fn a_concurrency_key_is_held_across_a_sigkill() {
         );
     }
 }
+
+/// A saga waiting for a message (docs/waits.md) is a row and a time: a
+/// SIGKILL while it waits loses nothing, and a message posted to the next
+/// host completes the wait; a message posted before its saga even started
+/// is taken as the wait opens. On both databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_a_message_survives_a_sigkill() {
+    for backend in [
+        wasaga_tests::Backend::Sqlite,
+        wasaga_tests::Backend::Postgres,
+    ] {
+        let db = wasaga_tests::TestDb::new(backend).await;
+        let args = db_args(&db);
+        let http = wasaga_tests::Http::new();
+        let mut server = ServerProcess::start(BIN, &args, db.dir.path().join("first.log"))
+            .await
+            .unwrap();
+        let base = server.base.clone();
+        upload(&http, &base, "echo").await;
+        let post = |base: String, path: &'static str, body: Value| {
+            let request = http.post(format!("{base}{path}")).json(&body);
+            async move {
+                let r = request.send().await.unwrap();
+                assert_eq!(r.status(), reqwest::StatusCode::CREATED, "{path}");
+                r.json::<Value>().await.unwrap()
+            }
+        };
+        let saga = |order: u32| {
+            json!({"kind": "order", "inputs": {"order": order}, "steps": [
+                {"wait": {"name": "paid", "timeout": "1h", "correlation_key": "order:{{inputs.order}}"}},
+                "echo",
+            ]})
+        };
+        let early = post(
+            base.clone(),
+            "/v1/messages",
+            json!({"key": "order:2", "payload": {"early": true}}),
+        )
+        .await;
+        assert_eq!(early["status"], "kept", "{backend:?}: {early}");
+        let waiting = post(base.clone(), "/v1/sagas", saga(1)).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        poll_saga(&http, &base, &waiting, Duration::from_secs(60), |s| {
+            s["steps"][0]["status"] == "waiting"
+        })
+        .await;
+        server.kill();
+
+        let server = ServerProcess::start(BIN, &args, db.dir.path().join("second.log"))
+            .await
+            .unwrap();
+        let base = server.base.clone();
+        let delivered = post(
+            base.clone(),
+            "/v1/messages",
+            json!({"key": "order:1", "payload": {"paid": 10}}),
+        )
+        .await;
+        assert_eq!(delivered["status"], "delivered", "{backend:?}: {delivered}");
+        let done = poll_saga(&http, &base, &waiting, Duration::from_secs(60), |s| {
+            s["status"] == "completed"
+        })
+        .await;
+        assert_eq!(
+            done["context"]["paid"],
+            json!({"paid": 10}),
+            "{backend:?}: {done}"
+        );
+        let second = post(base.clone(), "/v1/sagas", saga(2)).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let done = poll_saga(&http, &base, &second, Duration::from_secs(60), |s| {
+            s["status"] == "completed"
+        })
+        .await;
+        assert_eq!(
+            done["context"]["paid"],
+            json!({"early": true}),
+            "{backend:?}: {done}"
+        );
+        drop(server);
+    }
+}

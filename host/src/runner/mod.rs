@@ -305,7 +305,12 @@ impl Runner {
         let runner = self.clone();
         tokio::spawn(async move {
             match runner.inner.store.saga(id).await {
-                Ok(Some(detail)) => runner.inner.hub.publish_read(&detail),
+                Ok(Some(mut detail)) => {
+                    if let Some(urls) = runner.inner.callback_urls.get() {
+                        urls.fill(&detail.saga, &mut detail.steps);
+                    }
+                    runner.inner.hub.publish_read(&detail)
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, saga = %id, "reading a saga another host changed")

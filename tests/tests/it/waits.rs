@@ -342,7 +342,9 @@ on_both! {
         let (status, _) = server.post_json(&format!("/v1/sagas/{second}/waits/big/complete"), &json!({"payload": {"blob": huge}})).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         let after = server.get_json(&format!("/v1/sagas/{second}")).await;
-        assert_eq!(after["version"], before["version"], "{after}");
+        assert_eq!(after["actions"], before["actions"], "no answer recorded: {after}");
+        assert_eq!(after["steps"][0]["status"], "waiting", "{after}");
+        assert!(after["steps"][0].get("received").is_none(), "{after}");
 
         // Bad waits: a clear 400 naming the field, nothing stored.
         let before = server.get_json("/v1/sagas?limit=1000").await["sagas"].as_array().unwrap().len();
@@ -553,4 +555,28 @@ async fn a_wait_is_answered_from_the_console_in_chromium() {
     );
     ops.close().await.unwrap();
     server.stop().await.unwrap();
+}
+
+on_both! {
+    a_message_kept_past_its_ttl_is_dropped_not_delivered(backend) {
+        let db = TestDb::new(backend).await;
+        let mut server = TestServer::on(&db, |o| o.server.message_ttl = Duration::from_millis(300)).await;
+        server.http = Http::new();
+        let (status, kept) = server.post_json("/v1/messages", &json!({"key": "late:1", "payload": {"stale": true}})).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(kept["status"], "kept", "{kept}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let id = start(&server, json!({"kind": "t", "steps": [
+            {"wait": {"name": "w", "timeout": "1h", "correlation_key": "late:1"}}]})).await;
+        let saga = waiting_at(&server, &id, 0).await;
+        assert!(saga["steps"][0].get("received").is_none(), "an expired message is not delivered: {saga}");
+        let metrics = server.http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("wasaga_messages_kept 0"), "{metrics}");
+        // A fresh one is.
+        let (_, fresh) = server.post_json("/v1/messages", &json!({"key": "late:1", "payload": {"fresh": true}})).await;
+        assert_eq!(fresh["status"], "delivered", "{fresh}");
+        let saga = wait_status(&server, &id, "completed").await;
+        assert_eq!(saga["context"]["w"], json!({"fresh": true}));
+        server.stop().await.unwrap();
+    }
 }

@@ -56,27 +56,36 @@ async fn post_messages(host: &ServedHost, keys: impl Iterator<Item = String>) ->
     Ok(answered.into_iter().max().unwrap_or(0))
 }
 
-/// `--only mailbox`.
-pub(crate) async fn mailbox(report: &mut Report, quick: bool, bin: &Path) -> Result<()> {
-    report.measured_by(format!("{BENCH} --only mailbox {WITH_SERVER}"));
-    let sagas: usize = if quick { 1_000 } else { 10_000 };
-    let early: usize = if quick { 200 } else { 1_000 };
+/// What one round measured: last message to last completion, peak and
+/// idle RSS.
+struct Round {
+    after_last: Duration,
+    peak: u64,
+    idle: u64,
+}
+
+/// The saga body of one wait whose key is `PREFIX:N`, N counting up.
+fn waiting<'a>(
+    prefix: &'static str,
+    next: &'a AtomicUsize,
+) -> impl Fn() -> serde_json::Value + 'a {
+    move || {
+        let n = next.fetch_add(1, Ordering::SeqCst);
+        json!({
+            "kind": "mailbox",
+            "steps": [{"wait": {"name": "event", "timeout": "1h", "correlation_key": format!("{prefix}:{{{{inputs.n}}}}")}}],
+            "inputs": {"n": n},
+        })
+    }
+}
+
+/// `sagas` waits opened, then a message for each, on a fresh server.
+async fn round(bin: &Path, sagas: usize) -> Result<Round> {
     let host = ServedHost::start(bin, "").await?;
     let idle = host.rss()?;
     let mut conn = database(&host).await?;
     let next = AtomicUsize::new(0);
-    let waiting = |prefix: &'static str| {
-        let next = &next;
-        move || {
-            let n = next.fetch_add(1, Ordering::SeqCst);
-            json!({
-                "kind": "mailbox",
-                "steps": [{"wait": {"name": "event", "timeout": "1h", "correlation_key": format!("{prefix}:{{{{inputs.n}}}}")}}],
-                "inputs": {"n": n},
-            })
-        }
-    };
-    host.start_sagas(sagas, waiting("late")).await?;
+    host.start_sagas(sagas, waiting("late", &next)).await?;
     count_reaches(
         &mut conn,
         "SELECT count(*) FROM saga_step_results WHERE status = 'waiting'",
@@ -94,39 +103,65 @@ pub(crate) async fn mailbox(report: &mut Report, quick: bool, bin: &Path) -> Res
         sqlx::query_as("SELECT max(updated_at) FROM saga_runs WHERE status = 'completed'")
             .fetch_one(&mut conn)
             .await?;
-    let after_last = Duration::from_millis((last_completed - last_posted as i64).max(0) as u64);
     let peak = host.peak_rss()?;
+    host.stop();
+    Ok(Round {
+        after_last: Duration::from_millis((last_completed - last_posted as i64).max(0) as u64),
+        peak,
+        idle,
+    })
+}
 
-    // Messages first, their sagas after: every wait takes its message as
-    // it opens.
-    next.store(0, Ordering::SeqCst);
+/// Messages first, their sagas after: every wait takes its message as it
+/// opens. Answers the sagas that did not complete with their message.
+async fn early_messages(bin: &Path, early: usize) -> Result<i64> {
+    let host = ServedHost::start(bin, "").await?;
+    let mut conn = database(&host).await?;
     post_messages(&host, (0..early).map(|n| format!("early:{n}"))).await?;
     let (kept,): (i64,) =
         sqlx::query_as("SELECT count(*) FROM wait_messages WHERE saga_id IS NULL")
             .fetch_one(&mut conn)
             .await?;
-    host.start_sagas(early, waiting("early")).await?;
-    host.wait_completed(sagas + early).await?;
+    anyhow::ensure!(kept as usize == early, "{kept} of {early} early messages were kept");
+    let next = AtomicUsize::new(0);
+    host.start_sagas(early, waiting("early", &next)).await?;
+    host.wait_completed(early).await?;
     let (lost,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM saga_runs WHERE kind = 'mailbox' AND status <> 'completed'",
+        "SELECT count(*) FROM saga_step_results
+         WHERE status <> 'completed' OR output NOT LIKE '%\"event\":{\"ok\":true}%'",
     )
     .fetch_one(&mut conn)
     .await?;
     host.stop();
-    anyhow::ensure!(
-        kept as usize == early,
-        "{kept} of {early} early messages were kept"
-    );
+    Ok(lost)
+}
+
+/// `--only mailbox`.
+pub(crate) async fn mailbox(report: &mut Report, quick: bool, bin: &Path) -> Result<()> {
+    report.measured_by(format!("{BENCH} --only mailbox {WITH_SERVER}"));
+    let sagas: usize = if quick { 1_000 } else { 10_000 };
+    let early: usize = if quick { 200 } else { 1_000 };
+    let rounds = if quick { 1 } else { 3 };
+    let mut measured = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        measured.push(round(bin, sagas).await?);
+    }
+    measured.sort_by_key(|r| r.after_last);
+    let median = &measured[measured.len() / 2];
+    let peak = measured.iter().map(|r| r.peak).max().unwrap_or(0);
+    let lost = early_messages(bin, early).await?;
     report.notes.push(format!(
-        "Mailbox: `wasaga serve` with default flags on SQLite; {sagas} sagas of one wait each (its own \
+        "Waits for messages: `wasaga serve` with default flags on SQLite; {sagas} sagas of one wait each (its own \
          correlation key) posted 256 at a time; once every wait is open, {sagas} messages posted 256 \
          at a time. The time is from the last message's answer to the last saga's completion as the \
-         database records it. Then {early} messages posted before their sagas exist, and those sagas started."
+         database records it, median of {rounds} rounds on fresh servers (peak RSS: the highest). Then, on \
+         another server, {early} messages posted before their sagas exist, and those sagas started: a saga \
+         that does not complete with its message counts as lost."
     ));
     report.add(
         "Waits for messages",
-        format!("{sagas} open waits, then {sagas} messages: last message to last completion"),
-        ms(after_last),
+        format!("{sagas} open waits, then {sagas} messages: last message to last completion (median of {rounds})"),
+        ms(median.after_last),
         String::new(),
         String::new(),
         "≤ 2 s",
@@ -135,8 +170,8 @@ pub(crate) async fn mailbox(report: &mut Report, quick: bool, bin: &Path) -> Res
         "Waits for messages",
         format!("{sagas} sagas waiting, then completing: peak RSS of wasaga serve"),
         mib(peak),
-        mib(idle) + " idle",
-        format!("{:.1}×", peak as f64 / idle as f64),
+        mib(median.idle) + " idle",
+        format!("{:.1}×", peak as f64 / median.idle as f64),
         "≤ 200 MiB",
     );
     report.add(

@@ -65,10 +65,7 @@ struct Round {
 }
 
 /// The saga body of one wait whose key is `PREFIX:N`, N counting up.
-fn waiting<'a>(
-    prefix: &'static str,
-    next: &'a AtomicUsize,
-) -> impl Fn() -> serde_json::Value + 'a {
+fn waiting<'a>(prefix: &'static str, next: &'a AtomicUsize) -> impl Fn() -> serde_json::Value + 'a {
     move || {
         let n = next.fetch_add(1, Ordering::SeqCst);
         json!({
@@ -122,7 +119,10 @@ async fn early_messages(bin: &Path, early: usize) -> Result<i64> {
         sqlx::query_as("SELECT count(*) FROM wait_messages WHERE saga_id IS NULL")
             .fetch_one(&mut conn)
             .await?;
-    anyhow::ensure!(kept as usize == early, "{kept} of {early} early messages were kept");
+    anyhow::ensure!(
+        kept as usize == early,
+        "{kept} of {early} early messages were kept"
+    );
     let next = AtomicUsize::new(0);
     host.start_sagas(early, waiting("early", &next)).await?;
     host.wait_completed(early).await?;

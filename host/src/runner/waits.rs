@@ -431,6 +431,16 @@ mod tests {
         }
     }
 
+    /// `actor`'s answer to the wait `approval`, with no note, at `NOW`.
+    fn ask(
+        d: &SagaDetail,
+        actor: &str,
+        operator: bool,
+        answer: &Answer,
+    ) -> Result<Decision, ActionError> {
+        decide_answer(d, "approval", &who(actor, operator), answer, &None, NOW)
+    }
+
     fn written(d: Result<Decision, ActionError>) -> Transition {
         match d {
             Ok(Decision::Write(t)) => *t,
@@ -450,43 +460,15 @@ mod tests {
     fn two_distinct_approvers_complete_a_two_of_three_wait() {
         let mut d = saga_at_wait(spec(2, &["alice", "bob", "carol"]));
         let ok = Answer::Complete(json!({"ok": true}));
-        let t = written(decide_answer(
-            &d,
-            "approval",
-            &who("alice", false),
-            &ok,
-            &None,
-            NOW,
-        ));
+        let t = written(ask(&d, "alice", false, &ok));
         assert!(t.steps.is_empty(), "one approval of two completes nothing");
         d.saga.actions = t.saga.actions.clone().unwrap();
-        let again = refused(decide_answer(
-            &d,
-            "approval",
-            &who("alice", false),
-            &ok,
-            &None,
-            NOW,
-        ));
+        let again = refused(ask(&d, "alice", false, &ok));
         assert!(again.contains("alice has approved"), "{again}");
         let other = Answer::Complete(json!({"ok": false}));
-        let mixed = refused(decide_answer(
-            &d,
-            "approval",
-            &who("bob", false),
-            &other,
-            &None,
-            NOW,
-        ));
+        let mixed = refused(ask(&d, "bob", false, &other));
         assert!(mixed.contains("another payload"), "{mixed}");
-        let t = written(decide_answer(
-            &d,
-            "approval",
-            &who("bob", false),
-            &ok,
-            &None,
-            NOW,
-        ));
+        let t = written(ask(&d, "bob", false, &ok));
         assert_eq!(
             t.steps[0].received,
             Some(WaitVerdict::Completed {
@@ -501,21 +483,14 @@ mod tests {
     fn answers_are_refused_by_role_schema_name_and_state() {
         let d = saga_at_wait(spec(1, &["alice"]));
         let ok = Answer::Complete(json!({"ok": true}));
-        let stranger = refused(decide_answer(
-            &d,
-            "approval",
-            &who("eve", false),
-            &ok,
-            &None,
-            NOW,
-        ));
+        let stranger = refused(ask(&d, "eve", false, &ok));
         assert!(
             stranger.contains("operator or by one of its approvers"),
             "{stranger}"
         );
         let bad = Answer::Complete(json!({"nope": 1}));
         assert!(matches!(
-            decide_answer(&d, "approval", &who("alice", false), &bad, &None, NOW),
+            ask(&d, "alice", false, &bad),
             Err(ActionError::Invalid(_))
         ));
         assert!(matches!(
@@ -525,18 +500,15 @@ mod tests {
         let mut cancelled = d.clone();
         cancelled.saga.cancel_requested = true;
         assert!(matches!(
-            decide_answer(&cancelled, "approval", &who("ops", true), &ok, &None, NOW),
+            ask(&cancelled, "ops", true, &ok),
             Err(ActionError::Gone(_))
         ));
         let mut done = d.clone();
         done.steps[0].status = StepStatus::Completed;
         done.steps[0].output = Some(json!({"approval": {"ok": true}}));
+        assert!(matches!(ask(&done, "ops", true, &ok), Ok(Decision::Done)));
         assert!(matches!(
-            decide_answer(&done, "approval", &who("ops", true), &ok, &None, NOW),
-            Ok(Decision::Done)
-        ));
-        assert!(matches!(
-            decide_answer(&done, "approval", &who("ops", true), &bad, &None, NOW),
+            ask(&done, "ops", true, &bad),
             Err(ActionError::Conflict(_))
         ));
     }

@@ -256,6 +256,10 @@ pub struct RunnerConfig {
     pub lease_ttl: Duration,
     /// How often held leases are renewed. Default lease_ttl / 3.
     pub lease_renew_every: Duration,
+    /// How long past its deadline a call may go without returning before
+    /// the watchdog gives up its saga's lease (a thread stuck outside the
+    /// call, where its own timeout cannot fire). Default 5 s.
+    pub call_grace: Duration,
     /// How often the store is polled for work when no wake-up arrives.
     /// Default 1 s.
     pub poll_every: Duration,
@@ -307,6 +311,10 @@ pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
 pub const WAIT_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(31 * 24 * 3600);
 
+/// Most sagas one `POST /v1/sagas/redrive` redrives: a filter finding
+/// more is refused, to be narrowed (docs/recovery.md).
+pub const MAX_REDRIVE_BATCH: usize = 10_000;
+
 /// How long a message no wait has taken yet is kept (`--message-ttl`).
 pub const DEFAULT_MESSAGE_TTL: Duration = Duration::from_secs(3600);
 
@@ -331,6 +339,7 @@ impl Default for RunnerConfig {
             concurrency: 64,
             lease_ttl: Duration::from_secs(15),
             lease_renew_every: Duration::from_secs(5),
+            call_grace: Duration::from_secs(5),
             poll_every: Duration::from_secs(1),
             retry: RetryPolicy::default(),
             node_id: None,

@@ -156,6 +156,9 @@ pub struct Metrics {
     pub step_retries: Family<PluginLabel, Counter>,
     pub store_commit_duration: Histogram,
     pub lease_takeovers: Counter,
+    /// Calls the watchdog gave up on: they passed their deadline by the
+    /// grace without returning (`runner` says why that can happen).
+    pub calls_abandoned: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
     pub concurrency_queued: Family<KeyPrefixLabel, Gauge>,
     pub budget_wait: Histograms<BudgetLabel>,
@@ -177,6 +180,7 @@ impl Metrics {
             step_retries: Family::default(),
             store_commit_duration: Histogram::new(COMMIT_BUCKETS),
             lease_takeovers: Counter::default(),
+            calls_abandoned: Counter::default(),
             http_requests: Family::default(),
             concurrency_queued: Family::default(),
             budget_wait: Family::new_with_constructor(call_histogram),
@@ -235,6 +239,11 @@ impl Metrics {
             "lease_takeovers",
             "Sagas taken over with a call cut short by another host's (or a previous run's) end",
             m.lease_takeovers.clone(),
+        );
+        registry.register(
+            "calls_abandoned",
+            "Calls that passed their deadline by the grace without returning: their saga's lease was given up so another host (or this one) takes it over",
+            m.calls_abandoned.clone(),
         );
         registry.register(
             "http_requests",

@@ -19,6 +19,7 @@ mod events;
 mod grants;
 pub(crate) mod guard;
 mod plugins;
+mod redrive;
 mod resources;
 mod sagas;
 mod secrets;
@@ -198,6 +199,7 @@ fn v1(max_component_bytes: usize) -> (Router<AppState>, utoipa::openapi::OpenApi
         .merge(events::router())
         .merge(grants::router())
         .merge(resources::router())
+        .merge(redrive::router())
         .merge(sagas::router())
         .merge(secrets::router())
         .merge(templates::router())

@@ -251,6 +251,27 @@ impl Client {
         Ok(self.send(request).await?.1)
     }
 
+    /// `POST /v1/sagas/{id}/redrive`.
+    pub async fn redrive(
+        &self,
+        id: &str,
+        body: &serde_json::Value,
+    ) -> Result<crate::model::RedrivePlan, ClientError> {
+        let request = self
+            .request(Method::POST, &["sagas", id, "redrive"])
+            .json(body);
+        Ok(self.send(request).await?.1)
+    }
+
+    /// `POST /v1/sagas/redrive`.
+    pub async fn redrive_many(
+        &self,
+        body: &serde_json::Value,
+    ) -> Result<crate::model::BulkRedrive, ClientError> {
+        let request = self.request(Method::POST, &["sagas", "redrive"]).json(body);
+        Ok(self.send(request).await?.1)
+    }
+
     /// `POST /v1/sagas/{id}/{action}` (cancel, pause, resume, retry).
     pub async fn saga_action(&self, id: &str, action: &str) -> Result<SagaRun, ClientError> {
         Ok(self

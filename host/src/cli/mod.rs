@@ -1,7 +1,7 @@
 //! The `wasaga` command line: `serve`, `migrate`, and client subcommands that talk to a
 //! server over HTTP API v1 (`plugin push|list|show|delete|grant|grants`, and
 //! `plugin new|run|test`, which need no server,
-//! `saga start|list|show|cancel|pause|resume|retry|resolve|watch`, `secret
+//! `saga start|list|show|cancel|pause|resume|retry|resolve|redrive|watch`, `secret
 //! set|list|delete`, `template put|list|show|delete`, `resource list`). One
 //! module per family of commands.
 //!
@@ -59,7 +59,7 @@ enum Command {
     /// locally.
     #[command(subcommand)]
     Plugin(PluginCommand),
-    /// Start, list, show, cancel, pause, resume, retry, resolve and watch sagas.
+    /// Start, list, show, cancel, pause, resume, retry, resolve, redrive and watch sagas.
     #[command(subcommand)]
     Saga(SagaCommand),
     /// Set, list and delete secrets (values are never shown).

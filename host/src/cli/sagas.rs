@@ -1,9 +1,9 @@
 //! `wasaga saga`: start, list, show, cancel, pause, resume, retry,
-//! resolve and watch sagas.
+//! resolve, redrive and watch sagas.
 
 use super::{CliError, ServerArgs, client, print_json};
 use crate::cli::Client;
-use crate::model::{SagaDetail, SagaRun, SagaStatus, StepStatus};
+use crate::model::{RedrivePlan, SagaDetail, SagaRun, SagaStatus, StepStatus};
 use clap::Subcommand;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -114,6 +114,50 @@ pub(super) enum SagaCommand {
         /// What was done by hand, kept on the saga's actions.
         #[arg(long)]
         note: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Drive a failed or rolled_back saga forward again (docs/recovery.md):
+    /// one saga by ID, or every one the filter flags find.
+    Redrive {
+        /// The saga; leave out to redrive every saga the filter finds.
+        id: Option<String>,
+        /// resume (from the first step not in effect), rerun or rewind.
+        #[arg(long, default_value = "resume")]
+        mode: String,
+        /// Where rerun and rewind start: a step's index or name.
+        #[arg(long = "from")]
+        from_step: Option<String>,
+        /// pinned (the digests it started with) or current (the newest uploads).
+        #[arg(long, default_value = "pinned")]
+        plugins: String,
+        /// A JSON merge patch on the saga's inputs.
+        #[arg(long)]
+        inputs_patch: Option<String>,
+        /// Kept on the saga's actions.
+        #[arg(long)]
+        note: Option<String>,
+        /// Show the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Filter (without ID): sagas of this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Filter: sagas started from this template.
+        #[arg(long)]
+        template: Option<String>,
+        /// Filter: failed or rolled_back (both when not given).
+        #[arg(long)]
+        status: Option<String>,
+        /// Filter: sagas whose error message contains this.
+        #[arg(long)]
+        error_contains: Option<String>,
+        /// Filter: started at or after (RFC 3339).
+        #[arg(long)]
+        started_after: Option<String>,
+        /// Filter: started before (RFC 3339).
+        #[arg(long)]
+        started_before: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -335,6 +379,82 @@ pub(super) async fn run(command: SagaCommand) -> Result<ExitCode, CliError> {
                     "resolved step {step} of saga {} (status {})",
                     saga.id, saga.status
                 );
+            }
+        }
+        SagaCommand::Redrive {
+            id,
+            mode,
+            from_step,
+            plugins,
+            inputs_patch,
+            note,
+            dry_run,
+            kind,
+            template,
+            status,
+            error_contains,
+            started_after,
+            started_before,
+            server,
+        } => {
+            let inputs_patch: Option<serde_json::Value> = inputs_patch
+                .map(|text| serde_json::from_str(&text))
+                .transpose()
+                .map_err(|e| CliError::Usage(format!("--inputs-patch is not JSON: {e}")))?;
+            // An index, or a step's name.
+            let from_step = from_step.map(|step| match step.parse::<u32>() {
+                Ok(index) => serde_json::json!(index),
+                Err(_) => serde_json::json!(step),
+            });
+            let mut body = serde_json::json!({
+                "mode": mode, "plugins": plugins, "note": note, "dry_run": dry_run,
+                "from_step": from_step, "inputs_patch": inputs_patch,
+            });
+            let filter = serde_json::json!({
+                "kind": kind, "template": template, "status": status,
+                "error_contains": error_contains, "started_after": started_after,
+                "started_before": started_before,
+            });
+            let filtered = filter
+                .as_object()
+                .is_some_and(|f| f.values().any(|v| !v.is_null()));
+            match id {
+                Some(_) if filtered => {
+                    return Err(CliError::Usage(
+                        "give a saga ID or filter flags (--kind, --status, ...), not both".into(),
+                    ));
+                }
+                Some(id) => {
+                    let plan = client(&server).redrive(&id, &body).await?;
+                    if server.json {
+                        print_json(&plan);
+                    } else {
+                        print_redrive_plan(&plan);
+                    }
+                }
+                None if !filtered => {
+                    return Err(CliError::Usage(
+                        "give a saga ID, or filter flags (--kind, --template, --status, \
+                         --error-contains, --started-after, --started-before) to redrive many"
+                            .into(),
+                    ));
+                }
+                None => {
+                    body["filter"] = filter;
+                    let answer = client(&server).redrive_many(&body).await?;
+                    if server.json {
+                        print_json(&answer);
+                    } else {
+                        let verb = if dry_run { "would redrive" } else { "redrove" };
+                        println!("{verb} {} saga(s)", answer.redriven.len());
+                        for plan in &answer.plans {
+                            print_redrive_plan(plan);
+                        }
+                        for refused in &answer.refused {
+                            println!("refused {}: {}", refused.saga_id, refused.error);
+                        }
+                    }
+                }
             }
         }
         SagaCommand::Approve {
@@ -564,4 +684,29 @@ fn finish(detail: &SagaDetail, json: bool) -> ExitCode {
         );
     }
     exit_for(saga.status)
+}
+
+/// A redrive's plan, a line per step.
+fn print_redrive_plan(plan: &RedrivePlan) {
+    let done = if plan.dry_run {
+        "would redrive"
+    } else {
+        "redriven:"
+    };
+    println!(
+        "{done} saga {} ({}, from step {})",
+        plan.saga_id, plan.mode, plan.from_step
+    );
+    for step in &plan.steps {
+        let status = step.status.map_or("-".to_string(), |s| s.to_string());
+        let changed = if step.plugin_changed {
+            " (new plugin)"
+        } else {
+            ""
+        };
+        println!(
+            "  {:>3}  {:<24} {:<20} {}  {}{changed}",
+            step.index, step.name, status, step.does, step.plugin
+        );
+    }
 }

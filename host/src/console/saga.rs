@@ -338,6 +338,7 @@ pub(super) fn saga_live(detail: &SagaDetail, v: &Viewer) -> Markup {
                 @if offers(ActionKind::Pause) { button.secondary data-post=(post("pause")) { "Pause" } }
                 @if offers(ActionKind::Resume) { button data-post=(post("resume")) { "Resume" } }
                 @if offers(ActionKind::Retry) { button data-post=(post("retry")) { "Retry compensation" } }
+                @if offers(ActionKind::Redrive) { button data-post=(post("redrive")) data-confirm="Drive this saga forward again, from the first step whose work is not in effect (docs/recovery.md)?" { "Redrive" } }
             }
         }
         h2 { "Timeline" }

@@ -11,6 +11,7 @@ mod access;
 mod budget;
 mod concurrency;
 mod ids;
+mod redrive;
 mod saga;
 mod status;
 mod tokens;
@@ -29,6 +30,10 @@ pub use concurrency::{
     SlotAge, SlotState, admit, arrive, key_prefix,
 };
 pub use ids::{BadDigest, Digest, SagaId, Timestamp};
+pub use redrive::{
+    BulkRedrive, BulkRedriveRequest, RedriveDoes, RedriveFilter, RedriveMode, RedrivePlan,
+    RedrivePlugins, RedriveRefusal, RedriveRequest, RedriveStep, StepRef, patched_inputs,
+};
 pub use saga::{
     Action, CallRecord, LedgerLogLine, LogLine, MAX_CALLS_KEPT, PluginInfo, RecordedResource,
     Resource, SagaDetail, SagaError, SagaResource, SagaRun, SagaSummary, StepOptions, StepRequest,

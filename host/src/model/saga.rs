@@ -292,6 +292,9 @@ pub struct SagaRun {
     /// (docs/flow-control.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub concurrency: Vec<ConcurrencyKey>,
+    /// Times it was redriven (each is a `redrive` action).
+    #[serde(default)]
+    pub redrives: u32,
 }
 
 impl SagaRun {
@@ -325,7 +328,16 @@ impl SagaRun {
             updated_at: now,
             trace_parent: None,
             concurrency: Vec::new(),
+            redrives: 0,
         }
+    }
+
+    /// Times `actions` says it was redriven.
+    pub fn count_redrives(actions: &[Action]) -> u32 {
+        actions
+            .iter()
+            .filter(|a| a.action == ActionKind::Redrive)
+            .count() as u32
     }
 
     /// What a list shows of it.
@@ -389,6 +401,11 @@ pub struct StepResult {
     /// step's `max_attempts` counts from here (0 until a retry).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub compensate_attempt_base: u32,
+    /// Calls of `execute` begun before the redrive that runs the step
+    /// again: its `max_attempts` counts from here, and its calls carry a
+    /// new idempotency key (0 until a redrive).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt_base: u32,
     /// The latest calls (at most [`MAX_CALLS_KEPT`]), oldest first: what
     /// the console's timeline draws.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

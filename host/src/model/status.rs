@@ -147,6 +147,8 @@ string_enum! {
         Complete,
         /// A wait rejected: it fails and the saga compensates.
         Reject,
+        /// A failed or rolled-back saga driven again (docs/recovery.md).
+        Redrive,
     }
 }
 

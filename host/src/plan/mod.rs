@@ -553,6 +553,35 @@ impl Planner {
         Ok(saga)
     }
 
+    /// Checks a redrive's `inputs_patch` (docs/recovery.md): a JSON object,
+    /// merged into the saga's inputs (RFC 7396), the result checked against
+    /// the schema of the template version the saga started from.
+    pub async fn check_redrive_inputs(
+        &self,
+        store: &dyn Store,
+        saga: &SagaRun,
+        patch: Option<&Value>,
+    ) -> Result<(), PlanError> {
+        let Some(patch) = patch else {
+            return Ok(());
+        };
+        if !patch.is_object() {
+            return Err(PlanError::Invalid(
+                "`inputs_patch` must be a JSON object (a merge patch: `null` removes a field)"
+                    .into(),
+            ));
+        }
+        let inputs = crate::model::patched_inputs(&saga.inputs, Some(patch));
+        let (Some(name), Some(version)) = (&saga.template, saga.template_version) else {
+            return Ok(());
+        };
+        let template = store
+            .template(name, Some(version))
+            .await?
+            .ok_or_else(|| PlanError::UnknownTemplate(format!("{name} (version {version})")))?;
+        self.check_inputs(&template, &inputs).await
+    }
+
     /// Checks a template as a put would store it: its steps as a start
     /// would plan them today (unknown plugins named), its schema compiled.
     /// Returns the steps as they are stored.

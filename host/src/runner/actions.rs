@@ -87,6 +87,12 @@ pub fn permits(saga: &SagaRun, kind: ActionKind) -> Permit {
             "saga {id} is {status}; only a failed saga can be retried"
         )),
         ActionKind::Resolve if status == SagaStatus::Failed => Permit::Change,
+        ActionKind::Redrive if matches!(status, SagaStatus::Failed | SagaStatus::RolledBack) => {
+            Permit::Change
+        }
+        ActionKind::Redrive => Permit::Refused(format!(
+            "saga {id} is {status}; only a failed or rolled_back saga can be redriven"
+        )),
         ActionKind::Complete | ActionKind::Reject => Permit::Refused(format!(
             "a wait of saga {id} is answered at /v1/sagas/{id}/waits/NAME/complete or /reject"
         )),

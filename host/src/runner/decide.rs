@@ -8,8 +8,8 @@
 //! the driver a loop of "decide, do, commit".
 
 use crate::model::{
-    CallRecord, LedgerLogLine, LogLevel, MAX_CALLS_KEPT, Phase, SagaError, SagaRun, SagaStatus,
-    StepResult, StepSpec, StepStatus, StopCause, Timestamp,
+    ActionKind, CallRecord, LedgerLogLine, LogLevel, MAX_CALLS_KEPT, Phase, SagaError, SagaRun,
+    SagaStatus, StepResult, StepSpec, StepStatus, StopCause, Timestamp,
 };
 use crate::plugin::{CallOutcome, Progress, StepFailure};
 use crate::store::{Pins, Transition};
@@ -45,6 +45,9 @@ pub(super) enum Next {
     Admit,
     /// No step is left to undo: the saga ends rolled back, or failed.
     FinishCompensation,
+    /// A redrive's rewind undid everything down to this step: the saga
+    /// goes forward again from it.
+    Rewound(u32),
 }
 
 /// Why a saga stops going forward.
@@ -100,9 +103,19 @@ impl View<'_> {
             SagaStatus::Paused => Next::Pause,
             // A retried saga waits for its keys again.
             SagaStatus::Compensating if !self.slots_held => Next::Admit,
-            SagaStatus::Compensating => match self.next_to_compensate() {
-                Some(index) => self.call_or_wait(index, Phase::Compensate, now),
-                None => Next::FinishCompensation,
+            SagaStatus::Compensating => match (self.next_to_compensate(), self.rewind_floor()) {
+                (Some(index), _) => self.call_or_wait(index, Phase::Compensate, now),
+                // A compensation that failed on the way ends the saga
+                // `failed`, as any walk.
+                (None, Some(floor))
+                    if !self
+                        .ledger
+                        .values()
+                        .any(|r| r.status == StepStatus::CompensationFailed) =>
+                {
+                    Next::Rewound(floor)
+                }
+                (None, _) => Next::FinishCompensation,
             },
             status @ (SagaStatus::Completed | SagaStatus::RolledBack | SagaStatus::Failed) => {
                 Next::Ended(status)
@@ -153,14 +166,49 @@ impl View<'_> {
     /// The last attempt `phase` may begin: the step's `max_attempts`,
     /// counted after the calls made before the saga's latest retry.
     pub fn attempt_limit(&self, index: u32, phase: Phase) -> u32 {
-        let base = match phase {
-            Phase::Execute => 0,
-            Phase::Compensate => self
-                .ledger
-                .get(&index)
-                .map_or(0, |r| r.compensate_attempt_base),
-        };
+        let base = self.ledger.get(&index).map_or(0, |r| match phase {
+            Phase::Execute => r.attempt_base,
+            Phase::Compensate => r.compensate_attempt_base,
+        });
         base + self.spec(index).max_attempts
+    }
+
+    /// The idempotency key of the step's calls in `phase`: the same for
+    /// every attempt, and new after a redrive that executes the step again
+    /// (its earlier execution was undone, or is being redone on purpose, so
+    /// a provider must not answer from what it kept for the old key).
+    pub fn idempotency_key(&self, index: u32, phase: Phase) -> String {
+        let id = self.saga.id;
+        match self.ledger.get(&index).map_or(0, |r| r.attempt_base) {
+            0 => format!("{id}:{index}:{phase}"),
+            base => format!("{id}:{index}:{phase}:r{base}"),
+        }
+    }
+
+    /// While a redrive's rewind undoes steps (docs/recovery.md): the step
+    /// it goes forward again from, below which nothing is undone. A rewind
+    /// is a compensating saga with no error (every other walk has one),
+    /// whose latest redrive asked for it; a cancel makes it an ordinary
+    /// walk down to step 0.
+    pub fn rewind_floor(&self) -> Option<u32> {
+        if self.saga.status != SagaStatus::Compensating
+            || self.saga.error.is_some()
+            || self.saga.cancel_requested
+        {
+            return None;
+        }
+        let redrive = self
+            .saga
+            .actions
+            .iter()
+            .rev()
+            .find(|a| a.action == ActionKind::Redrive)?;
+        let rewind = redrive
+            .payload
+            .as_ref()
+            .and_then(|p| p.get("mode"))
+            .is_some_and(|m| m == "rewind");
+        rewind.then_some(redrive.step_index).flatten()
     }
 
     /// The step's row marked as running (`execute`) or compensating, with
@@ -197,8 +245,12 @@ impl View<'_> {
 
     /// The highest step at or below `current_step_index` to undo.
     fn next_to_compensate(&self) -> Option<u32> {
+        let floor = self.rewind_floor().unwrap_or(0);
+        if floor > self.saga.current_step_index {
+            return None;
+        }
         self.ledger
-            .range(..=self.saga.current_step_index)
+            .range(floor..=self.saga.current_step_index)
             .rev()
             .find(|(_, r)| self.is_undone_by_the_walk(r))
             .map(|(i, _)| *i)
@@ -517,6 +569,26 @@ pub(super) fn fresh_mark(spec: &StepSpec, index: u32, owner: &str, now: Timestam
 }
 
 /// A ledger row for a step that has none yet.
+/// A step's row made ready to execute again after a redrive: its attempt
+/// limits (and its idempotency key) count from the calls begun so far;
+/// unless its work is still in effect (`completed`, run again on purpose),
+/// the output of its undone execution and whatever its last wait held are
+/// gone. Its status, error, log and calls stay as history until it runs.
+pub(super) fn redo(row: &StepResult) -> StepResult {
+    let mut row = row.clone();
+    row.attempt_base = row.attempts;
+    row.compensate_attempt_base = row.compensate_attempts;
+    if row.status != StepStatus::Completed {
+        row.output = None;
+        row.waiting_until = None;
+        row.polls = 0;
+        row.wait_started_at = None;
+        row.received = None;
+        row.correlation_key = None;
+    }
+    row
+}
+
 pub(super) fn fresh_row(spec: &StepSpec, index: u32, phase: Phase) -> StepResult {
     StepResult {
         index,
@@ -527,6 +599,7 @@ pub(super) fn fresh_row(spec: &StepSpec, index: u32, phase: Phase) -> StepResult
         attempts: 0,
         compensate_attempts: 0,
         compensate_attempt_base: 0,
+        attempt_base: 0,
         calls: Vec::new(),
         output: None,
         output_omitted: None,

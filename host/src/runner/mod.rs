@@ -19,6 +19,14 @@
 //! on the plugin runtime's threads (where there are some), so that a step's
 //! call needs no hand-off between threads.
 //!
+//! A watchdog rides the renewal loop: a call that has not returned by its
+//! deadline plus `call_grace` is one its own timeout could not end (the
+//! thread running it is stuck outside the call: a blocking syscall, a
+//! runaway host task). Its lease is then given up, not renewed, and the
+//! call counted (`wasaga_calls_abandoned_total`): another host, or this one
+//! at its next claim, takes the saga over as after a crash, with the next
+//! attempt. Whatever the stuck call does if it ever returns is fenced off.
+//!
 //! A saga whose step waits (`poll-after`) or that is paused holds no slot,
 //! lease or instance: its row says when it is ready again, and a timer here
 //! wakes the claim loop then (other hosts find it at their next poll).
@@ -33,6 +41,7 @@
 mod actions;
 pub mod clock;
 mod decide;
+mod redrive;
 mod retention;
 mod saga;
 mod start;
@@ -53,7 +62,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -124,6 +133,33 @@ struct ActiveSaga {
     /// The fencing number of this host's current claim of the saga (a
     /// re-claim after the lease expired, by this host, bumps it).
     epoch: AtomicU64,
+    /// While a call runs: the instant past which the watchdog gives it up
+    /// (its deadline plus `call_grace`).
+    call_deadline: Mutex<Option<Instant>>,
+}
+
+/// Marks a call in flight for the watchdog until dropped.
+struct CallWatch<'a>(&'a ActiveSaga);
+
+impl ActiveSaga {
+    fn watch_call(&self, give_up_at: Instant) -> CallWatch<'_> {
+        *self.call_deadline.lock().expect("call deadline lock") = Some(give_up_at);
+        CallWatch(self)
+    }
+
+    /// Whether its call in flight has passed the watchdog's limit.
+    fn stuck(&self, now: Instant) -> bool {
+        self.call_deadline
+            .lock()
+            .expect("call deadline lock")
+            .is_some_and(|at| at <= now)
+    }
+}
+
+impl Drop for CallWatch<'_> {
+    fn drop(&mut self) {
+        *self.0.call_deadline.lock().expect("call deadline lock") = None;
+    }
 }
 
 impl Runner {
@@ -533,6 +569,7 @@ impl Runner {
                 nudge: Notify::new(),
                 lease_lost: AtomicBool::new(false),
                 epoch: AtomicU64::new(claim.epoch),
+                call_deadline: Mutex::new(None),
             });
             map.insert(id, active.clone());
             active
@@ -548,7 +585,14 @@ impl Runner {
                 saga::Ended::Parked(Some(at)) => runner.wake_at(at),
                 saga::Ended::Parked(None) | saga::Ended::Halted => {}
             }
-            runner.inner.active.lock().expect("active lock").remove(&id);
+            {
+                // Unless the watchdog gave it up and another drive of the
+                // saga took its place.
+                let mut map = runner.inner.active.lock().expect("active lock");
+                if map.get(&id).is_some_and(|a| Arc::ptr_eq(a, &active)) {
+                    map.remove(&id);
+                }
+            }
             match successor {
                 // Its keys' next saga, claimed in its last commit, drives
                 // on in its slot.
@@ -587,6 +631,20 @@ impl Runner {
                 _ = tokio::time::sleep(inner.config.lease_renew_every) => {}
                 _ = inner.stop_all.cancelled() => return,
             }
+            let abandoned: Vec<(SagaId, Arc<ActiveSaga>)> = {
+                let mut map = inner.active.lock().expect("active lock");
+                let now = Instant::now();
+                let stuck: Vec<SagaId> = map
+                    .iter()
+                    .filter(|(_, a)| a.stuck(now))
+                    .map(|(id, _)| *id)
+                    .collect();
+                stuck
+                    .into_iter()
+                    .filter_map(|id| map.remove(&id).map(|a| (id, a)))
+                    .collect()
+            };
+            self.abandon(&abandoned).await;
             let held: Vec<(SagaId, Arc<ActiveSaga>)> = inner
                 .active
                 .lock()
@@ -632,6 +690,39 @@ impl Runner {
                 Err(e) => tracing::warn!(error = %e, "renewing leases failed"),
             }
         }
+    }
+}
+
+impl Runner {
+    /// The watchdog's verdict on calls past their deadline and grace: stop
+    /// working on their sagas here (the stuck call's writes, if it ever
+    /// returns, are fenced off) and release their leases, so a claim (on any
+    /// host) takes them over with the next attempt.
+    async fn abandon(&self, stuck: &[(SagaId, Arc<ActiveSaga>)]) {
+        if stuck.is_empty() {
+            return;
+        }
+        let inner = &self.inner;
+        for (id, active) in stuck {
+            tracing::error!(
+                saga = %id,
+                grace = ?inner.config.call_grace,
+                "a call passed its deadline and grace without returning (its thread is stuck \
+                 outside it); giving up the saga's lease so it is taken over"
+            );
+            crate::metrics::global().calls_abandoned.inc();
+            active.lease_lost.store(true, Ordering::SeqCst);
+            active.stop.cancel();
+        }
+        let leases: Vec<(SagaId, u64)> = stuck
+            .iter()
+            .map(|(id, a)| (*id, a.epoch.load(Ordering::SeqCst)))
+            .collect();
+        if let Err(e) = inner.store.release_leases(&inner.owner, &leases).await {
+            // They expire unrenewed instead.
+            tracing::warn!(error = %e, "releasing abandoned leases failed");
+        }
+        self.wake();
     }
 }
 

@@ -211,6 +211,7 @@ impl Driver<'_> {
                     }
                 }
                 Next::FinishCompensation => self.finish_compensation().await?,
+                Next::Rewound(floor) => self.rewound(floor).await?,
                 Next::Admit => self.admit().await?,
             };
             if let Flow::Parked(at) = flow {
@@ -540,11 +541,26 @@ impl Driver<'_> {
     }
 
     /// Parks the saga until its waiting step's time (claimed early: another
-    /// host's clock, or a cancel that was withdrawn).
+    /// host's clock, or a cancel that was withdrawn), or until its open
+    /// wait times out. Only while the state still says so: a commit that
+    /// finds the saga changed reads it again, and a wait answered meanwhile
+    /// (its message arrived as it opened) goes on instead.
     async fn park_waiting(&mut self, until: Timestamp) -> Result<Flow, Halt> {
         let committed = self
             .commit(&|d: &Self| {
-                if d.cancel_seen() || d.pause_seen() {
+                let still = match d.view().next(d.now(), d.cancel_seen()) {
+                    Next::Wait { until: at, .. } => at == until,
+                    Next::Call { index, .. } => {
+                        d.spec(index).wait.is_some() && {
+                            let row = d.ledger.get(&index);
+                            row.is_some_and(|r| {
+                                r.status == StepStatus::Waiting && r.received.is_none()
+                            })
+                        }
+                    }
+                    _ => false,
+                };
+                if !still || d.pause_seen() {
                     return None;
                 }
                 let mut t = d.transition();
@@ -655,7 +671,7 @@ impl Driver<'_> {
             kind: self.saga.kind.clone(),
             step_index: index,
             attempt,
-            idempotency_key: format!("{}:{index}:{phase}", self.saga.id),
+            idempotency_key: self.view().idempotency_key(index, phase),
             inputs: self.saga.inputs.to_string(),
             context: Value::Object(self.saga.context.clone()).to_string(),
             traceparent: None,
@@ -726,6 +742,9 @@ impl Driver<'_> {
             };
             let mut call = self.call(index, phase, attempt);
             call.traceparent = span.as_ref().map(CallSpan::traceparent);
+            let _watched = self.active.watch_call(
+                std::time::Instant::now() + limits.timeout + self.runner.inner.config.call_grace,
+            );
             match phase {
                 Phase::Execute => {
                     plugins
@@ -839,8 +858,10 @@ impl Driver<'_> {
         row.waiting_until = None;
         let next = index + 1;
         let last = next as usize >= self.saga.plan.len();
-        let next_row =
-            (!last).then(|| decide::fresh_mark(self.spec(next), next, self.owner(), now));
+        // A step that ran before (a redriven saga's) is marked from its
+        // row when its turn comes, its attempts counted on.
+        let next_row = (!last && !self.ledger.contains_key(&next))
+            .then(|| decide::fresh_mark(self.spec(next), next, self.owner(), now));
         let t = self
             .commit(&|d: &Self| {
                 let mut t = d.transition();
@@ -1182,6 +1203,25 @@ impl Driver<'_> {
 
     /// No step is left to compensate: `rolled_back`, or `failed` when some
     /// compensation failed.
+    /// A redrive's rewind undid its steps down to `floor`: forward again
+    /// from there, each step from `floor` on ready to execute again.
+    async fn rewound(&mut self, floor: u32) -> Result<Flow, Halt> {
+        self.commit(&|d: &Self| {
+            let mut t = d.transition();
+            t.saga.status = Some(SagaStatus::Running);
+            t.saga.current_step_index = Some(floor);
+            t.steps = d
+                .ledger
+                .range(floor..)
+                .map(|(_, r)| decide::redo(r))
+                .collect();
+            Some(t)
+        })
+        .await?;
+        tracing::info!(step = floor, "rewound; going forward again");
+        Ok(Flow::Continue)
+    }
+
     async fn finish_compensation(&mut self) -> Result<Flow, Halt> {
         let (status, error) = self.view().compensation_end();
         self.commit(&|d: &Self| {

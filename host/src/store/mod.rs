@@ -23,7 +23,7 @@ macro_rules! step_insert {
         "INSERT INTO saga_step_results
      (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at,
       finished_at, executed_by, waiting_until, polls, wait_started_at, compensate_attempt_base, calls,
-      received, correlation_key)"
+      received, correlation_key, attempt_base)"
     };
 }
 
@@ -36,7 +36,8 @@ macro_rules! step_on_conflict {
      started_at = excluded.started_at, finished_at = excluded.finished_at, executed_by = excluded.executed_by,
      waiting_until = excluded.waiting_until, polls = excluded.polls, wait_started_at = excluded.wait_started_at,
      compensate_attempt_base = excluded.compensate_attempt_base, calls = excluded.calls,
-     received = excluded.received, correlation_key = excluded.correlation_key"
+     received = excluded.received, correlation_key = excluded.correlation_key,
+     attempt_base = excluded.attempt_base"
     };
 }
 
@@ -60,8 +61,8 @@ pub use webhooks::WebhookStore;
 use crate::model::Grants;
 use crate::model::{
     Action, Blocked, Digest, OutboxEvent, PluginInfo, RecordedResource, Resource, ResourceState,
-    SagaDetail, SagaError, SagaId, SagaRun, SagaStatus, SagaSummary, Slot, StepResult, Template,
-    Timestamp,
+    SagaDetail, SagaError, SagaId, SagaRun, SagaStatus, SagaSummary, Slot, StepResult, StepSpec,
+    Template, Timestamp,
 };
 use crate::model::{SealedSecret, SecretInfo, SecretName};
 use async_trait::async_trait;
@@ -249,6 +250,16 @@ pub struct SagaUpdate {
     pub actions: Option<Vec<Action>>,
     /// `Some(None)`: not claimable until a human acts.
     pub ready_at: Option<Option<Timestamp>>,
+    /// A redrive: the saga's inputs and plan from now on, and its error
+    /// cleared.
+    pub redrive: Option<Redriven>,
+}
+
+/// What a redrive replaces on the saga row (see [`SagaUpdate::redrive`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redriven {
+    pub inputs: Value,
+    pub plan: Vec<StepSpec>,
 }
 
 /// What happens to the saga's plugin pins.
@@ -352,6 +363,12 @@ impl Transition {
         }
         if let Some(actions) = &u.actions {
             saga.actions = actions.clone();
+            saga.redrives = SagaRun::count_redrives(actions);
+        }
+        if let Some(redriven) = &u.redrive {
+            saga.inputs = redriven.inputs.clone();
+            saga.plan = redriven.plan.clone();
+            saga.error = None;
         }
         saga.version = version;
         saga.updated_at = self.now;

@@ -19,7 +19,7 @@ macro_rules! json_ledger_columns {
         "step_index BIGINT, phase TEXT, status TEXT, output TEXT, error TEXT, attempts BIGINT,
          compensate_attempts BIGINT, logs TEXT, started_at BIGINT, finished_at BIGINT, executed_by TEXT,
          waiting_until BIGINT, polls BIGINT, wait_started_at BIGINT, compensate_attempt_base BIGINT,
-         calls TEXT, received TEXT, correlation_key TEXT"
+         calls TEXT, received TEXT, correlation_key TEXT, attempt_base BIGINT"
     };
 }
 
@@ -29,7 +29,7 @@ macro_rules! json_ledger_values {
     () => {
         "r.step_index, r.phase, r.status, r.output, r.error, r.attempts, r.compensate_attempts, r.logs,
          r.started_at, r.finished_at, r.executed_by, r.waiting_until, r.polls, r.wait_started_at,
-         r.compensate_attempt_base, r.calls, r.received, r.correlation_key"
+         r.compensate_attempt_base, r.calls, r.received, r.correlation_key, r.attempt_base"
     };
 }
 

@@ -43,12 +43,13 @@ pub(crate) struct StepRow {
     pub calls: String,
     pub received: Option<String>,
     pub correlation_key: Option<String>,
+    pub attempt_base: i64,
 }
 
 /// The ledger columns every query selects, in [`StepRow`]'s order.
 pub(crate) const STEP_COLUMNS: &str = "step_index, phase, status, output, error, attempts, compensate_attempts, \
      logs, started_at, finished_at, executed_by, waiting_until, polls, wait_started_at, compensate_attempt_base, calls, \
-     received, correlation_key";
+     received, correlation_key, attempt_base";
 
 impl StepRow {
     /// The ledger row, named and pinned from the saga's plan.
@@ -80,6 +81,7 @@ impl StepRow {
             polls: self.polls as u32,
             wait_started_at: self.wait_started_at.map(Timestamp),
             compensate_attempt_base: self.compensate_attempt_base as u32,
+            attempt_base: self.attempt_base as u32,
             calls: from_json("step calls", &self.calls)?,
             received: self
                 .received
@@ -114,6 +116,7 @@ pub(crate) fn ledger_row_json(step: &StepResult) -> serde_json::Map<String, serd
         "calls": to_json(&step.calls),
         "received": step.received.as_ref().map(to_json),
         "correlation_key": step.correlation_key.as_deref(),
+        "attempt_base": step.attempt_base,
     }) else {
         unreachable!("an object literal")
     };
@@ -153,6 +156,7 @@ pub(crate) const SAGA_COLUMNS: &str = "id, kind, status, steps, inputs, current_
 impl TryFrom<SagaRow> for SagaRun {
     type Error = StoreError;
     fn try_from(r: SagaRow) -> StoreResult<SagaRun> {
+        let actions = from_json::<Vec<Action>>("saga actions", &r.actions)?;
         Ok(SagaRun {
             id: parse_saga_id(&r.id)?,
             kind: r.kind,
@@ -172,7 +176,8 @@ impl TryFrom<SagaRow> for SagaRun {
             template: r.template,
             template_version: r.template_version.map(|v| v as u32),
             plan: from_json("saga steps", &r.steps)?,
-            actions: from_json::<Vec<Action>>("saga actions", &r.actions)?,
+            redrives: SagaRun::count_redrives(&actions),
+            actions,
             version: r.version as u64,
             created_at: Timestamp(r.created_at),
             updated_at: Timestamp(r.updated_at),

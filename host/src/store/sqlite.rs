@@ -267,6 +267,7 @@ fn step_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StepRow> {
         calls: r.get(15)?,
         received: r.get(16)?,
         correlation_key: r.get(17)?,
+        attempt_base: r.get(18)?,
     })
 }
 

@@ -787,6 +787,8 @@ async fn the_openapi_document_matches_the_router() {
         "POST /sagas/{id}/pause",
         "POST /sagas/{id}/resume",
         "POST /sagas/{id}/retry",
+        "POST /sagas/{id}/redrive",
+        "POST /sagas/redrive",
         "GET /resources",
         "GET /events",
         "GET /sagas/{id}/events",

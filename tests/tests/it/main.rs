@@ -10,6 +10,7 @@ mod fuzz;
 mod hardening;
 mod lifecycle;
 mod real_steps;
+mod redrive;
 mod runner;
 mod saga_properties;
 mod security;

@@ -461,6 +461,77 @@ on_both! {
         assert_eq!(counter.calls_of(&id).len(), 6);
     }
 
+    a_call_stuck_outside_its_task_gives_up_its_lease(backend) {
+        // Host A's only Wasm thread is blocked by another task while a call
+        // waits for its answer: the call's own timeout cannot fire, and
+        // without the watchdog A renews the lease forever. With it, A gives
+        // the lease up after the deadline and grace, and host B takes the
+        // saga over with the next attempt while A is still stuck.
+        let counter = Counter::start().await;
+        counter.set_delay(Duration::from_millis(300));
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        counter.grant(store.as_ref()).await;
+        let step = StepSpec { timeout_ms: 1_000, max_attempts: 3, ..install(store.as_ref(), "counter").await };
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let first = arrived.clone();
+        counter.on_call(move |call| {
+            let first = first.clone();
+            async move {
+                if call.attempt == 1 {
+                    first.notify_one();
+                }
+            }
+        });
+        let plugins = PluginHost::new(RuntimeConfig { wasm_threads: 1, max_instances: 4, ..RuntimeConfig::default() }).unwrap();
+        let stuck_host = Runner::new(
+            store.clone(),
+            plugins.clone(),
+            RunnerConfig {
+                concurrency: 1,
+                lease_ttl: Duration::from_secs(3),
+                lease_renew_every: Duration::from_millis(200),
+                call_grace: Duration::from_millis(300),
+                poll_every: Duration::from_millis(50),
+                node_id: Some("stuck-host".into()),
+                ..RunnerConfig::default()
+            },
+            Arc::new(wasaga::runner::SystemClock),
+        );
+        stuck_host.start();
+        let abandoned_before = wasaga::metrics::global().calls_abandoned.get();
+        let id = create_saga(store.as_ref(), vec![step.clone(), step], json!({"counter_url": counter.url()})).await;
+        stuck_host.wake();
+        arrived.notified().await;
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        plugins.runtime().expect("Wasm threads").spawn(async move {
+            // A host task stuck outside the call, on the call's thread.
+            let _ = blocked.recv();
+        });
+
+        let other = Runner::new(
+            store.clone(),
+            PluginHost::new(RuntimeConfig { max_instances: 4, ..RuntimeConfig::default() }).unwrap(),
+            RunnerConfig { poll_every: Duration::from_millis(50), node_id: Some("other-host".into()), ..RunnerConfig::default() },
+            Arc::new(wasaga::runner::SystemClock),
+        );
+        other.start();
+        let done = wait_final(store.as_ref(), id, WITHIN).await;
+        assert_status(&done, SagaStatus::Completed);
+        assert_eq!(done.steps[0].attempts, 2, "the stuck call counts as begun: {:?}", done.steps[0]);
+        assert_eq!(done.steps[0].executed_by.as_deref(), Some("other-host"));
+        assert!(wasaga::metrics::global().calls_abandoned.get() > abandoned_before);
+
+        // Unstuck, the abandoned call's end writes nothing.
+        release.send(()).unwrap();
+        stuck_host.shutdown(Duration::from_secs(5)).await;
+        let after = store.saga(id).await.unwrap().unwrap();
+        assert_eq!(after.saga.version, done.saga.version, "the abandoned call wrote nothing");
+        let attempts: Vec<u32> = counter.calls_of(&id).iter().filter(|c| c.step == 0).map(|c| c.attempt).collect();
+        assert_eq!(attempts, [1, 2]);
+        other.shutdown(Duration::from_secs(5)).await;
+    }
+
     many_sagas_run_at_once(backend) {
         let rig = Rig::with(backend, RuntimeConfig::default(), RunnerConfig { concurrency: 16, ..RunnerConfig::default() }).await;
         let echo = rig.step("echo").await;
@@ -497,6 +568,7 @@ fn running_row(spec: &StepSpec, index: u32) -> wasaga::model::StepResult {
         attempts: 1,
         compensate_attempts: 0,
         compensate_attempt_base: 0,
+        attempt_base: 0,
         calls: Vec::new(),
         output: None,
         output_omitted: None,

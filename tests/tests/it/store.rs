@@ -69,6 +69,7 @@ fn step_rows(plan: &[StepSpec], owner: &str, now: Timestamp, n: usize) -> (StepR
         attempts: 1,
         compensate_attempts: 0,
         compensate_attempt_base: 0,
+        attempt_base: 0,
         calls: Vec::new(),
         output: None,
         output_omitted: None,

@@ -256,11 +256,25 @@ on_both! {
         // A message whose payload fails the wait's schema fails the wait,
         // saying whose it was.
         let three = start(&server, saga_for(3)).await;
-        waiting_at(&server, &three, 1).await;
         let (_, bad) = server.post_json("/v1/messages", &json!({"key": "order:3", "payload": {"nope": 1}})).await;
         let saga = wait_status(&server, &three, "rolled_back").await;
         let error = saga["steps"][1]["error"].as_str().unwrap();
         assert!(error.contains("does not pass its schema") && error.contains(bad["id"].as_str().unwrap()), "{error}");
+
+        // Posted right after each start, racing the wait's opening (its
+        // park once found the saga changed, read it again and parked past
+        // the delivery until the timeout): every one arrives.
+        let mut racing = Vec::new();
+        for order in 10..30 {
+            let id = start(&server, saga_for(order)).await;
+            let (status, posted) = server.post_json("/v1/messages", &json!({"key": format!("order:{order}"), "payload": {"droplet": order}})).await;
+            assert_eq!(status, StatusCode::CREATED, "{posted}");
+            racing.push((id, order));
+        }
+        for (id, order) in racing {
+            let saga = wait_status(&server, &id, "completed").await;
+            assert_eq!(saga["context"]["provider"], json!({"droplet": order}), "{saga}");
+        }
 
         // Bad input: a viewer may not post; an empty key is refused.
         let (status, _) = post_as(&server, "alice-token", "/v1/messages", json!({"key": "order:4", "payload": {}})).await;

@@ -68,6 +68,7 @@ impl Grouper {
             && !t.release_slots
             && !t.retake_slots
             && t.take_message.is_none()
+            && t.saga.redrive.is_none()
             && t.steps.iter().all(|step| indexes.insert(step.index))
     }
 

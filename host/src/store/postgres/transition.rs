@@ -63,7 +63,9 @@ pub(super) async fn apply_transition(
              status = COALESCE($2, status),
              current_step_index = COALESCE($3, current_step_index),
              context = COALESCE($4, context),
-             error = COALESCE($5, error),
+             error = CASE WHEN $17 THEN NULL ELSE COALESCE($5, error) END,
+             inputs = COALESCE($18, inputs),
+             steps = COALESCE($19, steps),
              cancel_requested = COALESCE($6, cancel_requested),
              pause_requested = COALESCE($7, pause_requested),
              actions = COALESCE($10, actions),
@@ -91,6 +93,9 @@ pub(super) async fn apply_transition(
     .bind(unleased)
     .bind(&id)
     .bind(t.version as i64)
+    .bind(u.redrive.is_some())
+    .bind(u.redrive.as_ref().map(|r| to_json(&r.inputs)))
+    .bind(u.redrive.as_ref().map(|r| to_json(&r.plan)))
     .fetch_optional(&mut **tx)
     .await?;
     let Some(version) = version else {

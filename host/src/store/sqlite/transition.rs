@@ -11,7 +11,7 @@ use super::*;
 pub(super) fn upsert_step(conn: &Connection, saga_id: &str, step: &StepResult) -> StoreResult<()> {
     const UPSERT: &str = concat!(
         step_insert!(),
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         step_on_conflict!()
     );
     // The columns, in `step_insert!`'s order.
@@ -35,6 +35,7 @@ pub(super) fn upsert_step(conn: &Connection, saga_id: &str, step: &StepResult) -
         to_json(&step.calls),
         step.received.as_ref().map(to_json),
         step.correlation_key.as_deref(),
+        step.attempt_base as i64,
     ])?;
     Ok(())
 }
@@ -107,7 +108,9 @@ pub(super) fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult
              status = COALESCE(?2, status),
              current_step_index = COALESCE(?3, current_step_index),
              context = COALESCE(?4, context),
-             error = COALESCE(?5, error),
+             error = CASE WHEN ?18 THEN NULL ELSE COALESCE(?5, error) END,
+             inputs = COALESCE(?19, inputs),
+             steps = COALESCE(?20, steps),
              cancel_requested = COALESCE(?6, cancel_requested),
              pause_requested = COALESCE(?7, pause_requested),
              actions = COALESCE(?11, actions),
@@ -145,6 +148,9 @@ pub(super) fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult
                 unleased,
                 id,
                 t.version as i64,
+                u.redrive.is_some(),
+                u.redrive.as_ref().map(|r| to_json(&r.inputs)),
+                u.redrive.as_ref().map(|r| to_json(&r.plan)),
             ],
             |r| r.get(0),
         )

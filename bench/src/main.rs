@@ -38,11 +38,15 @@
 //!   messages: time from the last message to the last completion, peak
 //!   RSS; 1,000 messages posted before their waits open, none lost
 //!   (`mailbox.rs`).
+//! - redrive by filter: 1,000 rolled-back sagas, a dry run then the
+//!   redrive: all complete, nothing executed that the dry run did not list
+//!   (`redrive.rs`).
 
 mod events;
 mod flow;
 mod inprocess;
 mod mailbox;
+mod redrive;
 mod report;
 mod served;
 
@@ -208,6 +212,12 @@ async fn main() -> Result<()> {
         match &args.wasaga_bin {
             Some(bin) => mailbox::mailbox(&mut report, args.quick, bin).await?,
             None => eprintln!("mailbox: skipped (needs --wasaga-bin)"),
+        }
+    }
+    if wanted("redrive") {
+        match &args.wasaga_bin {
+            Some(bin) => redrive::redrive(&mut report, args.quick, bin).await?,
+            None => eprintln!("redrive: skipped (needs --wasaga-bin)"),
         }
     }
     if wanted("attacks") {

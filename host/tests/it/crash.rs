@@ -722,3 +722,115 @@ async fn a_wait_for_a_message_survives_a_sigkill() {
         drop(server);
     }
 }
+
+/// A redrive survives SIGKILL: a `failed` saga (step 0's compensation
+/// failed) is redriven with `rewind`, and the host is killed while the
+/// rewind's compensation of step 0 is in flight. After a restart the walk
+/// goes on with that compensation's next attempt (same idempotency key),
+/// then the steps run forward with new keys. Every call is counted from
+/// outside; attempts are calls begun. On both databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_survives_a_sigkill_mid_rewind() {
+    for backend in [
+        wasaga_tests::Backend::Sqlite,
+        wasaga_tests::Backend::Postgres,
+    ] {
+        let counter = Counter::start().await;
+        let db = wasaga_tests::TestDb::new(backend).await;
+        let args = db_args(&db);
+        let http = wasaga_tests::Http::new();
+        let mut server = ServerProcess::start(BIN, &args, db.dir.path().join("first.log"))
+            .await
+            .unwrap();
+        let base = server.base.clone();
+        upload_counter(&http, &base, &counter).await;
+        let step = json!({"plugin": "counter", "max_attempts": 2});
+        let r = http
+            .post(format!("{base}/v1/sagas"))
+            .json(&json!({"kind": "k", "steps": [step, step, step], "inputs": {
+                "counter_url": counter.url(), "counter_fail_at": [2], "counter_compensate_fail_at": [0],
+            }}))
+            .send()
+            .await
+            .unwrap();
+        let id = r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        poll_saga(&http, &base, &id, Duration::from_secs(60), |s| {
+            s["status"] == "failed"
+        })
+        .await;
+
+        // The rewind's compensation of step 0 hangs at the provider; the
+        // host is killed while it is in flight.
+        let in_flight = std::sync::Arc::new(tokio::sync::Notify::new());
+        let seen = in_flight.clone();
+        counter.on_call(move |call| {
+            let seen = seen.clone();
+            async move {
+                if call.step == 0 && call.phase == "compensate" && call.attempt == 3 {
+                    seen.notify_one();
+                }
+            }
+        });
+        counter.set_delay(Duration::from_secs(30));
+        let r = http
+            .post(format!("{base}/v1/sagas/{id}/redrive"))
+            .json(&json!({"mode": "rewind", "from_step": 0,
+                          "inputs_patch": {"counter_fail_at": null, "counter_compensate_fail_at": null}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED, "{backend:?}");
+        tokio::time::timeout(Duration::from_secs(60), in_flight.notified())
+            .await
+            .expect("the rewind's compensation began");
+        server.kill();
+        counter.set_delay(Duration::ZERO);
+
+        let server = ServerProcess::start(BIN, &args, db.dir.path().join("second.log"))
+            .await
+            .unwrap();
+        let done = poll_saga(&http, &server.base, &id, Duration::from_secs(60), |s| {
+            s["status"] == "completed"
+        })
+        .await;
+        let calls: Vec<(u32, String, u32, String)> = counter
+            .calls_of(&id.parse().unwrap())
+            .into_iter()
+            .map(|c| (c.step, c.phase, c.attempt, c.key))
+            .collect();
+        let compensations: Vec<&(u32, String, u32, String)> =
+            calls.iter().filter(|c| c.0 == 0 && c.1 == "compensate").collect();
+        // Two failed before the redrive, the one cut short, its retry.
+        assert_eq!(
+            compensations.iter().map(|c| c.2).collect::<Vec<_>>(),
+            [1, 2, 3, 4],
+            "{backend:?}: {calls:?}"
+        );
+        assert!(
+            compensations.iter().all(|c| c.3 == format!("{id}:0:compensate")),
+            "{backend:?}: {calls:?}"
+        );
+        assert_eq!(done["steps"][0]["compensate_attempts"], 4, "{backend:?}: {done}");
+        // Then forward, each step with its new key.
+        let executed: Vec<&String> = calls
+            .iter()
+            .filter(|c| c.1 == "execute")
+            .skip(3)
+            .map(|c| &c.3)
+            .collect();
+        assert_eq!(
+            executed,
+            [
+                &format!("{id}:0:execute:r1"),
+                &format!("{id}:1:execute:r1"),
+                &format!("{id}:2:execute:r1"),
+            ],
+            "{backend:?}: {calls:?}"
+        );
+        assert_eq!(done["redrives"], 1, "{backend:?}");
+        drop(server);
+    }
+}

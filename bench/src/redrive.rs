@@ -58,7 +58,14 @@ pub(crate) async fn redrive(report: &mut Report, quick: bool, bin: &Path) -> Res
         })
     };
     let started = Instant::now();
-    let dry: serde_json::Value = host.http.post(&url).json(&body(true)).send().await?.json().await?;
+    let dry: serde_json::Value = host
+        .http
+        .post(&url)
+        .json(&body(true))
+        .send()
+        .await?
+        .json()
+        .await?;
     let dry_took = started.elapsed();
     let listed = listed(&dry["plans"])?;
     anyhow::ensure!(
@@ -69,7 +76,14 @@ pub(crate) async fn redrive(report: &mut Report, quick: bool, bin: &Path) -> Res
 
     let redriven_at = epoch_ms() as i64;
     let started = Instant::now();
-    let done: serde_json::Value = host.http.post(&url).json(&body(false)).send().await?.json().await?;
+    let done: serde_json::Value = host
+        .http
+        .post(&url)
+        .json(&body(false))
+        .send()
+        .await?
+        .json()
+        .await?;
     let redrive_took = started.elapsed();
     anyhow::ensure!(
         done["redriven"].as_array().map_or(0, Vec::len) == sagas,
@@ -82,12 +96,11 @@ pub(crate) async fn redrive(report: &mut Report, quick: bool, bin: &Path) -> Res
         .fetch_one(&mut conn)
         .await?;
     // Rows that executed after the redrive: begun (again) since.
-    let executed: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT saga_id, step_index FROM saga_step_results WHERE started_at >= ?",
-    )
-    .bind(redriven_at)
-    .fetch_all(&mut conn)
-    .await?;
+    let executed: Vec<(String, i64)> =
+        sqlx::query_as("SELECT saga_id, step_index FROM saga_step_results WHERE started_at >= ?")
+            .bind(redriven_at)
+            .fetch_all(&mut conn)
+            .await?;
     let unlisted = executed.iter().filter(|e| !listed.contains(e)).count();
     let peak = host.peak_rss()?;
     host.stop();

@@ -164,7 +164,8 @@ impl View<'_> {
     }
 
     /// The last attempt `phase` may begin: the step's `max_attempts`,
-    /// counted after the calls made before the saga's latest retry.
+    /// counted after the calls made before the saga's latest retry (or,
+    /// for `execute`, the redrive that runs it again).
     pub fn attempt_limit(&self, index: u32, phase: Phase) -> u32 {
         let base = self.ledger.get(&index).map_or(0, |r| match phase {
             Phase::Execute => r.attempt_base,
@@ -568,7 +569,6 @@ pub(super) fn fresh_mark(spec: &StepSpec, index: u32, owner: &str, now: Timestam
     row
 }
 
-/// A ledger row for a step that has none yet.
 /// A step's row made ready to execute again after a redrive: its attempt
 /// limits (and its idempotency key) count from the calls begun so far;
 /// unless its work is still in effect (`completed`, run again on purpose),
@@ -589,6 +589,7 @@ pub(super) fn redo(row: &StepResult) -> StepResult {
     row
 }
 
+/// A ledger row for a step that has none yet.
 pub(super) fn fresh_row(spec: &StepSpec, index: u32, phase: Phase) -> StepResult {
     StepResult {
         index,

@@ -548,18 +548,10 @@ impl Driver<'_> {
     async fn park_waiting(&mut self, until: Timestamp) -> Result<Flow, Halt> {
         let committed = self
             .commit(&|d: &Self| {
-                let still = match d.view().next(d.now(), d.cancel_seen()) {
-                    Next::Wait { until: at, .. } => at == until,
-                    Next::Call { index, .. } => {
-                        d.spec(index).wait.is_some() && {
-                            let row = d.ledger.get(&index);
-                            row.is_some_and(|r| {
-                                r.status == StepStatus::Waiting && r.received.is_none()
-                            })
-                        }
-                    }
-                    _ => false,
-                };
+                let still = matches!(
+                    d.view().next(d.now(), d.cancel_seen()),
+                    Next::Wait { until: at, .. } if at == until
+                );
                 if !still || d.pause_seen() {
                     return None;
                 }
@@ -1201,8 +1193,6 @@ impl Driver<'_> {
         }
     }
 
-    /// No step is left to compensate: `rolled_back`, or `failed` when some
-    /// compensation failed.
     /// A redrive's rewind undid its steps down to `floor`: forward again
     /// from there, each step from `floor` on ready to execute again.
     async fn rewound(&mut self, floor: u32) -> Result<Flow, Halt> {
@@ -1222,6 +1212,8 @@ impl Driver<'_> {
         Ok(Flow::Continue)
     }
 
+    /// No step is left to compensate: `rolled_back`, or `failed` when some
+    /// compensation failed.
     async fn finish_compensation(&mut self) -> Result<Flow, Halt> {
         let (status, error) = self.view().compensation_end();
         self.commit(&|d: &Self| {

@@ -801,8 +801,10 @@ async fn a_redrive_survives_a_sigkill_mid_rewind() {
             .into_iter()
             .map(|c| (c.step, c.phase, c.attempt, c.key))
             .collect();
-        let compensations: Vec<&(u32, String, u32, String)> =
-            calls.iter().filter(|c| c.0 == 0 && c.1 == "compensate").collect();
+        let compensations: Vec<&(u32, String, u32, String)> = calls
+            .iter()
+            .filter(|c| c.0 == 0 && c.1 == "compensate")
+            .collect();
         // Two failed before the redrive, the one cut short, its retry.
         assert_eq!(
             compensations.iter().map(|c| c.2).collect::<Vec<_>>(),
@@ -810,10 +812,15 @@ async fn a_redrive_survives_a_sigkill_mid_rewind() {
             "{backend:?}: {calls:?}"
         );
         assert!(
-            compensations.iter().all(|c| c.3 == format!("{id}:0:compensate")),
+            compensations
+                .iter()
+                .all(|c| c.3 == format!("{id}:0:compensate")),
             "{backend:?}: {calls:?}"
         );
-        assert_eq!(done["steps"][0]["compensate_attempts"], 4, "{backend:?}: {done}");
+        assert_eq!(
+            done["steps"][0]["compensate_attempts"], 4,
+            "{backend:?}: {done}"
+        );
         // Then forward, each step with its new key.
         let executed: Vec<&String> = calls
             .iter()

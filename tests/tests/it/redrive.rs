@@ -180,6 +180,38 @@ on_both! {
         assert_eq!(done["steps"][1]["compensate_attempt_base"], 3);
     }
 
+    an_inputs_patch_is_checked_against_the_template_the_saga_started_from(backend) {
+        let counter = Counter::start().await;
+        let db = TestDb::new(backend).await;
+        let server = server_on(&db, &counter).await;
+        let schema = json!({"type": "object", "required": ["counter_url"], "properties": {
+            "counter_url": {"type": "string"}, "counter_fail_at": {"type": "array", "items": {"type": "integer"}},
+        }});
+        let r = Http::with_token("admin-token").put(server.url("/v1/templates/provision"))
+            .json(&json!({"steps": [{"plugin": "counter", "max_attempts": 1}, {"plugin": "counter", "max_attempts": 1}], "inputs_schema": schema}))
+            .send().await.unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        let (status, saga) = server.post_json("/v1/sagas", &json!({"template": "provision", "inputs": {"counter_url": counter.url(), "counter_fail_at": [1]}})).await;
+        assert_eq!(status, StatusCode::CREATED, "{saga}");
+        let id = saga["id"].as_str().unwrap().to_string();
+        let ended = ends(&server, &id, "rolled_back").await;
+        for (patch, says) in [
+            (json!({"counter_fail_at": "none"}), "counter_fail_at"),
+            (json!({"counter_url": null}), "counter_url"),
+        ] {
+            let (status, body) = redrive(&server, &id, json!({"inputs_patch": patch})).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert_eq!(body["error"]["code"], "invalid_inputs", "{body}");
+            assert!(body["error"]["message"].as_str().unwrap().contains(says), "{body}");
+        }
+        let after = server.get_json(&format!("/v1/sagas/{id}")).await;
+        assert_eq!(after["version"], ended["version"], "refused patches change nothing");
+        let (status, plan) = redrive(&server, &id, json!({"inputs_patch": {"counter_fail_at": []}})).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{plan}");
+        let done = ends(&server, &id, "completed").await;
+        assert_eq!(done["inputs"]["counter_fail_at"], json!([]));
+    }
+
     a_filter_redrives_many_and_a_dry_run_lists_them(backend) {
         let counter = Counter::start().await;
         let db = TestDb::new(backend).await;

@@ -147,6 +147,9 @@ pub struct Metrics {
     pub sagas_finished: Family<FinishedLabels, Counter>,
     pub sagas_in_flight: Gauge,
     pub sagas_pending: Gauge,
+    /// Sagas `in_doubt`, waiting for a human (docs/recovery.md); read at
+    /// scrape time.
+    pub sagas_in_doubt: Gauge,
     /// Waits open on the database, and messages kept for waits to come
     /// (docs/waits.md); read at scrape time.
     pub waits_open: Gauge,
@@ -173,6 +176,7 @@ impl Metrics {
             sagas_finished: Family::default(),
             sagas_in_flight: Gauge::default(),
             sagas_pending: Gauge::default(),
+            sagas_in_doubt: Gauge::default(),
             waits_open: Gauge::default(),
             messages_kept: Gauge::default(),
             step_calls: Family::default(),
@@ -197,6 +201,11 @@ impl Metrics {
             "sagas_in_flight",
             "Sagas this host is driving now",
             m.sagas_in_flight.clone(),
+        );
+        registry.register(
+            "sagas_in_doubt",
+            "Sagas in_doubt: an at_most_once step's call was cut short, and a human resolves it",
+            m.sagas_in_doubt.clone(),
         );
         registry.register(
             "sagas_pending",

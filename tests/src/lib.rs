@@ -431,6 +431,7 @@ pub async fn install(store: &dyn Store, name: &str) -> StepSpec {
         max_memory_bytes: None,
         max_output_bytes: None,
         max_wait_ms: None,
+        semantics: Default::default(),
         wait: None,
     }
 }

@@ -395,11 +395,16 @@ async fn metrics(State(state): State<AppState>, request: Request) -> Response {
         }
         Err(e) => tracing::debug!(error = %e, "counting open waits for /metrics"),
     }
-    match state.store.pending_count().await {
-        Ok(n) => {
-            m.sagas_pending.set(n as i64);
+    for (status, gauge) in [
+        (crate::model::SagaStatus::Pending, &m.sagas_pending),
+        (crate::model::SagaStatus::InDoubt, &m.sagas_in_doubt),
+    ] {
+        match state.store.count_status(status).await {
+            Ok(n) => {
+                gauge.set(n as i64);
+            }
+            Err(e) => tracing::debug!(error = %e, "counting {status} sagas for /metrics"),
         }
-        Err(e) => tracing::debug!(error = %e, "counting pending sagas for /metrics"),
     }
     (
         [(

@@ -10,7 +10,7 @@ use super::AppState;
 use super::auth::{Caller, Role};
 use super::cursor;
 use super::error::{ApiError, ErrorBody, JsonBody, invalid_json};
-use crate::model::{SagaDetail, SagaId, SagaRun, SagaStatus, SagaSummary, Timestamp};
+use crate::model::{Resolution, SagaDetail, SagaId, SagaRun, SagaStatus, SagaSummary, Timestamp};
 use crate::plan::{StartSaga, check_label};
 use crate::store::{CreateSaga, SagaFilter};
 use axum::Json;
@@ -403,10 +403,21 @@ pub struct ResolveRequest {
     /// What was done by hand, e.g. "deleted by hand"; kept on the action.
     #[serde(default)]
     pub note: Option<String>,
+    /// For the step of an `in_doubt` saga: whether its cut-short call
+    /// happened (docs/recovery.md).
+    #[serde(default)]
+    pub resolution: Option<Resolution>,
+    /// With `applied`: what the step output (a JSON object; `{}` if absent).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<Value>,
 }
 
 /// Resolve a `compensation_failed` step of a `failed` saga by hand: it is
 /// marked `compensated`; when none is left the saga ends `rolled_back`.
+/// Or resolve the step of an `in_doubt` saga (docs/recovery.md):
+/// `{"resolution": "applied", "output": {...}}` completes it and the saga
+/// goes on after it; `{"resolution": "not_applied"}` calls it again.
 #[utoipa::path(
     post,
     path = "/sagas/{id}/steps/{index}/resolve",
@@ -444,9 +455,20 @@ async fn resolve_step(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("the body is not a resolve request: {e}")))?
     };
+    if request.resolution.is_none() && request.output.is_some() {
+        return Err(ApiError::bad_request(
+            "`output` goes with `\"resolution\": \"applied\"`",
+        ));
+    }
     let saga = state
         .runner
-        .resolve(id, index, request.note, caller.actor())
+        .resolve(
+            id,
+            index,
+            request.resolution.map(|r| (r, request.output)),
+            request.note,
+            caller.actor(),
+        )
         .await?;
     Ok((StatusCode::ACCEPTED, Json(saga)))
 }

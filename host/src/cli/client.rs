@@ -210,17 +210,17 @@ impl Client {
         Ok(())
     }
 
-    /// Resolves a `compensation_failed` step by hand.
+    /// Resolves a `compensation_failed` step, or an `in_doubt` one, by hand.
     pub async fn resolve_step(
         &self,
         id: &str,
         index: u32,
-        note: Option<&str>,
+        body: &serde_json::Value,
     ) -> Result<SagaRun, ClientError> {
         let index = index.to_string();
         let request = self
             .request(Method::POST, &["sagas", id, "steps", &index, "resolve"])
-            .json(&serde_json::json!({ "note": note }));
+            .json(body);
         Ok(self.send(request).await?.1)
     }
 

@@ -105,7 +105,8 @@ pub(super) enum SagaCommand {
         server: ServerArgs,
     },
     /// Mark a step whose compensation failed as undone by hand (the saga
-    /// ends rolled_back when no such step is left).
+    /// ends rolled_back when no such step is left), or say whether an
+    /// in_doubt step's call happened (--resolution).
     Resolve {
         id: String,
         /// The step's index.
@@ -114,6 +115,12 @@ pub(super) enum SagaCommand {
         /// What was done by hand, kept on the saga's actions.
         #[arg(long)]
         note: Option<String>,
+        /// For an in_doubt saga: applied or not_applied.
+        #[arg(long)]
+        resolution: Option<String>,
+        /// With applied: the step's output (a JSON object).
+        #[arg(long)]
+        output: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -367,11 +374,17 @@ pub(super) async fn run(command: SagaCommand) -> Result<ExitCode, CliError> {
             id,
             step,
             note,
+            resolution,
+            output,
             server,
         } => {
-            let saga = client(&server)
-                .resolve_step(&id, step, note.as_deref())
-                .await?;
+            let output: Option<serde_json::Value> = output
+                .map(|text| serde_json::from_str(&text))
+                .transpose()
+                .map_err(|e| CliError::Usage(format!("--output is not JSON: {e}")))?;
+            let body =
+                serde_json::json!({ "note": note, "resolution": resolution, "output": output });
+            let saga = client(&server).resolve_step(&id, step, &body).await?;
             if server.json {
                 print_json(&saga);
             } else {

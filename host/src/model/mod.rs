@@ -40,7 +40,10 @@ pub use saga::{
     StepResult, StepSpec, Template, deserialize_steps,
 };
 pub(crate) use status::string_enum;
-pub use status::{ActionKind, LogLevel, Phase, ResourceState, SagaStatus, StepStatus, StopCause};
+pub use status::{
+    ActionKind, LogLevel, Phase, Resolution, ResourceState, SagaStatus, Semantics, StepStatus,
+    StopCause,
+};
 pub use tokens::{Caller, Role, Tokens, TokensError};
 pub use wait::{
     MAX_APPROVERS, Message, MessageDelivery, MessageRequest, OnTimeout, WaitAnswer, WaitElement,

@@ -3,8 +3,8 @@
 //! human actions taken on it, and a stored plugin ([`PluginInfo`]).
 
 use super::{
-    ActionKind, ConcurrencyKey, Digest, LogLevel, Phase, ResourceState, SagaId, SagaStatus, Slot,
-    StepStatus, StopCause, Timestamp, WaitElement, WaitSpec, WaitVerdict,
+    ActionKind, ConcurrencyKey, Digest, LogLevel, Phase, ResourceState, SagaId, SagaStatus,
+    Semantics, Slot, StepStatus, StopCause, Timestamp, WaitElement, WaitSpec, WaitVerdict,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -136,6 +136,10 @@ pub struct StepOptions {
     /// Longest total wait through `poll-after` (default one hour).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_wait_ms: Option<u64>,
+    /// `at_least_once` (default): a call cut short by a crash is made
+    /// again; `at_most_once`: never, the saga goes `in_doubt` for a human.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantics: Option<Semantics>,
 }
 
 impl StepRequest {
@@ -149,6 +153,7 @@ impl StepRequest {
                 max_memory_bytes: None,
                 max_output_bytes: None,
                 max_wait_ms: None,
+                semantics: None,
             }),
             StepRequest::Detailed(options) => Some(options.clone()),
             StepRequest::Wait(_) => None,
@@ -205,6 +210,9 @@ pub struct StepSpec {
     /// is called; the step waits for a payload (docs/waits.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<WaitSpec>,
+    /// Whether a call cut short may be made again (docs/recovery.md).
+    #[serde(default, skip_serializing_if = "Semantics::is_default")]
+    pub semantics: Semantics,
 }
 
 /// Why a saga stopped short of `completed`. The original engine recorded

@@ -66,6 +66,38 @@ string_enum! {
         RolledBack,
         /// Stopped, and some compensation failed after its retries: needs a human.
         Failed,
+        /// An `at_most_once` step's call was cut short (its host died
+        /// mid-call): whether it happened is unknown, so it is not made
+        /// again; a human resolves it as applied or not (docs/recovery.md).
+        InDoubt,
+    }
+}
+
+string_enum! {
+    /// Whether a step's call cut short by a crash may be made again.
+    #[derive(Default)]
+    pub enum Semantics {
+        /// Made again with the same idempotency key (the default).
+        #[default]
+        AtLeastOnce,
+        /// Never made again: the saga goes `in_doubt`.
+        AtMostOnce,
+    }
+}
+
+string_enum! {
+    /// What a human says of an `in_doubt` step's call.
+    pub enum Resolution {
+        /// It happened: its output is given, and the saga goes on after it.
+        Applied,
+        /// It did not: the step is called again, with fresh attempts.
+        NotApplied,
+    }
+}
+
+impl Semantics {
+    pub fn is_default(&self) -> bool {
+        *self == Semantics::AtLeastOnce
     }
 }
 
@@ -77,6 +109,7 @@ impl SagaStatus {
         SagaStatus::Running,
         SagaStatus::Paused,
         SagaStatus::Compensating,
+        SagaStatus::InDoubt,
     ];
 
     /// No further transition happens by itself from a final status (only a

@@ -181,6 +181,8 @@ impl WebhookEvent {
             SagaStatus::Completed => Some(WebhookEvent::SagaCompleted),
             SagaStatus::RolledBack => Some(WebhookEvent::SagaRolledBack),
             SagaStatus::Failed => Some(WebhookEvent::SagaFailed),
+            // A human must resolve it: the event that calls one.
+            SagaStatus::InDoubt => Some(WebhookEvent::SagaInDoubt),
             _ => None,
         }
     }

@@ -709,6 +709,7 @@ impl Planner {
                     max_memory_bytes: options.max_memory_bytes,
                     max_output_bytes: options.max_output_bytes,
                     max_wait_ms: options.max_wait_ms,
+                    semantics: options.semantics.unwrap_or_default(),
                     wait: None,
                 }),
                 None => unknown.push(format!("`{}` (steps[{i}])", options.plugin)),

@@ -108,6 +108,7 @@ pub(super) fn plan(
         max_memory_bytes: None,
         max_output_bytes: None,
         max_wait_ms: None,
+        semantics: Default::default(),
         wait: Some(WaitSpec {
             schema: wait.schema.clone(),
             timeout_ms: timeout.as_millis() as u64,

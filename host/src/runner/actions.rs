@@ -13,9 +13,10 @@
 
 use super::Runner;
 use crate::model::{
-    Action, ActionKind, SagaDetail, SagaId, SagaRun, SagaStatus, StepStatus, Timestamp,
+    Action, ActionKind, Resolution, SagaDetail, SagaId, SagaRun, SagaStatus, StepStatus, Timestamp,
 };
 use crate::store::{Applied, Fence, Pins, StoreError, Transition};
+use serde_json::{Map, Value};
 
 /// Why an action was refused.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,12 @@ pub fn permits(saga: &SagaRun, kind: ActionKind) -> Permit {
     let status = saga.status;
     let ended = || Permit::Refused(format!("saga {id} has already ended ({status})"));
     match kind {
+        ActionKind::Resolve if status == SagaStatus::InDoubt => Permit::Change,
+        _ if status == SagaStatus::InDoubt => Permit::Refused(format!(
+            "saga {id} is in_doubt: resolve step {} first (applied, with its output, or \
+             not_applied)",
+            saga.current_step_index
+        )),
         ActionKind::Start => Permit::Refused(format!("saga {id} has already started")),
         ActionKind::Cancel if status.is_final() => ended(),
         ActionKind::Cancel if saga.cancel_requested => Permit::InEffect,
@@ -97,7 +104,7 @@ pub fn permits(saga: &SagaRun, kind: ActionKind) -> Permit {
             "a wait of saga {id} is answered at /v1/sagas/{id}/waits/NAME/complete or /reject"
         )),
         ActionKind::Resolve => Permit::Refused(format!(
-            "saga {id} is {status}; only a failed saga's steps can be resolved"
+            "saga {id} is {status}; only a failed or in_doubt saga's steps can be resolved"
         )),
     }
 }
@@ -318,6 +325,7 @@ impl Runner {
         &self,
         id: SagaId,
         index: u32,
+        resolution: Option<(Resolution, Option<Value>)>,
         note: Option<String>,
         actor: Option<String>,
     ) -> Result<SagaRun, ActionError> {
@@ -325,6 +333,16 @@ impl Runner {
             .act(id, |d, now| {
                 let s = &d.saga;
                 permitted(s, ActionKind::Resolve)?;
+                if s.status == SagaStatus::InDoubt {
+                    return resolve_in_doubt(d, index, resolution.clone(), &note, &actor, now);
+                }
+                if resolution.is_some() {
+                    return Err(ActionError::Invalid(format!(
+                        "saga {id} is {}: a `resolution` is for a step of an in_doubt saga; a \
+                         compensation_failed step is resolved with a note alone",
+                        s.status
+                    )));
+                }
                 let Some(row) = d.steps.iter().find(|r| r.index == index) else {
                     return Err(ActionError::Conflict(format!(
                         "step {index} of saga {id} never ran; only a compensation_failed step can be resolved"
@@ -376,6 +394,13 @@ impl Runner {
             })
             .await?;
         tracing::info!(saga = %id, step = index, status = %saga.status, "step resolved by hand");
+        if saga.status == SagaStatus::Running {
+            // An in_doubt step resolved: the saga goes on.
+            self.wake();
+            if let Err(e) = self.inner.store.announce_work().await {
+                tracing::debug!(error = %e, "announcing a resolved saga");
+            }
+        }
         Ok(saga)
     }
 
@@ -386,6 +411,91 @@ impl Runner {
             tracing::debug!(error = %e, "announcing a request");
         }
     }
+}
+
+/// Resolves the `in_doubt` step `index` of `d` (docs/recovery.md):
+/// `applied` completes it with the output given (merged into the context)
+/// and the saga goes on after it; `not_applied` has it called again, with
+/// fresh attempts and a new idempotency key.
+fn resolve_in_doubt(
+    d: &SagaDetail,
+    index: u32,
+    resolution: Option<(Resolution, Option<Value>)>,
+    note: &Option<String>,
+    actor: &Option<String>,
+    now: Timestamp,
+) -> Result<Decision, ActionError> {
+    let s = &d.saga;
+    let id = s.id;
+    if index != s.current_step_index {
+        return Err(ActionError::Conflict(format!(
+            "step {index} of saga {id} is not in doubt; step {} is",
+            s.current_step_index
+        )));
+    }
+    let Some((resolution, output)) = resolution else {
+        return Err(ActionError::Invalid(format!(
+            "saga {id} is in_doubt: say `resolution`: `applied` (with its `output`) or \
+             `not_applied`"
+        )));
+    };
+    let row = d
+        .steps
+        .iter()
+        .find(|r| r.index == index)
+        .ok_or_else(|| ActionError::Conflict(format!("step {index} of saga {id} never ran")))?;
+    let mut row = row.clone();
+    let by = actor.as_deref().unwrap_or("an operator");
+    let mut t = Transition::new(id, Fence::Unleased, s.version, now);
+    match (resolution, output) {
+        (Resolution::Applied, output) => {
+            let output = match output {
+                None => Map::new(),
+                Some(Value::Object(output)) => output,
+                Some(_) => {
+                    return Err(ActionError::Invalid(
+                        "`output` must be a JSON object (what the step would have output)".into(),
+                    ));
+                }
+            };
+            let mut context = s.context.clone();
+            context.extend(output.clone());
+            row.status = StepStatus::Completed;
+            row.output = Some(Value::Object(output));
+            row.finished_at = Some(now);
+            row.error = None;
+            t.saga.context = Some(context);
+            t.saga.current_step_index = Some(index + 1);
+        }
+        (Resolution::NotApplied, Some(_)) => {
+            return Err(ActionError::Invalid(
+                "`output` goes with `applied`; a call not applied output nothing".into(),
+            ));
+        }
+        (Resolution::NotApplied, None) => {
+            row.attempt_base = row.attempts;
+            row.error = Some(format!(
+                "its call was cut short; resolved by {by} as not applied: called again"
+            ));
+        }
+    }
+    t.steps.push(row);
+    t.saga.status = Some(SagaStatus::Running);
+    t.saga.clear_error = true;
+    t.saga.ready_at = Some(Some(now));
+    let mut actions = with_action(
+        s,
+        ActionKind::Resolve,
+        actor,
+        now,
+        note.clone(),
+        Some(index),
+    );
+    if let Some(action) = actions.last_mut() {
+        action.payload = Some(serde_json::json!({ "resolution": resolution }));
+    }
+    t.saga.actions = Some(actions);
+    Ok(Decision::Write(Box::new(t)))
 }
 
 /// The saga's actions with one more.

@@ -48,6 +48,8 @@ pub(super) enum Next {
     /// A redrive's rewind undid everything down to this step: the saga
     /// goes forward again from it.
     Rewound(u32),
+    /// The saga is `in_doubt`: it waits, holding no lease, for a human.
+    Hold,
 }
 
 /// Why a saga stops going forward.
@@ -117,6 +119,7 @@ impl View<'_> {
                 }
                 (None, _) => Next::FinishCompensation,
             },
+            SagaStatus::InDoubt => Next::Hold,
             status @ (SagaStatus::Completed | SagaStatus::RolledBack | SagaStatus::Failed) => {
                 Next::Ended(status)
             }
@@ -183,6 +186,37 @@ impl View<'_> {
         match self.ledger.get(&index).map_or(0, |r| r.attempt_base) {
             0 => format!("{id}:{index}:{phase}"),
             base => format!("{id}:{index}:{phase}:r{base}"),
+        }
+    }
+
+    /// Whether the step's last `execute` call was cut short: its row says
+    /// running with no answer (no error, no wait). Its host died mid-call,
+    /// or before the call its mark promised: from here, no one can tell.
+    pub fn cut_short(&self, index: u32) -> bool {
+        self.ledger.get(&index).is_some_and(|r| {
+            r.phase == Phase::Execute
+                && r.status == StepStatus::Running
+                && r.error.is_none()
+                && r.waiting_until.is_none()
+        })
+    }
+
+    /// Why an `at_most_once` step cut short puts its saga `in_doubt`.
+    pub fn in_doubt_error(&self, index: u32) -> SagaError {
+        let attempt = self.attempts(index, Phase::Execute);
+        let message = format!(
+            "step {index} ({}) is at_most_once and its call (attempt {attempt}) was cut short: \
+             whether it happened is unknown, so it is not made again; resolve it as applied \
+             (with its output) or not_applied",
+            self.spec(index).name
+        );
+        SagaError {
+            message: message.clone(),
+            failed_step: Some(index),
+            compensate_from_idx: None,
+            reason: message,
+            cause: None,
+            compensation_failed_steps: Vec::new(),
         }
     }
 
@@ -753,6 +787,7 @@ mod tests {
                 max_memory_bytes: None,
                 max_output_bytes: None,
                 max_wait_ms: Some(60_000),
+                semantics: Default::default(),
                 wait: None,
             })
             .collect();

@@ -776,7 +776,6 @@ impl Runner {
 /// saga's summary as `t` leaves it. Every writer of transitions puts them
 /// on the transition, so the store writes them in its transaction.
 pub(super) fn stamp_outbox(saga: &SagaRun, t: &mut Transition) {
-    t.outbox.clear();
     let Some(event) = t
         .saga
         .status

@@ -52,8 +52,8 @@ use super::decide::{self, Ledger, Next, Stop, View, attempts, end_saga, outcome_
 use super::waits;
 use super::{ActiveSaga, Runner};
 use crate::model::{
-    LedgerLogLine, LogLevel, Phase, SagaRun, SagaStatus, StepResult, StepSpec, StepStatus,
-    Timestamp, WaitSpec,
+    LedgerLogLine, LogLevel, Phase, SagaRun, SagaStatus, Semantics, StepResult, StepSpec,
+    StepStatus, Timestamp, WaitSpec,
 };
 use crate::plugin::{CallOutcome, Contract, Plugin, Progress, StepCall, StepFailure};
 use crate::store::{
@@ -212,6 +212,7 @@ impl Driver<'_> {
                 }
                 Next::FinishCompensation => self.finish_compensation().await?,
                 Next::Rewound(floor) => self.rewound(floor).await?,
+                Next::Hold => self.hold().await?,
                 Next::Admit => self.admit().await?,
             };
             if let Flow::Parked(at) = flow {
@@ -584,6 +585,14 @@ impl Driver<'_> {
             return Ok(Some(done));
         }
         let waited = self.view().waiting(index, phase).is_some();
+        if phase == Phase::Execute
+            && !waited
+            && self.spec(index).semantics == Semantics::AtMostOnce
+            && self.view().cut_short(index)
+        {
+            self.in_doubt(index).await?;
+            return Ok(None);
+        }
         let attempt = if waited { done } else { done + 1 };
         if attempt > self.view().attempt_limit(index, phase) {
             let max = self.spec(index).max_attempts;
@@ -944,6 +953,13 @@ impl Driver<'_> {
                 t.saga.current_step_index = Some(index);
                 t.take_message = row.correlation_key.clone().map(|key| (index, key));
                 t.steps.push(row.clone());
+                let mut after = d.saga.clone();
+                t.apply_to_saga(&mut after, d.saga.version + 1);
+                t.outbox.push(crate::webhooks::saga_event(
+                    crate::model::WebhookEvent::WaitOpened,
+                    &after.summary(),
+                    t.now,
+                ));
                 Some(t)
             })
             .await?;
@@ -1191,6 +1207,35 @@ impl Driver<'_> {
                 Ok(Flow::Continue)
             }
         }
+    }
+
+    /// An `at_most_once` step's call was cut short: the saga goes
+    /// `in_doubt` (then holds, for a human's resolution), the step not
+    /// called again.
+    async fn in_doubt(&mut self, index: u32) -> Result<(), Halt> {
+        let error = self.view().in_doubt_error(index);
+        tracing::warn!(step = index, "{}", error.message);
+        self.commit(&|d: &Self| {
+            let mut t = d.transition();
+            t.saga.status = Some(SagaStatus::InDoubt);
+            t.saga.current_step_index = Some(index);
+            t.saga.error = Some(error.clone());
+            Some(t)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The saga is `in_doubt`: not claimable until a human resolves it.
+    async fn hold(&mut self) -> Result<Flow, Halt> {
+        self.commit(&|d: &Self| {
+            let mut t = d.transition();
+            t.saga.ready_at = Some(None);
+            t.release_lease = true;
+            Some(t)
+        })
+        .await?;
+        Ok(Flow::Parked(None))
     }
 
     /// A redrive's rewind undid its steps down to `floor`: forward again

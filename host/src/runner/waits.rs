@@ -403,6 +403,7 @@ mod tests {
                 max_memory_bytes: None,
                 max_output_bytes: None,
                 max_wait_ms: None,
+                semantics: Default::default(),
                 wait: Some(wait),
             }],
             json!({}),

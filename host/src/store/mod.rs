@@ -253,6 +253,8 @@ pub struct SagaUpdate {
     /// A redrive: the saga's inputs and plan from now on, and its error
     /// cleared.
     pub redrive: Option<Redriven>,
+    /// The error is cleared (an `in_doubt` step resolved).
+    pub clear_error: bool,
 }
 
 /// What a redrive replaces on the saga row (see [`SagaUpdate::redrive`]).
@@ -368,6 +370,8 @@ impl Transition {
         if let Some(redriven) = &u.redrive {
             saga.inputs = redriven.inputs.clone();
             saga.plan = redriven.plan.clone();
+        }
+        if u.redrive.is_some() || u.clear_error {
             saga.error = None;
         }
         saga.version = version;
@@ -531,8 +535,9 @@ pub trait Store: WebhookStore + BudgetStore + MailboxStore + Send + Sync + 'stat
     async fn saga_shown(&self, id: SagaId, shown_bytes: usize) -> StoreResult<Option<SagaDetail>>;
     /// One step's whole output, as stored (JSON text).
     async fn step_output(&self, id: SagaId, index: u32) -> StoreResult<Option<String>>;
-    /// How many sagas are `pending` (started, not yet taken by a host).
-    async fn pending_count(&self) -> StoreResult<u64>;
+    /// How many sagas are in `status` (for /metrics: `pending`, started and
+    /// not yet taken by a host; `in_doubt`, waiting for a human).
+    async fn count_status(&self, status: SagaStatus) -> StoreResult<u64>;
     /// Newest first, from the filter's cursor.
     async fn list_sagas(&self, filter: &SagaFilter) -> StoreResult<Vec<SagaSummary>>;
     /// The desired-state ledger, by kind and external id, from the

@@ -562,8 +562,9 @@ impl Store for SqliteStore {
         .flatten())
     }
 
-    async fn pending_count(&self) -> StoreResult<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_runs WHERE status = 'pending'")
+    async fn count_status(&self, status: SagaStatus) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_runs WHERE status = ?")
+            .bind(status.as_str())
             .fetch_one(&self.reads)
             .await?;
         Ok(n as u64)

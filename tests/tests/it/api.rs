@@ -893,7 +893,8 @@ async fn the_openapi_document_is_what_answers_are_checked_against() {
             "compensating",
             "completed",
             "rolled_back",
-            "failed"
+            "failed",
+            "in_doubt"
         ])
     );
     assert_eq!(

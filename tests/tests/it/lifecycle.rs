@@ -105,7 +105,7 @@ on_both! {
         }
         let (status, body) = resolve(&server, &id, "0", json!({})).await;
         assert_eq!(status, StatusCode::CONFLICT);
-        assert_eq!(body["error"]["message"], format!("saga {id} is rolled_back; only a failed saga's steps can be resolved"));
+        assert_eq!(body["error"]["message"], format!("saga {id} is rolled_back; only a failed or in_doubt saga's steps can be resolved"));
         server.stop().await.unwrap();
     }
 }

@@ -6,7 +6,9 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use wasaga::config::{RetryPolicy, RunnerConfig, RuntimeConfig};
-use wasaga::model::{Phase, SagaId, SagaStatus, StepSpec, StepStatus, Timestamp};
+use wasaga::model::{
+    Phase, Resolution, SagaId, SagaStatus, Semantics, StepSpec, StepStatus, Timestamp,
+};
 use wasaga::plugin::PluginHost;
 use wasaga::runner::{ManualClock, Runner};
 use wasaga::store::{Fence, Lease, Store, StoreError, Transition};
@@ -530,6 +532,70 @@ on_both! {
         let attempts: Vec<u32> = counter.calls_of(&id).iter().filter(|c| c.step == 0).map(|c| c.attempt).collect();
         assert_eq!(attempts, [1, 2]);
         other.shutdown(Duration::from_secs(5)).await;
+    }
+
+    an_at_most_once_step_cut_short_goes_in_doubt_until_resolved(backend) {
+        // A dead host marked an at_most_once step running and died: whether
+        // its call happened is unknown, so the next host does not call it.
+        // A human resolves it: applied (its output given) or not_applied
+        // (called again, fresh attempts, a new key).
+        let counter = Counter::start().await;
+        let db = TestDb::new(backend).await;
+        let store = db.open().await;
+        counter.grant(store.as_ref()).await;
+        let counter_step = install(store.as_ref(), "counter").await;
+        let once = StepSpec { semantics: Semantics::AtMostOnce, max_attempts: 1, ..counter_step.clone() };
+        let inputs = json!({"counter_url": counter.url()});
+        let applied = create_saga(store.as_ref(), vec![once.clone(), counter_step.clone()], inputs.clone()).await;
+        let not_applied = create_saga(store.as_ref(), vec![once.clone(), counter_step], inputs).await;
+        let ttl = Duration::from_millis(300);
+        let now = Timestamp::now();
+        let claimed = store.claim_sagas(&claim("dead-host", now, ttl), 10).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        for c in &claimed {
+            let mut mark = Transition::new(c.saga.id, Fence::Lease { owner: Arc::from("dead-host"), epoch: c.epoch }, 0, now);
+            mark.saga.status = Some(SagaStatus::Running);
+            mark.steps.push(running_row(&c.saga.plan[0], 0));
+            store.apply(mark).await.unwrap();
+        }
+        tokio::time::sleep(ttl * 2).await;
+        let plugins = PluginHost::new(RuntimeConfig { max_instances: 8, ..RuntimeConfig::default() }).unwrap();
+        let runner = Runner::new(store.clone(), plugins, RunnerConfig { poll_every: Duration::from_millis(50), ..RunnerConfig::default() }, Arc::new(wasaga::runner::SystemClock));
+        runner.start();
+        for id in [applied, not_applied] {
+            let doubt = wait_for(store.as_ref(), id, WITHIN, |d| d.saga.status == SagaStatus::InDoubt).await;
+            let error = doubt.saga.error.as_ref().unwrap();
+            assert!(error.message.contains("step 0 (counter) is at_most_once and its call (attempt 1) was cut short"), "{}", error.message);
+            assert_eq!(doubt.steps[0].attempts, 1, "no call made again");
+        }
+        assert!(counter.calls().is_empty(), "no step was called: {:?}", counter.calls());
+        // Nothing but a resolution moves it, and a resolution is checked.
+        let refused = runner.cancel(applied, None).await.unwrap_err();
+        assert!(refused.to_string().contains("is in_doubt: resolve step 0 first"), "{refused}");
+        let refused = runner.resolve(applied, 1, Some((Resolution::Applied, None)), None, None).await.unwrap_err();
+        assert!(refused.to_string().contains("step 1 of saga"), "{refused}");
+        let refused = runner.resolve(applied, 0, None, None, None).await.unwrap_err();
+        assert!(refused.to_string().contains("say `resolution`"), "{refused}");
+        let refused = runner.resolve(applied, 0, Some((Resolution::Applied, Some(json!([1])))), None, None).await.unwrap_err();
+        assert!(refused.to_string().contains("`output` must be a JSON object"), "{refused}");
+
+        runner.resolve(applied, 0, Some((Resolution::Applied, Some(json!({"vm": "vm-7"})))), Some("seen in the console".into()), Some("ops".into())).await.unwrap();
+        let done = wait_final(store.as_ref(), applied, WITHIN).await;
+        assert_status(&done, SagaStatus::Completed);
+        assert_eq!(done.saga.context["vm"], "vm-7");
+        assert_eq!(done.saga.error, None);
+        let calls: Vec<(u32, u32)> = counter.calls_of(&applied).iter().map(|c| (c.step, c.attempt)).collect();
+        assert_eq!(calls, [(1, 1)], "step 0 was never called; step 1 once");
+        let action = done.saga.actions.last().unwrap();
+        assert_eq!((action.actor.as_deref(), action.step_index), (Some("ops"), Some(0)));
+
+        runner.resolve(not_applied, 0, Some((Resolution::NotApplied, None)), None, None).await.unwrap();
+        let done = wait_final(store.as_ref(), not_applied, WITHIN).await;
+        assert_status(&done, SagaStatus::Completed);
+        assert_eq!(done.steps[0].attempts, 2, "calls begun: the cut-short one and this");
+        let calls: Vec<(u32, u32, String)> = counter.calls_of(&not_applied).into_iter().map(|c| (c.step, c.attempt, c.key)).collect();
+        assert_eq!(calls[0], (0, 2, format!("{not_applied}:0:execute:r1")));
+        runner.shutdown(Duration::from_secs(5)).await;
     }
 
     many_sagas_run_at_once(backend) {

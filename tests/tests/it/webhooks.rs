@@ -193,6 +193,24 @@ async fn deliveries(server: &TestServer, webhook: &str) -> Vec<Value> {
 }
 
 on_both! {
+    a_wait_opening_is_announced(backend) {
+        let db = TestDb::new(backend).await;
+        let receiver = Receiver::start().await;
+        let server = server(&db, &receiver).await;
+        create(&server, &receiver, &["wait.opened", "saga.completed"]).await;
+        let r = server.http.post(server.url("/v1/sagas"))
+            .json(&json!({"kind": "offboard", "steps": ["echo", {"wait": {"name": "approval", "timeout": "1h"}}]}))
+            .send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+        let got = receiver.wait_for(1).await;
+        assert_eq!(got[0].body["type"], "wait.opened", "{:?}", got[0].body);
+        assert_eq!(got[0].body["data"]["id"], id.as_str());
+        assert_eq!(got[0].body["data"]["current_step_index"], 1, "the wait's step");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(receiver.received().len(), 1, "once, and nothing else yet");
+    }
+
     sagas_ends_arrive_signed_once_per_endpoint(backend) {
         let db = TestDb::new(backend).await;
         let receiver = Receiver::start().await;

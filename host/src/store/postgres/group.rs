@@ -69,6 +69,7 @@ impl Grouper {
             && !t.retake_slots
             && t.take_message.is_none()
             && t.saga.redrive.is_none()
+            && !t.saga.clear_error
             && t.steps.iter().all(|step| indexes.insert(step.index))
     }
 

@@ -93,7 +93,7 @@ pub(super) async fn apply_transition(
     .bind(unleased)
     .bind(&id)
     .bind(t.version as i64)
-    .bind(u.redrive.is_some())
+    .bind(u.redrive.is_some() || u.clear_error)
     .bind(u.redrive.as_ref().map(|r| to_json(&r.inputs)))
     .bind(u.redrive.as_ref().map(|r| to_json(&r.plan)))
     .fetch_optional(&mut **tx)

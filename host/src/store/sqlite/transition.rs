@@ -148,7 +148,7 @@ pub(super) fn apply_transition(conn: &Connection, t: &Transition) -> StoreResult
                 unleased,
                 id,
                 t.version as i64,
-                u.redrive.is_some(),
+                u.redrive.is_some() || u.clear_error,
                 u.redrive.as_ref().map(|r| to_json(&r.inputs)),
                 u.redrive.as_ref().map(|r| to_json(&r.plan)),
             ],

@@ -192,7 +192,7 @@ async fn the_tour_works_from_the_command_line() {
     assert_eq!(
         stderr(&out).trim(),
         format!(
-            "error: saga {failed_id} is rolled_back; only a failed saga's steps can be resolved (409 Conflict, conflict)"
+            "error: saga {failed_id} is rolled_back; only a failed or in_doubt saga's steps can be resolved (409 Conflict, conflict)"
         )
     );
 

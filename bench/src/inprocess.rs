@@ -13,6 +13,7 @@ pub(crate) fn call(i: u32) -> StepCall {
         idempotency_key: format!("bench:{}:execute", i % 5),
         inputs: json!({"message": "hello"}).to_string(),
         context: "{}".into(),
+        received: None,
         traceparent: None,
     }
 }

@@ -41,7 +41,11 @@
 //! - redrive by filter: 1,000 rolled-back sagas, a dry run then the
 //!   redrive: all complete, nothing executed that the dry run did not list
 //!   (`redrive.rs`).
+//! - drift scan: 10,000 resources recorded by a Rust step with `observe`,
+//!   a hundredth changed and a hundredth deleted: the scan's time, what it
+//!   found, peak RSS (`drift.rs`).
 
+mod drift;
 mod events;
 mod flow;
 mod inprocess;
@@ -218,6 +222,12 @@ async fn main() -> Result<()> {
         match &args.wasaga_bin {
             Some(bin) => redrive::redrive(&mut report, args.quick, bin).await?,
             None => eprintln!("redrive: skipped (needs --wasaga-bin)"),
+        }
+    }
+    if wanted("drift") {
+        match &args.wasaga_bin {
+            Some(bin) => drift::drift(&mut report, args.quick, bin).await?,
+            None => eprintln!("drift: skipped (needs --wasaga-bin)"),
         }
     }
     if wanted("attacks") {

@@ -17,6 +17,7 @@ fn call() -> StepCall {
         idempotency_key: "bench:1:execute".into(),
         inputs: r#"{"message":"hello"}"#.into(),
         context: "{}".into(),
+        received: None,
         traceparent: None,
     }
 }

@@ -115,10 +115,11 @@ impl CallbackUrls {
     /// wait.
     pub fn fill(&self, saga: &SagaRun, rows: &mut [StepResult]) {
         for row in rows {
-            let is_wait = saga
-                .plan
-                .get(row.index as usize)
-                .is_some_and(|s| s.wait.is_some());
+            let is_wait = row.wait_for.is_some()
+                || saga
+                    .plan
+                    .get(row.index as usize)
+                    .is_some_and(|s| s.wait.is_some());
             let (true, true, Some(opened)) = (is_wait, is_open_wait(row), row.started_at) else {
                 continue;
             };

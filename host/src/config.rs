@@ -290,6 +290,10 @@ pub struct RunnerConfig {
     /// their ledger; the resource ledger keeps what they provisioned. Off
     /// (`None`) by default; at least [`MIN_RETENTION`].
     pub retention: Option<Duration>,
+    /// How often the whole resource ledger is scanned for drift
+    /// (`--drift-scan-every`; one host per period). Off (`None`) by
+    /// default; at least [`MIN_DRIFT_SCAN_EVERY`].
+    pub drift_scan_every: Option<Duration>,
     /// How often retention looks for sagas to delete. Default 1 minute.
     pub retention_every: Duration,
     /// Sagas deleted per transaction, so a sweep never holds the database
@@ -311,6 +315,10 @@ pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
 pub const WAIT_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(31 * 24 * 3600);
 
+/// The shortest period of the periodic drift scan: each scan calls every
+/// plugin's `observe` once per step that recorded resources.
+pub const MIN_DRIFT_SCAN_EVERY: Duration = Duration::from_secs(10);
+
 /// Most sagas one `POST /v1/sagas/redrive` redrives: a filter finding
 /// more is refused, to be narrowed (docs/recovery.md).
 pub const MAX_REDRIVE_BATCH: usize = 10_000;
@@ -319,6 +327,19 @@ pub const MAX_REDRIVE_BATCH: usize = 10_000;
 pub const DEFAULT_MESSAGE_TTL: Duration = Duration::from_secs(3600);
 
 impl RunnerConfig {
+    /// Checks the drift scan's period, saying why one is refused.
+    pub fn check_drift_scan_every(every: Duration) -> Result<(), String> {
+        if every < MIN_DRIFT_SCAN_EVERY {
+            return Err(format!(
+                "--drift-scan-every ({}) is shorter than {}: each scan calls every observing \
+                 plugin once per step that recorded resources",
+                humantime::format_duration(every),
+                humantime::format_duration(MIN_DRIFT_SCAN_EVERY)
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks a retention period, saying why one is refused.
     pub fn check_retention(retention: Duration) -> Result<(), String> {
         if retention < MIN_RETENTION {
@@ -350,6 +371,7 @@ impl Default for RunnerConfig {
             default_max_wait: Duration::from_secs(3600),
             max_wait_ceiling: Duration::from_secs(7 * 24 * 3600),
             retention: None,
+            drift_scan_every: None,
             retention_every: Duration::from_secs(60),
             retention_batch: 500,
             event_buffer: 4096,

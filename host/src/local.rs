@@ -16,7 +16,7 @@ use crate::config::RuntimeConfig;
 use crate::grants::Access;
 use crate::model::{LogLine, Phase, RecordedResource};
 use crate::plugin::{
-    CallOutcome, Plugin, PluginError, PluginHost, Progress, StepCall, StepFailure,
+    CallOutcome, Observed, Plugin, PluginError, PluginHost, Progress, StepCall, StepFailure,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -47,11 +47,14 @@ pub struct Local {
 pub struct CallReport {
     pub phase: Phase,
     pub attempt: u32,
-    /// `ok`, `poll`, `retryable` or `fatal`.
+    /// `ok`, `poll`, `wait`, `retryable` or `fatal`.
     pub outcome: &'static str,
     pub output: Option<Map<String, Value>>,
     /// For `poll`: when to call again, in milliseconds.
     pub poll_after_ms: Option<u64>,
+    /// For `wait` (contract 0.3.0): the name of the wait it opened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<String>,
     pub error: Option<String>,
     pub logs: Vec<LogLine>,
     pub resources: Vec<RecordedResource>,
@@ -110,6 +113,7 @@ impl Local {
             idempotency_key: key.into(),
             inputs: Value::Object(inputs.clone()).to_string(),
             context: Value::Object(context.clone()).to_string(),
+            received: None,
             traceparent: None,
         };
         let limits = self.host.limits_for(None, None, None);
@@ -135,9 +139,14 @@ impl Local {
             }
         };
         let limited = matches!(outcome.result, Err(StepFailure::LimitExceeded(_)));
+        let wait_for = match &outcome.result {
+            Ok(Progress::WaitFor(w)) => Some(w.name.clone()),
+            _ => None,
+        };
         let (label, output, poll, error) = match outcome.result {
             Ok(Progress::Done(out)) => ("ok", (phase == Phase::Execute).then_some(out), None, None),
             Ok(Progress::PollAfter(d)) => ("poll", None, Some(d.as_millis() as u64), None),
+            Ok(Progress::WaitFor(_)) => ("wait", None, None, None),
             Err(f) => (
                 if f.is_retryable() {
                     "retryable"
@@ -155,6 +164,7 @@ impl Local {
             outcome: label,
             output,
             poll_after_ms: poll,
+            wait_for,
             error,
             logs: outcome.logs,
             resources: outcome.resources,
@@ -176,10 +186,14 @@ impl Local {
         let output = first.output.clone().unwrap_or_default();
         checks.push(Check {
             check: "execute returns a JSON object without reserved keys",
-            ok: first.outcome == "ok" || first.outcome == "poll",
+            ok: matches!(first.outcome, "ok" | "poll" | "wait"),
             detail: match first.outcome {
                 "ok" => format!("{} key(s)", output.len()),
                 "poll" => "it asked to be called again (poll-after)".into(),
+                "wait" => format!(
+                    "it opened wait `{}` (wait-for)",
+                    first.wait_for.as_deref().unwrap_or_default()
+                ),
                 _ => first.error.clone().unwrap_or_default(),
             },
         });
@@ -229,7 +243,36 @@ impl Local {
                 }
             }
         };
+        // `observe` (contract 0.3.0), when exported: it must see what
+        // execute did, and then that compensate undid it. One that says
+        // `unknown` claims nothing, and the host does as without it.
+        let mut observes = self.plugin.observes() && first.outcome == "ok";
+        if observes {
+            let (check, said) = self
+                .observe_check("observe after execute says applied", inputs, "applied")
+                .await;
+            if said == Some("unknown") {
+                observes = false;
+                checks.push(Check {
+                    check: "observe says what it can",
+                    ok: true,
+                    detail: "it says unknown: the host does as if it had no observe".into(),
+                });
+            } else {
+                checks.push(check);
+            }
+        }
         checks.push(compensate("compensate after execute", context.clone(), 1).await);
+        if observes {
+            let (check, _) = self
+                .observe_check(
+                    "observe after compensate says not-applied",
+                    inputs,
+                    "not-applied",
+                )
+                .await;
+            checks.push(check);
+        }
         checks.push(compensate("compensate twice", context, 2).await);
         checks.push(compensate("compensate with no execute before it", Map::new(), 1).await);
         let slowest = [&first, &second]
@@ -254,6 +297,59 @@ impl Local {
             },
         });
         checks
+    }
+}
+
+impl Local {
+    /// Calls `observe` with execute's idempotency key and checks that it
+    /// says `expected`; with what it said (`None`: the call failed).
+    async fn observe_check(
+        &self,
+        check: &'static str,
+        inputs: &Map<String, Value>,
+        expected: &str,
+    ) -> (Check, Option<&'static str>) {
+        let call = StepCall {
+            saga_id: "local".into(),
+            kind: "local".into(),
+            step_index: 0,
+            attempt: 1,
+            idempotency_key: "local:0:execute".into(),
+            inputs: Value::Object(inputs.clone()).to_string(),
+            context: "{}".into(),
+            received: None,
+            traceparent: None,
+        };
+        let limits = self.host.limits_for(None, None, None);
+        let outcome = self
+            .host
+            .observe(
+                &self.plugin,
+                call,
+                &limits,
+                CancellationToken::new(),
+                Arc::new(Access::default()),
+            )
+            .await;
+        let said = match &outcome.result {
+            Ok(Observed::Applied(_)) => "applied",
+            Ok(Observed::NotApplied) => "not-applied",
+            Ok(Observed::Unknown) => "unknown",
+            Err(f) => {
+                let failed = Check {
+                    check,
+                    ok: false,
+                    detail: describe(f),
+                };
+                return (failed, None);
+            }
+        };
+        let check = Check {
+            check,
+            ok: said == expected,
+            detail: format!("it said {said}"),
+        };
+        (check, Some(said))
     }
 }
 

@@ -55,8 +55,8 @@ pub struct Project {
 }
 
 /// The step contract a new project is written against: the newest.
-pub const CONTRACT: &str = "0.2.0";
-const STEP_WIT: &str = include_str!("../../wit/0.2.0/step.wit");
+pub const CONTRACT: &str = "0.3.0";
+const STEP_WIT: &str = include_str!("../../wit/0.3.0/step.wit");
 
 /// The tool versions `plugins/toolchain.json` pins.
 #[derive(Debug, Deserialize)]
@@ -272,7 +272,7 @@ fn rust_sdk() -> (String, String) {
         Ok(path) if path.join("Cargo.toml").exists() => {
             let path = path.display().to_string().replace('\\', "/");
             (
-                format!("wasaga-step = {{ path = {path:?} }}"),
+                format!("wasaga-step = {{ path = {path:?}, features = [\"contract-0-3\"] }}"),
                 format!(
                     "taken from the wasaga checkout at `{path}`. Once the SDK is on crates.io, \
                      write `wasaga-step = \"{version}\"` instead."
@@ -280,7 +280,7 @@ fn rust_sdk() -> (String, String) {
             )
         }
         _ => (
-            format!("wasaga-step = \"{version}\""),
+            format!("wasaga-step = {{ version = \"{version}\", features = [\"contract-0-3\"] }}"),
             format!(
                 "`wasaga-step = \"{version}\"` from crates.io. To build against a wasaga \
                  checkout instead, write `wasaga-step = {{ path = \"<checkout>/plugins/sdk\" }}`."

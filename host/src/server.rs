@@ -265,7 +265,7 @@ pub async fn run(
     let host = Host::start(&options).await?;
     tracing::info!(%addr, auth = options.server.tokens.is_some(), "wasaga listening");
     let warm = (host.store.clone(), host.plugins.clone());
-    tokio::spawn(async move { warm_plugins(warm.0, warm.1).await });
+    let warming = tokio::spawn(async move { warm_plugins(warm.0, warm.1).await });
     // The peer's address reaches the gate, which counts failed logins per
     // address.
     let app = host
@@ -276,6 +276,10 @@ pub async fn run(
         .await?;
     tracing::info!("no longer accepting requests; draining sagas");
     host.shutdown().await;
+    // Loading plugins ahead of use holds the store: stop it, so that the
+    // store (and SQLite's lock on the data directory) is let go on return.
+    warming.abort();
+    _ = warming.await;
     tracing::info!("shut down");
     Ok(())
 }

@@ -4,6 +4,8 @@
 //!
 //! - `POST /v2/resources` `{name}`: creates a resource (`201 {id, name}`);
 //!   the same `Idempotency-Key` again returns the same resource (`200`).
+//! - `GET /v2/resources?idempotency_key=K`: the resources created under
+//!   that key (none or one), as a list: what an `observe` asks.
 //! - `GET /v2/resources/{id}`: the resource with its `status`, `booting`
 //!   until it has been asked for `boot_checks` times (see
 //!   [`Cloud::boot_after`]; 0 by default, so `active` at once), then
@@ -41,6 +43,9 @@ struct Inner {
     deletes: usize,
     unauthorized: usize,
     hook: Option<CreateHook>,
+    /// The first create is held this long, then refused (`503`) having
+    /// created nothing.
+    hold_first: Option<Duration>,
     /// How many `GET`s a new resource answers `booting` to.
     boot_checks: u32,
     /// `GET`s of each resource so far.
@@ -75,7 +80,7 @@ impl Cloud {
             connections: Arc::default(),
         };
         let app = Router::new()
-            .route("/v2/resources", post(create))
+            .route("/v2/resources", post(create).get(by_key))
             .route("/v2/resources/{id}", get(show).delete(delete))
             .route("/v2/echo-headers", get(echo_headers))
             .route("/v2/bytes", get(bytes))
@@ -101,6 +106,24 @@ impl Cloud {
         self.inner.lock().unwrap().resources.clone()
     }
 
+    /// Changes a field of a resource, as someone outside the saga would
+    /// (drift); `false` when there is no such resource.
+    pub fn change(&self, id: &str, field: &str, value: Value) -> bool {
+        let mut inner = self.inner.lock().unwrap();
+        match inner.resources.get_mut(id) {
+            Some(resource) => {
+                resource[field] = value;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Deletes a resource behind the saga's back.
+    pub fn remove(&self, id: &str) -> bool {
+        self.inner.lock().unwrap().resources.remove(id).is_some()
+    }
+
     /// (creates, deletes, requests refused for their token).
     pub fn counts(&self) -> (usize, usize, usize) {
         let i = self.inner.lock().unwrap();
@@ -116,6 +139,12 @@ impl Cloud {
     /// `active`.
     pub fn boot_after(&self, checks: u32) {
         self.inner.lock().unwrap().boot_checks = checks;
+    }
+
+    /// Holds the next create for `hold`, then refuses it (`503`) having
+    /// created nothing: a host killed meanwhile left no effect.
+    pub fn hold_first_create(&self, hold: Duration) {
+        self.inner.lock().unwrap().hold_first = Some(hold);
     }
 
     /// Runs `hook` on every create after the resource exists and before
@@ -162,6 +191,22 @@ async fn create(
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(String::from);
+    let hold = {
+        let mut inner = cloud.inner.lock().unwrap();
+        let hold = inner.hold_first.take();
+        if hold.is_some() {
+            inner.creates += 1;
+        }
+        hold
+    };
+    if let Some(hold) = hold {
+        tokio::time::sleep(hold).await;
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"message": "held, then refused"})),
+        )
+            .into_response();
+    }
     let (status, resource, hook) = {
         let mut inner = cloud.inner.lock().unwrap();
         inner.creates += 1;
@@ -187,6 +232,25 @@ async fn create(
         hook().await;
     }
     (status, Json(resource)).into_response()
+}
+
+async fn by_key(
+    State(cloud): State<Cloud>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> axum::response::Response {
+    if !cloud.authorized(&headers) {
+        return unauthorized();
+    }
+    let inner = cloud.inner.lock().unwrap();
+    let found: Vec<Value> = q
+        .get("idempotency_key")
+        .and_then(|k| inner.by_key.get(k))
+        .and_then(|id| inner.resources.get(id))
+        .cloned()
+        .into_iter()
+        .collect();
+    Json(found).into_response()
 }
 
 async fn show(

@@ -100,11 +100,14 @@ pub fn csrf_of(page: &str) -> String {
         .to_string()
 }
 
-/// A secrets key file (64 random hex characters) in `dir`.
+/// The secrets key file in `dir`: the one there (a host restarted on the
+/// same directory keeps its key), or a new one of 64 random hex characters.
 pub fn secrets_key_file(dir: &Path) -> PathBuf {
     let path = dir.join("secrets.key");
-    let key: [u8; 32] = rand::random();
-    std::fs::write(&path, hex::encode(key)).expect("writing a secrets key");
+    if !path.exists() {
+        let key: [u8; 32] = rand::random();
+        std::fs::write(&path, hex::encode(key)).expect("writing a secrets key");
+    }
     path
 }
 
@@ -568,31 +571,48 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start(options: wasaga::server::ServeOptions) -> TestServer {
         init_logging();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(wasaga::server::run(options, listener, async {
-            let _ = rx.await;
-        }));
-        let mut server = TestServer {
-            base,
-            http: Http::new(),
-            shutdown: Some(tx),
-            task: Some(task),
-        };
-        server.wait_healthy().await;
-        server
+        // A server just stopped in this process may still be letting go of
+        // its SQLite directory's lock (its last tasks ending): a restart on
+        // the same directory waits for it, as a new process would find it
+        // free once the old one exited.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(wasaga::server::run(options.clone(), listener, async {
+                let _ = rx.await;
+            }));
+            let mut server = TestServer {
+                base,
+                http: Http::new(),
+                shutdown: Some(tx),
+                task: Some(task),
+            };
+            match server.wait_healthy().await {
+                Ok(()) => return server,
+                Err(why)
+                    if why.contains("in use by another wasaga process")
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(why) => panic!("the test server stopped while starting: {why}"),
+            }
+        }
     }
 
-    async fn wait_healthy(&mut self) {
+    /// Waits until the server answers `/healthz`; why it stopped, if it
+    /// stopped first.
+    async fn wait_healthy(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if self.task.as_ref().is_some_and(|t| t.is_finished()) {
                 let outcome = self.task.take().unwrap().await;
-                panic!("the test server stopped while starting: {outcome:?}");
+                return Err(format!("{outcome:?}"));
             }
             if healthy(&self.http, &self.base).await {
-                return;
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -635,6 +655,32 @@ impl TestServer {
         let body: serde_json::Value = r.json().await.unwrap_or_default();
         assert!(status.is_success(), "upload: {status} {body}");
         body
+    }
+
+    /// Sets the secret `cloud-token` to the test cloud's `token` (usable
+    /// at its origin), and grants `plugin` the cloud's origin and that
+    /// secret with `use`.
+    pub async fn grant_cloud(&self, cloud: &Cloud, token: &str, plugin: &str) {
+        let r = self
+            .http
+            .put(self.url("/v1/secrets/cloud-token"))
+            .json(&serde_json::json!({"value": token, "origins": [cloud.origin()]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            reqwest::StatusCode::NO_CONTENT,
+            "setting the secret"
+        );
+        let r = self
+            .http
+            .put(self.url(&format!("/v1/plugins/{plugin}/grants")))
+            .json(&serde_json::json!({"http": [cloud.origin()], "secrets": {"cloud-token": "use"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::OK, "granting {plugin}");
     }
 
     /// The answer to `GET path`, as JSON.

@@ -151,28 +151,36 @@ pub(crate) fn build_plugins(root: &Path, check: bool) -> Result<()> {
     ]
     .join(" ");
     // Cargo unifies features within one build, so the crates that build the
-    // SDK on contract 0.1.0 (its `contract-0-1` feature) are built apart
-    // from the rest, which get the newest contract.
-    let mut old_contract = Vec::new();
+    // SDK on another contract than its default (its `contract-0-1` or
+    // `contract-0-3` feature) are built apart from the rest, one build per
+    // contract.
+    let mut apart: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for name in plugin_crates(root)? {
         let manifest = ["examples", "testing"]
             .iter()
             .map(|group| plugins_dir.join(group).join(&name).join("Cargo.toml"))
             .find(|path| path.exists())
             .context("a plugin crate's Cargo.toml")?;
-        if std::fs::read_to_string(&manifest)?.contains("\"contract-0-1\"") {
-            old_contract.push(name);
+        let text = std::fs::read_to_string(&manifest)?;
+        if let Some(feature) = ["contract-0-1", "contract-0-3"]
+            .into_iter()
+            .find(|f| text.contains(&format!("\"{f}\"")))
+        {
+            apart.entry(feature).or_default().push(name);
         }
     }
-    let mut newest: Vec<String> = vec!["--workspace".into()];
-    for name in &old_contract {
-        newest.extend(["--exclude".into(), name.clone()]);
+    let mut default: Vec<String> = vec!["--workspace".into()];
+    for name in apart.values().flatten() {
+        default.extend(["--exclude".into(), name.clone()]);
     }
-    let old: Vec<String> = old_contract
-        .iter()
-        .flat_map(|name| ["-p".to_string(), name.clone()])
-        .collect();
-    for selection in [newest, old].into_iter().filter(|s| !s.is_empty()) {
+    let others = apart.values().map(|names| {
+        names
+            .iter()
+            .flat_map(|name| ["-p".to_string(), name.clone()])
+            .collect::<Vec<String>>()
+    });
+    let selections: Vec<Vec<String>> = std::iter::once(default).chain(others).collect();
+    for selection in selections.into_iter().filter(|s| !s.is_empty()) {
         let mut cmd = Command::new(route.cargo());
         cmd.current_dir(&plugins_dir)
             .env("PATH", debian_first_path(route))

@@ -1,11 +1,14 @@
 //! `/v1/resources`: the desired-state ledger, what sagas provisioned and
 //! whether it is still meant to exist, across every saga (one row per kind
-//! and external id), filtered and paged by a cursor.
+//! and external id), filtered and paged by a cursor; and its drift scan
+//! (`POST /v1/resources/scan`, docs/recovery.md), which the runner does.
 
 use super::AppState;
+use super::auth::{Caller, Role};
 use super::cursor;
-use super::error::{ApiError, ErrorBody};
-use crate::model::{Resource, ResourceState, SagaId};
+use super::error::{ApiError, ErrorBody, JsonBody};
+use crate::model::{Drift, Resource, ResourceState, SagaId};
+use crate::runner::drift::{ScanReport, ScanRequest};
 use crate::store::ResourceFilter;
 use axum::Json;
 use axum::extract::{Query, State};
@@ -15,7 +18,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_resources))
+    OpenApiRouter::new()
+        .routes(routes!(list_resources))
+        .routes(routes!(scan_resources))
 }
 
 /// `{resources: [...], next_cursor}`
@@ -37,6 +42,9 @@ pub struct ResourceQuery {
     saga_id: Option<String>,
     /// `present` or `removed`.
     state: Option<String>,
+    /// What the last drift scan found: `none`, `changed`, `missing` or
+    /// `unknown`.
+    drift: Option<String>,
     /// At most this many (default 100, at most 1000).
     limit: Option<u32>,
     /// Where the page starts: the `next_cursor` of the page before, with
@@ -76,6 +84,12 @@ async fn list_resources(
             })
         })
         .transpose()?;
+    let drift = query
+        .drift
+        .as_deref()
+        .map(Drift::parse)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("`limit` must be 1 to 1000"));
@@ -85,17 +99,19 @@ async fn list_resources(
         &query.deployment_id,
         &query.saga_id,
         &query.state,
+        &query.drift,
     );
     let after = query
         .cursor
         .as_deref()
-        .map(|c| cursor::decode(c, &filters, "kind, deployment_id, saga_id and state"))
+        .map(|c| cursor::decode(c, &filters, "kind, deployment_id, saga_id, state and drift"))
         .transpose()?;
     let filter = ResourceFilter {
         kind: query.kind.clone(),
         deployment_id: query.deployment_id.clone(),
         saga_id,
         state: resource_state,
+        drift,
         limit,
         after,
     };
@@ -108,4 +124,29 @@ async fn list_resources(
         resources,
         next_cursor,
     }))
+}
+
+/// Scan the present resources (all, or of a `kind`, or recorded by a
+/// `saga_id`) for drift: each step that recorded some is asked, through
+/// its plugin's `observe`, what is there now; each resource gets
+/// `observed_at`, `drift` and (when `changed`) a `diff` (RFC 6902). It
+/// answers when the scan is done.
+#[utoipa::path(
+    post,
+    path = "/resources/scan",
+    tag = "resources",
+    request_body = ScanRequest,
+    responses(
+        (status = 200, body = ScanReport),
+        (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+    )
+)]
+async fn scan_resources(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(request): JsonBody<ScanRequest>,
+) -> Result<Json<ScanReport>, ApiError> {
+    caller.require(Role::Operator)?;
+    Ok(Json(state.runner.scan_drift(&request).await?))
 }

@@ -316,6 +316,17 @@ impl Client {
         Ok(())
     }
 
+    /// `POST /v1/resources/scan`.
+    pub async fn scan_resources(
+        &self,
+        body: &serde_json::Value,
+    ) -> Result<crate::runner::drift::ScanReport, ClientError> {
+        let request = self
+            .request(Method::POST, &["resources", "scan"])
+            .json(body);
+        Ok(self.send(request).await?.1)
+    }
+
     pub async fn resources(&self, query: &[(&str, String)]) -> Result<ResourceList, ClientError> {
         Ok(self
             .send(self.request(Method::GET, &["resources"]).query(query))

@@ -137,6 +137,11 @@ pub(super) struct ServeArgs {
     /// e.g. 90d; at least 1h. Off by default; the resource ledger stays.
     #[arg(long, env = "WASAGA_RETENTION", value_parser = humantime::parse_duration)]
     retention: Option<Duration>,
+    /// Scan the resource ledger for drift this often, e.g. 1h (each
+    /// resource's plugin `observe`s it; one host per period). Off by
+    /// default; at least 10s.
+    #[arg(long, env = "WASAGA_DRIFT_SCAN_EVERY", value_parser = humantime::parse_duration)]
+    drift_scan_every: Option<Duration>,
     /// This host's identity in leases (default: random per process).
     #[arg(long, env = "WASAGA_NODE_ID")]
     node_id: Option<String>,
@@ -247,6 +252,9 @@ impl ServeArgs {
         if let Some(retention) = self.retention {
             RunnerConfig::check_retention(retention)?;
         }
+        if let Some(every) = self.drift_scan_every {
+            RunnerConfig::check_drift_scan_every(every)?;
+        }
         let defaults = RuntimeConfig::default();
         let runtime = RuntimeConfig {
             default_limits: StepLimits {
@@ -284,6 +292,7 @@ impl ServeArgs {
             default_max_wait: max_wait,
             max_wait_ceiling,
             retention: self.retention,
+            drift_scan_every: self.drift_scan_every,
             max_saga_stored_bytes: self.max_saga_stored as usize,
             ..runner_defaults
         };

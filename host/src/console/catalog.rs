@@ -110,6 +110,7 @@ pub(super) async fn secrets_page(State(state): State<AppState>, v: Viewer) -> Re
 pub(super) struct ResourceQuery {
     kind: Option<String>,
     state: Option<String>,
+    drift: Option<String>,
 }
 
 pub(super) async fn resources_page(
@@ -123,6 +124,10 @@ pub(super) async fn resources_page(
             .state
             .as_deref()
             .and_then(|s| crate::model::ResourceState::parse(s).ok()),
+        drift: q
+            .drift
+            .as_deref()
+            .and_then(|d| crate::model::Drift::parse(d).ok()),
         limit: 1000,
         ..ResourceFilter::default()
     };
@@ -137,10 +142,20 @@ pub(super) async fn resources_page(
         "Resources",
         html! {
             h1 { "Resources" }
-            p.muted { "What sagas provisioned, one row per kind and external id, as last recorded." }
-            table { thead { tr { th { "Kind" } th { "External id" } th { "State" } th { "Version" } th { "Saga" } th { "Deployment" } th { "Spec" } } }
-                tbody { @for r in &resources { tr {
-                    td { (r.kind) } td.mono { (r.external_id) } td { (badge(r.state)) } td { (r.spec_version) }
+            p.muted { "What sagas provisioned, one row per kind and external id, as last recorded. "
+                "Drift is what the last scan (" code { "POST /v1/resources/scan" } ") found: "
+                a href="/ui/resources?drift=changed" { "changed" } ", "
+                a href="/ui/resources?drift=missing" { "missing" } "." }
+            table { thead { tr { th { "Kind" } th { "External id" } th { "State" } th { "Drift" } th { "Version" } th { "Saga" } th { "Deployment" } th { "Spec" } } }
+                tbody { @for r in &resources {
+                    @let drifted = matches!(r.drift, Some(crate::model::Drift::Changed | crate::model::Drift::Missing));
+                    tr class=[drifted.then_some("drifted")] {
+                    td { (r.kind) } td.mono { (r.external_id) } td { (badge(r.state)) }
+                    td {
+                        @if let Some(d) = r.drift { (badge(d)) }
+                        @if let Some(diff) = &r.diff { pre.mono { (json(diff)) } }
+                    }
+                    td { (r.spec_version) }
                     td.mono { a href=(format!("/ui/sagas/{}", r.saga_id)) { (r.saga_id) } " step " (r.step_index) }
                     td { (r.deployment_id.as_deref().unwrap_or("")) }
                     td { pre.mono { (json(&r.spec)) } }

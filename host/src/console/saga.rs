@@ -370,6 +370,12 @@ pub(super) fn saga_live(detail: &SagaDetail, v: &Viewer) -> Markup {
                                         (wait_form(&spec.name, wait, r, v, &post(&format!("waits/{}", spec.name))))
                                     }
                                 }
+                                // A wait the step opened itself (`wait-for`).
+                                @if let Some(opened) = &r.wait_for {
+                                    @if r.status == crate::model::StepStatus::Waiting && r.received.is_none() && !s.cancel_requested {
+                                        (wait_form(&opened.name, &opened.spec(), r, v, &post(&format!("waits/{}", opened.name))))
+                                    }
+                                }
                                 @if can_act && r.status == crate::model::StepStatus::CompensationFailed && offers(ActionKind::Resolve) {
                                     button.secondary data-post=(format!("/v1/sagas/{id}/steps/{i}/resolve")) data-confirm="Mark this step undone by hand?" { "Resolve by hand" }
                                 }

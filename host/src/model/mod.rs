@@ -41,13 +41,13 @@ pub use saga::{
 };
 pub(crate) use status::string_enum;
 pub use status::{
-    ActionKind, LogLevel, Phase, Resolution, ResourceState, SagaStatus, Semantics, StepStatus,
-    StopCause,
+    ActionKind, Drift, LogLevel, Phase, Resolution, ResourceState, SagaStatus, Semantics,
+    StepStatus, StopCause,
 };
 pub use tokens::{Caller, Role, Tokens, TokensError};
 pub use wait::{
-    MAX_APPROVERS, Message, MessageDelivery, MessageRequest, OnTimeout, WaitAnswer, WaitElement,
-    WaitRequest, WaitSpec, WaitVerdict,
+    MAX_APPROVERS, Message, MessageDelivery, MessageRequest, OnTimeout, StepWait, WaitAnswer,
+    WaitElement, WaitRequest, WaitSpec, WaitVerdict,
 };
 pub use webhook::{
     AttemptOutcome, Delivery, DeliveryStatus, DueDelivery, NewWebhook, OutboxEvent, SealedKey,

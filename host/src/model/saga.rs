@@ -3,8 +3,9 @@
 //! human actions taken on it, and a stored plugin ([`PluginInfo`]).
 
 use super::{
-    ActionKind, ConcurrencyKey, Digest, LogLevel, Phase, ResourceState, SagaId, SagaStatus,
-    Semantics, Slot, StepStatus, StopCause, Timestamp, WaitElement, WaitSpec, WaitVerdict,
+    ActionKind, ConcurrencyKey, Digest, Drift, LogLevel, Phase, ResourceState, SagaId, SagaStatus,
+    Semantics, Slot, StepStatus, StepWait, StopCause, Timestamp, WaitElement, WaitSpec,
+    WaitVerdict,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -70,6 +71,17 @@ pub struct Resource {
     /// When it was first recorded, and last changed.
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// When a drift scan last looked at it (`POST /v1/resources/scan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<Timestamp>,
+    /// What that scan found; none until one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Drift>,
+    /// For `changed`: an RFC 6902 JSON Patch from the recorded spec to
+    /// the observed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub diff: Option<Value>,
 }
 
 /// One step of a start request.
@@ -446,6 +458,10 @@ pub struct StepResult {
     /// fails it next).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received: Option<WaitVerdict>,
+    /// The wait the step opened itself with `wait-for` (contract 0.3.0),
+    /// kept after it was answered: its payload is in `received`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<StepWait>,
     /// A wait's correlation key, filled in, while it is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_key: Option<String>,

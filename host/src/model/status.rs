@@ -197,6 +197,21 @@ string_enum! {
 }
 
 string_enum! {
+    /// What a drift scan found of a present resource (docs/recovery.md):
+    /// its plugin's `observe` compared with the spec last recorded.
+    pub enum Drift {
+        /// As recorded.
+        None,
+        /// There, with another spec (`diff` says how).
+        Changed,
+        /// Not there.
+        Missing,
+        /// Its plugin cannot tell (no `observe`, `unknown`, or a failed call).
+        Unknown,
+    }
+}
+
+string_enum! {
     /// Why a saga stopped going forward.
     pub enum StopCause {
         /// A step failed for good (its own error, exhausted retries, a wait

@@ -81,6 +81,34 @@ pub struct WaitSpec {
     pub correlation_key: Option<String>,
 }
 
+/// A wait a step opened itself (contract 0.3.0, `wait-for`), kept on its
+/// ledger row: answered like a plan element's wait (by an operator, or its
+/// capability URL), after which the step is called again with the payload
+/// in `saga-state.received`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StepWait {
+    pub name: String,
+    pub timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<Value>,
+}
+
+impl StepWait {
+    /// The wait's rules, as a plan element's with the same fields: one
+    /// approval, by an operator; its timeout fails the step.
+    pub fn spec(&self) -> WaitSpec {
+        WaitSpec {
+            schema: self.schema.clone(),
+            timeout_ms: self.timeout_ms,
+            on_timeout_default: None,
+            approvals: 1,
+            approvers: Vec::new(),
+            correlation_key: None,
+        }
+    }
+}
+
 /// What an open wait received, kept on its ledger row until the saga's
 /// driver moves on: the wait completes with the payload, or fails.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -17,7 +17,7 @@
 mod keys;
 mod waits;
 
-pub use waits::MAX_WAIT_NAME;
+pub use waits::{MAX_WAIT_NAME, step_wait};
 
 use crate::config::{RuntimeConfig, SchemaLimits};
 use crate::model::{ConcurrencyKey, Digest, PluginInfo, SagaRun, StepSpec, Template, Timestamp};

@@ -7,7 +7,7 @@
 use super::{InputsSchema, PlanError, check_label, is_segment_name, keys};
 use crate::config::{SchemaLimits, WAIT_TIMEOUT_RANGE};
 use crate::model::{
-    Digest, MAX_APPROVERS, MAX_KEY_BYTES, OnTimeout, StepSpec, WaitRequest, WaitSpec,
+    Digest, MAX_APPROVERS, MAX_KEY_BYTES, OnTimeout, StepSpec, StepWait, WaitRequest, WaitSpec,
 };
 use serde_json::Value;
 
@@ -117,6 +117,57 @@ pub(super) fn plan(
             approvers: wait.approvers.clone(),
             correlation_key: wait.correlation_key.clone(),
         }),
+    })
+}
+
+/// A wait a step asked for with `wait-for` (contract 0.3.0), checked by
+/// the rules a plan's wait passes: a name that is a path segment and no
+/// plan wait's, a timeout in range, a schema (JSON text) within `limits`.
+/// The reason, for the step's error, when it does not pass.
+pub fn step_wait(
+    name: &str,
+    timeout_ms: u64,
+    schema: Option<&str>,
+    plan: &[StepSpec],
+    limits: &SchemaLimits,
+) -> Result<StepWait, String> {
+    let shown: String = name.chars().take(64).collect();
+    if !is_segment_name(name, MAX_WAIT_NAME) {
+        return Err(format!(
+            "wait-for: name `{shown}` must be 1 to {MAX_WAIT_NAME} letters, digits, `.`, `_` or \
+             `-`, starting with a letter or digit"
+        ));
+    }
+    if plan.iter().any(|s| s.wait.is_some() && s.name == name) {
+        return Err(format!(
+            "wait-for: name `{shown}` is the name of a wait in the saga's plan"
+        ));
+    }
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    if !WAIT_TIMEOUT_RANGE.contains(&timeout) {
+        return Err(format!(
+            "wait-for: timeout-ms must be {} to {} ms",
+            WAIT_TIMEOUT_RANGE.start().as_millis(),
+            WAIT_TIMEOUT_RANGE.end().as_millis()
+        ));
+    }
+    let schema = match schema {
+        None => None,
+        Some(text) => {
+            let schema: Value = serde_json::from_str(text)
+                .map_err(|e| format!("wait-for: the schema is not JSON: {e}"))?;
+            if !schema.is_object() && !schema.is_boolean() {
+                return Err("wait-for: the schema must be a JSON Schema (an object)".into());
+            }
+            InputsSchema::admit(&schema, limits)
+                .map_err(|e| format!("wait-for: {}", rename_schema_error(e, "schema")))?;
+            Some(schema)
+        }
+    };
+    Ok(StepWait {
+        name: name.to_string(),
+        timeout_ms,
+        schema,
     })
 }
 

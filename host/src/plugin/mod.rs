@@ -22,7 +22,7 @@ mod cache;
 mod engine;
 pub mod outbound;
 mod outcome;
-pub use outcome::{CallOutcome, Progress, StepFailure, parse_output};
+pub use outcome::{CallOutcome, Observed, Progress, StepFailure, WaitFor, parse_output};
 use outcome::{classify, not_done, redacted};
 mod sandbox;
 mod validate;
@@ -45,8 +45,11 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
-/// The host side of both step contracts, from the WIT files a plugin is
-/// written against: `wit/step.wit` (0.1.0) and `wit/0.2.0/step.wit`.
+/// The host side of the step contracts, from the WIT files a plugin is
+/// written against: `wit/step.wit` (0.1.0), `wit/0.2.0/step.wit` and
+/// `wit/0.3.0/step.wit`. A 0.3.0 plugin exports `observe` or not: the
+/// bindings of its `observing-plugin` world call `observe`, those of its
+/// `plugin` world (sharing the first's types) call the step.
 mod bindings {
     pub mod v0_1 {
         wasmtime::component::bindgen!({
@@ -64,6 +67,28 @@ mod bindings {
             world: "plugin",
             imports: {
                 "wasaga:step/host.record-resource": trappable,
+            },
+            exports: { default: async },
+        });
+    }
+    pub mod v0_3 {
+        wasmtime::component::bindgen!({
+            path: "../wit/0.3.0/step.wit",
+            world: "observing-plugin",
+            imports: {
+                "wasaga:step/host.record-resource": trappable,
+            },
+            exports: { default: async },
+        });
+    }
+    pub mod v0_3_plain {
+        wasmtime::component::bindgen!({
+            path: "../wit/0.3.0/step.wit",
+            world: "plugin",
+            with: {
+                "wasaga:step/types": super::v0_3::wasaga::step::types,
+                "wasaga:step/host": super::v0_3::wasaga::step::host,
+                "wasaga:step/secrets": super::v0_3::wasaga::step::secrets,
             },
             exports: { default: async },
         });
@@ -111,6 +136,9 @@ pub enum Contract {
     V0_1,
     /// `wasaga:step@0.2.0`: `poll-after`, `secrets.get`.
     V0_2,
+    /// `wasaga:step@0.3.0`: `wait-for`, `saga-state.received`, and the
+    /// optional `observe` export.
+    V0_3,
 }
 
 impl Contract {
@@ -118,6 +146,7 @@ impl Contract {
         match self {
             Contract::V0_1 => "0.1.0",
             Contract::V0_2 => "0.2.0",
+            Contract::V0_3 => "0.3.0",
         }
     }
 
@@ -126,6 +155,7 @@ impl Contract {
         match self {
             Contract::V0_1 => "0.1.x",
             Contract::V0_2 => "0.2.x",
+            Contract::V0_3 => "0.3.x",
         }
     }
 }
@@ -142,6 +172,8 @@ pub struct StepCall {
     pub inputs: String,
     /// JSON object text.
     pub context: String,
+    /// 0.3.0: the payload (JSON text) the wait the step opened received.
+    pub received: Option<String>,
     /// Not in `saga-state`: the W3C `traceparent` the host puts on the
     /// call's outbound requests (`crate::telemetry`), when tracing is on.
     pub traceparent: Option<String>,
@@ -167,6 +199,21 @@ macro_rules! saga_state_from_call {
 }
 saga_state_from_call!(v0_1, v0_2);
 
+impl From<StepCall> for bindings::v0_3::wasaga::step::types::SagaState {
+    fn from(c: StepCall) -> Self {
+        Self {
+            saga_id: c.saga_id,
+            kind: c.kind,
+            step_index: c.step_index,
+            attempt: c.attempt,
+            idempotency_key: c.idempotency_key,
+            inputs: c.inputs,
+            context: c.context,
+            received: c.received,
+        }
+    }
+}
+
 /// A ready plugin: validated, compiled and pre-linked.
 pub struct Plugin {
     pub digest: Digest,
@@ -177,8 +224,17 @@ pub struct Plugin {
     /// The step export's functions, looked up once; each call type-checks
     /// them against its instance.
     exports: StepExports,
+    /// The `observe` export (0.3.0), when it has one.
+    observe: Option<bindings::v0_3::ObservingPluginIndices>,
     /// The step contract it implements.
     pub contract: Contract,
+}
+
+impl Plugin {
+    /// Whether it exports `observe` (contract 0.3.0).
+    pub fn observes(&self) -> bool {
+        self.observe.is_some()
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -240,24 +296,28 @@ enum Interrupted {
     Deadline(u128),
 }
 
-/// The step export of either contract version.
+/// The step export of each contract version.
 enum StepExports {
     V0_1(bindings::v0_1::PluginIndices),
     V0_2(bindings::v0_2::PluginIndices),
+    V0_3(bindings::v0_3_plain::PluginIndices),
 }
 
 enum CallKind {
     Name,
     Execute(StepCall),
     Compensate(StepCall),
+    Observe(StepCall),
 }
 
-/// A `step-error` of either version.
+/// A `step-error` of any version.
 enum GuestError {
     Retryable(String),
     Fatal(String),
     /// 0.2.0: not done yet, call again after this many milliseconds.
     PollAfter(u32),
+    /// 0.3.0: wait for a payload, then call again with it.
+    WaitFor(WaitFor),
 }
 
 macro_rules! guest_error_from {
@@ -276,10 +336,34 @@ macro_rules! guest_error_from {
 }
 guest_error_from!(v0_1:, v0_2: PollAfter);
 
+impl From<bindings::v0_3::wasaga::step::types::StepError> for GuestError {
+    fn from(e: bindings::v0_3::wasaga::step::types::StepError) -> GuestError {
+        use bindings::v0_3::wasaga::step::types::StepError;
+        match e {
+            StepError::Retryable(m) => GuestError::Retryable(m),
+            StepError::Fatal(m) => GuestError::Fatal(m),
+            StepError::PollAfter(ms) => GuestError::PollAfter(ms),
+            StepError::WaitFor(w) => GuestError::WaitFor(WaitFor {
+                name: w.name,
+                timeout_ms: w.timeout_ms,
+                schema: w.schema,
+            }),
+        }
+    }
+}
+
+/// What `observe` saw, as the guest said it (its output still text).
+enum GuestObservation {
+    Applied(String),
+    NotApplied,
+    Unknown,
+}
+
 enum CallReturn {
     Name(String),
     Execute(Result<String, GuestError>),
     Compensate(Result<(), GuestError>),
+    Observe(Result<GuestObservation, GuestError>),
 }
 
 impl PluginHost {
@@ -293,6 +377,10 @@ impl PluginHost {
             wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
             bindings::v0_1::Plugin::add_to_linker::<_, HasSelf<CallState>>(linker, |state| state)?;
             bindings::v0_2::Plugin::add_to_linker::<_, HasSelf<CallState>>(linker, |state| state)?;
+            bindings::v0_3::ObservingPlugin::add_to_linker::<_, HasSelf<CallState>>(
+                linker,
+                |state| state,
+            )?;
             Ok(())
         };
         link(&mut linker)
@@ -434,6 +522,17 @@ impl PluginHost {
             Contract::V0_2 => StepExports::V0_2(
                 bindings::v0_2::PluginIndices::new(&instance_pre).map_err(wrong_types)?,
             ),
+            Contract::V0_3 => StepExports::V0_3(
+                bindings::v0_3_plain::PluginIndices::new(&instance_pre).map_err(wrong_types)?,
+            ),
+        };
+        let observe = match (contract, validate::observes(engine, &component, contract)?) {
+            (Contract::V0_3, true) => Some(
+                bindings::v0_3::ObservingPluginIndices::new(&instance_pre).map_err(|e| {
+                    PluginError::WrongWorld(format!("`{}@0.3.x`: {e:#}", validate::OBSERVE_EXPORT))
+                })?,
+            ),
+            _ => None,
         };
         let mut plugin = Plugin {
             digest: digest.clone(),
@@ -442,6 +541,7 @@ impl PluginHost {
             loaded_from,
             instance_pre,
             exports,
+            observe,
             contract,
         };
         if known_name.is_none() {
@@ -576,6 +676,61 @@ impl PluginHost {
         })
     }
 
+    /// Calls `observe` (a plugin without it is asked nothing: `Unknown`),
+    /// under `access` as [`PluginHost::execute`]. An `applied` output is
+    /// checked by the output rules; the resources the call recorded are
+    /// what it saw.
+    pub async fn observe(
+        &self,
+        plugin: &Arc<Plugin>,
+        call: StepCall,
+        limits: &StepLimits,
+        cancel: CancellationToken,
+        access: Arc<Access>,
+    ) -> CallOutcome<Observed> {
+        if !plugin.observes() {
+            return CallOutcome {
+                result: Ok(Observed::Unknown),
+                logs: Vec::new(),
+                resources: Vec::new(),
+                elapsed: Duration::ZERO,
+            };
+        }
+        let max_output = limits.max_output_bytes;
+        let outcome = self
+            .spawn_call(
+                plugin,
+                CallKind::Observe(call),
+                limits,
+                cancel,
+                access.clone(),
+            )
+            .await
+            .and_then(|returned| match returned {
+                CallReturn::Observe(Ok(GuestObservation::Applied(text))) => {
+                    parse_output(&text, max_output).map(Observed::Applied)
+                }
+                CallReturn::Observe(Ok(GuestObservation::NotApplied)) => Ok(Observed::NotApplied),
+                CallReturn::Observe(Ok(GuestObservation::Unknown)) => Ok(Observed::Unknown),
+                CallReturn::Observe(Err(e)) => match not_done::<()>(e)? {
+                    Progress::Done(()) => unreachable!("an error is not done"),
+                    _ => Err(StepFailure::ContractViolation(
+                        "observe answered poll-after or wait-for; it may only look".into(),
+                    )),
+                },
+                _ => unreachable!("observe returns an observation"),
+            });
+        redacted(outcome, &access, |observed, redactor| {
+            if let Observed::Applied(map) = observed {
+                let mut value = Value::Object(std::mem::take(map));
+                redactor.redact_json(&mut value);
+                if let Value::Object(redacted) = value {
+                    *map = redacted;
+                }
+            }
+        })
+    }
+
     /// Calls `compensate`, under `access` as [`PluginHost::execute`].
     pub async fn compensate(
         &self,
@@ -591,6 +746,12 @@ impl PluginHost {
             .await
             .and_then(|returned| match returned {
                 CallReturn::Compensate(Ok(())) => Ok(Progress::Done(())),
+                CallReturn::Compensate(Err(GuestError::WaitFor(w))) => {
+                    Err(StepFailure::ContractViolation(format!(
+                        "compensate answered wait-for (wait `{}`); only execute may open a wait",
+                        w.name.chars().take(64).collect::<String>()
+                    )))
+                }
                 CallReturn::Compensate(Err(e)) => not_done(e),
                 _ => unreachable!("compensate returns its result"),
             });
@@ -661,7 +822,9 @@ impl PluginHost {
             max_response_bytes: self.inner.config.max_http_response_bytes,
         };
         let traceparent = match &kind {
-            CallKind::Execute(call) | CallKind::Compensate(call) => call.traceparent.clone(),
+            CallKind::Execute(call) | CallKind::Compensate(call) | CallKind::Observe(call) => {
+                call.traceparent.clone()
+            }
             CallKind::Name => None,
         };
         let mut store = Store::new(
@@ -719,12 +882,30 @@ impl PluginHost {
                                 .await?
                                 .map_err(GuestError::from),
                         ),
+                        CallKind::Observe(_) => unreachable!("observe is called below"),
                     }
                 }};
+            }
+            if let CallKind::Observe(call) = kind {
+                use bindings::v0_3::wasaga::step::types::Observation;
+                let indices = plugin.observe.as_ref().expect("checked by the caller");
+                let typed = indices.load(&mut store, &instance).map_err(export_types)?;
+                let observed = typed
+                    .wasaga_step_observe()
+                    .call_observe(&mut store, &call.into())
+                    .await?
+                    .map(|o| match o {
+                        Observation::Applied(text) => GuestObservation::Applied(text),
+                        Observation::NotApplied => GuestObservation::NotApplied,
+                        Observation::Unknown => GuestObservation::Unknown,
+                    })
+                    .map_err(GuestError::from);
+                return Ok(CallReturn::Observe(observed));
             }
             Ok::<_, wasmtime::Error>(match &plugin.exports {
                 StepExports::V0_1(indices) => call_step!(indices),
                 StepExports::V0_2(indices) => call_step!(indices),
+                StepExports::V0_3(indices) => call_step!(indices),
             })
         };
         // Whichever comes first; dropping the call's future abandons the
@@ -799,6 +980,7 @@ mod tests {
             idempotency_key: "test:3:execute".into(),
             inputs: r#"{"message":"hello"}"#.into(),
             context: context.into(),
+            received: None,
             traceparent: None,
         };
         let initial_bytes = |plugin: &Plugin| {
@@ -828,7 +1010,7 @@ mod tests {
                 .result
                 .map(|progress| match progress {
                     Progress::Done(out) => out,
-                    Progress::PollAfter(_) => panic!("echo does not wait"),
+                    Progress::PollAfter(_) | Progress::WaitFor(_) => panic!("echo does not wait"),
                 })
             }
         };

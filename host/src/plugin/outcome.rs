@@ -44,11 +44,23 @@ pub enum StepFailure {
 }
 
 /// What a call that did not fail answered: its result, or (contract 0.2.0)
-/// "not done yet, call again after this long".
+/// "not done yet, call again after this long", or (0.3.0, `execute` only)
+/// "call again with the payload this wait receives".
 #[derive(Debug, Clone, PartialEq)]
 pub enum Progress<T> {
     Done(T),
     PollAfter(Duration),
+    WaitFor(WaitFor),
+}
+
+/// A wait a step opened (`wait-for`), as the guest asked for it: the
+/// runner checks it before opening it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitFor {
+    pub name: String,
+    pub timeout_ms: u64,
+    /// JSON Schema text.
+    pub schema: Option<String>,
 }
 
 impl<T> Progress<T> {
@@ -56,8 +68,18 @@ impl<T> Progress<T> {
         match self {
             Progress::Done(t) => Progress::Done(f(t)),
             Progress::PollAfter(d) => Progress::PollAfter(d),
+            Progress::WaitFor(w) => Progress::WaitFor(w),
         }
     }
+}
+
+/// What `observe` (0.3.0) saw of a call's effect.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observed {
+    /// It took effect; its output, checked by the output rules.
+    Applied(Map<String, Value>),
+    NotApplied,
+    Unknown,
 }
 
 impl StepFailure {
@@ -152,12 +174,13 @@ pub(super) fn redacted<T>(
     outcome
 }
 
-/// A `step-error`: a failure, or (0.2.0) a request to be called again.
+/// A `step-error`: a failure, or (0.2.0, 0.3.0) a request to be called again.
 pub(super) fn not_done<T>(e: GuestError) -> Result<Progress<T>, StepFailure> {
     match e {
         GuestError::Retryable(m) => Err(StepFailure::Retryable(m)),
         GuestError::Fatal(m) => Err(StepFailure::Fatal(m)),
         GuestError::PollAfter(ms) => Ok(Progress::PollAfter(Duration::from_millis(ms.into()))),
+        GuestError::WaitFor(w) => Ok(Progress::WaitFor(w)),
     }
 }
 

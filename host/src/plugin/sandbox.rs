@@ -12,7 +12,7 @@
 //! apart from traps, so the runner can fail the step for good instead of
 //! retrying a bug.
 
-use super::bindings::{v0_1, v0_2};
+use super::bindings::{v0_1, v0_2, v0_3};
 use super::outbound::Outbound;
 use crate::config::StepLimits;
 use crate::grants::SecretMode;
@@ -135,6 +135,7 @@ impl WasiHttpView for CallState {
 
 impl v0_1::wasaga::step::types::Host for CallState {}
 impl v0_2::wasaga::step::types::Host for CallState {}
+impl v0_3::wasaga::step::types::Host for CallState {}
 
 /// `wasaga:step/host`, the same in both versions: each version's call
 /// lands in [`CallState::log_line`] and [`CallState::record_resource`].
@@ -164,7 +165,14 @@ macro_rules! step_host {
         }
     )*};
 }
-step_host!(v0_1, v0_2);
+step_host!(v0_1, v0_2, v0_3);
+
+impl v0_3::wasaga::step::secrets::Host for CallState {
+    /// As in 0.2.0.
+    fn get(&mut self, name: String) -> Option<String> {
+        v0_2::wasaga::step::secrets::Host::get(self, name)
+    }
+}
 
 impl v0_2::wasaga::step::secrets::Host for CallState {
     /// A secret's value under a `read` grant; none otherwise. Every call

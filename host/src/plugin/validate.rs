@@ -17,6 +17,9 @@ pub(super) const STEP_EXPORT: &str = "wasaga:step/step";
 /// The versions of it this host runs, as messages name them.
 const STEP_0_1: &str = "`wasaga:step/step@0.1.x`";
 const STEP_0_2: &str = "`wasaga:step/step@0.2.x`";
+const STEP_0_3: &str = "`wasaga:step/step@0.3.x`";
+/// The optional interface a 0.3.0 plugin may export beside the step.
+pub(super) const OBSERVE_EXPORT: &str = "wasaga:step/observe";
 const STEP_FUNCS: [&str; 3] = ["name", "execute", "compensate"];
 
 /// What the host links: (namespace:package, major, minor) families, any
@@ -26,6 +29,7 @@ const STEP_FUNCS: [&str; 3] = ["name", "execute", "compensate"];
 const OFFERED: &[(&str, u64, u64)] = &[
     ("wasaga:step", 0, 1),
     ("wasaga:step", 0, 2),
+    ("wasaga:step", 0, 3),
     ("wasi:cli", 0, 2),
     ("wasi:io", 0, 2),
     ("wasi:clocks", 0, 2),
@@ -143,7 +147,7 @@ pub(super) fn exports(
         [] => {
             let names = quoted(&mut exported.iter().map(|(name, _)| *name));
             return Err(PluginError::WrongWorld(format!(
-                "the component exports neither {STEP_0_1} nor {STEP_0_2}; it exports {}",
+                "the component exports none of {STEP_0_1}, {STEP_0_2} or {STEP_0_3}; it exports {}",
                 if names.is_empty() {
                     "nothing".to_string()
                 } else {
@@ -162,9 +166,10 @@ pub(super) fn exports(
     let contract = match parse_interface(name).and_then(|i| i.version) {
         Some((0, 1)) => Contract::V0_1,
         Some((0, 2)) => Contract::V0_2,
+        Some((0, 3)) => Contract::V0_3,
         _ => {
             return Err(PluginError::WrongWorld(format!(
-                "the component exports `{name}`, but this host implements {STEP_0_1} and {STEP_0_2}"
+                "the component exports `{name}`, but this host implements {STEP_0_1}, {STEP_0_2} and {STEP_0_3}"
             )));
         }
     };
@@ -195,6 +200,43 @@ pub(super) fn exports(
         )));
     }
     Ok(contract)
+}
+
+/// Whether the component exports `observe`: only a 0.3.x step may, in the
+/// same version as its step, with the function `observe`.
+pub(super) fn observes(
+    engine: &Engine,
+    component: &wasmtime::component::Component,
+    contract: Contract,
+) -> Result<bool, PluginError> {
+    let ty = component.component_type();
+    let Some((name, item)) = ty.exports(engine).find(|(name, _)| {
+        name.split_once('@').map(|(path, _)| path).unwrap_or(name) == OBSERVE_EXPORT
+    }) else {
+        return Ok(false);
+    };
+    let version = parse_interface(name).and_then(|i| i.version);
+    if contract != Contract::V0_3 || version != Some((0, 3)) {
+        return Err(PluginError::WrongWorld(format!(
+            "the component exports `{name}` with `wasaga:step/step@{}`; observe is part of \
+             contract 0.3.x and goes with {STEP_0_3}",
+            contract.as_str()
+        )));
+    }
+    let ComponentItem::ComponentInstance(instance) = item.ty else {
+        return Err(PluginError::WrongWorld(format!(
+            "`{name}` is exported, but not as an interface instance"
+        )));
+    };
+    if !matches!(
+        instance.get_export(engine, "observe").map(|e| e.ty),
+        Some(ComponentItem::ComponentFunc(_))
+    ) {
+        return Err(PluginError::WrongWorld(format!(
+            "`{name}` lacks the function `observe`"
+        )));
+    }
+    Ok(true)
 }
 
 /// A plugin's name: 1 to 64 lowercase letters, digits and dashes.
@@ -237,7 +279,7 @@ mod tests {
         }
         assert!(offered("wasaga:step/secrets@0.2.0"));
         for refused in [
-            "wasaga:step/host@0.3.0",
+            "wasaga:step/host@0.4.0",
             "wasi:io/streams@0.3.0",
             "wasi:nn/graph@0.2.0",
             "acme:vault/secrets@1.0.0",

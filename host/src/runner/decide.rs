@@ -150,12 +150,40 @@ impl View<'_> {
     }
 
     /// When the step waits in `phase` (it answered `poll-after`, or it is
-    /// a wait with nothing received yet).
+    /// a wait, of the plan or opened by the step, with nothing received
+    /// yet).
     pub fn waiting(&self, index: u32, phase: Phase) -> Option<Timestamp> {
         self.ledger
             .get(&index)
-            .filter(|r| r.phase == phase && r.received.is_none())
+            .filter(|r| r.phase == phase && !answered(r))
             .and_then(|r| r.waiting_until)
+    }
+
+    /// Whether the step's next call in `phase` goes on from a wait (a poll
+    /// whose time came, or a wait it opened that was answered or timed
+    /// out): it is the same attempt, not a new one.
+    pub fn resumes(&self, index: u32, phase: Phase) -> bool {
+        self.ledger
+            .get(&index)
+            .is_some_and(|r| r.phase == phase && r.waiting_until.is_some())
+    }
+
+    /// Whether undoing the step must first ask whether its `execute` took
+    /// effect: it did not finish (cut short, interrupted or failed, with
+    /// no output) and its compensation has not begun.
+    pub fn undo_unsure(&self, index: u32) -> bool {
+        self.ledger.get(&index).is_some_and(|r| {
+            r.phase == Phase::Execute && r.status == StepStatus::Failed && r.output.is_none()
+        })
+    }
+
+    /// The wait the step opened itself (`wait-for`), while it is open or
+    /// answered but not yet acted on.
+    pub fn step_wait(&self, index: u32) -> Option<&crate::model::StepWait> {
+        self.ledger
+            .get(&index)
+            .filter(|r| r.status == StepStatus::Waiting && r.phase == Phase::Execute)
+            .and_then(|r| r.wait_for.as_ref())
     }
 
     /// Calls begun in `phase`.
@@ -603,6 +631,11 @@ pub(super) fn fresh_mark(spec: &StepSpec, index: u32, owner: &str, now: Timestam
     row
 }
 
+/// Whether a wait's row holds an answer the driver has yet to act on.
+fn answered(row: &StepResult) -> bool {
+    row.status == StepStatus::Waiting && row.received.is_some()
+}
+
 /// A step's row made ready to execute again after a redrive: its attempt
 /// limits (and its idempotency key) count from the calls begun so far;
 /// unless its work is still in effect (`completed`, run again on purpose),
@@ -618,6 +651,7 @@ pub(super) fn redo(row: &StepResult) -> StepResult {
         row.polls = 0;
         row.wait_started_at = None;
         row.received = None;
+        row.wait_for = None;
         row.correlation_key = None;
     }
     row
@@ -648,6 +682,7 @@ pub(super) fn fresh_row(spec: &StepSpec, index: u32, phase: Phase) -> StepResult
         wait_started_at: None,
         received: None,
         correlation_key: None,
+        wait_for: None,
         callback_url: None,
     }
 }
@@ -666,6 +701,7 @@ pub(super) fn outcome_label<T>(result: &Result<Progress<T>, StepFailure>) -> &'s
     match result {
         Ok(Progress::Done(_)) => "ok",
         Ok(Progress::PollAfter(_)) => "poll",
+        Ok(Progress::WaitFor(_)) => "wait",
         Err(StepFailure::Cancelled) => "interrupted",
         Err(f) if f.is_retryable() => "retryable",
         Err(_) => "fatal",

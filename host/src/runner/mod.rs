@@ -41,6 +41,7 @@
 mod actions;
 pub mod clock;
 mod decide;
+pub mod drift;
 mod redrive;
 mod retention;
 mod saga;
@@ -285,6 +286,12 @@ impl Runner {
         self.inner
             .loops
             .spawn(async move { timer.wakeup_loop().await });
+        if let Some(every) = self.inner.config.drift_scan_every {
+            let scan = self.clone();
+            self.inner
+                .loops
+                .spawn(async move { scan.drift_scan_loop(every).await });
+        }
         if self.inner.config.retention.is_some() {
             let retention = self.clone();
             self.inner

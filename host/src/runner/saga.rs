@@ -27,7 +27,9 @@
 //! Claimed again (answered, or at its timeout) it completes with what it
 //! received or its default, merged into the context like a step's output,
 //! or fails, and the saga compensates. In the compensation walk a
-//! completed wait is undone without a call.
+//! completed wait is undone without a call. A step on contract 0.3.0 may
+//! open a wait itself (`wait-for`): its row waits the same way, and its
+//! answer calls the step again, same attempt, with the payload.
 //!
 //! Which step's work began: a completed step's; and, for a step built on
 //! contract 0.2.0, one that was waiting or was interrupted from outside (a
@@ -52,10 +54,12 @@ use super::decide::{self, Ledger, Next, Stop, View, attempts, end_saga, outcome_
 use super::waits;
 use super::{ActiveSaga, Runner};
 use crate::model::{
-    LedgerLogLine, LogLevel, Phase, SagaRun, SagaStatus, Semantics, StepResult, StepSpec,
-    StepStatus, Timestamp, WaitSpec,
+    LedgerLogLine, LogLevel, Phase, RecordedResource, SagaRun, SagaStatus, Semantics, StepResult,
+    StepSpec, StepStatus, Timestamp, WaitSpec, WaitVerdict,
 };
-use crate::plugin::{CallOutcome, Contract, Plugin, Progress, StepCall, StepFailure};
+use crate::plugin::{
+    CallOutcome, Contract, Observed, Plugin, Progress, StepCall, StepFailure, WaitFor,
+};
 use crate::store::{
     Admission, Applied, ClaimedSaga, Fence, StoreError, TakeOver, Taken, Transition,
 };
@@ -199,6 +203,22 @@ impl Driver<'_> {
                         Phase::Execute => self.wait_turn(index).await?,
                         Phase::Compensate => self.undo_wait(index).await?,
                     }
+                }
+                Next::Call {
+                    index,
+                    phase: Phase::Compensate,
+                } if self.view().undo_unsure(index)
+                    && self.observe_before_undo(index).await?.is_some() =>
+                {
+                    Flow::Continue
+                }
+                Next::Call {
+                    index,
+                    phase: Phase::Execute,
+                } if self.view().step_wait(index).is_some()
+                    && self.step_wait_turn(index).await?.is_some() =>
+                {
+                    Flow::Continue
                 }
                 Next::Call { index, phase } => {
                     self.may_go_on(index, phase)?;
@@ -584,14 +604,24 @@ impl Driver<'_> {
             self.marked = None;
             return Ok(Some(done));
         }
-        let waited = self.view().waiting(index, phase).is_some();
-        if phase == Phase::Execute
-            && !waited
-            && self.spec(index).semantics == Semantics::AtMostOnce
-            && self.view().cut_short(index)
-        {
-            self.in_doubt(index).await?;
-            return Ok(None);
+        let waited = self.view().resumes(index, phase);
+        if phase == Phase::Execute && !waited && self.view().cut_short(index) {
+            // Its host died mid-call: did the call take effect?
+            match self
+                .observe(index, "before running again a call cut short")
+                .await?
+            {
+                Some((Observed::Applied(output), row, resources)) => {
+                    self.complete(index, row, output, resources).await?;
+                    return Ok(None);
+                }
+                Some((Observed::NotApplied, ..)) => {}
+                _ if self.spec(index).semantics == Semantics::AtMostOnce => {
+                    self.in_doubt(index).await?;
+                    return Ok(None);
+                }
+                _ => {}
+            }
         }
         let attempt = if waited { done } else { done + 1 };
         if attempt > self.view().attempt_limit(index, phase) {
@@ -614,6 +644,10 @@ impl Driver<'_> {
                 let mut row = if waited {
                     let mut row = d.view().row(index, phase);
                     row.executed_by = Some(d.owner().to_string());
+                    // A wait the step opened, answered: it runs again.
+                    if row.status == StepStatus::Waiting {
+                        row.status = StepStatus::Running;
+                    }
                     row
                 } else {
                     d.view()
@@ -674,9 +708,30 @@ impl Driver<'_> {
             attempt,
             idempotency_key: self.view().idempotency_key(index, phase),
             inputs: self.saga.inputs.to_string(),
-            context: Value::Object(self.saga.context.clone()).to_string(),
+            context: self.context_for(index, phase).to_string(),
+            received: self.ledger.get(&index).and_then(|r| match &r.received {
+                Some(WaitVerdict::Completed { payload, .. }) if r.wait_for.is_some() => {
+                    Some(payload.to_string())
+                }
+                _ => None,
+            }),
             traceparent: None,
         }
+    }
+
+    /// The context a call of the step in `phase` sees: the saga's; for
+    /// undoing a step whose execute did not finish but that `observe`
+    /// said took effect, with the output it observed.
+    fn context_for(&self, index: u32, phase: Phase) -> Value {
+        let mut context = self.saga.context.clone();
+        if phase == Phase::Compensate
+            && let Some(row) = self.ledger.get(&index)
+            && row.status != StepStatus::Completed
+            && let Some(Value::Object(observed)) = &row.output
+        {
+            context.extend(observed.clone());
+        }
+        Value::Object(context)
     }
 
     /// The step's row with the call's record and log lines (taken from
@@ -696,6 +751,40 @@ impl Driver<'_> {
             self.runner.inner.config.max_step_log_lines,
             self.now(),
         )
+    }
+
+    /// What a call of the step's plugin needs: the plugin ready, its
+    /// limits, and what it is granted.
+    async fn call_setup(
+        &self,
+        spec: &StepSpec,
+    ) -> Result<
+        (
+            Arc<Plugin>,
+            crate::config::StepLimits,
+            Arc<crate::grants::Access>,
+        ),
+        StepFailure,
+    > {
+        let plugin = self.plugin(spec).await?;
+        let limits = self.runner.inner.plugins.limits_for(
+            Some(spec.timeout_ms),
+            spec.max_memory_bytes,
+            spec.max_output_bytes,
+        );
+        let access = self
+            .runner
+            .inner
+            .access
+            .access(&spec.name)
+            .await
+            .map_err(|e| {
+                StepFailure::Host(format!(
+                    "reading what plugin `{}` is granted: {e}",
+                    spec.name
+                ))
+            })?;
+        Ok((plugin, limits, access))
     }
 
     /// Calls the step's plugin for `phase`, in a span. `Err` when the call
@@ -722,25 +811,11 @@ impl Driver<'_> {
             },
         );
         let outcome = async {
-            let plugin = match self.plugin(&spec).await {
-                Ok(plugin) => plugin,
+            let (plugin, limits, access) = match self.call_setup(&spec).await {
+                Ok(setup) => setup,
                 Err(failure) => return CallOutcome::failed(failure),
             };
             let plugins = &self.runner.inner.plugins;
-            let limits = plugins.limits_for(
-                Some(spec.timeout_ms),
-                spec.max_memory_bytes,
-                spec.max_output_bytes,
-            );
-            let access = match self.runner.inner.access.access(&spec.name).await {
-                Ok(access) => access,
-                Err(e) => {
-                    return CallOutcome::failed(StepFailure::Host(format!(
-                        "reading what plugin `{}` is granted: {e}",
-                        spec.name
-                    )));
-                }
-            };
             let mut call = self.call(index, phase, attempt);
             call.traceparent = span.as_ref().map(CallSpan::traceparent);
             let _watched = self.active.watch_call(
@@ -791,6 +866,7 @@ impl Driver<'_> {
                 self.complete(index, row, output, outcome.resources).await
             }
             Ok(Progress::PollAfter(delay)) => self.wait(index, Phase::Execute, row, delay).await,
+            Ok(Progress::WaitFor(asked)) => self.open_step_wait(index, row, asked).await,
             Err(StepFailure::Cancelled) => {
                 tracing::info!("step interrupted by a cancel");
                 row.error = Some(StepFailure::Cancelled.to_string());
@@ -953,13 +1029,7 @@ impl Driver<'_> {
                 t.saga.current_step_index = Some(index);
                 t.take_message = row.correlation_key.clone().map(|key| (index, key));
                 t.steps.push(row.clone());
-                let mut after = d.saga.clone();
-                t.apply_to_saga(&mut after, d.saga.version + 1);
-                t.outbox.push(crate::webhooks::saga_event(
-                    crate::model::WebhookEvent::WaitOpened,
-                    &after.summary(),
-                    t.now,
-                ));
+                announce_wait_opened(&mut t, &d.saga);
                 Some(t)
             })
             .await?;
@@ -971,6 +1041,181 @@ impl Driver<'_> {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// Asks the step's plugin (contract 0.3.0, with `observe`) whether its
+    /// last `execute` call, cut short, took effect: `None` when it cannot
+    /// be asked (no `observe`), else what it said (a failed call counts as
+    /// `Unknown`), with the step's row with the call recorded on it (logs,
+    /// a call record `observe:WORD`; also put in the ledger here unless it
+    /// said `applied`) and the resources it saw.
+    async fn observe(
+        &mut self,
+        index: u32,
+        why: &str,
+    ) -> Result<Option<(Observed, StepResult, Vec<RecordedResource>)>, Halt> {
+        let spec = self.spec(index).clone();
+        let observes = self.plugin(&spec).await.is_ok_and(|p| p.observes());
+        if !observes {
+            return Ok(None);
+        }
+        let attempt = self.view().attempts(index, Phase::Execute);
+        let started = self.now();
+        let outcome = async {
+            let (plugin, limits, access) = match self.call_setup(&spec).await {
+                Ok(setup) => setup,
+                Err(failure) => return CallOutcome::failed(failure),
+            };
+            let call = self.call(index, Phase::Execute, attempt);
+            let _watched = self.active.watch_call(
+                std::time::Instant::now() + limits.timeout + self.runner.inner.config.call_grace,
+            );
+            self.runner
+                .inner
+                .plugins
+                .observe(&plugin, call, &limits, self.active.stop.clone(), access)
+                .await
+        }
+        .instrument(tracing::info_span!("observe", index, name = %spec.name))
+        .await;
+        if self.active.stop.is_cancelled() {
+            return Err(self.halt());
+        }
+        let mut error = String::new();
+        let (said, observed) = match outcome.result {
+            Ok(Observed::Applied(output)) => ("applied", Observed::Applied(output)),
+            Ok(Observed::NotApplied) => ("not-applied", Observed::NotApplied),
+            Ok(Observed::Unknown) => ("unknown", Observed::Unknown),
+            Err(failure) => {
+                tracing::info!(error = %failure, "observe failed; taken as unknown");
+                error = format!(": {failure}");
+                ("failed", Observed::Unknown)
+            }
+        };
+        tracing::info!(step = index, said, "observed {why}");
+        crate::metrics::global().call(&spec.name, "observe", said, outcome.elapsed);
+        let mut recorded = CallOutcome {
+            result: Ok(Progress::Done(())),
+            logs: outcome.logs,
+            resources: Vec::new(),
+            elapsed: outcome.elapsed,
+        };
+        let mut row = decide::record_call(
+            self.view().row(index, Phase::Execute),
+            Phase::Execute,
+            attempt,
+            &mut recorded,
+            self.runner.inner.config.max_step_log_lines,
+            self.now(),
+        );
+        if let Some(call) = row.calls.last_mut() {
+            call.outcome = format!("observe:{said}");
+            call.started_at = started;
+        }
+        row.logs
+            .push(wait_log(&format!("observe {why}: {said}{error}")));
+        if !matches!(observed, Observed::Applied(_)) {
+            self.ledger.insert(index, row.clone());
+        }
+        Ok(Some((observed, row, outcome.resources)))
+    }
+
+    /// Before undoing a step whose `execute` did not finish (cut short,
+    /// interrupted, failed): asks `observe` whether it took effect.
+    /// `not-applied`: nothing to undo, the walk moves on (`Some`).
+    /// `applied`: its output is kept on its row, so that `compensate`
+    /// sees it in the context (`None`: compensate it). Else as without.
+    async fn observe_before_undo(&mut self, index: u32) -> Result<Option<Flow>, Halt> {
+        self.may_go_on(index, Phase::Compensate)?;
+        match self
+            .observe(index, "before undoing a call that did not finish")
+            .await?
+        {
+            Some((Observed::NotApplied, mut row, _)) => {
+                row.phase = Phase::Compensate;
+                self.compensated(index, row).await.map(Some)
+            }
+            Some((Observed::Applied(output), mut row, _)) => {
+                row.output = Some(Value::Object(output));
+                self.ledger.insert(index, row);
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The step opened a wait (`wait-for`, contract 0.3.0): checked by the
+    /// rules of a plan's wait (else the step fails), its row `waiting`
+    /// until its timeout, the saga parked holding nothing. Its answer
+    /// calls the step again, with the same attempt (`step_wait_turn`).
+    async fn open_step_wait(
+        &mut self,
+        index: u32,
+        mut row: StepResult,
+        asked: WaitFor,
+    ) -> Result<Flow, Halt> {
+        let wait = match crate::plan::step_wait(
+            &asked.name,
+            asked.timeout_ms,
+            asked.schema.as_deref(),
+            &self.saga.plan,
+            &crate::config::SchemaLimits::default(),
+        ) {
+            Ok(wait) => wait,
+            Err(why) => {
+                tracing::info!(error = %why, "step asked for a wait it cannot have");
+                self.step_failed(index, Phase::Execute, row, why, true)
+                    .await?;
+                return Ok(Flow::Continue);
+            }
+        };
+        let now = self.now();
+        let until = Timestamp(now.millis() + wait.timeout_ms as i64);
+        row.status = StepStatus::Waiting;
+        row.started_at = Some(now);
+        row.error = None;
+        row.received = None;
+        row.waiting_until = Some(until);
+        row.logs.push(wait_log(&format!(
+            "opened wait `{}` for {}",
+            wait.name,
+            humantime::format_duration(Duration::from_millis(wait.timeout_ms))
+        )));
+        row.wait_for = Some(wait);
+        tracing::info!(wait = %asked.name, "step opened a wait");
+        self.park_step(index, Phase::Execute, row, until, true)
+            .await
+    }
+
+    /// A wait the step opened, answered or timed out: when it failed
+    /// (rejected, timed out, a payload its schema refuses), the step fails
+    /// and `Some` is returned; when it completed, `None`, and the step is
+    /// called again with the payload (`mark` keeps its attempt).
+    async fn step_wait_turn(&mut self, index: u32) -> Result<Option<Flow>, Halt> {
+        self.may_go_on(index, Phase::Execute)?;
+        let row = self.view().row(index, Phase::Execute);
+        let Some(wait) = row.wait_for.clone() else {
+            return Ok(None);
+        };
+        match waits::turn(&wait.name, &wait.spec(), &row, self.now()) {
+            waits::Turn::Park(until) => self.park_waiting(until).await.map(Some),
+            waits::Turn::Complete { how, .. } => {
+                tracing::info!(wait = %wait.name, "{how}");
+                if let Some(row) = self.ledger.get_mut(&index) {
+                    row.logs
+                        .push(wait_log(&format!("wait `{}` {how}", wait.name)));
+                }
+                Ok(None)
+            }
+            waits::Turn::Fail(why) => {
+                tracing::info!(wait = %wait.name, error = %why, "wait failed");
+                let mut row = row;
+                row.logs.push(wait_log(&why));
+                self.step_failed(index, Phase::Execute, row, why, true)
+                    .await?;
+                Ok(Some(Flow::Continue))
+            }
+        }
     }
 
     /// A completed wait in the compensation walk: nothing to undo.
@@ -1026,14 +1271,29 @@ impl Driver<'_> {
                 return Ok(Flow::Continue);
             }
         };
+        row.waiting_until = Some(until);
+        row.wait_started_at = Some(first);
+        self.park_step(index, phase, row, until, false).await
+    }
+
+    /// Parks the saga at a step that waits until `until` (a poll, or a
+    /// wait it opened: `announce` sends `wait.opened`), holding nothing;
+    /// a cancel seen going forward starts compensation instead, and a
+    /// pause parks it paused.
+    async fn park_step(
+        &mut self,
+        index: u32,
+        phase: Phase,
+        row: StepResult,
+        until: Timestamp,
+        announce: bool,
+    ) -> Result<Flow, Halt> {
         if phase == Phase::Execute && self.cancel_seen() {
             self.ledger.insert(index, row);
             return self
                 .stop_forward(Stop::Cancelled, Some((index, true)))
                 .await;
         }
-        row.waiting_until = Some(until);
-        row.wait_started_at = Some(first);
         let committed = self
             .commit(&|d: &Self| {
                 if phase == Phase::Execute && d.cancel_seen() {
@@ -1041,6 +1301,9 @@ impl Driver<'_> {
                 }
                 let mut t = d.transition();
                 t.steps.push(row.clone());
+                if announce {
+                    announce_wait_opened(&mut t, &d.saga);
+                }
                 t.release_lease = true;
                 if phase == Phase::Execute && d.pause_seen() {
                     t.saga.status = Some(SagaStatus::Paused);
@@ -1143,7 +1406,7 @@ impl Driver<'_> {
         let failed = self.view().stopped_step(failed, marked_here);
         let begun = match failed {
             Some(stopped) if self.view().stopped_from_outside(stopped) => {
-                self.contract(stopped.0).await == Contract::V0_2
+                self.contract(stopped.0).await != Contract::V0_1
             }
             _ => false,
         };
@@ -1181,6 +1444,9 @@ impl Driver<'_> {
         match outcome.result {
             Ok(Progress::Done(_)) => self.compensated(index, row).await,
             Ok(Progress::PollAfter(delay)) => self.wait(index, Phase::Compensate, row, delay).await,
+            Ok(Progress::WaitFor(_)) => {
+                unreachable!("PluginHost::compensate answers wait-for as a contract violation")
+            }
             Err(failure) if failure.is_retryable() && attempt < limit => {
                 tracing::info!(error = %failure, "compensation failed; will retry");
                 row.error = Some(failure.to_string());
@@ -1274,6 +1540,18 @@ impl Driver<'_> {
 }
 
 /// A line the host writes in a wait's log.
+/// Adds `wait.opened` to the webhook outbox of `t`, which opens a wait
+/// of `saga`, with the saga's summary as `t` leaves it.
+fn announce_wait_opened(t: &mut Transition, saga: &SagaRun) {
+    let mut after = saga.clone();
+    t.apply_to_saga(&mut after, saga.version + 1);
+    t.outbox.push(crate::webhooks::saga_event(
+        crate::model::WebhookEvent::WaitOpened,
+        &after.summary(),
+        t.now,
+    ));
+}
+
 fn wait_log(message: &str) -> LedgerLogLine {
     LedgerLogLine {
         level: LogLevel::Info,

@@ -122,12 +122,35 @@ pub(super) fn output(name: &str, payload: Value) -> Map<String, Value> {
     output
 }
 
-/// The wait named `name` in the saga's plan: its index and spec.
-fn find<'s>(saga: &'s SagaRun, name: &str) -> Option<(u32, &'s WaitSpec)> {
-    saga.plan
-        .iter()
-        .enumerate()
-        .find_map(|(i, s)| (s.name == name).then_some((i as u32, s.wait.as_ref()?)))
+/// A wait named in a request: a plan element, or one a step opened.
+struct Found {
+    index: u32,
+    spec: WaitSpec,
+    /// Opened by a step (`wait-for`): its payload goes to the step, and
+    /// its output is the step's, not `{name: payload}`.
+    by_step: bool,
+}
+
+/// The wait named `name`: in the saga's plan, or opened by a step with
+/// `wait-for` (the latest wait of that name a step opened).
+fn find(detail: &SagaDetail, name: &str) -> Option<Found> {
+    let in_plan = detail.saga.plan.iter().enumerate().find_map(|(i, s)| {
+        (s.name == name).then_some(Found {
+            index: i as u32,
+            spec: s.wait.clone()?,
+            by_step: false,
+        })
+    });
+    in_plan.or_else(|| {
+        detail.steps.iter().find_map(|r| {
+            let wait = r.wait_for.as_ref().filter(|w| w.name == name)?;
+            Some(Found {
+                index: r.index,
+                spec: wait.spec(),
+                by_step: true,
+            })
+        })
+    })
 }
 
 /// What an answer to the wait `name` writes, from the saga as read: the
@@ -142,8 +165,13 @@ fn decide_answer(
 ) -> Result<Decision, ActionError> {
     let saga = &detail.saga;
     let id = saga.id;
-    let (index, spec) = find(saga, name)
+    let Found {
+        index,
+        spec,
+        by_step,
+    } = find(detail, name)
         .ok_or_else(|| ActionError::NoWait(format!("saga {id} has no wait `{name}`")))?;
+    let spec = &spec;
     if !who.operator
         && !who
             .actor
@@ -162,7 +190,9 @@ fn decide_answer(
     let row = detail.steps.iter().find(|r| r.index == index);
     // Answered before: the same completion again is a success.
     let done_with = match row {
-        Some(r) if r.status == StepStatus::Completed => r.output.as_ref().and_then(|o| o.get(name)),
+        Some(r) if r.status == StepStatus::Completed && !by_step => {
+            r.output.as_ref().and_then(|o| o.get(name))
+        }
         Some(r) => match &r.received {
             Some(WaitVerdict::Completed { payload, .. }) => Some(payload),
             _ => None,
@@ -329,14 +359,18 @@ impl Runner {
             .saga(id)
             .await?
             .ok_or(ActionError::NotFound(id))?;
+        let row = detail.steps.iter().find(|r| r.index == index);
         let name = detail
             .saga
             .plan
             .get(index as usize)
             .filter(|s| s.wait.is_some())
             .map(|s| s.name.clone())
+            .or_else(|| {
+                row.and_then(|r| r.wait_for.as_ref())
+                    .map(|w| w.name.clone())
+            })
             .ok_or_else(|| ActionError::NoWait(format!("saga {id} has no such wait")))?;
-        let row = detail.steps.iter().find(|r| r.index == index);
         if row.and_then(|r| r.started_at) != Some(opened) {
             return Err(ActionError::Gone(format!(
                 "this callback URL's wait `{name}` of saga {id} is over"

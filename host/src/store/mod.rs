@@ -23,7 +23,7 @@ macro_rules! step_insert {
         "INSERT INTO saga_step_results
      (saga_id, step_index, phase, status, output, error, attempts, compensate_attempts, logs, started_at,
       finished_at, executed_by, waiting_until, polls, wait_started_at, compensate_attempt_base, calls,
-      received, correlation_key, attempt_base)"
+      received, correlation_key, attempt_base, wait_for)"
     };
 }
 
@@ -37,11 +37,12 @@ macro_rules! step_on_conflict {
      waiting_until = excluded.waiting_until, polls = excluded.polls, wait_started_at = excluded.wait_started_at,
      compensate_attempt_base = excluded.compensate_attempt_base, calls = excluded.calls,
      received = excluded.received, correlation_key = excluded.correlation_key,
-     attempt_base = excluded.attempt_base"
+     attempt_base = excluded.attempt_base, wait_for = excluded.wait_for"
     };
 }
 
 pub mod budgets;
+pub mod drift;
 mod error;
 pub mod mailbox;
 pub mod postgres;
@@ -52,6 +53,7 @@ pub mod sqlite;
 pub mod webhooks;
 
 pub use budgets::{BudgetStore, PutBudget, Take};
+pub use drift::{DriftFinding, DriftStore};
 pub use error::{StoreError, StoreResult, redact_url};
 pub use mailbox::{MailboxStore, NewMessage, Posted};
 pub(crate) use rows::*;
@@ -60,9 +62,9 @@ pub use webhooks::WebhookStore;
 
 use crate::model::Grants;
 use crate::model::{
-    Action, Blocked, Digest, OutboxEvent, PluginInfo, RecordedResource, Resource, ResourceState,
-    SagaDetail, SagaError, SagaId, SagaRun, SagaStatus, SagaSummary, Slot, StepResult, StepSpec,
-    Template, Timestamp,
+    Action, Blocked, Digest, Drift, OutboxEvent, PluginInfo, RecordedResource, Resource,
+    ResourceState, SagaDetail, SagaError, SagaId, SagaRun, SagaStatus, SagaSummary, Slot,
+    StepResult, StepSpec, Template, Timestamp,
 };
 use crate::model::{SealedSecret, SecretInfo, SecretName};
 use async_trait::async_trait;
@@ -192,6 +194,7 @@ pub struct ResourceFilter {
     pub deployment_id: Option<String>,
     pub saga_id: Option<SagaId>,
     pub state: Option<ResourceState>,
+    pub drift: Option<Drift>,
     /// Ordered by kind, then external id; at most this many.
     pub limit: u32,
     /// Only resources after this (kind, external id): the cursor.
@@ -503,7 +506,9 @@ pub enum Health {
 
 /// The persistence the runner and the API need.
 #[async_trait]
-pub trait Store: WebhookStore + BudgetStore + MailboxStore + Send + Sync + 'static {
+pub trait Store:
+    WebhookStore + BudgetStore + MailboxStore + DriftStore + Send + Sync + 'static
+{
     /// Which database this is ("sqlite", "postgres").
     fn backend(&self) -> &'static str;
 

@@ -19,7 +19,7 @@ macro_rules! json_ledger_columns {
         "step_index BIGINT, phase TEXT, status TEXT, output TEXT, error TEXT, attempts BIGINT,
          compensate_attempts BIGINT, logs TEXT, started_at BIGINT, finished_at BIGINT, executed_by TEXT,
          waiting_until BIGINT, polls BIGINT, wait_started_at BIGINT, compensate_attempt_base BIGINT,
-         calls TEXT, received TEXT, correlation_key TEXT, attempt_base BIGINT"
+         calls TEXT, received TEXT, correlation_key TEXT, attempt_base BIGINT, wait_for TEXT"
     };
 }
 
@@ -29,12 +29,13 @@ macro_rules! json_ledger_values {
     () => {
         "r.step_index, r.phase, r.status, r.output, r.error, r.attempts, r.compensate_attempts, r.logs,
          r.started_at, r.finished_at, r.executed_by, r.waiting_until, r.polls, r.wait_started_at,
-         r.compensate_attempt_base, r.calls, r.received, r.correlation_key, r.attempt_base"
+         r.compensate_attempt_base, r.calls, r.received, r.correlation_key, r.attempt_base, r.wait_for"
     };
 }
 
 mod admin;
 mod budgets;
+mod drift;
 mod group;
 mod mailbox;
 mod slots;
@@ -535,6 +536,7 @@ impl Store for PgStore {
              WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR deployment_id = $2)
                AND ($3::text IS NULL OR saga_id = $3) AND ($4::text IS NULL OR state = $4)
                AND ($5::text IS NULL OR (kind, external_id) > ($5, $6::text))
+               AND ($8::text IS NULL OR drift = $8)
              ORDER BY kind, external_id LIMIT $7"
         ))
         .bind(filter.kind.as_deref())
@@ -544,6 +546,7 @@ impl Store for PgStore {
         .bind(after_kind)
         .bind(after_id)
         .bind(filter.limit as i64)
+        .bind(filter.drift.map(|d| d.as_str()))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(Resource::try_from).collect()

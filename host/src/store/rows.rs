@@ -3,7 +3,7 @@
 
 use super::{StoreError, StoreResult};
 use crate::model::{
-    Action, Digest, LedgerLogLine, Phase, PluginInfo, Resource, ResourceState, SagaId,
+    Action, Digest, Drift, LedgerLogLine, Phase, PluginInfo, Resource, ResourceState, SagaId,
     SagaResource, SagaRun, SagaStatus, SagaSummary, Slot, SlotState, StepResult, StepSpec,
     StepStatus, Template, Timestamp,
 };
@@ -44,12 +44,13 @@ pub(crate) struct StepRow {
     pub received: Option<String>,
     pub correlation_key: Option<String>,
     pub attempt_base: i64,
+    pub wait_for: Option<String>,
 }
 
 /// The ledger columns every query selects, in [`StepRow`]'s order.
 pub(crate) const STEP_COLUMNS: &str = "step_index, phase, status, output, error, attempts, compensate_attempts, \
      logs, started_at, finished_at, executed_by, waiting_until, polls, wait_started_at, compensate_attempt_base, calls, \
-     received, correlation_key, attempt_base";
+     received, correlation_key, attempt_base, wait_for";
 
 impl StepRow {
     /// The ledger row, named and pinned from the saga's plan.
@@ -89,6 +90,11 @@ impl StepRow {
                 .map(|r| from_json("what a wait received", r))
                 .transpose()?,
             correlation_key: self.correlation_key,
+            wait_for: self
+                .wait_for
+                .as_deref()
+                .map(|w| from_json("the wait a step opened", w))
+                .transpose()?,
             callback_url: None,
         })
     }
@@ -117,6 +123,7 @@ pub(crate) fn ledger_row_json(step: &StepResult) -> serde_json::Map<String, serd
         "received": step.received.as_ref().map(to_json),
         "correlation_key": step.correlation_key.as_deref(),
         "attempt_base": step.attempt_base,
+        "wait_for": step.wait_for.as_ref().map(to_json),
     }) else {
         unreachable!("an object literal")
     };
@@ -280,11 +287,14 @@ pub(crate) struct LedgerResourceRow {
     pub state: String,
     pub created_at: i64,
     pub updated_at: i64,
+    pub observed_at: Option<i64>,
+    pub drift: Option<String>,
+    pub drift_diff: Option<String>,
 }
 
 /// The desired-state ledger's columns, in [`LedgerResourceRow`]'s order.
 pub(crate) const RESOURCE_COLUMNS: &str = "kind, external_id, spec, spec_version, saga_id, \
-     step_index, deployment_id, state, created_at, updated_at";
+     step_index, deployment_id, state, created_at, updated_at, observed_at, drift, drift_diff";
 
 impl TryFrom<LedgerResourceRow> for Resource {
     type Error = StoreError;
@@ -297,6 +307,18 @@ impl TryFrom<LedgerResourceRow> for Resource {
             state: ResourceState::parse(&r.state).map_err(StoreError::Corrupt)?,
             created_at: Timestamp(r.created_at),
             updated_at: Timestamp(r.updated_at),
+            observed_at: r.observed_at.map(Timestamp),
+            drift: r
+                .drift
+                .as_deref()
+                .map(Drift::parse)
+                .transpose()
+                .map_err(StoreError::Corrupt)?,
+            diff: r
+                .drift_diff
+                .as_deref()
+                .map(|d| from_json("drift diff", d))
+                .transpose()?,
             kind: r.kind,
             external_id: r.external_id,
             deployment_id: r.deployment_id,

@@ -17,6 +17,7 @@
 mod admin;
 mod budgets;
 mod catalog;
+mod drift;
 mod mailbox;
 mod slots;
 mod transition;
@@ -268,6 +269,7 @@ fn step_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StepRow> {
         received: r.get(16)?,
         correlation_key: r.get(17)?,
         attempt_base: r.get(18)?,
+        wait_for: r.get(19)?,
     })
 }
 
@@ -577,6 +579,7 @@ impl Store for SqliteStore {
              WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR deployment_id = ?2)
                AND (?3 IS NULL OR saga_id = ?3) AND (?4 IS NULL OR state = ?4)
                AND (?5 IS NULL OR (kind, external_id) > (?5, ?6))
+               AND (?8 IS NULL OR drift = ?8)
              ORDER BY kind, external_id LIMIT ?7"
         ))
         .bind(filter.kind.as_deref())
@@ -586,6 +589,7 @@ impl Store for SqliteStore {
         .bind(after_kind)
         .bind(after_id)
         .bind(filter.limit as i64)
+        .bind(filter.drift.map(|d| d.as_str()))
         .fetch_all(&self.reads)
         .await?;
         rows.into_iter().map(Resource::try_from).collect()

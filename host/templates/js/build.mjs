@@ -8,7 +8,7 @@ const { component } = await componentize({
   sourcePath,
   source: await readFile(sourcePath, 'utf8'),
   witPath: resolve('wit'),
-  worldName: 'plugin',
+  worldName: 'observing-plugin',
 });
 await writeFile('{{name}}.wasm', component);
 console.log(`built {{name}}.wasm (${component.length} bytes)`);

@@ -41,3 +41,15 @@ export const step = {
     log('info', id === undefined ? '{{name}}: nothing to undo' : `{{name}}: deleted ${id}`);
   },
 };
+
+// Looks, changing nothing, at whether `execute` with this idempotency key
+// took effect: the host asks after a crash mid-call and before undoing a
+// call that did not finish. Ask your provider for what it made under
+// state.idempotencyKey and answer `{ tag: 'applied', val: JSON.stringify(output) }`
+// (recording what you see with recordResource) or `{ tag: 'not-applied' }`.
+// This skeleton makes nothing it could look at, so it cannot tell.
+export const observe = {
+  observe(state) {
+    return { tag: 'unknown' };
+  },
+};

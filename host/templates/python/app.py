@@ -10,6 +10,10 @@ Errors: raise `Err(StepError_Retryable("..."))` for a transient failure
 (retried with backoff), `Err(StepError_Fatal("..."))` for a permanent one
 (the saga compensates), `Err(StepError_PollAfter(ms))` for "not done yet,
 call me again in ms" (a durable wait that uses no attempt).
+
+`observe` looks, changing nothing, at whether `execute` with this
+idempotency key took effect; the host asks it after a crash mid-call and
+before undoing a call that did not finish.
 """
 
 import json
@@ -17,7 +21,12 @@ import json
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import host
-from wit_world.imports.types import SagaState, StepError_Fatal
+from wit_world.imports.types import (
+    Observation,
+    Observation_Unknown,
+    SagaState,
+    StepError_Fatal,
+)
 
 
 class Step(exports.Step):
@@ -51,3 +60,13 @@ class Step(exports.Step):
             host.log(host.LogLevel.INFO, "{{name}}: nothing to undo")
         else:
             host.log(host.LogLevel.INFO, f"{{name}}: deleted {resource_id}")
+
+
+class Observe(exports.Observe):
+    def observe(self, state: SagaState) -> Observation:
+        # Ask your provider for what it made under state.idempotency_key and
+        # answer Observation_Applied(json.dumps(output)) (the output execute
+        # would return; record what you see with host.record_resource) or
+        # Observation_NotApplied(). This skeleton makes nothing it could
+        # look at, so it cannot tell.
+        return Observation_Unknown()

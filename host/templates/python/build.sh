@@ -7,5 +7,5 @@ componentize=${COMPONENTIZE_PY:-componentize-py}
 if [ -z "${COMPONENTIZE_PY:-}" ] && [ -x .venv/bin/componentize-py ]; then
   componentize=.venv/bin/componentize-py
 fi
-"$componentize" -d wit -w plugin componentize app -o {{name}}.wasm
+"$componentize" -d wit -w observing-plugin componentize app -o {{name}}.wasm
 echo "built {{name}}.wasm ($(wc -c < {{name}}.wasm) bytes)"

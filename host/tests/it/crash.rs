@@ -26,6 +26,32 @@ async fn upload(http: &wasaga_tests::Http, base: &str, name: &str) {
     assert!(r.status().is_success(), "uploading {name}: {}", r.status());
 }
 
+/// Uploads `plugin`, sets the secret `cloud-token` to the cloud's `token`,
+/// and grants `plugin` the cloud's origin and that secret.
+async fn upload_granted(
+    http: &wasaga_tests::Http,
+    base: &str,
+    plugin: &str,
+    cloud: &wasaga_tests::Cloud,
+    token: &str,
+) {
+    upload(http, base, plugin).await;
+    let r = http
+        .put(format!("{base}/v1/secrets/cloud-token"))
+        .json(&json!({"value": token, "origins": [cloud.origin()]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = http
+        .put(format!("{base}/v1/plugins/{plugin}/grants"))
+        .json(&json!({"http": [cloud.origin()], "secrets": {"cloud-token": "use"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 async fn upload_counter(http: &wasaga_tests::Http, base: &str, counter: &Counter) {
     counter.grant_on(http, base).await;
     upload(http, base, "counter").await;
@@ -272,21 +298,7 @@ async fn a_kill_between_create_and_commit_creates_nothing_twice() {
         .await
         .unwrap();
     let base = server.base.clone();
-    upload(&http, &base, "http-resource").await;
-    let r = http
-        .put(format!("{base}/v1/secrets/cloud-token"))
-        .json(&json!({"value": "crash-t0ken", "origins": [cloud.origin()]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    let r = http
-        .put(format!("{base}/v1/plugins/http-resource/grants"))
-        .json(&json!({"http": [cloud.origin()], "secrets": {"cloud-token": "use"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    upload_granted(&http, &base, "http-resource", &cloud, "crash-t0ken").await;
     let r = http
         .post(format!("{base}/v1/sagas"))
         .json(&json!({"kind": "provision", "steps": ["http-resource"], "inputs": {"api": cloud.origin(), "name": "db-1"}}))
@@ -839,5 +851,104 @@ async fn a_redrive_survives_a_sigkill_mid_rewind() {
         );
         assert_eq!(done["redrives"], 1, "{backend:?}");
         drop(server);
+    }
+}
+
+/// `observe` after a SIGKILL mid-call (contract 0.3.0): the `observed`
+/// step's create reached the test cloud, and the host died before the
+/// answer. On the restart the host asks `observe` before calling again.
+///
+/// - Applied (the cloud made the resource): the step completes with what
+///   observe saw, and nothing is created or called again: one create, one
+///   attempt; the step is `at_most_once`, which without observe would go
+///   `in_doubt`.
+/// - Not applied (the cloud held the create, then refused it having made
+///   nothing): the step runs again, attempt 2, and creates once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_after_a_sigkill_mid_call_decides_between_done_and_run_again() {
+    for applied in [true, false] {
+        let cloud = wasaga_tests::Cloud::start("observe-t0ken").await;
+        let (reached_tx, mut reached_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        if applied {
+            cloud.on_create(move || {
+                let reached_tx = reached_tx.clone();
+                async move {
+                    // The resource exists; hold the answer until the host is gone.
+                    let _ = reached_tx.send(());
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            });
+        } else {
+            cloud.hold_first_create(Duration::from_secs(2));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let key = wasaga_tests::secrets_key_file(dir.path());
+        let args = vec![
+            "--data-dir".to_string(),
+            dir.path().display().to_string(),
+            "--no-examples".into(),
+            "--secrets-key-file".into(),
+            key.display().to_string(),
+        ];
+        let http = wasaga_tests::Http::new();
+        let mut server = ServerProcess::start(BIN, &args, dir.path().join("first.log"))
+            .await
+            .unwrap();
+        let base = server.base.clone();
+        upload_granted(&http, &base, "observed", &cloud, "observe-t0ken").await;
+        let r = http
+            .post(format!("{base}/v1/sagas"))
+            .json(&json!({
+                "kind": "provision",
+                "steps": [{"plugin": "observed", "semantics": "at_most_once", "max_attempts": 3}],
+                "inputs": {"api": cloud.origin(), "name": "db-1"},
+            }))
+            .send()
+            .await
+            .unwrap();
+        let created: Value = r.json().await.unwrap();
+        let id = created["id"].as_str().expect("a saga id").to_string();
+        if applied {
+            tokio::time::timeout(Duration::from_secs(60), reached_rx.recv())
+                .await
+                .expect("the step called the cloud");
+        } else {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while cloud.counts().0 == 0 {
+                assert!(Instant::now() < deadline, "the step never called the cloud");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        server.kill();
+        assert_eq!(cloud.resources().len(), usize::from(applied));
+
+        let server = ServerProcess::start(BIN, &args, dir.path().join("second.log"))
+            .await
+            .unwrap();
+        let saga = poll_saga(&http, &server.base, &id, Duration::from_secs(60), |s| {
+            s["status"] == "completed"
+        })
+        .await;
+        let row = &saga["steps"][0];
+        let outcomes: Vec<&str> = row["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["outcome"].as_str().unwrap())
+            .collect();
+        let resources = cloud.resources();
+        assert_eq!(resources.len(), 1, "{resources:?}");
+        let in_cloud = resources.keys().next().unwrap();
+        assert_eq!(saga["context"]["resource_id"], in_cloud.as_str(), "{saga}");
+        assert_eq!(saga["resources"].as_array().unwrap().len(), 1, "{saga}");
+        if applied {
+            assert_eq!(outcomes, ["observe:applied"], "{row}");
+            assert_eq!(row["attempts"], 1, "nothing ran again: {row}");
+            assert_eq!(cloud.counts().0, 1, "one create");
+        } else {
+            assert_eq!(outcomes, ["observe:not-applied", "ok"], "{row}");
+            assert_eq!(row["attempts"], 2, "the call ran again: {row}");
+            assert_eq!(cloud.counts().0, 2, "the refused create and the real one");
+        }
     }
 }

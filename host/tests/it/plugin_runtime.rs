@@ -30,6 +30,7 @@ fn call(step_index: u32, attempt: u32, inputs: serde_json::Value) -> StepCall {
         idempotency_key: format!("saga-1:{step_index}:execute"),
         inputs: inputs.to_string(),
         context: "{}".into(),
+        received: None,
         traceparent: None,
     }
 }
@@ -676,7 +677,7 @@ async fn a_component_without_the_step_export_is_the_wrong_world() {
     assert!(matches!(err, PluginError::WrongWorld(_)), "{err:?}");
     assert_eq!(
         err.to_string(),
-        "wrong world: the component exports neither `wasaga:step/step@0.1.x` nor `wasaga:step/step@0.2.x`; it exports `test:other/greet`"
+        "wrong world: the component exports none of `wasaga:step/step@0.1.x`, `wasaga:step/step@0.2.x` or `wasaga:step/step@0.3.x`; it exports `test:other/greet`"
     );
 }
 

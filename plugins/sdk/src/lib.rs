@@ -105,10 +105,12 @@ pub mod __bindings {
             });
         };
     }
-    #[cfg(not(feature = "contract-0-1"))]
+    #[cfg(not(any(feature = "contract-0-1", feature = "contract-0-3")))]
     bindings_of!("../../wit/0.2.0/step.wit", "wit");
     #[cfg(feature = "contract-0-1")]
     bindings_of!("../../wit/step.wit", "wit/v0_1");
+    #[cfg(all(feature = "contract-0-3", not(feature = "contract-0-1")))]
+    bindings_of!("../../wit/0.3.0/step.wit", "wit/v0_3");
 
     #[doc(hidden)]
     pub use wit_bindgen::rt as wit_bindgen_rt;
@@ -135,6 +137,58 @@ pub enum StepError {
     /// [`poll_after`].
     #[cfg(not(feature = "contract-0-1"))]
     PollAfter(std::time::Duration),
+    /// Wait for a payload from a person or a system (contract 0.3.0):
+    /// see [`wait_for`].
+    #[cfg(feature = "contract-0-3")]
+    WaitFor {
+        name: String,
+        timeout: std::time::Duration,
+        schema: Option<Value>,
+    },
+}
+
+/// Opens a wait for a person or a system (contract 0.3.0, feature
+/// `contract-0-3`): the saga waits, holding nothing, until the wait named
+/// `name` is answered (`wasaga saga approve ID NAME --payload JSON`, `POST
+/// /v1/sagas/{id}/waits/{name}/complete`, or the wait's `callback_url`),
+/// then `execute` is called again, with the same attempt and key, and the
+/// payload in [`SagaState::received`]. A payload must pass `schema` when
+/// one is given. Past `timeout` (1 s to 31 days) the step fails for good;
+/// a rejection fails it too.
+///
+/// ```no_run
+/// # use wasaga_step::{wait_for, Output, SagaState, StepResult};
+/// fn execute(state: &SagaState) -> StepResult<Output> {
+///     let Some(approval) = state.received::<serde_json::Value>()? else {
+///         return Err(wait_for("approval", std::time::Duration::from_secs(3600), None));
+///     };
+///     Output::new().with("approved_by", &approval["by"])
+/// }
+/// ```
+#[cfg(feature = "contract-0-3")]
+pub fn wait_for(
+    name: impl Into<String>,
+    timeout: std::time::Duration,
+    schema: Option<Value>,
+) -> StepError {
+    StepError::WaitFor {
+        name: name.into(),
+        timeout,
+        schema,
+    }
+}
+
+/// What [`Step::observe`] saw (contract 0.3.0).
+#[cfg(feature = "contract-0-3")]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// The effect of `execute` with this idempotency key is there; this is
+    /// what `execute` would have returned.
+    Applied(Output),
+    /// It is not there.
+    NotApplied,
+    /// It cannot tell.
+    Unknown,
 }
 
 /// A transient failure: the host will call the step again after a backoff.
@@ -175,6 +229,8 @@ impl std::fmt::Display for StepError {
             StepError::Fatal(m) => write!(f, "fatal: {m}"),
             #[cfg(not(feature = "contract-0-1"))]
             StepError::PollAfter(d) => write!(f, "poll after {} ms", d.as_millis()),
+            #[cfg(feature = "contract-0-3")]
+            StepError::WaitFor { name, .. } => write!(f, "wait for `{name}`"),
         }
     }
 }
@@ -195,9 +251,19 @@ impl From<StepError> for wit_types::StepError {
             StepError::Retryable(m) => wit_types::StepError::Retryable(m),
             StepError::Fatal(m) => wit_types::StepError::Fatal(m),
             #[cfg(not(feature = "contract-0-1"))]
-            StepError::PollAfter(d) => wit_types::StepError::PollAfter(
-                u32::try_from(d.as_millis()).unwrap_or(u32::MAX),
-            ),
+            StepError::PollAfter(d) => {
+                wit_types::StepError::PollAfter(u32::try_from(d.as_millis()).unwrap_or(u32::MAX))
+            }
+            #[cfg(feature = "contract-0-3")]
+            StepError::WaitFor {
+                name,
+                timeout,
+                schema,
+            } => wit_types::StepError::WaitFor(wit_types::WaitRequest {
+                name,
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                schema: schema.map(|s| s.to_string()),
+            }),
         }
     }
 }
@@ -217,6 +283,8 @@ pub struct SagaState {
     pub idempotency_key: String,
     inputs: Value,
     context: Value,
+    #[cfg(feature = "contract-0-3")]
+    received: Option<Value>,
 }
 
 impl SagaState {
@@ -229,6 +297,12 @@ impl SagaState {
                 .map_err(|e| fatal(format!("the host sent invalid {what} JSON: {e}")))
         };
         Ok(SagaState {
+            #[cfg(feature = "contract-0-3")]
+            received: state
+                .received
+                .as_deref()
+                .map(|text| parse("received", text))
+                .transpose()?,
             inputs: parse("inputs", &state.inputs)?,
             context: parse("context", &state.context)?,
             saga_id: state.saga_id,
@@ -286,6 +360,16 @@ impl SagaState {
     /// The raw context object.
     pub fn context_json(&self) -> &Value {
         &self.context
+    }
+
+    /// The payload the wait this step opened ([`wait_for`]) received,
+    /// deserialized into `T`; `None` before the wait was answered.
+    #[cfg(feature = "contract-0-3")]
+    pub fn received<T: DeserializeOwned>(&self) -> StepResult<Option<T>> {
+        self.received
+            .as_ref()
+            .map(|v| T::deserialize(v).map_err(|e| fatal(format!("received: {e}"))))
+            .transpose()
     }
 }
 
@@ -374,6 +458,18 @@ pub trait Step {
         let _ = state;
         Ok(())
     }
+
+    /// Looks, changing nothing, at whether `execute` with this state's
+    /// idempotency key took effect (contract 0.3.0). The host asks before
+    /// it runs again an `execute` whose host died mid-call, and before it
+    /// undoes one; drift detection asks what the resources look like now
+    /// (record them with [`host::record_resource`]). The default says
+    /// [`Observation::Unknown`]: the host then does as it would without.
+    #[cfg(feature = "contract-0-3")]
+    fn observe(state: &SagaState) -> StepResult<Observation> {
+        let _ = state;
+        Ok(Observation::Unknown)
+    }
 }
 
 /// Writes to this step's log in the saga's ledger, and records resources.
@@ -460,6 +556,21 @@ impl<S: Step> wit_step::Guest for __Export<S> {
         log_panics();
         let state = SagaState::from_wit(state)?;
         Ok(S::compensate(&state)?)
+    }
+}
+
+#[cfg(feature = "contract-0-3")]
+impl<S: Step> __bindings::exports::wasaga::step::observe::Guest for __Export<S> {
+    fn observe(
+        state: wit_types::SagaState,
+    ) -> Result<wit_types::Observation, wit_types::StepError> {
+        log_panics();
+        let state = SagaState::from_wit(state)?;
+        Ok(match S::observe(&state)? {
+            Observation::Applied(output) => wit_types::Observation::Applied(output.into_json()),
+            Observation::NotApplied => wit_types::Observation::NotApplied,
+            Observation::Unknown => wit_types::Observation::Unknown,
+        })
     }
 }
 

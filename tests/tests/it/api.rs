@@ -790,6 +790,7 @@ async fn the_openapi_document_matches_the_router() {
         "POST /sagas/{id}/redrive",
         "POST /sagas/redrive",
         "GET /resources",
+        "POST /resources/scan",
         "GET /events",
         "GET /sagas/{id}/events",
         "GET /sagas/{id}/steps/{index}/output",

@@ -9,6 +9,7 @@ mod flow_control;
 mod fuzz;
 mod hardening;
 mod lifecycle;
+mod observe;
 mod real_steps;
 mod redrive;
 mod runner;

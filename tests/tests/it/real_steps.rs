@@ -35,25 +35,6 @@ async fn put(server: &TestServer, path: &str, body: Value) -> reqwest::Response 
         .unwrap()
 }
 
-/// The cloud's token as secret `cloud-token`, and `plugin` granted the
-/// cloud's origin and that secret.
-async fn grant_cloud(server: &TestServer, cloud: &Cloud, plugin: &str) {
-    let r = put(
-        server,
-        "/v1/secrets/cloud-token",
-        json!({"value": TOKEN, "origins": [cloud.origin()]}),
-    )
-    .await;
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = put(
-        server,
-        &format!("/v1/plugins/{plugin}/grants"),
-        json!({"http": [cloud.origin()], "secrets": {"cloud-token": "use"}}),
-    )
-    .await;
-    assert_eq!(r.status(), StatusCode::OK);
-}
-
 async fn finish(server: &TestServer, body: Value) -> Value {
     let (status, saga) = server.post_json("/v1/sagas", &body).await;
     assert_eq!(status, StatusCode::CREATED);
@@ -82,7 +63,7 @@ on_both! {
         let db = TestDb::new(backend).await;
         let server = server(&db, |_| {}).await;
         server.upload("http-resource").await;
-        grant_cloud(&server, &cloud, "http-resource").await;
+        server.grant_cloud(&cloud, TOKEN, "http-resource").await;
         let inputs = json!({"api": cloud.origin(), "name": "web-1"});
 
         let kept = finish(&server, json!({"kind": "provision", "steps": ["http-resource"], "inputs": inputs})).await;
@@ -118,7 +99,7 @@ on_both! {
         let server = server(&db, |_| {}).await;
         for plugin in ["http-resource", "wait-active"] {
             server.upload(plugin).await;
-            grant_cloud(&server, &cloud, plugin).await;
+            server.grant_cloud(&cloud, TOKEN, plugin).await;
         }
         let inputs = json!({"api": cloud.origin(), "name": "web-1", "poll_ms": 200});
         let steps = json!(["http-resource", "wait-active"]);
@@ -153,7 +134,7 @@ on_both! {
         let db = TestDb::new(backend).await;
         let server = server(&db, |_| {}).await;
         server.upload("fetch").await;
-        grant_cloud(&server, &cloud, "fetch").await;
+        server.grant_cloud(&cloud, TOKEN, "fetch").await;
         let echo = json!({"url": format!("{}/v2/echo-headers", cloud.origin()),
                           "headers": {"authorization": "Bearer {{secret:cloud-token}}"}});
         let told = finish(&server, json!({"kind": "leak", "steps": ["fetch"], "inputs": {"requests": [echo], "log_bodies": true}})).await;
@@ -299,7 +280,7 @@ async fn the_javascript_step_creates_and_deletes_with_fetch() {
     let db = TestDb::new(Backend::Sqlite).await;
     let server = server(&db, |_| {}).await;
     server.upload_bytes(polyglot("js-http-resource.wasm")).await;
-    grant_cloud(&server, &cloud, "js-http-resource").await;
+    server.grant_cloud(&cloud, TOKEN, "js-http-resource").await;
     let inputs = json!({"api": cloud.origin(), "name": "js-1"});
     let saga = finish(
         &server,
@@ -649,7 +630,7 @@ async fn outbound_connections_are_pooled_per_plugin() {
     let db = TestDb::new(Backend::Sqlite).await;
     let server = server(&db, |_| {}).await;
     server.upload("fetch").await;
-    grant_cloud(&server, &cloud, "fetch").await;
+    server.grant_cloud(&cloud, TOKEN, "fetch").await;
     let gets = |n: usize| {
         let requests: Vec<Value> = (0..n)
             .map(|_| json!({"url": format!("{}/v2/bytes?n=10", cloud.origin())}))
@@ -671,7 +652,7 @@ async fn outbound_connections_are_pooled_per_plugin() {
     assert_eq!(cloud.connections(), 1, "the next call reuses it");
 
     server.upload("http-resource").await;
-    grant_cloud(&server, &cloud, "http-resource").await;
+    server.grant_cloud(&cloud, TOKEN, "http-resource").await;
     let inputs = json!({"api": cloud.origin(), "name": "pooled"});
     let saga = finish(
         &server,

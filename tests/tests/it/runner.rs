@@ -648,6 +648,7 @@ fn running_row(spec: &StepSpec, index: u32) -> wasaga::model::StepResult {
         wait_started_at: None,
         received: None,
         correlation_key: None,
+        wait_for: None,
         callback_url: None,
     }
 }

@@ -83,6 +83,7 @@ fn step_rows(plan: &[StepSpec], owner: &str, now: Timestamp, n: usize) -> (StepR
         wait_started_at: None,
         received: None,
         correlation_key: None,
+        wait_for: None,
         callback_url: None,
     };
     let mut done = row(0);
@@ -286,6 +287,29 @@ on_both! {
         let taken = store.claim_sagas(&lease("late", later), 100).await.unwrap();
         assert_eq!(taken.len(), 60);
         assert!(taken.iter().all(|c| c.epoch == 2), "each claim bumps the fencing number");
+    }
+
+    one_host_takes_each_periodic_drift_scan(backend) {
+        // Two stores on one database (two hosts; SQLite serves one, so
+        // there its callers race within it), racing for each period:
+        // exactly one takes it; a period at or before the last taken is
+        // nobody's.
+        let db = TestDb::new(backend).await;
+        let first = db.open().await;
+        let second = match backend {
+            Backend::Postgres => db.open().await,
+            Backend::Sqlite => first.clone(),
+        };
+        let hosts = [first, second];
+        for period in [1_000_i64, 1_001, 1_005] {
+            let takes = hosts.iter().flat_map(|h| [h.clone(), h.clone()]).map(|h| async move {
+                h.take_drift_scan(period).await.unwrap()
+            });
+            let won = futures::future::join_all(takes).await;
+            assert_eq!(won.iter().filter(|w| **w).count(), 1, "period {period}: {won:?}");
+        }
+        assert!(!hosts[0].take_drift_scan(1_005).await.unwrap());
+        assert!(!hosts[1].take_drift_scan(1_002).await.unwrap());
     }
 
     fencing_numbers_and_versions_fence_every_write(backend) {

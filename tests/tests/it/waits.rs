@@ -591,3 +591,90 @@ on_both! {
         server.stop().await.unwrap();
     }
 }
+
+on_both! {
+    a_step_opens_a_wait_itself_and_is_called_again_with_its_payload(backend) {
+        let db = TestDb::new(backend).await;
+        let server = server_on(&db).await;
+        let cloud = wasaga_tests::Cloud::start("wait-t0ken").await;
+        let plugin = server.upload("observed").await;
+        assert_eq!(plugin["contract"], "0.3.0", "{plugin}");
+        server.grant_cloud(&cloud, "wait-t0ken", "observed").await;
+        let body = |name: &str, timeout_ms: u64| json!({
+            "kind": "delete-db",
+            "steps": ["observed"],
+            "inputs": {
+                "api": cloud.origin(),
+                "name": "db-1",
+                "approval": {
+                    "name": name,
+                    "timeout_ms": timeout_ms,
+                    "schema": {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}},
+                },
+            },
+        });
+
+        // Opened by the step: its row waits, names the wait, has a URL;
+        // and it survives a restart of the host.
+        let id = start(&server, body("go-ahead", 3_600_000)).await;
+        waiting_at(&server, &id, 0).await;
+        server.stop().await.unwrap();
+        let server = server_on(&db).await;
+        let saga = waiting_at(&server, &id, 0).await;
+        let row = &saga["steps"][0];
+        assert_eq!(row["wait_for"]["name"], "go-ahead", "{row}");
+        assert_eq!(row["attempts"], 1, "{row}");
+        assert!(row["callback_url"].as_str().unwrap().starts_with("https://wasaga.example.com/v1/callbacks/"), "{row}");
+        assert_eq!(cloud.counts().0, 0, "nothing is created before the approval");
+        let path = format!("/v1/sagas/{id}/waits/go-ahead/complete");
+        // Viewers may not answer it (it names no approvers); a payload
+        // failing its schema is refused and it stays open.
+        let (status, _) = post_as(&server, "alice-token", &path, json!({"payload": {"ok": true}})).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, body422) = post_as(&server, "ops-token", &path, json!({"payload": {"ok": "yes"}})).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body422}");
+        let (status, _) = post_as(&server, "ops-token", &path, json!({"payload": {"ok": true}, "note": "go"})).await;
+        assert_eq!(status, StatusCode::OK);
+        let saga = wait_status(&server, &id, "completed").await;
+        let row = &saga["steps"][0];
+        assert_eq!(row["output"]["approved"], json!({"ok": true}), "{row}");
+        assert_eq!(row["attempts"], 1, "the call after the wait is the same attempt: {row}");
+        assert_eq!(cloud.resources().len(), 1);
+        // Answered again: the same payload is a success, another a conflict.
+        let (status, _) = post_as(&server, "ops-token", &path, json!({"payload": {"ok": true}})).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = post_as(&server, "ops-token", &path, json!({"payload": {"ok": false}})).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+
+        // Its capability URL answers it with no token.
+        let id = start(&server, body("go-ahead", 3_600_000)).await;
+        let saga = waiting_at(&server, &id, 0).await;
+        let url = saga["steps"][0]["callback_url"].as_str().unwrap();
+        let path = url.strip_prefix("https://wasaga.example.com").unwrap().to_string();
+        let r = Http::new().post(server.url(&path)).json(&json!({"ok": true})).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        wait_status(&server, &id, "completed").await;
+
+        // Rejected: the step fails; it was waiting, so it is compensated
+        // (nothing was created: nothing to delete).
+        let id = start(&server, body("go-ahead", 3_600_000)).await;
+        waiting_at(&server, &id, 0).await;
+        let (status, _) = post_as(&server, "ops-token", &format!("/v1/sagas/{id}/waits/go-ahead/reject"), json!({"note": "not today"})).await;
+        assert_eq!(status, StatusCode::OK);
+        let saga = wait_status(&server, &id, "rolled_back").await;
+        assert!(saga["error"]["message"].as_str().unwrap().contains("rejected by ops: not today"), "{saga}");
+
+        // Its timeout fails the step.
+        let id = start(&server, body("go-ahead", 1_000)).await;
+        let saga = wait_status(&server, &id, "rolled_back").await;
+        assert!(saga["error"]["message"].as_str().unwrap().contains("timed out after 1s"), "{saga}");
+
+        // A wait the rules refuse (a timeout under a second) fails the step
+        // with the reason.
+        let id = start(&server, body("go-ahead", 10)).await;
+        let saga = wait_status(&server, &id, "rolled_back").await;
+        assert!(saga["error"]["message"].as_str().unwrap().contains("wait-for: timeout-ms must be"), "{saga}");
+        assert_eq!(cloud.resources().len(), 2, "the two approved sagas' resources, no other");
+        server.stop().await.unwrap();
+    }
+}

@@ -136,7 +136,8 @@ pub(super) async fn apply_transition(
                      spec = excluded.spec, spec_version = resources.spec_version + 1,
                      saga_id = excluded.saga_id, step_index = excluded.step_index,
                      deployment_id = excluded.deployment_id, state = 'present',
-                     updated_at = excluded.updated_at
+                     updated_at = excluded.updated_at, observed_at = NULL, drift = NULL,
+                     drift_diff = NULL
                  RETURNING spec_version
              )
              INSERT INTO provisioned_resources (saga_id, step_index, kind, external_id, spec, spec_version, created_at)

@@ -11,7 +11,7 @@ use super::*;
 pub(super) fn upsert_step(conn: &Connection, saga_id: &str, step: &StepResult) -> StoreResult<()> {
     const UPSERT: &str = concat!(
         step_insert!(),
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         step_on_conflict!()
     );
     // The columns, in `step_insert!`'s order.
@@ -36,6 +36,7 @@ pub(super) fn upsert_step(conn: &Connection, saga_id: &str, step: &StepResult) -
         step.received.as_ref().map(to_json),
         step.correlation_key.as_deref(),
         step.attempt_base as i64,
+        step.wait_for.as_ref().map(to_json),
     ])?;
     Ok(())
 }
@@ -70,7 +71,7 @@ pub(super) const RESOURCE_RECORD: &str = "INSERT INTO resources
  ON CONFLICT (kind, external_id) DO UPDATE SET
      spec = excluded.spec, spec_version = resources.spec_version + 1, saga_id = excluded.saga_id,
      step_index = excluded.step_index, deployment_id = excluded.deployment_id, state = 'present',
-     updated_at = excluded.updated_at
+     updated_at = excluded.updated_at, observed_at = NULL, drift = NULL, drift_diff = NULL
  RETURNING spec_version";
 
 /// The saga's own history of what its steps recorded. Binds: saga id, step

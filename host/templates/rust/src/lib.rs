@@ -7,7 +7,7 @@
 //! `wasaga plugin test {{name}}.wasm` checks that they are.
 
 use serde_json::Value;
-use wasaga_step::{Output, SagaState, Step, StepResult, export_step, host};
+use wasaga_step::{Observation, Output, SagaState, Step, StepResult, export_step, host};
 
 struct {{type_name}};
 
@@ -40,6 +40,20 @@ impl Step for {{type_name}} {
             None => host::info("{{name}}: nothing to undo"),
         }
         Ok(())
+    }
+
+    fn observe(state: &SagaState) -> StepResult<Observation> {
+        // Look, changing nothing, at whether `execute` with this
+        // `state.idempotency_key` took effect, and say so: the host asks
+        // before running again a call its host died in, and before undoing
+        // one, and drift scans ask what the resources look like now
+        // (record them with `host::record_resource`). Ask your provider for
+        // what it made under the key, then answer
+        // `Observation::Applied(output)` (the output execute would return)
+        // or `Observation::NotApplied`. This skeleton makes nothing it
+        // could look at, so it cannot tell.
+        let _ = state;
+        Ok(Observation::Unknown)
     }
 }
 

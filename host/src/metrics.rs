@@ -162,6 +162,9 @@ pub struct Metrics {
     /// Calls the watchdog gave up on: they passed their deadline by the
     /// grace without returning (`runner` says why that can happen).
     pub calls_abandoned: Counter,
+    /// Of those, the calls that have not returned yet: each holds a Wasm
+    /// thread. A host with as many as it has Wasm threads claims nothing.
+    pub calls_stuck: Gauge,
     pub http_requests: Family<HttpLabels, Counter>,
     pub concurrency_queued: Family<KeyPrefixLabel, Gauge>,
     pub budget_wait: Histograms<BudgetLabel>,
@@ -185,6 +188,7 @@ impl Metrics {
             store_commit_duration: Histogram::new(COMMIT_BUCKETS),
             lease_takeovers: Counter::default(),
             calls_abandoned: Counter::default(),
+            calls_stuck: Gauge::default(),
             http_requests: Family::default(),
             concurrency_queued: Family::default(),
             budget_wait: Family::new_with_constructor(call_histogram),
@@ -253,6 +257,11 @@ impl Metrics {
             "calls_abandoned",
             "Calls that passed their deadline by the grace without returning: their saga's lease was given up so another host (or this one) takes it over",
             m.calls_abandoned.clone(),
+        );
+        registry.register(
+            "calls_stuck",
+            "Calls the watchdog gave up that have not returned: each holds a Wasm thread; with all of them held the host claims no saga",
+            m.calls_stuck.clone(),
         );
         registry.register(
             "http_requests",

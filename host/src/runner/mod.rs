@@ -61,7 +61,7 @@ use crate::store::{ClaimedSaga, Lease, Notice, Store, Taken, Transition};
 use crate::telemetry::Telemetry;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast};
@@ -111,6 +111,10 @@ struct RunnerInner {
     callback_urls: std::sync::OnceLock<Arc<crate::callbacks::CallbackUrls>>,
     /// Spans of calls and sagas (`--otlp-endpoint`).
     telemetry: Arc<Telemetry>,
+    /// Calls the watchdog gave up that have not returned yet: each holds a
+    /// Wasm thread, so a host with as many as it has threads claims
+    /// nothing (its drivers could not start).
+    stuck_calls: Arc<AtomicUsize>,
 }
 
 /// A saga this host drove reached a final status.
@@ -135,8 +139,18 @@ struct ActiveSaga {
     /// re-claim after the lease expired, by this host, bumps it).
     epoch: AtomicU64,
     /// While a call runs: the instant past which the watchdog gives it up
-    /// (its deadline plus `call_grace`).
-    call_deadline: Mutex<Option<Instant>>,
+    /// (its deadline plus `call_grace`), and whether it gave it up.
+    call_deadline: Mutex<CallDeadline>,
+    /// The runner's count of stuck calls, which this saga's call is part
+    /// of while it is given up and has not returned.
+    stuck_calls: Arc<AtomicUsize>,
+}
+
+/// The watchdog's view of a saga's call in flight.
+#[derive(Default)]
+struct CallDeadline {
+    give_up_at: Option<Instant>,
+    given_up: bool,
 }
 
 /// Marks a call in flight for the watchdog until dropped.
@@ -144,7 +158,10 @@ struct CallWatch<'a>(&'a ActiveSaga);
 
 impl ActiveSaga {
     fn watch_call(&self, give_up_at: Instant) -> CallWatch<'_> {
-        *self.call_deadline.lock().expect("call deadline lock") = Some(give_up_at);
+        self.call_deadline
+            .lock()
+            .expect("call deadline lock")
+            .give_up_at = Some(give_up_at);
         CallWatch(self)
     }
 
@@ -153,13 +170,31 @@ impl ActiveSaga {
         self.call_deadline
             .lock()
             .expect("call deadline lock")
+            .give_up_at
             .is_some_and(|at| at <= now)
+    }
+
+    /// The watchdog gives its call in flight up: counted among the stuck
+    /// calls until it returns (if it is still in flight).
+    fn give_up_call(&self) {
+        let mut deadline = self.call_deadline.lock().expect("call deadline lock");
+        if deadline.give_up_at.is_some() && !deadline.given_up {
+            deadline.given_up = true;
+            self.stuck_calls.fetch_add(1, Ordering::SeqCst);
+            crate::metrics::global().calls_stuck.inc();
+        }
     }
 }
 
 impl Drop for CallWatch<'_> {
     fn drop(&mut self) {
-        *self.0.call_deadline.lock().expect("call deadline lock") = None;
+        let mut deadline = self.0.call_deadline.lock().expect("call deadline lock");
+        deadline.give_up_at = None;
+        if std::mem::take(&mut deadline.given_up) {
+            // The stuck call returned: its thread is free again.
+            self.0.stuck_calls.fetch_sub(1, Ordering::SeqCst);
+            crate::metrics::global().calls_stuck.dec();
+        }
     }
 }
 
@@ -233,6 +268,7 @@ impl Runner {
                 outbox_written: Arc::new(Notify::new()),
                 callback_urls: std::sync::OnceLock::new(),
                 telemetry,
+                stuck_calls: Arc::new(AtomicUsize::new(0)),
             }),
         }
     }
@@ -520,6 +556,19 @@ impl Runner {
             inner.backlog.store(true, Ordering::SeqCst);
             return Ok(0);
         }
+        let threads = inner.plugins.config().wasm_threads;
+        let stuck = inner.stuck_calls.load(Ordering::SeqCst);
+        if threads > 0 && stuck >= threads {
+            // Every Wasm thread holds a call the watchdog gave up: a saga
+            // claimed now could not even start. Other hosts take the work.
+            tracing::warn!(
+                stuck,
+                threads,
+                "every Wasm thread is stuck in a call; claiming nothing"
+            );
+            inner.backlog.store(true, Ordering::SeqCst);
+            return Ok(0);
+        }
         let claimed = inner.store.claim_sagas(&self.lease(), free).await?;
         // Fewer than asked for: none were left waiting. A `wake` racing
         // with this leaves the loop a notification, so its work is claimed.
@@ -576,7 +625,8 @@ impl Runner {
                 nudge: Notify::new(),
                 lease_lost: AtomicBool::new(false),
                 epoch: AtomicU64::new(claim.epoch),
-                call_deadline: Mutex::new(None),
+                call_deadline: Mutex::new(CallDeadline::default()),
+                stuck_calls: inner.stuck_calls.clone(),
             });
             map.insert(id, active.clone());
             active
@@ -718,6 +768,7 @@ impl Runner {
                  outside it); giving up the saga's lease so it is taken over"
             );
             crate::metrics::global().calls_abandoned.inc();
+            active.give_up_call();
             active.lease_lost.store(true, Ordering::SeqCst);
             active.stop.cancel();
         }

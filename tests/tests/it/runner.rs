@@ -468,13 +468,15 @@ on_both! {
         // waits for its answer: the call's own timeout cannot fire, and
         // without the watchdog A renews the lease forever. With it, A gives
         // the lease up after the deadline and grace, and host B takes the
-        // saga over with the next attempt while A is still stuck.
+        // saga over with the next attempt while A is still stuck. A, with
+        // free slots but no free Wasm thread, claims nothing meanwhile.
         let counter = Counter::start().await;
         counter.set_delay(Duration::from_millis(300));
         let db = TestDb::new(backend).await;
         let store = db.open().await;
         counter.grant(store.as_ref()).await;
         let step = StepSpec { timeout_ms: 1_000, max_attempts: 3, ..install(store.as_ref(), "counter").await };
+        let step_one = step.clone();
         let arrived = Arc::new(tokio::sync::Notify::new());
         let first = arrived.clone();
         counter.on_call(move |call| {
@@ -490,7 +492,7 @@ on_both! {
             store.clone(),
             plugins.clone(),
             RunnerConfig {
-                concurrency: 1,
+                concurrency: 4,
                 lease_ttl: Duration::from_secs(3),
                 lease_renew_every: Duration::from_millis(200),
                 call_grace: Duration::from_millis(300),
@@ -523,6 +525,16 @@ on_both! {
         assert_eq!(done.steps[0].attempts, 2, "the stuck call counts as begun: {:?}", done.steps[0]);
         assert_eq!(done.steps[0].executed_by.as_deref(), Some("other-host"));
         assert!(wasaga::metrics::global().calls_abandoned.get() > abandoned_before);
+
+        // A new saga while A is stuck: A has free slots, but a saga it
+        // claimed could not start (and A would renew its lease forever), so
+        // it claims nothing; B runs it.
+        let next = create_saga(store.as_ref(), vec![step_one.clone()], json!({"counter_url": counter.url()})).await;
+        stuck_host.wake();
+        other.wake();
+        let done_next = wait_final(store.as_ref(), next, WITHIN).await;
+        assert_status(&done_next, SagaStatus::Completed);
+        assert_eq!(done_next.steps[0].executed_by.as_deref(), Some("other-host"));
 
         // Unstuck, the abandoned call's end writes nothing.
         release.send(()).unwrap();

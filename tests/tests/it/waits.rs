@@ -564,6 +564,42 @@ async fn a_wait_is_answered_from_the_console_in_chromium() {
             .contains("completed by callback"),
         "{saga}"
     );
+
+    // A wait a step opened (`wait-for`) gets the same form, from its
+    // schema; the operator approves it and the step runs on.
+    let cloud = wasaga_tests::Cloud::start("console-t0ken").await;
+    server.upload("observed").await;
+    server
+        .grant_cloud(&cloud, "console-t0ken", "observed")
+        .await;
+    let asked = start(&server, json!({"kind": "console-wait", "steps": ["observed"], "inputs": {
+        "api": cloud.origin(), "name": "db-9",
+        "approval": {"name": "go-ahead", "timeout_ms": 3_600_000,
+                     "schema": {"type": "object", "required": ["ticket"], "properties": {"ticket": {"type": "string"}}}},
+    }})).await;
+    waiting_at(&server, &asked, 0).await;
+    ops.goto(&server.url(&format!("/ui/sagas/{asked}")))
+        .await
+        .unwrap();
+    until(
+        &ops,
+        "the step's wait form",
+        "document.querySelector('form.wait-answer[data-wait=go-ahead] input[name=ticket]')",
+    )
+    .await;
+    ops.execute(
+        "document.querySelector('form.wait-answer input[name=ticket]').value = 'T-9'; \
+         document.querySelector('form.wait-answer button[data-answer=complete]').click();",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let saga = wait_status(&server, &asked, "completed").await;
+    assert_eq!(
+        saga["steps"][0]["output"]["approved"],
+        json!({"ticket": "T-9"}),
+        "{saga}"
+    );
     ops.close().await.unwrap();
     server.stop().await.unwrap();
 }

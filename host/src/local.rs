@@ -105,6 +105,22 @@ impl Local {
         attempt: u32,
         key: &str,
     ) -> CallReport {
+        self.call_received(phase, inputs, context, attempt, key, None)
+            .await
+    }
+
+    /// [`Local::call`], with `received`: the payload (JSON text) of the
+    /// wait the step opened (contract 0.3.0), as the host passes it on
+    /// the call after the wait is answered.
+    pub async fn call_received(
+        &self,
+        phase: Phase,
+        inputs: &Map<String, Value>,
+        context: &Map<String, Value>,
+        attempt: u32,
+        key: &str,
+        received: Option<String>,
+    ) -> CallReport {
         let call = StepCall {
             saga_id: "local".into(),
             kind: "local".into(),
@@ -113,7 +129,7 @@ impl Local {
             idempotency_key: key.into(),
             inputs: Value::Object(inputs.clone()).to_string(),
             context: Value::Object(context.clone()).to_string(),
-            received: None,
+            received,
             traceparent: None,
         };
         let limits = self.host.limits_for(None, None, None);

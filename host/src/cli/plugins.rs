@@ -79,6 +79,10 @@ pub(super) enum PluginCommand {
         /// The context (what earlier steps output), a JSON object.
         #[arg(long, default_value = "{}")]
         context: String,
+        /// The payload (JSON) the wait the step opened received (contract
+        /// 0.3.0): the call after a `wait-for` is answered.
+        #[arg(long)]
+        received: Option<String>,
         #[arg(long, default_value_t = 1)]
         attempt: u32,
         /// Print the call's report as JSON.
@@ -206,11 +210,16 @@ pub(super) async fn run(command: PluginCommand) -> Result<ExitCode, CliError> {
             phase,
             inputs,
             context,
+            received,
             attempt,
             json,
         } => {
             let inputs = json_object("--inputs", &inputs).map_err(CliError::Usage)?;
             let context = json_object("--context", &context).map_err(CliError::Usage)?;
+            if let Some(text) = &received {
+                serde_json::from_str::<serde_json::Value>(text)
+                    .map_err(|e| CliError::Usage(format!("--received is not JSON: {e}")))?;
+            }
             let local = Local::load(&file)
                 .await
                 .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -219,14 +228,16 @@ pub(super) async fn run(command: PluginCommand) -> Result<ExitCode, CliError> {
                 RunPhase::Compensate => Phase::Compensate,
             };
             let key = format!("local:0:{phase}");
-            let report = local.call(phase, &inputs, &context, attempt, &key).await;
+            let report = local
+                .call_received(phase, &inputs, &context, attempt, &key, received)
+                .await;
             if json {
                 print_json(&report);
             } else {
                 print_report(local.name(), &report);
             }
             return Ok(ExitCode::from(match report.outcome {
-                "ok" | "poll" => 0,
+                "ok" | "poll" | "wait" => 0,
                 "retryable" => EXIT_RETRYABLE,
                 _ => EXIT_FATAL,
             }));
@@ -279,6 +290,9 @@ fn print_report(name: &str, r: &CallReport) {
     }
     if let Some(ms) = r.poll_after_ms {
         println!("call again after {ms} ms");
+    }
+    if let Some(wait) = &r.wait_for {
+        println!("opened wait `{wait}`: run it again with --received PAYLOAD");
     }
     if let Some(e) = &r.error {
         println!("error: {e}");

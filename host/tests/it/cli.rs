@@ -595,6 +595,58 @@ async fn plugin_run_and_test_need_no_server() {
         stdout(&out)
     );
 
+    // A step that opens a wait (contract 0.3.0): `wait`, exit 0, and the
+    // wait named; with `--received` the call goes on past it (here to an
+    // outbound request, which nothing grants locally).
+    let asks = r#"{"api": "http://127.0.0.1:9", "name": "db", "approval": {"name": "go-ahead", "timeout_ms": 60000}}"#;
+    let observed = dist("observed");
+    let out = run(&[
+        "plugin", "run", &observed, "--phase", "execute", "--inputs", asks,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("opened wait `go-ahead`: run it again with --received PAYLOAD"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&[
+        "plugin",
+        "run",
+        &observed,
+        "--phase",
+        "execute",
+        "--inputs",
+        asks,
+        "--received",
+        r#"{"ok": true}"#,
+        "--json",
+    ]);
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_ne!(report["outcome"], "wait", "{report}");
+    assert!(
+        report["logs"]
+            .to_string()
+            .contains("http POST http://127.0.0.1:9/v2/resources refused"),
+        "it went on to its request: {report}"
+    );
+    let out = run(&[
+        "plugin",
+        "run",
+        &observed,
+        "--phase",
+        "execute",
+        "--inputs",
+        asks,
+        "--received",
+        "{nope",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--received is not JSON"),
+        "{}",
+        stderr(&out)
+    );
+
     // Bad input: JSON with its line and column; a file that is not a component.
     let out = run(&[
         "plugin",

@@ -319,6 +319,14 @@ pub const WAIT_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
 /// plugin's `observe` once per step that recorded resources.
 pub const MIN_DRIFT_SCAN_EVERY: Duration = Duration::from_secs(10);
 
+/// `observe` calls a drift scan keeps in flight at once: enough to hide a
+/// provider's latency, few enough to leave the Wasm threads to sagas.
+pub const DRIFT_SCAN_CALLS: usize = 8;
+
+/// Most drifted resources a scan's answer lists (`GET
+/// /v1/resources?drift=changed` lists them all).
+pub const DRIFT_SCAN_REPORTED: usize = 100;
+
 /// Most sagas one `POST /v1/sagas/redrive` redrives: a filter finding
 /// more is refused, to be narrowed (docs/recovery.md).
 pub const MAX_REDRIVE_BATCH: usize = 10_000;

@@ -20,6 +20,7 @@
 
 use super::decide::View;
 use super::{ActionError, Runner};
+use crate::config::{DRIFT_SCAN_CALLS, DRIFT_SCAN_REPORTED};
 use crate::model::{Drift, Phase, RecordedResource, Resource, ResourceState, SagaId, Timestamp};
 use crate::plugin::{Observed, StepCall, StepFailure};
 use crate::store::{DriftFinding, ResourceFilter};
@@ -56,7 +57,8 @@ pub struct ScanReport {
     pub unknown: u64,
     pub took_ms: u64,
     /// The resources found `changed` or `missing` (at most
-    /// [`MAX_REPORTED`]; `GET /v1/resources?drift=changed` lists all).
+    /// [`DRIFT_SCAN_REPORTED`]; `GET /v1/resources?drift=changed` lists
+    /// all).
     pub drifted: Vec<Resource>,
 }
 
@@ -67,12 +69,8 @@ enum Seen {
     NotApplied,
 }
 
-/// Most drifted resources a scan's answer lists.
-pub const MAX_REPORTED: usize = 100;
-/// Present resources read per page.
+/// Present resources read per page, and findings written per batch.
 const PAGE: u32 = 1_000;
-/// `observe` calls in flight at once.
-const CONCURRENT_CALLS: usize = 8;
 
 /// What `observed` (the resources an `observe` call recorded, or `None`
 /// when it said `not-applied`) says of `recorded`: its drift and, when it
@@ -133,7 +131,7 @@ impl Runner {
                 let seen = self.observe_step(saga_id, index).await;
                 (resources, seen)
             })
-            .buffer_unordered(CONCURRENT_CALLS);
+            .buffer_unordered(DRIFT_SCAN_CALLS);
         while let Some((resources, seen)) = results.next().await {
             report.observe_calls += u64::from(seen.is_some());
             let now = self.now();
@@ -159,7 +157,7 @@ impl Runner {
                     diff: diff.clone(),
                 };
                 if matches!(drift, Drift::Changed | Drift::Missing)
-                    && report.drifted.len() < MAX_REPORTED
+                    && report.drifted.len() < DRIFT_SCAN_REPORTED
                 {
                     report.drifted.push(Resource {
                         observed_at: Some(now),

@@ -11,7 +11,7 @@ use crate::model::{
     ActionKind, CallRecord, LedgerLogLine, LogLevel, MAX_CALLS_KEPT, Phase, SagaError, SagaRun,
     SagaStatus, StepResult, StepSpec, StepStatus, StopCause, Timestamp,
 };
-use crate::plugin::{CallOutcome, Progress, StepFailure};
+use crate::plugin::{CallOutcome, Observed, Progress, StepFailure};
 use crate::store::{Pins, Transition};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -705,6 +705,17 @@ pub(super) fn outcome_label<T>(result: &Result<Progress<T>, StepFailure>) -> &'s
         Err(StepFailure::Cancelled) => "interrupted",
         Err(f) if f.is_retryable() => "retryable",
         Err(_) => "fatal",
+    }
+}
+
+/// What an `observe` call said, in one word (metrics, and the ledger's
+/// call records as `observe:WORD`).
+pub(super) fn observe_label(result: &Result<Observed, StepFailure>) -> &'static str {
+    match result {
+        Ok(Observed::Applied(_)) => "applied",
+        Ok(Observed::NotApplied) => "not-applied",
+        Ok(Observed::Unknown) => "unknown",
+        Err(_) => "failed",
     }
 }
 

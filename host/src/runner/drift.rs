@@ -199,26 +199,10 @@ impl Runner {
             ledger: &ledger,
             slots_held: true,
         };
-        let plugins = &self.inner.plugins;
-        let plugin = match plugins.get(&spec.plugin) {
-            Some(plugin) => plugin,
-            None => {
-                let bytes = self.inner.store.plugin_bytes(&spec.plugin).await.ok()??;
-                plugins
-                    .load(&spec.plugin, &bytes, Some(&spec.name))
-                    .await
-                    .ok()?
-            }
-        };
+        let (plugin, limits, access) = self.call_setup(&spec).await.ok()?;
         if !plugin.observes() {
             return None;
         }
-        let access = self.inner.access.access(&spec.name).await.ok()?;
-        let limits = plugins.limits_for(
-            Some(spec.timeout_ms),
-            spec.max_memory_bytes,
-            spec.max_output_bytes,
-        );
         let call = StepCall {
             saga_id: saga.id.to_string(),
             kind: saga.kind.clone(),
@@ -230,18 +214,15 @@ impl Runner {
             received: None,
             traceparent: None,
         };
-        let outcome = plugins
+        let outcome = self
+            .inner
+            .plugins
             .observe(&plugin, call, &limits, CancellationToken::new(), access)
             .await;
         crate::metrics::global().call(
             &spec.name,
             "observe",
-            match &outcome.result {
-                Ok(Observed::Applied(_)) => "applied",
-                Ok(Observed::NotApplied) => "not-applied",
-                Ok(Observed::Unknown) => "unknown",
-                Err(_) => "failed",
-            },
+            super::decide::observe_label(&outcome.result),
             outcome.elapsed,
         );
         match outcome.result {

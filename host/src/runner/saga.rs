@@ -671,24 +671,7 @@ impl Driver<'_> {
     }
 
     async fn plugin(&self, spec: &StepSpec) -> Result<Arc<Plugin>, StepFailure> {
-        let plugins = &self.runner.inner.plugins;
-        if let Some(plugin) = plugins.get(&spec.plugin) {
-            return Ok(plugin);
-        }
-        let bytes = self
-            .runner
-            .inner
-            .store
-            .plugin_bytes(&spec.plugin)
-            .await
-            .map_err(|e| StepFailure::Host(format!("reading plugin {}: {e}", spec.plugin)))?
-            .ok_or_else(|| {
-                StepFailure::Host(format!("plugin {} is not in the store", spec.plugin))
-            })?;
-        plugins
-            .load(&spec.plugin, &bytes, Some(&spec.name))
-            .await
-            .map_err(|e| StepFailure::Host(format!("loading plugin {}: {e}", spec.plugin)))
+        self.runner.step_plugin(spec).await
     }
 
     /// The contract the step's plugin implements (0.1.0 when it cannot be
@@ -753,40 +736,6 @@ impl Driver<'_> {
         )
     }
 
-    /// What a call of the step's plugin needs: the plugin ready, its
-    /// limits, and what it is granted.
-    async fn call_setup(
-        &self,
-        spec: &StepSpec,
-    ) -> Result<
-        (
-            Arc<Plugin>,
-            crate::config::StepLimits,
-            Arc<crate::grants::Access>,
-        ),
-        StepFailure,
-    > {
-        let plugin = self.plugin(spec).await?;
-        let limits = self.runner.inner.plugins.limits_for(
-            Some(spec.timeout_ms),
-            spec.max_memory_bytes,
-            spec.max_output_bytes,
-        );
-        let access = self
-            .runner
-            .inner
-            .access
-            .access(&spec.name)
-            .await
-            .map_err(|e| {
-                StepFailure::Host(format!(
-                    "reading what plugin `{}` is granted: {e}",
-                    spec.name
-                ))
-            })?;
-        Ok((plugin, limits, access))
-    }
-
     /// Calls the step's plugin for `phase`, in a span. `Err` when the call
     /// was cut off because this host must let go (lease lost, shutdown grace
     /// over): nothing of it is recorded, and whoever resumes runs the step
@@ -811,7 +760,7 @@ impl Driver<'_> {
             },
         );
         let outcome = async {
-            let (plugin, limits, access) = match self.call_setup(&spec).await {
+            let (plugin, limits, access) = match self.runner.call_setup(&spec).await {
                 Ok(setup) => setup,
                 Err(failure) => return CallOutcome::failed(failure),
             };
@@ -1062,7 +1011,7 @@ impl Driver<'_> {
         let attempt = self.view().attempts(index, Phase::Execute);
         let started = self.now();
         let outcome = async {
-            let (plugin, limits, access) = match self.call_setup(&spec).await {
+            let (plugin, limits, access) = match self.runner.call_setup(&spec).await {
                 Ok(setup) => setup,
                 Err(failure) => return CallOutcome::failed(failure),
             };
@@ -1081,15 +1030,14 @@ impl Driver<'_> {
         if self.active.stop.is_cancelled() {
             return Err(self.halt());
         }
+        let said = decide::observe_label(&outcome.result);
         let mut error = String::new();
-        let (said, observed) = match outcome.result {
-            Ok(Observed::Applied(output)) => ("applied", Observed::Applied(output)),
-            Ok(Observed::NotApplied) => ("not-applied", Observed::NotApplied),
-            Ok(Observed::Unknown) => ("unknown", Observed::Unknown),
+        let observed = match outcome.result {
+            Ok(observed) => observed,
             Err(failure) => {
                 tracing::info!(error = %failure, "observe failed; taken as unknown");
                 error = format!(": {failure}");
-                ("failed", Observed::Unknown)
+                Observed::Unknown
             }
         };
         tracing::info!(step = index, said, "observed {why}");
@@ -1539,7 +1487,57 @@ impl Driver<'_> {
     }
 }
 
-/// A line the host writes in a wait's log.
+impl Runner {
+    /// The step's plugin, ready: loaded here already, or from the store.
+    pub(super) async fn step_plugin(&self, spec: &StepSpec) -> Result<Arc<Plugin>, StepFailure> {
+        let plugins = &self.inner.plugins;
+        if let Some(plugin) = plugins.get(&spec.plugin) {
+            return Ok(plugin);
+        }
+        let bytes = self
+            .inner
+            .store
+            .plugin_bytes(&spec.plugin)
+            .await
+            .map_err(|e| StepFailure::Host(format!("reading plugin {}: {e}", spec.plugin)))?
+            .ok_or_else(|| {
+                StepFailure::Host(format!("plugin {} is not in the store", spec.plugin))
+            })?;
+        plugins
+            .load(&spec.plugin, &bytes, Some(&spec.name))
+            .await
+            .map_err(|e| StepFailure::Host(format!("loading plugin {}: {e}", spec.plugin)))
+    }
+
+    /// What a call of the step's plugin needs: the plugin ready, its
+    /// limits, and what it is granted.
+    pub(super) async fn call_setup(
+        &self,
+        spec: &StepSpec,
+    ) -> Result<
+        (
+            Arc<Plugin>,
+            crate::config::StepLimits,
+            Arc<crate::grants::Access>,
+        ),
+        StepFailure,
+    > {
+        let plugin = self.step_plugin(spec).await?;
+        let limits = self.inner.plugins.limits_for(
+            Some(spec.timeout_ms),
+            spec.max_memory_bytes,
+            spec.max_output_bytes,
+        );
+        let access = self.inner.access.access(&spec.name).await.map_err(|e| {
+            StepFailure::Host(format!(
+                "reading what plugin `{}` is granted: {e}",
+                spec.name
+            ))
+        })?;
+        Ok((plugin, limits, access))
+    }
+}
+
 /// Adds `wait.opened` to the webhook outbox of `t`, which opens a wait
 /// of `saga`, with the saga's summary as `t` leaves it.
 fn announce_wait_opened(t: &mut Transition, saga: &SagaRun) {
@@ -1552,6 +1550,7 @@ fn announce_wait_opened(t: &mut Transition, saga: &SagaRun) {
     ));
 }
 
+/// A line the host writes in a wait's log.
 fn wait_log(message: &str) -> LedgerLogLine {
     LedgerLogLine {
         level: LogLevel::Info,

@@ -285,14 +285,7 @@ async fn a_kill_between_create_and_commit_creates_nothing_twice() {
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let key = wasaga_tests::secrets_key_file(dir.path());
-    let args = vec![
-        "--data-dir".to_string(),
-        dir.path().display().to_string(),
-        "--no-examples".into(),
-        "--secrets-key-file".into(),
-        key.display().to_string(),
-    ];
+    let args = keyed_args(dir.path());
     let http = wasaga_tests::Http::new();
     let mut server = ServerProcess::start(BIN, &args, dir.path().join("first.log"))
         .await
@@ -392,6 +385,18 @@ async fn sigterm_with_a_step_waiting_in_a_host_call_exits_within_the_grace() {
 }
 
 /// `wasaga serve` flags for a test database, without the bundled examples.
+/// `serve` on SQLite in `dir`, with a secrets key there and no examples.
+fn keyed_args(dir: &std::path::Path) -> Vec<String> {
+    let key = wasaga_tests::secrets_key_file(dir);
+    vec![
+        "--data-dir".to_string(),
+        dir.display().to_string(),
+        "--no-examples".into(),
+        "--secrets-key-file".into(),
+        key.display().to_string(),
+    ]
+}
+
 fn db_args(db: &wasaga_tests::TestDb) -> Vec<String> {
     vec![
         "--database".to_string(),
@@ -882,14 +887,7 @@ async fn observe_after_a_sigkill_mid_call_decides_between_done_and_run_again() {
             cloud.hold_first_create(Duration::from_secs(2));
         }
         let dir = tempfile::tempdir().unwrap();
-        let key = wasaga_tests::secrets_key_file(dir.path());
-        let args = vec![
-            "--data-dir".to_string(),
-            dir.path().display().to_string(),
-            "--no-examples".into(),
-            "--secrets-key-file".into(),
-            key.display().to_string(),
-        ];
+        let args = keyed_args(dir.path());
         let http = wasaga_tests::Http::new();
         let mut server = ServerProcess::start(BIN, &args, dir.path().join("first.log"))
             .await

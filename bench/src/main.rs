@@ -44,6 +44,9 @@
 //! - drift scan: 10,000 resources recorded by a Rust step with `observe`,
 //!   a hundredth changed and a hundredth deleted: the scan's time, what it
 //!   found, peak RSS (`drift.rs`).
+//! - schedules: two hosts on PostgreSQL firing 100 schedules every second
+//!   for 60 s; every nominal time fired exactly once, and how late fires
+//!   start (`schedules.rs`).
 
 mod drift;
 mod events;
@@ -52,6 +55,7 @@ mod inprocess;
 mod mailbox;
 mod redrive;
 mod report;
+mod schedules;
 mod served;
 
 use inprocess::*;
@@ -228,6 +232,12 @@ async fn main() -> Result<()> {
         match &args.wasaga_bin {
             Some(bin) => drift::drift(&mut report, args.quick, bin).await?,
             None => eprintln!("drift: skipped (needs --wasaga-bin)"),
+        }
+    }
+    if wanted("schedules") {
+        match &args.wasaga_bin {
+            Some(bin) => schedules::schedules(&mut report, args.quick, bin).await?,
+            None => eprintln!("schedules: skipped (needs --wasaga-bin)"),
         }
     }
     if wanted("attacks") {

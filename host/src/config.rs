@@ -331,6 +331,35 @@ pub const DRIFT_SCAN_REPORTED: usize = 100;
 /// more is refused, to be narrowed (docs/recovery.md).
 pub const MAX_REDRIVE_BATCH: usize = 10_000;
 
+/// How often a host looks for schedules due when none is due sooner
+/// (docs/schedules.md): a schedule put or resumed on another host is
+/// picked up within it.
+pub const SCHEDULE_TICK: Duration = Duration::from_secs(1);
+
+/// How long a host's claim of a fire holds without an outcome: past it,
+/// another host (the first one died mid-fire) acts on the fire again.
+pub const SCHEDULE_CLAIM_LEASE: Duration = Duration::from_secs(30);
+
+/// Schedules one look acts on, soonest due first, and how many of them at
+/// once.
+pub const SCHEDULES_PER_TICK: usize = 256;
+pub const SCHEDULE_FIRES_AT_ONCE: usize = 16;
+
+/// Fires a schedule keeps on record (older ones are deleted as new ones
+/// finish), and how many `GET /v1/schedules/{name}` shows.
+pub const SCHEDULE_FIRES_KEPT: usize = 100;
+pub const SCHEDULE_FIRES_SHOWN: usize = 20;
+
+/// Nominal times `GET /v1/schedules/{name}` lists ahead (contract: 5).
+pub const SCHEDULE_NEXT_RUNS: usize = 5;
+
+/// A schedule's catch-up window when it names none, and the range one may
+/// name: nominal times older than it when a host gets to them are recorded
+/// as missed, not started.
+pub const DEFAULT_CATCHUP_WINDOW: Duration = Duration::from_secs(3600);
+pub const CATCHUP_WINDOW_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(366 * 24 * 3600);
+
 /// How long a message no wait has taken yet is kept (`--message-ttl`).
 pub const DEFAULT_MESSAGE_TTL: Duration = Duration::from_secs(3600);
 

@@ -111,6 +111,11 @@ pub struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabel {
     pub plugin: String,
 }
@@ -169,6 +174,8 @@ pub struct Metrics {
     pub concurrency_queued: Family<KeyPrefixLabel, Gauge>,
     pub budget_wait: Histograms<BudgetLabel>,
     pub budget_paused: Family<BudgetLabel, Gauge>,
+    /// Schedule fires this host acted on, by outcome.
+    pub schedule_fires: Family<OutcomeLabel, Counter>,
 }
 
 impl Metrics {
@@ -193,6 +200,7 @@ impl Metrics {
             concurrency_queued: Family::default(),
             budget_wait: Family::new_with_constructor(call_histogram),
             budget_paused: Family::default(),
+            schedule_fires: Family::default(),
             registry: Registry::default(),
         };
         registry.register("sagas_started", "Sagas started", m.sagas_started.clone());
@@ -284,7 +292,21 @@ impl Metrics {
             "1 while a provider budget is paused (a 429 or Retry-After, or by hand), read at scrape time",
             m.budget_paused.clone(),
         );
+        registry.register(
+            "schedule_fires",
+            "Schedule fires this host acted on, by outcome (started, buffered, skipped, missed, failed)",
+            m.schedule_fires.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts a schedule's fire.
+    pub fn schedule_fired(&self, outcome: crate::model::FireOutcome) {
+        self.schedule_fires
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str().to_string(),
+            })
+            .inc();
     }
 
     /// Counts a request's wait for a budget's token.

@@ -185,6 +185,13 @@ impl Host {
             )
             .run(deliverer.clone()),
         );
+        let planner = Arc::new(Planner::new(
+            plugins.config().clone(),
+            options.runner.retry.max_attempts,
+            options.runner.max_wait_ceiling,
+            crate::config::SchemaLimits::default(),
+        ));
+        runner.start_schedules(planner.clone());
         let state = AppState {
             callbacks,
             webhooks: Arc::new(options.webhooks.clone()),
@@ -193,12 +200,7 @@ impl Host {
             plugins: plugins.clone(),
             runner: runner.clone(),
             server: Arc::new(options.server.clone()),
-            planner: Arc::new(Planner::new(
-                plugins.config().clone(),
-                options.runner.retry.max_attempts,
-                options.runner.max_wait_ceiling,
-                crate::config::SchemaLimits::default(),
-            )),
+            planner,
             throttle: Arc::new(crate::api::guard::Throttle::new(
                 options.server.auth_failures_per_minute,
             )),

@@ -695,6 +695,23 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
     }
 
+    /// The saga `id` (as `GET /v1/sagas/{id}` answers it) once its status
+    /// is `want`; panics after a minute.
+    pub async fn wait_status(&self, id: &str, want: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let saga = self.get_json(&format!("/v1/sagas/{id}")).await;
+            if saga["status"] == want {
+                return saga;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "saga {id} never became {want}: {saga}"
+            );
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
     /// `POST path` with `body` as JSON: the status, and the answer as JSON
     /// (null when it is not JSON).
     pub async fn post_json(

@@ -22,6 +22,7 @@ mod plugins;
 mod redrive;
 mod resources;
 mod sagas;
+mod schedules;
 mod secrets;
 pub(crate) mod session;
 mod templates;
@@ -33,6 +34,7 @@ pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use plugins::{PluginList, UploadedPlugin};
 pub use resources::ResourceList;
 pub use sagas::SagaList;
+pub use schedules::ScheduleList;
 pub use secrets::{PutSecret, SecretList};
 pub use templates::TemplateList;
 
@@ -89,6 +91,7 @@ pub struct AppState {
         (name = "plugins", description = "Step plugins: Wasm components implementing wasaga:step/step"),
         (name = "resources", description = "The desired-state ledger: what sagas provisioned, and whether it is still meant to exist"),
         (name = "sagas", description = "Sagas: ordered steps run durably, compensated in reverse on failure or cancel"),
+        (name = "schedules", description = "Schedules: a template started on a cron pattern in a time zone or every interval, fired once per nominal time by whichever host claims it, with an overlap policy"),
         (name = "templates", description = "Saga templates: start requests kept under a name, versioned, with an optional JSON Schema for inputs"),
         (name = "secrets", description = "Write-only secrets a step can use (or read, when granted) without them being stored or shown in plain text"),
         (name = "waits", description = "Waits for people and systems: approve or reject a saga's wait, call a wait's capability URL, post a message for a correlation key"),
@@ -201,6 +204,7 @@ fn v1(max_component_bytes: usize) -> (Router<AppState>, utoipa::openapi::OpenApi
         .merge(resources::router())
         .merge(redrive::router())
         .merge(sagas::router())
+        .merge(schedules::router())
         .merge(secrets::router())
         .merge(templates::router())
         .merge(waits::router())

@@ -1,8 +1,10 @@
 //! A small client of HTTP API v1, for the command line (and anyone who
 //! wants one in Rust). Errors carry the server's own message.
 
-use crate::api::{ErrorBody, PluginList, ResourceList, SagaList, TemplateList, UploadedPlugin};
-use crate::model::{PluginInfo, SagaDetail, SagaRun, Template};
+use crate::api::{
+    ErrorBody, PluginList, ResourceList, SagaList, ScheduleList, TemplateList, UploadedPlugin,
+};
+use crate::model::{Fire, PluginInfo, SagaDetail, SagaRun, ScheduleStatus, Template};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -312,6 +314,55 @@ impl Client {
     pub async fn delete_template(&self, name: &str) -> Result<(), ClientError> {
         let _: (_, serde_json::Value) = self
             .send(self.request(Method::DELETE, &["templates", name]))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn put_schedule(
+        &self,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<(ScheduleStatus, bool), ClientError> {
+        let request = self.request(Method::PUT, &["schedules", name]).json(body);
+        let (status, schedule) = self.send(request).await?;
+        Ok((schedule, status == StatusCode::CREATED))
+    }
+
+    pub async fn schedules(&self) -> Result<Vec<ScheduleStatus>, ClientError> {
+        let (_, list): (_, ScheduleList) =
+            self.send(self.request(Method::GET, &["schedules"])).await?;
+        Ok(list.schedules)
+    }
+
+    pub async fn schedule(&self, name: &str) -> Result<ScheduleStatus, ClientError> {
+        Ok(self
+            .send(self.request(Method::GET, &["schedules", name]))
+            .await?
+            .1)
+    }
+
+    /// `POST /v1/schedules/{name}/pause` or `/resume`.
+    pub async fn schedule_action(
+        &self,
+        name: &str,
+        action: &str,
+    ) -> Result<ScheduleStatus, ClientError> {
+        Ok(self
+            .send(self.request(Method::POST, &["schedules", name, action]))
+            .await?
+            .1)
+    }
+
+    pub async fn trigger_schedule(&self, name: &str) -> Result<Fire, ClientError> {
+        Ok(self
+            .send(self.request(Method::POST, &["schedules", name, "trigger"]))
+            .await?
+            .1)
+    }
+
+    pub async fn delete_schedule(&self, name: &str) -> Result<(), ClientError> {
+        let _: (_, serde_json::Value) = self
+            .send(self.request(Method::DELETE, &["schedules", name]))
             .await?;
         Ok(())
     }

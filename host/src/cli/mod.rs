@@ -17,6 +17,7 @@ mod migrate;
 mod plugins;
 mod resources;
 mod sagas;
+mod schedules;
 mod secrets;
 mod serve;
 mod templates;
@@ -31,6 +32,7 @@ use migrate::MigrateArgs;
 use plugins::PluginCommand;
 use resources::ResourceCommand;
 use sagas::SagaCommand;
+use schedules::ScheduleCommand;
 use secrets::SecretCommand;
 use serve::ServeArgs;
 use std::process::ExitCode;
@@ -68,6 +70,9 @@ enum Command {
     /// Put, list, show and delete saga templates.
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// Put, list, show, trigger, pause, resume and delete schedules.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// List the desired-state resource ledger.
     #[command(subcommand)]
     Resource(ResourceCommand),
@@ -133,6 +138,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Saga(command) => sagas::run(command).await,
         Command::Secret(command) => secrets::run(command).await,
         Command::Template(command) => templates::run(command).await,
+        Command::Schedule(command) => schedules::run(command).await,
         Command::Resource(command) => resources::run(command).await,
         Command::Message(command) => messages::run(command).await,
     }
@@ -140,6 +146,18 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
 
 pub(crate) fn client(args: &ServerArgs) -> Client {
     Client::new(&args.server, args.token.clone())
+}
+
+/// A JSON document from a file (`-`: stdin), for the commands that put one.
+pub(crate) fn read_json(file: &std::path::Path) -> Result<serde_json::Value, CliError> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| CliError::Usage(format!("reading {}: {e}", file.display())))?
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("{} is not JSON: {e}", file.display())))
 }
 
 pub(crate) fn print_json(value: &impl serde::Serialize) {

@@ -2,7 +2,7 @@
 //! template is a JSON file, the body of `PUT /v1/templates/{name}`:
 //! `{"description"?, "steps": [...], "inputs_schema"?}`.
 
-use super::{CliError, ServerArgs, client, print_json};
+use super::{CliError, ServerArgs, client, print_json, read_json};
 use crate::model::Template;
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -42,17 +42,6 @@ pub(super) enum TemplateCommand {
     },
 }
 
-fn read_template(file: &PathBuf) -> Result<serde_json::Value, CliError> {
-    let text = if file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin())?
-    } else {
-        std::fs::read_to_string(file)
-            .map_err(|e| CliError::Usage(format!("reading {}: {e}", file.display())))?
-    };
-    serde_json::from_str(&text)
-        .map_err(|e| CliError::Usage(format!("{} is not JSON: {e}", file.display())))
-}
-
 fn print_template(t: &Template) {
     println!("template {}  version {}", t.name, t.version);
     if let Some(description) = &t.description {
@@ -73,7 +62,7 @@ fn print_template(t: &Template) {
 pub(super) async fn run(command: TemplateCommand) -> Result<ExitCode, CliError> {
     match command {
         TemplateCommand::Put { name, file, server } => {
-            let body = read_template(&file)?;
+            let body = read_json(&file)?;
             let (template, created) = client(&server).put_template(&name, &body).await?;
             if server.json {
                 print_json(&template);

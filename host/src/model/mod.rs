@@ -13,6 +13,7 @@ mod concurrency;
 mod ids;
 mod redrive;
 mod saga;
+mod schedule;
 mod status;
 mod tokens;
 mod wait;
@@ -38,6 +39,10 @@ pub use saga::{
     Action, CallRecord, LedgerLogLine, LogLine, MAX_CALLS_KEPT, PluginInfo, RecordedResource,
     Resource, SagaDetail, SagaError, SagaResource, SagaRun, SagaSummary, StepOptions, StepRequest,
     StepResult, StepSpec, Template, deserialize_steps,
+};
+pub use schedule::{
+    Calendar, Fire, FireOutcome, MAX_SCHEDULE_NAME, Overlap, Schedule, ScheduleRequest,
+    ScheduleSpec, ScheduleStatus,
 };
 pub(crate) use status::string_enum;
 pub use status::{

@@ -39,7 +39,7 @@ pub const MAX_LABEL: usize = 256;
 pub const MAX_ATTEMPTS: u32 = 100;
 
 /// `POST /v1/sagas` body.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartSaga {
     /// What the saga does, e.g. "provision". With a template, defaults to

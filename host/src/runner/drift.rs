@@ -21,7 +21,7 @@
 use super::decide::View;
 use super::{ActionError, Runner};
 use crate::config::{DRIFT_SCAN_CALLS, DRIFT_SCAN_REPORTED};
-use crate::model::{Drift, Phase, RecordedResource, Resource, ResourceState, SagaId, Timestamp};
+use crate::model::{Drift, Phase, RecordedResource, Resource, ResourceState, SagaId};
 use crate::plugin::{Observed, StepCall, StepFailure};
 use crate::store::{DriftFinding, ResourceFilter};
 use futures::StreamExt;
@@ -260,10 +260,6 @@ impl Runner {
             }
         }
     }
-
-    fn now(&self) -> Timestamp {
-        self.inner.clock.now()
-    }
 }
 
 fn log_failure(saga_id: SagaId, index: u32, failure: &StepFailure) {
@@ -273,6 +269,7 @@ fn log_failure(saga_id: SagaId, index: u32, failure: &StepFailure) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Timestamp;
     use serde_json::json;
 
     fn recorded(spec: Value) -> Resource {

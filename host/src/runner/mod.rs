@@ -45,6 +45,7 @@ pub mod drift;
 mod redrive;
 mod retention;
 mod saga;
+mod schedules;
 mod start;
 pub mod waits;
 
@@ -276,6 +277,11 @@ impl Runner {
     /// This host's identity in leases.
     pub fn owner(&self) -> &str {
         &self.inner.owner
+    }
+
+    /// Now, by the runner's clock.
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
     }
 
     /// The store this runner writes through.

@@ -47,6 +47,7 @@ mod error;
 pub mod mailbox;
 pub mod postgres;
 mod rows;
+pub mod schedules;
 pub mod schema;
 pub mod space;
 pub mod sqlite;
@@ -57,6 +58,7 @@ pub use drift::{DriftFinding, DriftStore};
 pub use error::{StoreError, StoreResult, redact_url};
 pub use mailbox::{MailboxStore, NewMessage, Posted};
 pub(crate) use rows::*;
+pub use schedules::{FireDone, ScheduleStore, StoredSchedule};
 pub use schema::Schema;
 pub use webhooks::WebhookStore;
 
@@ -507,7 +509,7 @@ pub enum Health {
 /// The persistence the runner and the API need.
 #[async_trait]
 pub trait Store:
-    WebhookStore + BudgetStore + MailboxStore + DriftStore + Send + Sync + 'static
+    WebhookStore + BudgetStore + MailboxStore + DriftStore + ScheduleStore + Send + Sync + 'static
 {
     /// Which database this is ("sqlite", "postgres").
     fn backend(&self) -> &'static str;

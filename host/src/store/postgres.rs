@@ -38,6 +38,7 @@ mod budgets;
 mod drift;
 mod group;
 mod mailbox;
+mod schedules;
 mod slots;
 mod transition;
 use transition::{apply_transition, first_gone};

@@ -19,6 +19,7 @@ mod budgets;
 mod catalog;
 mod drift;
 mod mailbox;
+mod schedules;
 mod slots;
 mod transition;
 use transition::{apply_transition, pin, upsert_step};

@@ -402,8 +402,9 @@ async fn errors_print_the_servers_message_not_a_backtrace() {
     );
 }
 
-/// `template put|list|show|delete`, `saga start --template`, `resource
-/// list`, and a `--retention` too short refused at start.
+/// `template put|list|show|delete`, `schedule put|show|...`, `saga start
+/// --template`, `resource list`, and a `--retention` too short refused at
+/// start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn templates_and_resources_from_the_command_line() {
     let db = TestDb::new(Backend::Sqlite).await;
@@ -501,6 +502,70 @@ async fn templates_and_resources_from_the_command_line() {
     .await;
     let page: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(page.as_array().unwrap().len(), 1);
+    // Schedules of the template: put, show, trigger, pause, resume,
+    // delete; a bad one is the server's message, exit 1.
+    let schedule = db.dir.path().join("nightly.json");
+    std::fs::write(
+        &schedule,
+        format!(r#"{{"template": "vm", "inputs": {inputs}, "cron": "30 2 * * *", "timezone": "Europe/Rome", "paused": true}}"#),
+    )
+    .unwrap();
+    let schedule = schedule.display().to_string();
+    let out = wasaga(
+        &server,
+        &["schedule", "put", "nightly", "--file", &schedule],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("created schedule nightly\nschedule nightly  template vm  cron `30 2 * * *` Europe/Rome  overlap skip  catch-up 1h  PAUSED"), "{}", stdout(&out));
+    let out = wasaga(&server, &["schedule", "resume", "nightly"], &[]).await;
+    assert_eq!(
+        stdout(&out).matches("  next ").count(),
+        5,
+        "{}",
+        stdout(&out)
+    );
+    let out = wasaga(&server, &["schedule", "trigger", "nightly", "--json"], &[]).await;
+    let fire: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        (fire["outcome"].as_str(), fire["manual"].as_bool()),
+        (Some("started"), Some(true)),
+        "{fire}"
+    );
+    let out = wasaga(&server, &["schedule", "list"], &[]).await;
+    assert!(
+        stdout(&out).starts_with("nightly ") && stdout(&out).contains("(by hand)"),
+        "{}",
+        stdout(&out)
+    );
+    let out = wasaga(&server, &["schedule", "pause", "nightly"], &[]).await;
+    assert!(
+        stdout(&out).contains("PAUSED") && !stdout(&out).contains("  next "),
+        "{}",
+        stdout(&out)
+    );
+    std::fs::write(
+        db.dir.path().join("bad.json"),
+        r#"{"template": "vm", "every": "1s", "cron": "* * * * *"}"#,
+    )
+    .unwrap();
+    let bad = db.dir.path().join("bad.json").display().to_string();
+    let out = wasaga(&server, &["schedule", "put", "bad", "--file", &bad], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("give either `cron` or `every`, not both"),
+        "{}",
+        stderr(&out)
+    );
+    let out = wasaga(&server, &["schedule", "delete", "nightly"], &[]).await;
+    assert_eq!(stdout(&out).trim(), "deleted schedule nightly");
+    let out = wasaga(&server, &["schedule", "show", "nightly"], &[]).await;
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: no schedule `nightly` (404 Not Found, not_found)"
+    );
+
     let out = wasaga(&server, &["template", "delete", "vm"], &[]).await;
     assert_eq!(stdout(&out).trim(), "deleted template vm");
     let out = wasaga(&server, &["template", "show", "vm"], &[]).await;

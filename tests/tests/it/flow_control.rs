@@ -18,21 +18,6 @@ async fn started(server: &TestServer, body: Value) -> Value {
     saga
 }
 
-async fn wait_status(server: &TestServer, id: &str, want: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let saga = server.get_json(&format!("/v1/sagas/{id}")).await;
-        if saga["status"] == want {
-            return saga;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "saga {id} never became {want}: {saga}"
-        );
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-}
-
 fn ids(list: &Value) -> Vec<String> {
     list.as_array()
         .unwrap()
@@ -94,11 +79,11 @@ on_both! {
         let c_id = c["id"].as_str().unwrap();
         let r = server.http.post(server.url(&format!("/v1/sagas/{c_id}/cancel"))).json(&json!({})).send().await.unwrap();
         assert!(r.status().is_success(), "{}", r.status());
-        let c_done = wait_status(&server, c_id, "rolled_back").await;
+        let c_done = server.wait_status(c_id, "rolled_back").await;
         assert!(counter.calls_of(&c_id.parse().unwrap()).is_empty(), "{c_done}");
 
         for saga in [&a, &b, &other] {
-            wait_status(&server, saga["id"].as_str().unwrap(), "completed").await;
+            server.wait_status(saga["id"].as_str().unwrap(), "completed").await;
         }
         // B's call began only after A's had ended (A's answer took 400 ms);
         // the saga on another key did not wait for A.
@@ -144,7 +129,7 @@ on_both! {
         assert!(body["error"]["message"].as_str().unwrap().contains("customer"), "{body}");
         let saga = started(&server, json!({"template": "resize", "inputs": {"customer": "acme"}})).await;
         assert_eq!(saga["concurrency"][0]["key"], "customer:acme", "{saga}");
-        wait_status(&server, saga["id"].as_str().unwrap(), "completed").await;
+        server.wait_status(saga["id"].as_str().unwrap(), "completed").await;
 
         // Bad keys on a start: each a 400 naming what is wrong; nothing stored.
         let five: Vec<Value> = (0..5).map(|i| json!({"key": format!("k{i}")})).collect();
@@ -198,7 +183,7 @@ on_both! {
         assert_eq!(ids(&key["queue"]), [xy["id"].as_str().unwrap(), y2["id"].as_str().unwrap()], "{key}");
 
         for saga in [&x, &y, &xy, &y2] {
-            wait_status(&server, saga["id"].as_str().unwrap(), "completed").await;
+            server.wait_status(saga["id"].as_str().unwrap(), "completed").await;
         }
         let first = |s: &Value| counter.calls_of(&s["id"].as_str().unwrap().parse().unwrap())[0].at;
         for holder in [&x, &y] {
@@ -233,7 +218,7 @@ on_both! {
             "concurrency": [{"key": "customer:9"}],
         })).await;
         let a_id = a["id"].as_str().unwrap();
-        wait_status(&server, a_id, "failed").await;
+        server.wait_status(a_id, "failed").await;
         let key = server.get_json("/v1/concurrency/customer:9").await;
         assert_eq!(key["holders"], json!([]), "a failed saga has let its key go: {key}");
 
@@ -253,8 +238,8 @@ on_both! {
         assert_eq!(ids(&key["holders"]), [b_id], "{key}");
         assert_eq!(ids(&key["queue"]), [a_id], "the retried saga waits for its key: {key}");
 
-        wait_status(&server, b_id, "completed").await;
-        let rolled = wait_status(&server, a_id, "rolled_back").await;
+        server.wait_status(b_id, "completed").await;
+        let rolled = server.wait_status(a_id, "rolled_back").await;
         assert_eq!(rolled["steps"][0]["compensate_attempts"], 3, "{rolled}");
         let b_call = counter.calls_of(&b_id.parse().unwrap())[0].at;
         let undo = counter
@@ -293,7 +278,9 @@ async fn two_hosts_never_let_more_than_the_limit_hold_a_key() {
     let sagas = futures::future::join_all(starts).await;
     let mut spans = Vec::new();
     for saga in &sagas {
-        let done = wait_status(&first, saga["id"].as_str().unwrap(), "completed").await;
+        let done = first
+            .wait_status(saga["id"].as_str().unwrap(), "completed")
+            .await;
         let step = &done["steps"][0];
         // RFC 3339 in one format (milliseconds, UTC): they sort as times.
         let at = |field: &str| step[field].as_str().unwrap().to_string();
@@ -377,7 +364,7 @@ on_both! {
         }
         let mut waited = false;
         for id in &ids {
-            let saga = wait_status(&server, id, "completed").await;
+            let saga = server.wait_status(id, "completed").await;
             waited |= logs(&saga).contains("ms for budget provider");
         }
         assert!(waited, "a request that waited says so in its call's log");
@@ -399,7 +386,7 @@ on_both! {
         // and the step never sees the 429 nor pays an attempt.
         provider.throttle(1, "1");
         let id = started(&server, provider_saga(&provider)).await["id"].as_str().unwrap().to_string();
-        let saga = wait_status(&server, &id, "completed").await;
+        let saga = server.wait_status(&id, "completed").await;
         assert_eq!(saga["steps"][0]["attempts"], 1, "{saga}");
         assert!(logs(&saga).contains("-> 429: budget provider paused until"), "{}", logs(&saga));
         let mine: Vec<Instant> = provider.arrivals().into_iter().filter(|(s, _)| *s == id).map(|(_, at)| at).collect();
@@ -419,7 +406,7 @@ on_both! {
         // the step gets the 429 (and the counter step retries it itself).
         provider.throttle(4, "0");
         let id = started(&server, provider_saga(&provider)).await["id"].as_str().unwrap().to_string();
-        let saga = wait_status(&server, &id, "completed").await;
+        let saga = server.wait_status(&id, "completed").await;
         assert!(logs(&saga).contains("3 retries by the host spent"), "{}", logs(&saga));
         assert_eq!(saga["steps"][0]["attempts"], 2, "the step's own retry is an attempt: {saga}");
 
@@ -466,7 +453,9 @@ async fn a_429_on_one_host_holds_back_the_other() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let other = started(&second, provider_saga(&provider)).await;
     for saga in [&throttled, &other] {
-        wait_status(&first, saga["id"].as_str().unwrap(), "completed").await;
+        first
+            .wait_status(saga["id"].as_str().unwrap(), "completed")
+            .await;
     }
     let other_id = other["id"].as_str().unwrap();
     let other_at = provider

@@ -14,6 +14,7 @@ mod real_steps;
 mod redrive;
 mod runner;
 mod saga_properties;
+mod schedules;
 mod security;
 mod store;
 mod telemetry;

@@ -10,11 +10,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use wasaga::model::{
-    Digest, PluginInfo, SagaId, SagaRun, SagaStatus, StepResult, StepSpec, StepStatus, Timestamp,
+    Digest, FireOutcome, Overlap, PluginInfo, SagaId, SagaRun, SagaStatus, Schedule, StepResult,
+    StepSpec, StepStatus, Timestamp,
 };
 use wasaga::store::{
-    Applied, ClaimedSaga, CreateSaga, DeletePlugin, Fence, Lease, NewSaga, Pins, SagaFilter, Store,
-    StoreError, Transition,
+    Applied, ClaimedSaga, CreateSaga, DeletePlugin, Fence, FireDone, Lease, NewSaga, Pins,
+    SagaFilter, Store, StoreError, Transition,
 };
 use wasaga_tests::{Backend, TestDb, component, create_saga, install, on_both};
 
@@ -310,6 +311,107 @@ on_both! {
         }
         assert!(!hosts[0].take_drift_scan(1_005).await.unwrap());
         assert!(!hosts[1].take_drift_scan(1_002).await.unwrap());
+    }
+
+    one_host_acts_on_each_schedule_fire_and_moves_the_schedule_on(backend) {
+        // Two stores on one database racing for each fire: exactly one
+        // claims it; a claim not finished within its lease is taken over;
+        // the finish of a host whose claim was taken is refused; the
+        // schedule moves on only from the nominal time fired.
+        let db = TestDb::new(backend).await;
+        let first = db.open().await;
+        let second = match backend {
+            Backend::Postgres => db.open().await,
+            Backend::Sqlite => first.clone(),
+        };
+        let now = Timestamp::now();
+        let schedule = Schedule {
+            name: "nightly".into(),
+            template: "t".into(),
+            inputs: json!({}),
+            cron: None,
+            every: Some("1s".into()),
+            timezone: "UTC".into(),
+            overlap: Overlap::Allow,
+            catchup_window: "1h".into(),
+            paused: false,
+            created_at: now,
+            updated_at: now,
+        };
+        let nominal = Timestamp(now.millis() / 1000 * 1000);
+        assert!(first.put_schedule(&schedule, Some(nominal)).await.unwrap(), "created");
+        assert!(!second.put_schedule(&schedule, Some(nominal)).await.unwrap(), "replaced");
+        let due = second.due_schedules(now, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].schedule, schedule);
+        assert_eq!(second.next_schedule_due().await.unwrap(), Some(nominal));
+
+        let hosts = [("a", first.clone()), ("b", second.clone())];
+        let claims = hosts.iter().flat_map(|h| [h.clone(), h.clone()]).map(|(owner, store)| async move {
+            (owner, store.claim_fire("nightly", nominal, owner, now, now.minus(Duration::from_secs(30)), false).await.unwrap())
+        });
+        let won: Vec<_> = futures::future::join_all(claims).await.into_iter().filter(|(_, won)| *won).collect();
+        assert_eq!(won.len(), 1, "{won:?}");
+        let winner = won[0].0;
+        let loser = if winner == "a" { "b" } else { "a" };
+        let fires = first.schedule_fires("nightly", 10).await.unwrap();
+        assert_eq!(fires.len(), 1);
+        assert_eq!(fires[0].outcome, None, "acted on, not finished");
+
+        // The winner died: after the lease the other host takes the fire
+        // over, and the first one's late finish is refused.
+        let later = now.plus(Duration::from_secs(31));
+        assert!(!second.claim_fire("nightly", nominal, loser, now, now.minus(Duration::from_secs(30)), false).await.unwrap(), "a live claim holds");
+        assert!(second.claim_fire("nightly", nominal, loser, later, later.minus(Duration::from_secs(30)), false).await.unwrap(), "a stale claim is taken over");
+        let next = nominal.plus(Duration::from_secs(1));
+        let done = |owner: &str| FireDone {
+            schedule: "nightly".into(),
+            nominal_at: nominal,
+            owner: owner.into(),
+            fired_at: later,
+            outcome: FireOutcome::Started,
+            saga_id: Some(SagaId::new()),
+            reason: None,
+            manual: false,
+            next_fire_at: Some(next),
+        };
+        assert!(!first.finish_fire(&done(winner), 100).await.unwrap(), "the first claim was taken over");
+        let finished = done(loser);
+        assert!(first.finish_fire(&finished, 100).await.unwrap());
+        assert!(!second.claim_fire("nightly", nominal, winner, later.plus(Duration::from_secs(60)), later, false).await.unwrap(), "a finished fire is nobody's");
+        let stored = second.schedule("nightly").await.unwrap().unwrap();
+        assert_eq!(stored.next_fire_at, Some(next), "moved on");
+        let fires = second.schedule_fires("nightly", 10).await.unwrap();
+        assert_eq!(fires[0].outcome, Some(FireOutcome::Started));
+        assert_eq!(fires[0].saga_id, finished.saga_id);
+
+        // Moving on is only from the nominal time fired: a host that read
+        // the schedule before does not move it back.
+        assert!(!first.miss_fires("nightly", nominal, Some(nominal.plus(Duration::from_secs(60))), "late", later).await.unwrap());
+        assert!(first.miss_fires("nightly", next, Some(next.plus(Duration::from_secs(60))), "3 missed", later).await.unwrap());
+        let fires = second.schedule_fires("nightly", 10).await.unwrap();
+        assert_eq!(fires[0].outcome, Some(FireOutcome::Missed));
+        assert_eq!(fires[0].reason.as_deref(), Some("3 missed"));
+
+        // Only the newest fires are kept.
+        for i in 0..5 {
+            let at = Timestamp(nominal.millis() + 100_000 + i * 1000);
+            assert!(first.claim_fire("nightly", at, "a", later, later, true).await.unwrap());
+            let mut d = done("a");
+            d.nominal_at = at;
+            d.manual = true;
+            assert!(first.finish_fire(&d, 3).await.unwrap());
+        }
+        let fires = first.schedule_fires("nightly", 10).await.unwrap();
+        assert_eq!(fires.len(), 3, "{fires:?}");
+        assert!(fires.iter().all(|f| f.manual));
+        assert_eq!(second.schedule("nightly").await.unwrap().unwrap().next_fire_at, Some(next.plus(Duration::from_secs(60))), "a fire by hand moves nothing");
+
+        assert!(first.set_schedule_paused("nightly", true, None, later).await.unwrap());
+        assert!(second.due_schedules(later.plus(Duration::from_secs(3600)), 10).await.unwrap().is_empty(), "a paused schedule is not due");
+        assert!(second.delete_schedule("nightly").await.unwrap());
+        assert!(second.schedule_fires("nightly", 10).await.unwrap().is_empty());
+        assert!(!first.delete_schedule("nightly").await.unwrap());
     }
 
     fencing_numbers_and_versions_fence_every_write(backend) {

@@ -1,5 +1,6 @@
 //! The console's catalog pages: plugins (with the upload form), templates,
-//! secrets (names and origins, never values) and the resource ledger.
+//! secrets (names and origins, never values), the resource ledger, budgets
+//! and schedules.
 
 use super::*;
 
@@ -184,6 +185,52 @@ pub(super) async fn budgets_page(State(state): State<AppState>, v: Viewer) -> Re
                     td { (b.tokens(*tat, *now)) }
                     td { @match b.paused_until.filter(|t| t.millis() * 1000 > *now) { Some(t) => { (t) }, None => { "" } } }
                     td { (state.budgets.waiting(&b.name)) }
+                } } } }
+        },
+    )
+    .into_response()
+}
+
+/// Fires each schedule row shows.
+const SCHEDULE_FIRES_LISTED: usize = 5;
+
+pub(super) async fn schedules_page(State(state): State<AppState>, v: Viewer) -> Response {
+    let schedules = state.store.list_schedules().await.unwrap_or_default();
+    let mut rows = Vec::new();
+    for stored in schedules {
+        let fires = state
+            .store
+            .schedule_fires(&stored.schedule.name, SCHEDULE_FIRES_LISTED)
+            .await
+            .unwrap_or_default();
+        rows.push((stored, fires));
+    }
+    page(
+        Some(&v),
+        "/ui/schedules",
+        "Schedules",
+        html! {
+            h1 { "Schedules" }
+            p.muted { "Templates fired once per nominal time by whichever host claims it. Put one with `PUT /v1/schedules/NAME` or `wasaga schedule put`." }
+            @if rows.is_empty() { p.muted { "No schedules." } }
+            table #schedules { thead { tr { th { "Name" } th { "Template" } th { "When" } th { "Overlap" } th { "Next run" } th { "Latest fires" } } }
+                tbody { @for (stored, fires) in &rows { tr data-name=(stored.schedule.name) {
+                    td { (stored.schedule.name) @if stored.schedule.paused { " " span.badge { "paused" } } }
+                    td { (stored.schedule.template) }
+                    td.mono { @match (&stored.schedule.cron, &stored.schedule.every) {
+                        (Some(cron), _) => { (cron) " " (stored.schedule.timezone) },
+                        (_, Some(every)) => { "every " (every) },
+                        _ => {},
+                    } }
+                    td { (stored.schedule.overlap) }
+                    td { @match stored.next_fire_at { Some(at) => { (at) }, None => { "" } } }
+                    td { ul.fires { @for f in fires { li {
+                        (f.nominal_at) " "
+                        span.badge { (f.outcome.map_or("firing", |o| o.as_str())) }
+                        @if let Some(id) = f.saga_id { " " a.mono href=(format!("/ui/sagas/{id}")) { (id) } }
+                        @if let Some(reason) = &f.reason { " " span.muted { (reason) } }
+                        @if f.manual { " " span.muted { "(by hand)" } }
+                    } } } }
                 } } } }
         },
     )

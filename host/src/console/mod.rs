@@ -61,6 +61,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/secrets", get(secrets_page))
         .route("/ui/resources", get(resources_page))
         .route("/ui/budgets", get(budgets_page))
+        .route("/ui/schedules", get(schedules_page))
         .route("/ui/login", get(login_page).post(login))
         .route("/ui/logout", post(logout))
         .route("/ui/assets/console.js", get(script))
@@ -129,6 +130,7 @@ fn page(viewer: Option<&Viewer>, here: &str, title: &str, body: Markup) -> Marku
         ("/ui/templates", "Templates"),
         ("/ui/resources", "Resources"),
         ("/ui/budgets", "Budgets"),
+        ("/ui/schedules", "Schedules"),
         ("/ui/secrets", "Secrets"),
     ];
     html! {

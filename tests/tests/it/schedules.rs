@@ -172,6 +172,11 @@ on_both! {
         assert_eq!(list["schedules"][0]["fires"].as_array().unwrap().len(), 1, "the list shows the latest fire");
         let metrics = server.http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
         assert!(metrics.contains("wasaga_schedule_fires_total{outcome=\"skipped\"}"), "{metrics}");
+        // The console's page lists it with its latest fires.
+        let html = server.http.get(server.url("/ui/schedules")).send().await.unwrap().text().await.unwrap();
+        let a_run = started[0]["saga_id"].as_str().unwrap();
+        assert!(html.contains("tick-every") && html.contains("every 1s") && html.contains("paused") && html.contains("(by hand)"), "{html}");
+        assert!(html.contains("still going") || html.contains(&format!("/ui/sagas/{a_run}")), "{html}");
 
         // A replace keeps the record; a delete ends it.
         let (status, replaced) = put(&server, "/v1/schedules/tick-every", &json!({"template": "tick", "inputs": inputs, "cron": "0 3 * * *", "timezone": "Europe/Rome", "paused": true})).await;
@@ -254,6 +259,16 @@ on_both! {
         server.wait_status(g_id, "completed").await;
         let g_first = first(g_id);
         assert!(counter.calls_of(&f_id.parse().unwrap()).iter().all(|c| c.at <= g_first), "the new run began after the old one ended");
+
+        // A fire whose start is refused (its template deleted since) is
+        // recorded `failed` with why; the schedule carries on.
+        let r = server.http.delete(server.url("/v1/templates/tick")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let failed = trigger("allowed").await;
+        assert_eq!(failed["outcome"], "failed", "{failed}");
+        assert!(failed["reason"].as_str().unwrap().contains("tick") && failed["saga_id"].is_null(), "{failed}");
+        let shown = server.get_json("/v1/schedules/allowed").await;
+        assert_eq!(shown["fires"][0]["outcome"], "failed", "{shown}");
         server.stop().await.unwrap();
     }
 

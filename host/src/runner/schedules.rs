@@ -122,13 +122,14 @@ impl Runner {
                 .take(MISSED_COUNTED)
                 .count();
             let reason = format!(
-                "{}{missed} nominal time{} from {nominal} were not fired by any host within the catch-up window ({})",
+                "{}{missed} nominal time{} from {nominal} {} not fired by any host within the catch-up window ({})",
                 if missed == MISSED_COUNTED {
                     "at least "
                 } else {
                     ""
                 },
                 if missed == 1 { "" } else { "s" },
+                if missed == 1 { "was" } else { "were" },
                 schedule.catchup_window,
             );
             match self

@@ -298,7 +298,7 @@ on_both! {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let reason = missed["reason"].as_str().unwrap();
-        assert!(reason.contains("catch-up window (1s)") && reason.contains("nominal times"), "{missed}");
+        assert!(reason.contains("catch-up window (1s)") && reason.contains("nominal time"), "{missed}");
         assert!(missed["saga_id"].is_null());
         // Every missed nominal time started nothing: the sagas are the
         // started fires'.

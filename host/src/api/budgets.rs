@@ -41,16 +41,6 @@ pub struct PauseBudget {
     pub until: Timestamp,
 }
 
-fn budget_name(name: &str) -> Result<(), ApiError> {
-    if crate::plan::is_segment_name(name, MAX_BUDGET_NAME) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "a budget name is 1 to {MAX_BUDGET_NAME} letters, digits, `.`, `_` or `-`, starting with a letter or digit"
-        )))
-    }
-}
-
 /// The budget a request describes, every field checked.
 fn budget_of(name: String, request: BudgetRequest, now: Timestamp) -> Result<Budget, ApiError> {
     if request.origins.is_empty() || request.origins.len() > MAX_BUDGET_ORIGINS {
@@ -146,7 +136,7 @@ async fn put_budget(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<(StatusCode, Json<Budget>), ApiError> {
     caller.require(Role::Admin)?;
-    budget_name(&name)?;
+    super::check_name("budget", &name, MAX_BUDGET_NAME)?;
     let request: BudgetRequest = serde_path_to_error::deserialize(&body).map_err(invalid_json)?;
     let budget = budget_of(name, request, Timestamp::now())?;
     let put = state.store.put_budget(&budget).await?;

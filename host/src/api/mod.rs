@@ -192,6 +192,18 @@ impl utoipa::Modify for CommonErrors {
     }
 }
 
+/// A name that is a path segment (a budget's, a schedule's): a `400`
+/// saying the rule otherwise.
+fn check_name(kind: &str, name: &str, max: usize) -> Result<(), ApiError> {
+    if crate::plan::is_segment_name(name, max) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "a {kind} name is 1 to {max} letters, digits, `.`, `_` or `-`, starting with a letter or digit"
+        )))
+    }
+}
+
 /// The `/v1` routes (an upload may be `max_component_bytes`) and their
 /// OpenAPI document.
 fn v1(max_component_bytes: usize) -> (Router<AppState>, utoipa::openapi::OpenApi) {

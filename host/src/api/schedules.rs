@@ -10,7 +10,8 @@ use crate::config::{
     CATCHUP_WINDOW_RANGE, DEFAULT_CATCHUP_WINDOW, SCHEDULE_FIRES_SHOWN, SCHEDULE_NEXT_RUNS,
 };
 use crate::model::{
-    Fire, MAX_SCHEDULE_NAME, Overlap, Schedule, ScheduleRequest, ScheduleStatus, Timestamp,
+    Fire, MAX_SCHEDULE_NAME, Overlap, Schedule, ScheduleRequest, ScheduleSpec, ScheduleStatus,
+    Timestamp,
 };
 use crate::plan::StartSaga;
 use crate::store::StoredSchedule;
@@ -36,16 +37,6 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ScheduleList {
     pub schedules: Vec<ScheduleStatus>,
-}
-
-fn schedule_name(name: &str) -> Result<(), ApiError> {
-    if crate::plan::is_segment_name(name, MAX_SCHEDULE_NAME) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "a schedule name is 1 to {MAX_SCHEDULE_NAME} letters, digits, `.`, `_` or `-`, starting with a letter or digit"
-        )))
-    }
 }
 
 fn no_schedule(name: &str) -> ApiError {
@@ -92,16 +83,18 @@ fn schedule_of(
     };
     Ok(Schedule {
         name,
-        template,
-        inputs,
-        timezone: match (&request.cron, request.timezone) {
-            (Some(_), Some(tz)) => tz,
-            _ => "UTC".into(),
+        spec: ScheduleSpec {
+            template,
+            inputs,
+            timezone: match (&request.cron, request.timezone) {
+                (Some(_), Some(tz)) => tz,
+                _ => "UTC".into(),
+            },
+            cron: request.cron,
+            every: request.every,
+            overlap: request.overlap.unwrap_or(Overlap::Skip),
+            catchup_window,
         },
-        cron: request.cron,
-        every: request.every,
-        overlap: request.overlap.unwrap_or(Overlap::Skip),
-        catchup_window,
         paused: request.paused,
         created_at,
         updated_at: now,
@@ -190,7 +183,7 @@ async fn put_schedule(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<(StatusCode, Json<ScheduleStatus>), ApiError> {
     caller.require(Role::Admin)?;
-    schedule_name(&name)?;
+    super::check_name("schedule", &name, MAX_SCHEDULE_NAME)?;
     let request: ScheduleRequest = serde_path_to_error::deserialize(&body).map_err(invalid_json)?;
     let now = state.runner.now();
     let created_at = match state.store.schedule(&name).await? {
@@ -205,8 +198,8 @@ async fn put_schedule(
         .start(
             state.store.as_ref(),
             StartSaga {
-                template: Some(schedule.template.clone()),
-                inputs: Some(schedule.inputs.clone()),
+                template: Some(schedule.spec.template.clone()),
+                inputs: Some(schedule.spec.inputs.clone()),
                 ..StartSaga::default()
             },
             None,

@@ -59,7 +59,7 @@ pub(super) enum ScheduleCommand {
 }
 
 fn calendar(s: &ScheduleStatus) -> String {
-    let s = &s.schedule;
+    let s = &s.schedule.spec;
     match (&s.cron, &s.every) {
         (Some(cron), _) => format!("cron `{cron}` {}", s.timezone),
         (_, Some(every)) => format!("every {every}"),
@@ -86,10 +86,10 @@ fn print_schedule(s: &ScheduleStatus) {
     println!(
         "schedule {}  template {}  {}  overlap {}  catch-up {}{}",
         schedule.name,
-        schedule.template,
+        schedule.spec.template,
         calendar(s),
-        schedule.overlap,
-        schedule.catchup_window,
+        schedule.spec.overlap,
+        schedule.spec.catchup_window,
         if schedule.paused { "  PAUSED" } else { "" }
     );
     for at in &s.next_runs {

@@ -216,13 +216,13 @@ pub(super) async fn schedules_page(State(state): State<AppState>, v: Viewer) -> 
             table #schedules { thead { tr { th { "Name" } th { "Template" } th { "When" } th { "Overlap" } th { "Next run" } th { "Latest fires" } } }
                 tbody { @for (stored, fires) in &rows { tr data-name=(stored.schedule.name) {
                     td { (stored.schedule.name) @if stored.schedule.paused { " " span.badge { "paused" } } }
-                    td { (stored.schedule.template) }
-                    td.mono { @match (&stored.schedule.cron, &stored.schedule.every) {
-                        (Some(cron), _) => { (cron) " " (stored.schedule.timezone) },
+                    td { (stored.schedule.spec.template) }
+                    td.mono { @match (&stored.schedule.spec.cron, &stored.schedule.spec.every) {
+                        (Some(cron), _) => { (cron) " " (stored.schedule.spec.timezone) },
                         (_, Some(every)) => { "every " (every) },
                         _ => {},
                     } }
-                    td { (stored.schedule.overlap) }
+                    td { (stored.schedule.spec.overlap) }
                     td { @match stored.next_fire_at { Some(at) => { (at) }, None => { "" } } }
                     td { ul.fires { @for f in fires { li {
                         (f.nominal_at) " "

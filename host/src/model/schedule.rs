@@ -96,6 +96,17 @@ pub struct ScheduleRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct Schedule {
     pub name: String,
+    #[serde(flatten)]
+    pub spec: ScheduleSpec,
+    pub paused: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// What a schedule starts and when: the parts stored as one JSON document
+/// (the rest of a [`Schedule`] are columns).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ScheduleSpec {
     pub template: String,
     #[schema(value_type = Object)]
     pub inputs: Value,
@@ -107,73 +118,21 @@ pub struct Schedule {
     pub timezone: String,
     pub overlap: Overlap,
     pub catchup_window: String,
-    pub paused: bool,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
-}
-
-/// The parts of a [`Schedule`] stored as one JSON document (the rest are
-/// columns).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ScheduleSpec {
-    pub template: String,
-    pub inputs: Value,
-    #[serde(default)]
-    pub cron: Option<String>,
-    #[serde(default)]
-    pub every: Option<String>,
-    pub timezone: String,
-    pub overlap: Overlap,
-    pub catchup_window: String,
 }
 
 impl Schedule {
-    pub fn spec(&self) -> ScheduleSpec {
-        ScheduleSpec {
-            template: self.template.clone(),
-            inputs: self.inputs.clone(),
-            cron: self.cron.clone(),
-            every: self.every.clone(),
-            timezone: self.timezone.clone(),
-            overlap: self.overlap,
-            catchup_window: self.catchup_window.clone(),
-        }
-    }
-
-    pub fn from_spec(
-        name: String,
-        spec: ScheduleSpec,
-        paused: bool,
-        created_at: Timestamp,
-        updated_at: Timestamp,
-    ) -> Schedule {
-        Schedule {
-            name,
-            template: spec.template,
-            inputs: spec.inputs,
-            cron: spec.cron,
-            every: spec.every,
-            timezone: spec.timezone,
-            overlap: spec.overlap,
-            catchup_window: spec.catchup_window,
-            paused,
-            created_at,
-            updated_at,
-        }
-    }
-
     /// When it fires (it was checked when stored).
     pub fn calendar(&self) -> Result<Calendar, String> {
         Calendar::new(
-            self.cron.as_deref(),
-            self.every.as_deref(),
-            Some(&self.timezone),
+            self.spec.cron.as_deref(),
+            self.spec.every.as_deref(),
+            Some(&self.spec.timezone),
         )
     }
 
     /// How late a fire may start (it was checked when stored).
     pub fn catchup(&self) -> Duration {
-        humantime::parse_duration(&self.catchup_window).unwrap_or(Duration::ZERO)
+        humantime::parse_duration(&self.spec.catchup_window).unwrap_or(Duration::ZERO)
     }
 
     /// The idempotency key of the saga a fire at `nominal` starts: two

@@ -130,7 +130,7 @@ impl Runner {
                 },
                 if missed == 1 { "" } else { "s" },
                 if missed == 1 { "was" } else { "were" },
-                schedule.catchup_window,
+                schedule.spec.catchup_window,
             );
             match self
                 .inner
@@ -254,13 +254,13 @@ impl Runner {
             return Ok(Fired::new(FireOutcome::Started, Some(id), None));
         }
         let overlap_key = schedule.overlap_key();
-        let on_conflict = match schedule.overlap {
+        let on_conflict = match schedule.spec.overlap {
             Overlap::Allow => None,
             Overlap::Skip => Some(OnConflict::Reject),
             Overlap::BufferOne | Overlap::CancelOther => Some(OnConflict::Queue),
         };
         let mut note = None;
-        match schedule.overlap {
+        match schedule.spec.overlap {
             Overlap::BufferOne => {
                 let slots = store.concurrency_key(&overlap_key).await?;
                 if let Some(waiting) = slots.iter().find(|s| s.state == SlotState::Queued) {
@@ -298,8 +298,8 @@ impl Runner {
             Overlap::Skip | Overlap::Allow => {}
         }
         let request = StartSaga {
-            template: Some(schedule.template.clone()),
-            inputs: Some(schedule.inputs.clone()),
+            template: Some(schedule.spec.template.clone()),
+            inputs: Some(schedule.spec.inputs.clone()),
             triggered_by: Some(format!("schedule:{}", schedule.name)),
             concurrency: on_conflict.map(|on_conflict| {
                 vec![ConcurrencyKey {
@@ -331,7 +331,7 @@ impl Runner {
             CreateSaga::Created(claimed) => {
                 Fired::new(FireOutcome::Started, Some(claimed.saga.id), note)
             }
-            CreateSaga::Queued(saga) if schedule.overlap == Overlap::BufferOne => Fired::new(
+            CreateSaga::Queued(saga) if schedule.spec.overlap == Overlap::BufferOne => Fired::new(
                 FireOutcome::Buffered,
                 Some(saga.id),
                 Some("buffer_one: starts when the run before it ends".into()),

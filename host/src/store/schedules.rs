@@ -122,13 +122,13 @@ impl ScheduleRow {
     pub fn into_stored(self) -> StoreResult<StoredSchedule> {
         let spec: ScheduleSpec = super::rows::from_json("schedule spec", &self.spec)?;
         Ok(StoredSchedule {
-            schedule: Schedule::from_spec(
-                self.name,
+            schedule: Schedule {
+                name: self.name,
                 spec,
-                self.paused,
-                Timestamp(self.created_at),
-                Timestamp(self.updated_at),
-            ),
+                paused: self.paused,
+                created_at: Timestamp(self.created_at),
+                updated_at: Timestamp(self.updated_at),
+            },
             next_fire_at: self.next_fire_at.map(Timestamp),
         })
     }

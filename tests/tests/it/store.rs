@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use wasaga::model::{
-    Digest, FireOutcome, Overlap, PluginInfo, SagaId, SagaRun, SagaStatus, Schedule, StepResult,
-    StepSpec, StepStatus, Timestamp,
+    Digest, FireOutcome, Overlap, PluginInfo, SagaId, SagaRun, SagaStatus, Schedule, ScheduleSpec,
+    StepResult, StepSpec, StepStatus, Timestamp,
 };
 use wasaga::store::{
     Applied, ClaimedSaga, CreateSaga, DeletePlugin, Fence, FireDone, Lease, NewSaga, Pins,
@@ -327,13 +327,15 @@ on_both! {
         let now = Timestamp::now();
         let schedule = Schedule {
             name: "nightly".into(),
-            template: "t".into(),
-            inputs: json!({}),
-            cron: None,
-            every: Some("1s".into()),
-            timezone: "UTC".into(),
-            overlap: Overlap::Allow,
-            catchup_window: "1h".into(),
+            spec: ScheduleSpec {
+                template: "t".into(),
+                inputs: json!({}),
+                cron: None,
+                every: Some("1s".into()),
+                timezone: "UTC".into(),
+                overlap: Overlap::Allow,
+                catchup_window: "1h".into(),
+            },
             paused: false,
             created_at: now,
             updated_at: now,

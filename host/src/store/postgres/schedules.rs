@@ -23,7 +23,7 @@ impl ScheduleStore for PgStore {
              RETURNING (xmax = 0)"
         ))
         .bind(&schedule.name)
-        .bind(to_json(&schedule.spec()))
+        .bind(to_json(&schedule.spec))
         .bind(schedule.paused)
         .bind(next_fire_at.map(Timestamp::millis))
         .bind(schedule.created_at.millis())

@@ -31,7 +31,7 @@ impl ScheduleStore for SqliteStore {
                 ))?
                 .execute(params![
                     schedule.name,
-                    to_json(&schedule.spec()),
+                    to_json(&schedule.spec),
                     schedule.paused,
                     next_fire_at.map(Timestamp::millis),
                     schedule.created_at.millis(),
